@@ -1,0 +1,65 @@
+# amibake — the commands a newcomer needs: `make image` and `make test`.
+# Everything they need is installed here (Debian 12): apt packages, a venv,
+# and cloud-init's schema taken from Debian's package (never installed).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MANIFEST ?= manifests/smallpayroll.yaml
+TARGET ?= local
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+# System packages, one line per purpose.
+APT_PACKAGES := \
+	mmdebstrap uidmap arch-test dpkg-dev zstd e2fsprogs dosfstools mtools fdisk gdisk \
+	grub-efi-amd64-bin grub-pc-bin \
+	qemu-system-x86 qemu-utils ovmf genisoimage \
+	postgresql postgresql-client postgresql-contrib \
+	knot knot-dnsutils rsync nginx-light openssh-client openssl curl
+
+.PHONY: setup system venv test check lint render image bench clean
+
+setup: system venv
+
+system: .cache/apt.stamp
+.cache/apt.stamp: Makefile
+	@mkdir -p .cache
+	@missing=$$(for p in $(APT_PACKAGES); do \
+	    dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; \
+	  done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages: $$missing"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+	@touch $@
+
+venv: $(BIN)/amibake
+$(BIN)/amibake: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check builder tests bench
+	$(BIN)/mypy
+
+check: lint test
+
+render: setup
+	@mkdir -p build/render
+	$(BIN)/amibake render $(MANIFEST) --all-roles --out build/render
+
+image: setup
+	$(BIN)/amibake bake $(MANIFEST) --target $(TARGET)
+
+bench: setup
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf build .pytest_cache .mypy_cache .ruff_cache

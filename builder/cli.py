@@ -1,0 +1,93 @@
+"""The `amibake` command line: verbs, --json, --debug, one-line errors."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import pkgutil
+import sys
+from collections.abc import Sequence
+
+import builder.commands
+from builder import __version__
+from builder.errors import UserError
+from builder.output import Output
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+
+
+def _common_options() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument(
+        "--json", action="store_true", default=argparse.SUPPRESS,
+        help="print machine-readable JSON instead of text",
+    )
+    parent.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS,
+        help="log every command run and show tracebacks",
+    )
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parent = _common_options()
+    parser = argparse.ArgumentParser(
+        prog="amibake",
+        description="Bake, test and publish machine images from YAML manifests.",
+        parents=[parent],
+    )
+    parser.add_argument("--version", action="version", version=f"amibake {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+    for mod in sorted(pkgutil.iter_modules(builder.commands.__path__), key=lambda m: m.name):
+        module = importlib.import_module(f"builder.commands.{mod.name}")
+        module.register(sub, parent)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code or 0)
+    json_mode = bool(getattr(args, "json", False))
+    debug = bool(getattr(args, "debug", False))
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    out = Output(json_mode=json_mode)
+    try:
+        return int(args.func(args, out))
+    except UserError as err:
+        if debug:
+            raise
+        _report(err, out)
+        return EXIT_PROBLEMS
+    except KeyboardInterrupt:
+        print("amibake: interrupted", file=sys.stderr)
+        return 130
+
+
+def _report(err: UserError, out: Output) -> None:
+    if out.json_mode:
+        doc = {
+            "ok": False,
+            "error": err.message,
+            "hint": err.hint,
+            "problems": [
+                {"file": p.location.file, "line": p.location.line,
+                 "col": p.location.col, "message": p.message}
+                for p in err.problems
+            ],
+        }
+        print(json.dumps(doc, indent=2, sort_keys=True))
+        return
+    for problem in err.problems:
+        print(problem, file=sys.stderr)
+    line = f"amibake: error: {err.message}"
+    if err.hint:
+        line += f" (hint: {err.hint})"
+    print(line, file=sys.stderr)
