@@ -59,7 +59,7 @@ class SecretRef:
 # ------------------------------------------------------------------ components
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Tarball:
     """A source tarball fetched and built at bake time, pinned by checksum."""
 
@@ -70,7 +70,7 @@ class Tarball:
     configure_flags: tuple[str, ...] = setting((), help="extra flags for ./installer or configure")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Nginx:
     """The web front end: nginx in front of the app servers."""
 
@@ -97,7 +97,7 @@ class Nginx:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Ruby:
     """The Ruby interpreter: Debian packages, or a tarball built into a prefix."""
 
@@ -106,10 +106,12 @@ class Ruby:
         ("ruby", "ruby-rack", "puma", "ruby-pg"), help="Debian packages (source: debian)"
     )
     tarball: Tarball | None = setting(None, help="source tarball (source: tarball)")
-    gems: tuple[str, ...] = setting((), help="gems installed from the tarball Ruby")
+    gems: tuple[str, ...] = setting(
+        (), help="gems installed into the tarball Ruby: `name` or `name:version`"
+    )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class AppServer:
     """A pack of N app-server processes on ports base_port..base_port+N-1."""
 
@@ -125,7 +127,7 @@ class AppServer:
         return tuple(self.base_port + i for i in range(self.count))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HbaRule:
     """One pg_hba.conf line."""
 
@@ -138,7 +140,7 @@ class HbaRule:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PostgreSQL:
     """PostgreSQL with its data directory on instance storage."""
 
@@ -156,7 +158,7 @@ class PostgreSQL:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Components:
     """Configuration of each component; a role switches components on by name."""
 
@@ -171,7 +173,7 @@ COMPONENT_NAMES: tuple[str, ...] = ("nginx", "ruby", "appserver", "postgresql")
 # --------------------------------------------------------------------- the app
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Database:
     """The app's database and the role it connects as."""
 
@@ -182,7 +184,7 @@ class Database:
     network: str = setting("10.0.0.0/16", help="CIDR the app servers connect from")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class App:
     """The application the servers run."""
 
@@ -200,7 +202,7 @@ class App:
 # ------------------------------------------------------------------- roles
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Role:
     """A server role: which components run on an instance started in it."""
 
@@ -214,7 +216,7 @@ class Role:
 # ------------------------------------------------------------------- image
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ImageSpec:
     """How the image is built."""
 
@@ -234,7 +236,7 @@ class ImageSpec:
     backing: Literal["ebs", "instance-store"] = setting("ebs", help="AMI root device type")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class PublishSpec:
     """Where and how AMIs are published."""
 
@@ -250,7 +252,7 @@ class PublishSpec:
 # ------------------------------------------------------------------ cutover
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DbEndpoint:
     """A PostgreSQL connection (libpq keywords)."""
 
@@ -261,7 +263,7 @@ class DbEndpoint:
     password: SecretRef | None = setting(None, help="secret reference; none for peer/trust")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class FilesSync:
     """Uploaded files moved with rsync."""
 
@@ -271,7 +273,7 @@ class FilesSync:
     ssh_options: tuple[str, ...] = setting((), help="extra ssh options")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DnsSpec:
     """The record that moves, and who serves it."""
 
@@ -283,9 +285,12 @@ class DnsSpec:
     hosted_zone_id: str = setting("", help="Route53 zone id")
     server: str = setting("", help="RFC 2136 primary, host[:port]")
     tsig_key: SecretRef | None = setting(None, help="RFC 2136 TSIG key (name:algorithm:secret)")
+    nameservers: tuple[str, ...] = setting(
+        (), help="authoritative servers to verify against, host[:port]; default: the zone's NS"
+    )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Notice:
     """What users are told."""
 
@@ -293,7 +298,7 @@ class Notice:
     lead_days: int = setting(14, help="days between the notice and the window")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Cutover:
     """Moving the live app onto the new servers."""
 
@@ -313,12 +318,20 @@ class Cutover:
         "before_switch", help="when per-table content checksums run"
     )
     smoke_paths: tuple[str, ...] = setting(("/health", "/"), help="paths that must answer 200")
+    dump_format: Literal["directory", "stream"] = setting(
+        "directory", help="dump strategy: `pg_dump -Fd -j` + `pg_restore -j`, or one stream"
+    )
+    dump_jobs: int = setting(2, help="parallel jobs for pg_dump -Fd / pg_restore -j")
+    publisher: str = setting(
+        "", help="old database as the new server reaches it, host[:port]; default old_db"
+    )
+    catch_up_timeout: int = setting(600, help="seconds to wait for the subscriber to catch up")
 
 
 # ---------------------------------------------------------------- manifest
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Manifest:
     """A whole manifest file."""
 

@@ -1,0 +1,85 @@
+"""The least-privilege IAM policy for amibake's AWS commands.
+
+Each set lists exactly the API operations the code calls (tests record the
+calls through botocore events and compare). `IMPLIED` adds the few actions
+AWS checks without a call of their own (tag-on-create), each with its reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: publish, deprecate, prune, gc (builder/publish + builder/aws/ebs_upload)
+PUBLISH_ACTIONS: frozenset[str] = frozenset({
+    "sts:GetCallerIdentity",
+    "ec2:DescribeRegions",
+    "ec2:DescribeImages",
+    "ec2:DescribeSnapshots",
+    "ec2:RegisterImage",
+    "ec2:CopyImage",
+    "ec2:CreateTags",
+    "ec2:DeregisterImage",
+    "ec2:DeleteSnapshot",
+    "ec2:EnableImageDeprecation",
+    "ec2:DescribeInstances",
+    "ec2:DescribeLaunchTemplates",
+    "ec2:DescribeLaunchTemplateVersions",
+    "ebs:StartSnapshot",
+    "ebs:PutSnapshotBlock",
+    "ebs:ListSnapshotBlocks",
+    "ebs:CompleteSnapshot",
+    "ssm:GetParameter",
+    "ssm:PutParameter",
+    "ssm:AddTagsToResource",
+    "ssm:DeleteParameter",
+})
+
+#: launch --target aws (builder/aws/launch.py)
+LAUNCH_ACTIONS: frozenset[str] = frozenset({
+    "ssm:GetParameter",
+    "ec2:DescribeKeyPairs",
+    "ec2:CreateKeyPair",
+    "ec2:ImportKeyPair",
+    "ec2:DeleteKeyPair",
+    "ec2:DescribeVpcs",
+    "ec2:DescribeSecurityGroups",
+    "ec2:CreateSecurityGroup",
+    "ec2:DeleteSecurityGroup",
+    "ec2:AuthorizeSecurityGroupIngress",
+    "ec2:RunInstances",
+    "ec2:DescribeInstances",
+    "ec2:TerminateInstances",
+})
+
+#: actions AWS authorizes without a call of their own
+IMPLIED: dict[str, dict[str, str]] = {
+    "launch": {
+        "ec2:CreateTags": "RunInstances and CreateSecurityGroup tag on create",
+    },
+}
+
+SERVICE_PREFIX = {"ec2": "ec2", "ebs": "ebs", "ssm": "ssm", "sts": "sts"}
+
+
+def action_name(service: str, operation: str) -> str:
+    """IAM action of a botocore operation (service name as in `client.meta`)."""
+    return f"{SERVICE_PREFIX.get(service, service)}:{operation}"
+
+
+def actions_for(*, publish: bool, launch: bool) -> list[str]:
+    chosen: set[str] = set()
+    if publish:
+        chosen |= PUBLISH_ACTIONS
+    if launch:
+        chosen |= LAUNCH_ACTIONS | set(IMPLIED["launch"])
+    return sorted(chosen)
+
+
+def policy_document(*, publish: bool = True, launch: bool = True) -> dict[str, Any]:
+    statements: list[dict[str, Any]] = []
+    for sid, wanted, base in (("AmibakePublish", publish, PUBLISH_ACTIONS),
+                              ("AmibakeLaunch", launch, LAUNCH_ACTIONS | set(IMPLIED["launch"]))):
+        if wanted:
+            statements.append({"Sid": sid, "Effect": "Allow", "Action": sorted(base),
+                               "Resource": "*"})
+    return {"Version": "2012-10-17", "Statement": statements}

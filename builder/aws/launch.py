@@ -1,0 +1,261 @@
+"""Start an instance of a published image in a role on AWS.
+
+Key pair (create, or import the user's public key; a created private key is
+written 0600 and never printed), a security group with SSH only from the
+caller's /32 plus the role's service ports, run_instances with IMDSv2
+required (hop limit 1), the role in user-data and the `Role` tag, the
+instance-store mapping the db role needs. Waits until running. A failed
+launch removes what it created.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from builder.aws.clients import Clients, error_code
+from builder.errors import UserError
+from builder.manifest.model import Manifest
+from builder.wait import NotYet, Waiter, wait_for
+
+RUNNING_WAITER = Waiter("the instance to be running", attempts=120, interval=5.0)
+
+
+@dataclass(frozen=True)
+class LaunchResult:
+    instance_id: str
+    image_id: str
+    role: str
+    region: str
+    public_ip: str
+    key_name: str
+    key_file: str  # "" when the user's own key was imported
+    security_group_id: str
+    ssh_command: str
+    hosts_line: str
+
+    def as_json(self) -> dict[str, str]:
+        # the private key itself is never part of any output, only its path
+        return {
+            "instance_id": self.instance_id, "image_id": self.image_id, "role": self.role,
+            "region": self.region, "public_ip": self.public_ip, "key_name": self.key_name,
+            "key_file": self.key_file, "security_group_id": self.security_group_id,
+            "ssh_command": self.ssh_command, "hosts_line": self.hosts_line,
+        }
+
+
+def ssh_source_cidr(value: str | None) -> str:
+    """The caller's address as a /32 (only that: SSH is never opened wider)."""
+    if not value:
+        raise UserError(
+            "cannot tell your public IP address for the SSH rule",
+            hint="pass --ssh-cidr YOUR.PUBLIC.IP/32 or set AMIBAKE_SSH_CIDR "
+            "(SSH is only opened to one address)",
+        )
+    try:
+        net = ipaddress.ip_network(value, strict=False)
+    except ValueError as exc:
+        raise UserError(f"--ssh-cidr {value!r} is not an address",
+                        hint="e.g. --ssh-cidr 203.0.113.7/32") from exc
+    if net.num_addresses != 1:
+        raise UserError(f"--ssh-cidr {value} opens SSH to {net.num_addresses} addresses",
+                        hint="give your own address only, as /32")
+    return str(net)
+
+
+def role_ports(manifest: Manifest, role: str) -> list[tuple[int, str]]:
+    """(port, source CIDR) the role's services listen on."""
+    spec = manifest.roles[role]
+    comps = manifest.components
+    ports: list[tuple[int, str]] = []
+    if "nginx" in spec.components and comps.nginx is not None:
+        ports.append((comps.nginx.listen, "0.0.0.0/0"))
+    if "appserver" in spec.components and comps.appserver is not None:
+        ports.extend((p, manifest.app.database.network) for p in comps.appserver.ports)
+    if "postgresql" in spec.components and comps.postgresql is not None:
+        ports.append((comps.postgresql.port, manifest.app.database.network))
+    ports.extend((p, "0.0.0.0/0") for p in spec.ports)
+    return list(dict.fromkeys(ports))
+
+
+def resolve_image(clients: Clients, manifest: Manifest, version: str | None) -> str:
+    """The AMI id of `version` (default: latest) from SSM in the home region."""
+    leaf = version or "latest"
+    name = f"{manifest.publish.ssm_prefix.rstrip('/')}/{manifest.name}/{leaf}"
+    try:
+        return str(clients.ssm().get_parameter(Name=name)["Parameter"]["Value"])
+    except ClientError as exc:
+        if error_code(exc) == "ParameterNotFound":
+            raise UserError(f"no published image at SSM {name} in {clients.home_region}",
+                            hint="publish it first: amibake publish MANIFEST") from exc
+        raise
+
+
+def _write_private_key(path: Path, material: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(material)
+    os.chmod(path, 0o600)
+
+
+def ensure_key_pair(ec2: Any, key_name: str, key_dir: Path, public_key: Path | None,
+                    stack: ExitStack) -> str:
+    """Import `public_key` or create a key pair; returns the private key file ('' if imported)."""
+    try:
+        ec2.describe_key_pairs(KeyNames=[key_name])
+        exists = True
+    except ClientError as exc:
+        if error_code(exc) != "InvalidKeyPair.NotFound":
+            raise
+        exists = False
+    key_file = key_dir / f"{key_name}.pem"
+    if exists:
+        if public_key is None and not key_file.exists():
+            raise UserError(f"key pair {key_name} exists in AWS but {key_file} is missing",
+                            hint="pass --public-key ~/.ssh/id_ed25519.pub or another --key-name")
+        return "" if public_key is not None else str(key_file)
+    if public_key is not None:
+        ec2.import_key_pair(KeyName=key_name, PublicKeyMaterial=public_key.read_bytes())
+        stack.callback(ec2.delete_key_pair, KeyName=key_name)
+        return ""
+    if key_file.exists():
+        raise UserError(f"{key_file} exists but key pair {key_name} does not",
+                        hint="remove the stale file or pass --key-name")
+    created = ec2.create_key_pair(KeyName=key_name, KeyType="ed25519")
+    stack.callback(ec2.delete_key_pair, KeyName=key_name)
+    _write_private_key(key_file, created["KeyMaterial"])
+    stack.callback(key_file.unlink, missing_ok=True)
+    return str(key_file)
+
+
+def ensure_security_group(ec2: Any, name: str, description: str, rules: list[tuple[int, str]],
+                          tags: list[dict[str, str]], stack: ExitStack) -> str:
+    vpcs = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
+    if not vpcs:
+        raise UserError("this region has no default VPC",
+                        hint="create one: aws ec2 create-default-vpc")
+    vpc_id = vpcs[0]["VpcId"]
+    groups = ec2.describe_security_groups(
+        Filters=[{"Name": "group-name", "Values": [name]}, {"Name": "vpc-id", "Values": [vpc_id]}]
+    )["SecurityGroups"]
+    if groups:
+        group_id = str(groups[0]["GroupId"])
+    else:
+        group_id = ec2.create_security_group(
+            GroupName=name, Description=description, VpcId=vpc_id,
+            TagSpecifications=[{"ResourceType": "security-group", "Tags": tags}],
+        )["GroupId"]
+        stack.callback(ec2.delete_security_group, GroupId=group_id)
+    for port, cidr in rules:
+        try:
+            ec2.authorize_security_group_ingress(
+                GroupId=group_id,
+                IpPermissions=[{"IpProtocol": "tcp", "FromPort": port, "ToPort": port,
+                                "IpRanges": [{"CidrIp": cidr, "Description": f"amibake {name}"}]}],
+            )
+        except ClientError as exc:
+            if error_code(exc) != "InvalidPermission.Duplicate":
+                raise
+    return group_id
+
+
+def _default_user_data(manifest: Manifest, role: str) -> bytes:
+    from builder.render import render_role  # H2's renderer
+
+    return bytes(render_role(manifest, role, baked=True).user_data)
+
+
+def launch_aws(
+    clients: Clients,
+    manifest: Manifest,
+    role: str,
+    *,
+    ssh_cidr: str | None = None,
+    version: str | None = None,
+    image_id: str | None = None,
+    key_name: str | None = None,
+    public_key: Path | None = None,
+    key_dir: Path | None = None,
+    instance_type: str | None = None,
+    user_data: Callable[[Manifest, str], bytes] = _default_user_data,
+    waiter: Waiter = RUNNING_WAITER,
+) -> LaunchResult:
+    if role not in manifest.roles:
+        raise UserError(f"no role {role!r} in {manifest.source}",
+                        hint=f"roles: {', '.join(sorted(manifest.roles))}")
+    cidr = ssh_source_cidr(ssh_cidr or os.environ.get("AMIBAKE_SSH_CIDR"))
+    spec = manifest.roles[role]
+    ec2 = clients.ec2()
+    ami = image_id or resolve_image(clients, manifest, version)
+    key_name = key_name or f"amibake-{manifest.name}"
+    key_dir = key_dir or Path.home() / ".ssh"
+    tags = [{"Key": "Role", "Value": role}, {"Key": "Name", "Value": f"{manifest.name}-{role}"},
+            {"Key": "amibake:name", "Value": manifest.name}]
+    body = user_data(manifest, role)
+    with ExitStack() as stack:
+        key_file = ensure_key_pair(ec2, key_name, key_dir, public_key, stack)
+        rules = [(22, cidr), *role_ports(manifest, role)]
+        group_id = ensure_security_group(
+            ec2, f"amibake-{manifest.name}-{role}",
+            f"amibake {manifest.name} {role}: SSH from {cidr} and service ports",
+            rules, tags, stack)
+        request: dict[str, Any] = {
+            "ImageId": ami,
+            "InstanceType": instance_type or spec.instance_type,
+            "MinCount": 1, "MaxCount": 1,
+            "KeyName": key_name,
+            "SecurityGroupIds": [group_id],
+            "UserData": body,  # boto3 base64-encodes it
+            "MetadataOptions": {"HttpTokens": "required", "HttpPutResponseHopLimit": 1,
+                                "HttpEndpoint": "enabled", "InstanceMetadataTags": "enabled"},
+            "TagSpecifications": [{"ResourceType": "instance", "Tags": tags},
+                                  {"ResourceType": "volume", "Tags": tags}],
+        }
+        pg = manifest.components.postgresql
+        if "postgresql" in spec.components and pg is not None:
+            request["BlockDeviceMappings"] = [
+                {"DeviceName": "/dev/sdb", "VirtualName": pg.instance_store}
+            ]
+        instance_id = ec2.run_instances(**request)["Instances"][0]["InstanceId"]
+        stack.callback(_terminate, ec2, instance_id)
+        instance = _wait_running(ec2, instance_id, waiter)
+        stack.pop_all()
+    ip = str(instance.get("PublicIpAddress") or instance.get("PrivateIpAddress") or "")
+    login = manifest.image.login_user
+    key_opt = f"-i {key_file} " if key_file else ""
+    return LaunchResult(
+        instance_id=instance_id, image_id=ami, role=role, region=clients.home_region,
+        public_ip=ip, key_name=key_name, key_file=key_file, security_group_id=group_id,
+        ssh_command=f"ssh {key_opt}{login}@{ip}",
+        hosts_line=f"{ip} {manifest.app.server_name}",
+    )
+
+
+def _terminate(ec2: Any, instance_id: str) -> None:
+    """Terminate and wait, so the security group can be deleted after it."""
+    ec2.terminate_instances(InstanceIds=[instance_id])
+    ec2.get_waiter("instance_terminated").wait(
+        InstanceIds=[instance_id], WaiterConfig={"Delay": 5, "MaxAttempts": 60})
+
+
+def _wait_running(ec2: Any, instance_id: str, waiter: Waiter) -> dict[str, Any]:
+    def check() -> dict[str, Any]:
+        res = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
+        inst: dict[str, Any] = res[0]["Instances"][0]
+        state = inst["State"]["Name"]
+        if state == "running":
+            return inst
+        if state in ("terminated", "shutting-down", "stopped"):
+            raise UserError(f"instance {instance_id} is {state}",
+                            hint=inst.get("StateReason", {}).get("Message", ""))
+        raise NotYet(f"{instance_id} is {state}")
+
+    return wait_for(check, waiter)

@@ -1,0 +1,1 @@
+"""Baking: root filesystem layers (mmdebstrap), a cache of them, the bootable disk."""

@@ -1,0 +1,146 @@
+"""The content-addressed layer cache: finished base trees as `tar --zstd`.
+
+    <cache>/base/<key>.tar.zst   the tree (owners, modes, xattrs kept)
+    <cache>/base/<key>.json      what it holds: spec, kernel, packages, sizes
+    <cache>/work/<pid>-<rand>/   a bake's scratch space (removed by the bake;
+                                 `cache prune` removes those of dead processes)
+
+The key is the sha256 of every input of the layer (BaseSpec.key), so a hit
+is exact by construction; entries are written to a temp name and renamed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from builder.proc import run
+
+TAR_OPTIONS = ("--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls")
+
+
+def default_cache_dir() -> Path:
+    """$AMIBAKE_CACHE_DIR, else $XDG_CACHE_HOME/amibake, else ~/.cache/amibake."""
+    env = os.environ.get("AMIBAKE_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "amibake"
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    key: str
+    archive: Path
+    meta: dict[str, Any]
+    size: int
+    last_used: float
+
+
+class LayerCache:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.base_dir = root / "base"
+        self.work_root = root / "work"
+
+    # ------------------------------------------------------------- base layers
+
+    def archive(self, key: str) -> Path:
+        return self.base_dir / f"{key}.tar.zst"
+
+    def _meta_path(self, key: str) -> Path:
+        return self.base_dir / f"{key}.json"
+
+    def lookup(self, key: str) -> CacheEntry | None:
+        archive, meta_path = self.archive(key), self._meta_path(key)
+        if not (archive.is_file() and meta_path.is_file()):
+            return None
+        meta = json.loads(meta_path.read_text())
+        return CacheEntry(key, archive, meta, archive.stat().st_size, meta_path.stat().st_mtime)
+
+    def store(self, key: str, tree: Path, meta: dict[str, Any]) -> CacheEntry:
+        """Archive `tree` under `key` (atomically: temp file, then rename)."""
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{key[:12]}-", dir=self.base_dir)
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            run(["tar", "--create", "--file", tmp, "--use-compress-program=zstd -T0 -3",
+                 *TAR_OPTIONS, "-C", tree, "."])
+            meta_tmp = tmp.with_suffix(".json")
+            meta_tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            os.replace(tmp, self.archive(key))
+            os.replace(meta_tmp, self._meta_path(key))
+        finally:
+            tmp.unlink(missing_ok=True)
+            tmp.with_suffix(".json").unlink(missing_ok=True)
+        entry = self.lookup(key)
+        assert entry is not None
+        return entry
+
+    def extract(self, entry: CacheEntry, dest: Path) -> None:
+        """Unpack a cached tree into `dest` and mark the entry used."""
+        dest.mkdir(parents=True, exist_ok=True)
+        run(["tar", "--extract", "--file", entry.archive, "--use-compress-program=zstd -T0",
+             *TAR_OPTIONS, "--same-permissions", "--same-owner", "-C", dest])
+        os.utime(self._meta_path(entry.key))
+
+    def entries(self) -> list[CacheEntry]:
+        """Cached base layers, most recently used first."""
+        if not self.base_dir.is_dir():
+            return []
+        found = [self.lookup(p.name.removesuffix(".tar.zst"))
+                 for p in self.base_dir.glob("*.tar.zst") if not p.name.startswith(".")]
+        return sorted((e for e in found if e), key=lambda e: e.last_used, reverse=True)
+
+    # -------------------------------------------------------------- scratch
+
+    @contextlib.contextmanager
+    def workdir(self) -> Iterator[Path]:
+        """A scratch directory on the cache's filesystem, always removed."""
+        self.work_root.mkdir(parents=True, exist_ok=True)
+        path = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=self.work_root))
+        try:
+            yield path
+        finally:
+            shutil.rmtree(path, ignore_errors=True)
+
+    # -------------------------------------------------------------- prune
+
+    def prune(self, keep: int) -> list[Path]:
+        """Keep the `keep` most recently used layers; drop leftovers of dead bakes."""
+        removed: list[Path] = []
+        for entry in self.entries()[keep:]:
+            for path in (entry.archive, self._meta_path(entry.key)):
+                path.unlink(missing_ok=True)
+            removed.append(entry.archive)
+        if self.base_dir.is_dir():
+            for tmp in self.base_dir.glob(".tmp-*"):
+                if time.time() - tmp.stat().st_mtime > 3600:
+                    tmp.unlink(missing_ok=True)
+                    removed.append(tmp)
+        if self.work_root.is_dir():
+            for work in self.work_root.iterdir():
+                pid = work.name.partition("-")[0]
+                if not (pid.isdigit() and _alive(int(pid))):
+                    shutil.rmtree(work, ignore_errors=True)
+                    removed.append(work)
+        return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,313 @@
+"""The bake: manifest → cached layers → bootable disk → boot test → local store.
+
+    plan      render the image content, compute every input's digest (cheap)
+    check     same version stored with the same inputs → nothing to do;
+              with other inputs → refused unless --force
+    base      the base layer from the cache, or mmdebstrap (then cached)
+    config    the rendered files of every baked role, written into the tree
+    disk      root ext4 (mkfs -d), ESP (mtools), GPT, GRUB for UEFI and BIOS
+    test      boot the disk in every role (builder.vm), before anything is kept
+    store     image.json, then one rename into images/<name>/<version>/
+
+Scratch space lives in an ExitStack; the store entry is staged beside its
+destination, so any failure (a command, a boot test, Ctrl-C) leaves nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from builder import __version__
+from builder.bake import bootloader, disk, rootfs
+from builder.bake.cache import LayerCache
+from builder.bake.packages import dpkg_packages
+from builder.bake.sources import DEFAULT_APT_DIR, host_sources
+from builder.errors import UserError
+from builder.manifest.model import Manifest
+from builder.store import DISK_FILE, DiskInfo, Store, StoredImage
+
+#: Part of the disk input digest: bump when the disk layout or GRUB setup changes.
+DISK_CODE_VERSION = "disk-1"
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BakeOptions:
+    store_root: Path
+    cache_dir: Path
+    force: bool = False
+    skip_boot_test: bool = False
+    apt_dir: Path = DEFAULT_APT_DIR
+
+
+@dataclass(frozen=True)
+class BakePlan:
+    """Everything decided before any heavy work: the inputs and their digests."""
+
+    manifest: Manifest
+    roles: tuple[str, ...]
+    base: rootfs.BaseSpec
+    files: tuple[rootfs.LayerFile, ...]
+    services: tuple[str, ...]
+    inputs: dict[str, str]
+    inputs_digest: str
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest.version)
+
+    @property
+    def image_id(self) -> str:
+        seed = f"{self.name}\0{self.version}\0{self.inputs_digest}"
+        return "img-" + hashlib.sha256(seed.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class BakeResult:
+    image: StoredImage
+    action: Literal["built", "unchanged", "replaced"]
+    base_cached: bool
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def with_roles(manifest: Manifest, roles: Sequence[str] | None) -> Manifest:
+    """The manifest with `image.roles` set to `roles` (checked against `roles:`)."""
+    if not roles:
+        return manifest
+    unknown = [r for r in roles if r not in manifest.roles]
+    if unknown:
+        raise UserError(
+            f"unknown role(s) {', '.join(unknown)} in --roles",
+            hint=f"roles of {manifest.source}: {', '.join(manifest.roles)}",
+        )
+    image = dataclasses.replace(manifest.image, roles=tuple(dict.fromkeys(roles)))
+    return dataclasses.replace(manifest, image=image)
+
+
+def image_cloud_config(manifest: Manifest) -> rootfs.LayerFile:
+    """cloud-init settings of the image itself: the login user, no grub-dpkg."""
+    user = manifest.image.login_user
+    text = f"""\
+# amibake: the image's login user (gets the instance's SSH key) and modules
+# this image has no use for.
+system_info:
+  default_user:
+    name: {user}
+    lock_passwd: true
+    gecos: {user}
+    groups: [adm, sudo]
+    sudo: ["ALL=(ALL) NOPASSWD:ALL"]
+    shell: /bin/bash
+grub_dpkg:
+  enabled: false
+"""
+    return rootfs.LayerFile("/etc/cloud/cloud.cfg.d/91_amibake-image.cfg", text.encode())
+
+
+def _roles_json_services(files: Sequence[rootfs.LayerFile]) -> tuple[str, ...]:
+    for f in files:
+        if f.path == "/etc/amibake/roles.json":
+            return tuple(json.loads(f.content).get("all_services", ()))
+    return ()
+
+
+def _digest(doc: Any) -> str:
+    return "sha256:" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def plan_bake(manifest: Manifest, apt_dir: Path = DEFAULT_APT_DIR) -> BakePlan:
+    """Render the image's content and digest every input; no heavy work."""
+    from builder.render import image_content
+
+    content = image_content(manifest)
+    files = [rootfs.LayerFile(f.path, f.content, f.mode, f.owner) for f in content.files]
+    own = image_cloud_config(manifest)
+    if any(f.path == own.path for f in files):
+        raise UserError(f"the renderer and the baker both write {own.path}")
+    files.append(own)
+    spec = manifest.image
+    base = rootfs.base_spec(
+        spec.distro, spec.release, spec.architecture,
+        content.packages, spec.packages, host_sources(spec.release, apt_dir),
+    )
+    services = _roles_json_services(files)
+    inputs = {
+        "base_layer": "sha256:" + base.key(),
+        "config_layer": "sha256:" + rootfs.config_key(files, content.packages),
+        "disk": _digest({
+            "code": DISK_CODE_VERSION,
+            "volume_size_gib": spec.volume_size_gib,
+            "boot_mode": spec.boot_mode,
+            "efi_modules": bootloader.EFI_MODULES,
+            "bios_modules": bootloader.BIOS_MODULES,
+        }),
+        "roles": _digest(list(manifest.baked_roles)),
+    }
+    return BakePlan(
+        manifest=manifest,
+        roles=tuple(manifest.baked_roles),
+        base=base,
+        files=tuple(files),
+        services=services,
+        inputs=inputs,
+        inputs_digest=_digest(inputs),
+    )
+
+
+class _Timer:
+    def __init__(self, say: Say) -> None:
+        self.say = say
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def step(self, name: str, text: str) -> Iterator[None]:
+        self.say(f"{text}...")
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.monotonic() - start, 2)
+
+
+def run_boot_tests(disk_path: Path, manifest: Manifest, roles: Sequence[str],
+                   workdir: Path) -> list[dict[str, Any]]:
+    """builder.vm's boot tests (H5); raises UserError when a role fails."""
+    from builder.vm.boottest import run_boot_tests as vm_boot_tests
+
+    return [r.as_json() for r in vm_boot_tests(disk_path, manifest, roles, workdir=workdir)]
+
+
+def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
+    """Bake `manifest` into the store at options.store_root; see the module doc."""
+    plan = plan_bake(manifest, options.apt_dir)
+    store = Store(options.store_root)
+    existing = store.find(plan.name, plan.version)
+    if existing is not None and existing.inputs_digest == plan.inputs_digest and not options.force:
+        return BakeResult(existing, "unchanged", base_cached=True)
+    if existing is not None and not options.force:
+        raise UserError(
+            f"{plan.name} {plan.version} is already stored with different inputs "
+            f"({existing.dir})",
+            hint="bump the version (--bump patch) or rebuild it with --force",
+        )
+    cache = LayerCache(options.cache_dir)
+    timer = _Timer(say)
+    started = time.monotonic()
+    with contextlib.ExitStack() as stack:
+        work = stack.enter_context(cache.workdir())
+        staged = stack.enter_context(store.staging(plan.name, plan.version))
+        tree = work / "tree"
+        entry = cache.lookup(plan.base.key())
+        base_cached = entry is not None
+        if entry is not None:
+            with timer.step("base", f"base layer {plan.base.key()[:12]} from the cache"):
+                cache.extract(entry, tree)
+        else:
+            with timer.step("base", f"building the base layer {plan.base.key()[:12]} "
+                            f"({len(plan.base.packages)} packages, mmdebstrap)"):
+                rootfs.build_base(plan.base, tree, work / "hooks")
+            with timer.step("cache", "caching the base layer"):
+                cache.store(plan.base.key(), tree, _base_meta(plan.base, tree))
+        with timer.step("config", f"writing {len(plan.files)} rendered files "
+                        f"(roles: {', '.join(plan.roles)})"):
+            rootfs.write_config_layer(tree, plan.files, plan.services)
+            root_uuid = plan.base.root_uuid()
+            kernel = rootfs.kernel_version(tree)
+            grub_dir = tree / "boot/grub"
+            grub_dir.mkdir(parents=True, exist_ok=True)
+            (grub_dir / "grub.cfg").write_text(bootloader.grub_cfg(kernel, root_uuid))
+            packages = dpkg_packages(tree)
+        disk_path = staged / DISK_FILE
+        with timer.step("disk", "writing the disk (root ext4, ESP, GPT, GRUB)"):
+            build_disk(disk_path, tree, work, plan, root_uuid)
+        shutil.rmtree(tree)  # free its space before the boot test
+        if options.skip_boot_test:
+            boot_test: dict[str, Any] = {"skipped": True}
+        else:
+            with timer.step("boot_test", f"boot-testing roles {', '.join(plan.roles)}"):
+                results = run_boot_tests(disk_path, manifest, plan.roles, work / "boot")
+            boot_test = {"skipped": False, "results": results}
+        with timer.step("store", "storing the image"):
+            image = StoredImage(
+                dir=staged,
+                id=plan.image_id,
+                name=plan.name,
+                version=plan.version,
+                roles=plan.roles,
+                architecture=manifest.image.architecture,
+                boot_mode=manifest.image.boot_mode,
+                volume_size_gib=manifest.image.volume_size_gib,
+                inputs=plan.inputs,
+                inputs_digest=plan.inputs_digest,
+                disk=DiskInfo(
+                    file=DISK_FILE,
+                    sha256=sha256_file(disk_path),
+                    apparent_size=disk_path.stat().st_size,
+                    used_size=disk.used_size(disk_path),
+                ),
+                packages=packages,
+                build_time=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                builder_version=__version__,
+                boot_test=boot_test,
+            )
+            stored = store.commit(staged, image, replace=options.force)
+    timer.seconds["total"] = round(time.monotonic() - started, 2)
+    action: Literal["built", "replaced"] = "replaced" if existing is not None else "built"
+    return BakeResult(stored, action, base_cached, timer.seconds)
+
+
+def build_disk(disk_path: Path, tree: Path, work: Path, plan: BakePlan, root_uuid: str) -> None:
+    """The bootable raw disk at `disk_path`, from the finished tree."""
+    seed = plan.inputs_digest
+    layout = disk.plan_layout(plan.manifest.image.volume_size_gib * disk.GIB,
+                              disk.root_fs_size(tree), seed)
+    disk.create_disk(disk_path, layout)
+    root_img, esp_img = work / "root.ext4", work / "esp.vfat"
+    disk.make_root_fs(root_img, tree, layout.root.size, root_uuid, rootfs.ROOT_LABEL)
+    disk.place(disk_path, root_img, layout.root)
+    root_img.unlink()
+    efi = bootloader.build_efi(work / "BOOTX64.EFI", root_uuid)
+    volume_id = hashlib.sha256(seed.encode()).hexdigest()[:8]
+    disk.make_esp(esp_img, layout.esp.size, efi, volume_id)
+    disk.place(disk_path, esp_img, layout.esp)
+    core = bootloader.build_bios_core(work / "core.img", root_uuid)
+    bootloader.install_bios(disk_path, core, layout.bios.start // disk.SECTOR,
+                            layout.bios.size // disk.SECTOR)
+
+
+def _base_meta(spec: rootfs.BaseSpec, tree: Path) -> dict[str, Any]:
+    return {
+        "key": spec.key(),
+        "distro": spec.distro,
+        "release": spec.release,
+        "architecture": spec.architecture,
+        "packages_requested": list(spec.packages),
+        "root_uuid": spec.root_uuid(),
+        "kernel": rootfs.kernel_version(tree),
+        "created": dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "builder_version": __version__,
+    }
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes (holes read as zeros)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()

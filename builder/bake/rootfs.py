@@ -1,0 +1,240 @@
+"""Root filesystem layers: the base OS (mmdebstrap) and the config layer on top.
+
+The base layer holds everything that depends only on the distribution, the
+package set and the hooks below: it is what the layer cache keeps. The
+config layer writes the rendered files of every baked role (the very files
+the user-data renderer produces) into a copy of the base tree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from builder.errors import UserError
+from builder.proc import run
+
+#: Bump when the code below changes what a layer contains: it is part of the keys.
+LAYER_CODE_VERSION = "layers-1"
+
+ARCH_TO_DEBIAN = {"x86_64": "amd64"}
+
+#: What every image carries, whatever its roles: boot, cloud-init, login.
+BASE_PACKAGES: tuple[str, ...] = (
+    "systemd", "systemd-sysv", "udev", "dbus", "linux-image-cloud-amd64",
+    "initramfs-tools", "cloud-init", "cloud-guest-utils", "openssh-server",
+    "sudo", "ca-certificates", "ifupdown", "isc-dhcp-client", "iproute2",
+    "netbase", "e2fsprogs", "python3",
+)
+
+ROOT_LABEL = "amibake-root"
+
+#: mmdebstrap setup hook: runs before any package is unpacked.
+SETUP_HOOK = """#!/bin/sh
+# The db role creates its cluster on instance storage at boot: the package
+# must not create a default one in the image.
+set -eu
+mkdir -p "$1/etc/postgresql-common"
+echo "create_main_cluster = false" > "$1/etc/postgresql-common/createcluster.conf"
+"""
+
+#: mmdebstrap customize hook: fstab first, then the initramfs that reads it.
+CUSTOMIZE_HOOK = """#!/bin/sh
+set -eu
+printf 'UUID=%s / ext4 rw,discard,errors=remount-ro 0 1\\n' @ROOT_UUID@ > "$1/etc/fstab"
+chroot "$1" update-initramfs -u -k all
+"""
+
+
+@dataclass(frozen=True)
+class BaseSpec:
+    """Everything the base layer depends on."""
+
+    distro: str
+    release: str
+    architecture: str
+    packages: tuple[str, ...]
+    sources: tuple[Path, ...]
+
+    @property
+    def debian_arch(self) -> str:
+        return ARCH_TO_DEBIAN[self.architecture]
+
+    def key(self) -> str:
+        """Hex sha256 of every input of the layer (sources by content)."""
+        doc = {
+            "code": LAYER_CODE_VERSION,
+            "distro": self.distro,
+            "release": self.release,
+            "arch": self.debian_arch,
+            "packages": sorted(set(self.packages)),
+            "sources": [hashlib.sha256(p.read_bytes()).hexdigest() for p in self.sources],
+            "hooks": [SETUP_HOOK, CUSTOMIZE_HOOK, _scrub_identity.__doc__],
+        }
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+    def root_uuid(self) -> str:
+        """The root filesystem's UUID: fixed by the layer's inputs (fstab holds it)."""
+        return str(uuid.UUID(hex=self.key()[:32], version=4))
+
+
+def base_spec(
+    distro: str,
+    release: str,
+    architecture: str,
+    role_packages: Iterable[str],
+    extra_packages: Iterable[str],
+    sources: Sequence[Path],
+) -> BaseSpec:
+    if architecture not in ARCH_TO_DEBIAN:
+        raise UserError(f"unsupported architecture {architecture}", hint="use x86_64")
+    packages = tuple(sorted(set(BASE_PACKAGES) | set(role_packages) | set(extra_packages)))
+    return BaseSpec(distro, release, architecture, packages, tuple(sources))
+
+
+def build_base(spec: BaseSpec, tree: Path, hookdir: Path) -> None:
+    """mmdebstrap the base tree into `tree` (absent or empty)."""
+    hookdir.mkdir(parents=True, exist_ok=True)
+    setup = hookdir / "setup.sh"
+    setup.write_text(SETUP_HOOK)
+    customize = hookdir / "customize.sh"
+    customize.write_text(CUSTOMIZE_HOOK.replace("@ROOT_UUID@", spec.root_uuid()))
+    for hook in (setup, customize):
+        hook.chmod(0o755)
+    run(
+        [
+            "mmdebstrap", "--mode=root", "--variant=apt", "--format=directory",
+            f"--architectures={spec.debian_arch}",
+            "--include=" + ",".join(spec.packages),
+            f"--setup-hook={setup}", f"--customize-hook={customize}",
+            spec.release, tree, *spec.sources,
+        ],
+        capture=True,
+    )
+    _scrub_identity(tree)
+
+
+def _scrub_identity(tree: Path) -> None:
+    """No SSH host keys, machine-id, random seed, resolver, hostname or cloud-init
+    state: each instance makes its own at first boot."""
+    for key in (tree / "etc/ssh").glob("ssh_host_*"):
+        key.unlink()
+    (tree / "etc/machine-id").write_text("")
+    for rel in ("var/lib/dbus/machine-id", "var/lib/systemd/random-seed", "etc/resolv.conf"):
+        path = tree / rel
+        if path.is_symlink() or path.exists():
+            path.unlink()
+    (tree / "etc/resolv.conf").write_text("")
+    (tree / "etc/resolv.conf").chmod(0o644)
+    (tree / "etc/hostname").write_text("localhost\n")
+    shutil.rmtree(tree / "var/lib/cloud", ignore_errors=True)
+    for log in (tree / "var/log").glob("cloud-init*"):
+        log.unlink()
+
+
+# ----------------------------------------------------------------- config layer
+
+#: Units the packages enable on install; in a baked image the dispatcher
+#: starts the services of the instance's role, and no other.
+PACKAGE_DEFAULT_UNITS = ("nginx.service", "postgresql.service")
+DISPATCH_UNIT = "amibake-dispatch.service"
+
+
+@dataclass(frozen=True)
+class LayerFile:
+    """One file the config layer writes (the renderer's File, or amibake's own)."""
+
+    path: str
+    content: bytes
+    mode: int = 0o644
+    owner: str = "root:root"
+
+
+def config_key(files: Sequence[LayerFile], packages: Sequence[str]) -> str:
+    """Hex sha256 of the config layer: every file's path, mode, owner and bytes."""
+    h = hashlib.sha256(LAYER_CODE_VERSION.encode() + b"\0")
+    for f in sorted(files, key=lambda f: f.path):
+        h.update(f"{f.path}\0{f.mode:o}\0{f.owner}\0".encode())
+        h.update(hashlib.sha256(f.content).digest())
+    h.update(json.dumps(sorted(packages)).encode())
+    return h.hexdigest()
+
+
+def _inside(tree: Path, path: str) -> Path:
+    pure = PurePosixPath(path)
+    if not pure.is_absolute() or ".." in pure.parts or len(pure.parts) < 2:
+        raise UserError(f"rendered file path must be absolute, without '..': {path}")
+    return tree.joinpath(*pure.parts[1:])
+
+
+def _ids(tree: Path, db: str) -> dict[str, int]:
+    table: dict[str, int] = {}
+    path = tree / "etc" / db
+    if path.exists():
+        for line in path.read_text().splitlines():
+            parts = line.split(":")
+            if len(parts) >= 3 and parts[2].isdigit():
+                table[parts[0]] = int(parts[2])
+    return table
+
+
+def write_config_layer(tree: Path, files: Sequence[LayerFile], services: Sequence[str]) -> None:
+    """Write `files` into `tree`, create their users, switch role services off."""
+    targets = [(f, _inside(tree, f.path)) for f in files]
+    for f, target in targets:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink() or target.exists():
+            target.unlink()
+        target.write_bytes(f.content)
+    if any(f.path.startswith(("/usr/lib/sysusers.d/", "/etc/sysusers.d/")) for f in files):
+        run(["systemd-sysusers", f"--root={tree}"], capture=True)
+    users, groups = _ids(tree, "passwd"), _ids(tree, "group")
+    for f, target in targets:
+        user, _, group = f.owner.partition(":")
+        group = group or user
+        if user not in users or group not in groups:
+            raise UserError(
+                f"rendered file {f.path} is owned by {f.owner}, which the image does not have",
+                hint="the renderer must ship a sysusers.d entry for that user",
+            )
+        os.chown(target, users[user], groups[group])
+        target.chmod(f.mode)
+    dispatch = any(f.path.endswith("/" + DISPATCH_UNIT) for f in files)
+    _switch_units(tree, services, enable_dispatch=dispatch)
+
+
+def _switch_units(tree: Path, services: Sequence[str], *, enable_dispatch: bool) -> None:
+    present = sorted({u for u in (*PACKAGE_DEFAULT_UNITS, *services) if _unit_file(tree, u)})
+    if present:
+        run(["systemctl", f"--root={tree}", "--no-reload", "disable", *present], capture=True)
+    if enable_dispatch:
+        run(["systemctl", f"--root={tree}", "--no-reload", "enable", DISPATCH_UNIT],
+            capture=True)
+
+
+def _unit_file(tree: Path, unit: str) -> bool:
+    name = unit
+    if "@" in unit:
+        prefix, _, rest = unit.partition("@")
+        name = f"{prefix}@.{rest.rpartition('.')[2]}"
+    return any(
+        (tree / d / name).exists()
+        for d in ("etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system")
+    )
+
+
+def kernel_version(tree: Path) -> str:
+    """The one kernel installed in /boot (a cloud kernel)."""
+    kernels = sorted((tree / "boot").glob("vmlinuz-*"))
+    if len(kernels) != 1:
+        raise UserError(f"expected one kernel in the image's /boot, found {len(kernels)}")
+    version = kernels[0].name.removeprefix("vmlinuz-")
+    if not (tree / "boot" / f"initrd.img-{version}").exists():
+        raise UserError(f"the image has no initramfs for kernel {version}")
+    return version

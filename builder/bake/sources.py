@@ -1,0 +1,84 @@
+"""The host's apt sources: mmdebstrap takes these files as its mirror arguments.
+
+No mirror host is ever written by amibake: the files the host's apt already
+uses are passed on as they are (deb822 `.sources`, or a one-line
+`sources.list`), and their contents feed the base layer's cache key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from builder.errors import UserError
+
+DEFAULT_APT_DIR = Path("/etc/apt")
+
+
+def _deb822_stanzas(text: str) -> list[dict[str, str]]:
+    stanzas: list[dict[str, str]] = []
+    current: dict[str, str] = {}
+    key = ""
+    for raw in text.splitlines():
+        line = raw.rstrip()
+        if line.startswith("#"):
+            continue
+        if not line.strip():
+            if current:
+                stanzas.append(current)
+                current, key = {}, ""
+            continue
+        if line[0] in " \t" and key:
+            current[key] += " " + line.strip()
+            continue
+        name, sep, value = line.partition(":")
+        if sep:
+            key = name.strip().lower()
+            current[key] = value.strip()
+    if current:
+        stanzas.append(current)
+    return stanzas
+
+
+def _deb822_offers(path: Path, release: str) -> bool:
+    for stanza in _deb822_stanzas(path.read_text()):
+        if stanza.get("enabled", "yes").lower() == "no":
+            continue
+        if "deb" in stanza.get("types", "").split() and release in stanza.get(
+            "suites", ""
+        ).split():
+            return True
+    return False
+
+
+def _one_line_offers(path: Path, release: str) -> bool:
+    for raw in path.read_text().splitlines():
+        words = raw.split("#", 1)[0].split()
+        if words and words[0] == "deb":
+            rest = [w for w in words[1:] if not w.startswith("[")]
+            if len(rest) >= 2 and rest[1] == release:
+                return True
+    return False
+
+
+def host_sources(release: str, apt_dir: Path = DEFAULT_APT_DIR) -> tuple[Path, ...]:
+    """The host's apt sources files that offer `release`, in apt's order.
+
+    Raises UserError when none does: amibake cannot pick a mirror by itself.
+    """
+    found: list[Path] = []
+    main_list = apt_dir / "sources.list"
+    if main_list.is_file() and _one_line_offers(main_list, release):
+        found.append(main_list)
+    parts = apt_dir / "sources.list.d"
+    if parts.is_dir():
+        for path in sorted(parts.iterdir()):
+            if path.suffix == ".sources" and _deb822_offers(path, release):
+                found.append(path)
+            elif path.suffix == ".list" and _one_line_offers(path, release):
+                found.append(path)
+    if not found:
+        raise UserError(
+            f"the host's apt sources ({apt_dir}) offer no `deb` entry for {release}",
+            hint=f"add a Debian {release} entry to {parts}/debian.sources",
+        )
+    return tuple(found)

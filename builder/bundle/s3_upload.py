@@ -1,0 +1,368 @@
+"""upload-bundle: a bundle's parts and manifest to S3, resumable.
+
+- The bucket is created in the client's region if missing (LocationConstraint
+  except in us-east-1; object ownership "bucket owner preferred" so the
+  `aws-exec-read` ACL that lets EC2 read bundles is accepted) and its public
+  access is blocked. A bucket in another region is an error, not a surprise.
+- Each file is sent with a SHA-256 checksum S3 verifies (ChecksumSHA256),
+  and its hex SHA-256 in the object's metadata. Files above the multipart
+  threshold go in multipart uploads (per-part checksums); a failed multipart
+  upload is aborted, and stale uploads under the bundle's keys are aborted
+  before starting.
+- Every request is retried on transient errors with exponential backoff.
+- Resume: a file already in the bucket with the same size and SHA-256
+  (metadata, or the object checksum read with ChecksumMode=ENABLED) is skipped.
+- The manifest goes last, so a bundle whose manifest is present is complete.
+
+The S3 client is a parameter (boto3 `s3` client for the target region).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from botocore.exceptions import (
+    ClientError,
+    ConnectionClosedError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+from builder.bundle.reader import read_manifest
+from builder.errors import UserError
+
+log = logging.getLogger("amibake.bundle.s3")
+
+MiB = 1024 * 1024
+META_SHA256 = "amibake-sha256"
+TRANSIENT_CODES = frozenset(
+    {"RequestTimeout", "SlowDown", "InternalError", "ServiceUnavailable", "BadDigest",
+     "RequestTimeTooSkewed", "Throttling", "ThrottlingException"}
+)
+NETWORK_ERRORS = (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError,
+                  ConnectTimeoutError)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class UploadSettings:
+    multipart_threshold: int = 64 * MiB
+    multipart_chunk: int = 8 * MiB  # S3's minimum is 5 MiB (except the last)
+    max_attempts: int = 5
+    backoff: float = 0.5  # seconds, doubled each attempt
+    workers: int = 4
+    acl: str | None = "aws-exec-read"
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    bucket: str
+    key_prefix: str
+    manifest_key: str
+    uploaded: tuple[str, ...]
+    skipped: tuple[str, ...]
+    created_bucket: bool
+
+    @property
+    def image_location(self) -> str:
+        """What register_image's ImageLocation takes: bucket/prefix/<manifest>."""
+        return f"{self.bucket}/{self.manifest_key}"
+
+
+def split_location(location: str) -> tuple[str, str]:
+    """`bucket[/prefix]` → (bucket, "prefix/" or "")."""
+    bucket, _, prefix = location.strip("/").partition("/")
+    if not bucket:
+        raise UserError("no bucket given", hint="--bucket BUCKET[/PREFIX]")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket) or ".." in bucket:
+        raise UserError(
+            f"invalid bucket name {bucket!r}",
+            hint="3-63 lower-case letters, digits, '-' and '.', starting and ending "
+            "with a letter or digit",
+        )
+    return bucket, (prefix.strip("/") + "/") if prefix.strip("/") else ""
+
+
+def upload_bundle(
+    s3: Any,
+    manifest_path: Path,
+    location: str,
+    *,
+    settings: UploadSettings = UploadSettings(),
+    sleep: Callable[[float], None] = time.sleep,
+    progress: Callable[[str], None] = lambda _: None,
+) -> UploadResult:
+    """Upload the parts listed in the manifest, then the manifest."""
+    manifest_path = Path(manifest_path)
+    _, parsed = read_manifest(manifest_path)
+    bucket, prefix = split_location(location)
+    files = [manifest_path.parent / p.filename for p in parsed.parts]
+    for index, path in enumerate(files):
+        if not path.is_file():
+            raise UserError(
+                f"part {index} of {len(files)} is missing: {path}",
+                hint="bundle again, or copy every part next to the manifest",
+            )
+    region = s3.meta.region_name or "us-east-1"
+    created = ensure_bucket(s3, bucket, region, sleep=sleep, settings=settings)
+    uploader = _Uploader(s3, bucket, settings, sleep)
+    uploader.abort_stale(prefix + parsed.name)
+    uploaded: list[str] = []
+    skipped: list[str] = []
+
+    def one(path: Path) -> None:
+        key = prefix + path.name
+        if uploader.upload_file(path, key):
+            uploaded.append(key)
+            progress(f"uploaded s3://{bucket}/{key}")
+        else:
+            skipped.append(key)
+            progress(f"already present: s3://{bucket}/{key}")
+
+    with ThreadPoolExecutor(max_workers=max(1, settings.workers)) as pool:
+        for future in [pool.submit(one, path) for path in files]:
+            future.result()
+    one(manifest_path)
+    return UploadResult(
+        bucket, prefix, prefix + manifest_path.name, tuple(sorted(uploaded)),
+        tuple(sorted(skipped)), created,
+    )
+
+
+def ensure_bucket(
+    s3: Any,
+    bucket: str,
+    region: str,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    settings: UploadSettings = UploadSettings(),
+) -> bool:
+    """Create `bucket` in `region` with public access blocked if it is
+    missing; True when it was created here."""
+    try:
+        head = s3.head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        code = exc.response.get("Error", {}).get("Code")
+        if status == 403 or code in ("403", "AccessDenied"):
+            raise UserError(
+                f"bucket {bucket} exists but this account cannot use it",
+                hint="bucket names are global: pick another (publish.bucket)",
+            ) from exc
+        if status != 404 and code not in ("404", "NoSuchBucket", "NotFound"):
+            raise
+    else:
+        where = head.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get(
+            "x-amz-bucket-region", region
+        )
+        if where != region:
+            raise UserError(
+                f"bucket {bucket} is in {where}, not {region}",
+                hint="bundles must be in the region the AMI is registered in",
+            )
+        return False
+    kwargs: dict[str, Any] = {"Bucket": bucket}
+    if region != "us-east-1":
+        kwargs["CreateBucketConfiguration"] = {"LocationConstraint": region}
+    if settings.acl:
+        kwargs["ObjectOwnership"] = "BucketOwnerPreferred"
+    try:
+        _retry(lambda: s3.create_bucket(**kwargs), f"create bucket {bucket}", settings, sleep)
+    except ClientError as exc:
+        code = exc.response.get("Error", {}).get("Code", "")
+        if code in ("InvalidBucketName", "BucketAlreadyExists", "AccessDenied",
+                    "IllegalLocationConstraintException", "InvalidLocationConstraint"):
+            raise UserError(
+                f"cannot create bucket {bucket} in {region}: {code}",
+                hint="bucket names are global, 3-63 lower-case letters, digits, '-' and '.'",
+            ) from exc
+        raise
+    _retry(
+        lambda: s3.put_public_access_block(
+            Bucket=bucket,
+            PublicAccessBlockConfiguration={
+                "BlockPublicAcls": True,
+                "IgnorePublicAcls": True,
+                "BlockPublicPolicy": True,
+                "RestrictPublicBuckets": True,
+            },
+        ),
+        f"block public access on {bucket}",
+        settings,
+        sleep,
+    )
+    return True
+
+
+def delete_bundle(s3: Any, bucket: str, keys: list[str]) -> None:
+    """Delete a bundle's objects (cleanup of a failed publish)."""
+    for start in range(0, len(keys), 1000):
+        batch = keys[start : start + 1000]
+        if batch:
+            s3.delete_objects(
+                Bucket=bucket, Delete={"Objects": [{"Key": k} for k in batch], "Quiet": True}
+            )
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, NETWORK_ERRORS):
+        return True
+    if isinstance(exc, ClientError):
+        code = exc.response.get("Error", {}).get("Code", "")
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0
+        return code in TRANSIENT_CODES or int(status) >= 500
+    return False
+
+
+def _retry(
+    call: Callable[[], T], what: str, settings: UploadSettings, sleep: Callable[[float], None]
+) -> T:
+    delay = settings.backoff
+    for attempt in range(1, settings.max_attempts + 1):
+        try:
+            return call()
+        except Exception as exc:
+            if not _is_transient(exc) or attempt == settings.max_attempts:
+                if _is_transient(exc):
+                    raise UserError(
+                        f"{what} failed after {attempt} attempts: {exc}",
+                        hint="check the network and S3's status, then run again: "
+                        "files already uploaded are skipped",
+                    ) from exc
+                raise
+            log.debug("%s: attempt %d failed (%s); retrying in %.1fs", what, attempt, exc, delay)
+            sleep(delay)
+            delay *= 2
+    raise AssertionError("unreachable")
+
+
+def _sha256(path: Path) -> bytes:
+    digest = hashlib.sha256()
+    with open(path, "rb", buffering=0) as f:
+        while block := f.read(MiB):
+            digest.update(block)
+    return digest.digest()
+
+
+class _Uploader:
+    def __init__(
+        self, s3: Any, bucket: str, settings: UploadSettings, sleep: Callable[[float], None]
+    ) -> None:
+        self.s3 = s3
+        self.bucket = bucket
+        self.settings = settings
+        self.sleep = sleep
+
+    def _retry(self, call: Callable[[], T], what: str) -> T:
+        return _retry(call, what, self.settings, self.sleep)
+
+    def abort_stale(self, key_prefix: str) -> None:
+        """Abort multipart uploads left under this bundle's keys by a crash."""
+        resp = self._retry(
+            lambda: self.s3.list_multipart_uploads(Bucket=self.bucket, Prefix=key_prefix),
+            "list multipart uploads",
+        )
+        for upload in resp.get("Uploads", []):
+            self._abort(upload["Key"], upload["UploadId"])
+
+    def _abort(self, key: str, upload_id: str) -> None:
+        self._retry(
+            lambda: self.s3.abort_multipart_upload(
+                Bucket=self.bucket, Key=key, UploadId=upload_id
+            ),
+            f"abort multipart upload of {key}",
+        )
+
+    def present(self, key: str, size: int, sha256: bytes) -> bool:
+        try:
+            head = self._retry(
+                lambda: self.s3.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"),
+                f"check s3://{self.bucket}/{key}",
+            )
+        except ClientError as exc:
+            if exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") == 404:
+                return False
+            raise
+        if head.get("ContentLength") != size:
+            return False
+        if head.get("Metadata", {}).get(META_SHA256) == sha256.hex():
+            return True
+        return bool(head.get("ChecksumSHA256") == base64.b64encode(sha256).decode())
+
+    def upload_file(self, path: Path, key: str) -> bool:
+        """Upload unless already present; True when it was uploaded."""
+        size = path.stat().st_size
+        sha256 = _sha256(path)
+        if self.present(key, size, sha256):
+            return False
+        extra: dict[str, Any] = {"Metadata": {META_SHA256: sha256.hex()}}
+        if self.settings.acl:
+            extra["ACL"] = self.settings.acl
+        if size <= self.settings.multipart_threshold:
+            body = path.read_bytes()
+            self._retry(
+                lambda: self.s3.put_object(
+                    Bucket=self.bucket,
+                    Key=key,
+                    Body=body,
+                    ChecksumSHA256=base64.b64encode(sha256).decode(),
+                    **extra,
+                ),
+                f"upload of s3://{self.bucket}/{key}",
+            )
+        else:
+            self._multipart(path, key, size, extra)
+        return True
+
+    def _multipart(self, path: Path, key: str, size: int, extra: dict[str, Any]) -> None:
+        created = self._retry(
+            lambda: self.s3.create_multipart_upload(
+                Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256", **extra
+            ),
+            f"start multipart upload of {key}",
+        )
+        upload_id = created["UploadId"]
+        try:
+            done = []
+            chunk = max(self.settings.multipart_chunk, 5 * MiB)
+            with open(path, "rb", buffering=0) as f:
+                for number, offset in enumerate(range(0, size, chunk), start=1):
+                    f.seek(offset)
+                    data = f.read(chunk)
+                    checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
+
+                    def send(number: int = number, data: bytes = data, checksum: str = checksum
+                             ) -> dict[str, Any]:
+                        return self.s3.upload_part(  # type: ignore[no-any-return]
+                            Bucket=self.bucket, Key=key, UploadId=upload_id,
+                            PartNumber=number, Body=data, ChecksumSHA256=checksum,
+                        )
+
+                    resp = self._retry(send, f"upload of part {number} of {key}")
+                    done.append(
+                        {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": checksum}
+                    )
+            self._retry(
+                lambda: self.s3.complete_multipart_upload(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id,
+                    MultipartUpload={"Parts": done},
+                ),
+                f"complete multipart upload of {key}",
+            )
+        except BaseException:
+            try:
+                self._abort(key, upload_id)
+            except Exception:  # the original error matters more
+                log.warning("could not abort multipart upload %s of %s", upload_id, key)
+            raise

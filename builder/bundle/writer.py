@@ -1,0 +1,270 @@
+"""Make a bundle: tar → gzip (parallel members) → AES-128-CBC → 10 MiB parts.
+
+One pass over the image, streamed: the tar stream (tarstream.py) is hashed
+(SHA-1: the manifest's image digest), cut into chunks that a thread pool
+compresses as separate gzip members (concatenated members are one valid gzip
+stream; zlib releases the GIL, so every core compresses), then encrypted in
+order with a fresh random AES-128 key and IV (PKCS#7 padding, as `openssl
+enc -aes-128-cbc`), and written to `<prefix>.part.NN` files of `part_size`
+bytes whose SHA-1s are taken on the way. Memory is bounded by the chunks in
+flight (about 2 × workers × chunk_size). A failed run deletes what it wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import zlib
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives import padding as sym_padding
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
+from builder import __version__
+from builder.bundle import manifest_xml
+from builder.bundle.certs import BundleCredentials, certificate_public_key
+from builder.bundle.tarstream import tar_stream
+from builder.errors import UserError
+
+PART_SIZE = 10 * 1024 * 1024  # what the AMI tools and euca2ools write
+CHUNK_SIZE = 4 * 1024 * 1024  # one gzip member per chunk
+EC2_BUNDLE_SIZE_LIMIT = 10 * 2**30
+
+
+@dataclass(frozen=True)
+class BundleRequest:
+    """What to bundle and how."""
+
+    image: Path
+    destination: Path
+    prefix: str
+    user: str  # AWS account id, 12 digits
+    architecture: str = "x86_64"
+    block_device_mapping: Mapping[str, str] = field(
+        default_factory=manifest_xml.default_block_device_mapping
+    )
+    kernel_id: str = ""
+    ramdisk_id: str = ""
+    part_size: int = PART_SIZE
+    chunk_size: int = CHUNK_SIZE
+    level: int = 6  # gzip's default
+    workers: int = 0  # 0: one per CPU
+    sparse: bool = True
+
+
+@dataclass(frozen=True)
+class BundleResult:
+    manifest_path: Path
+    part_paths: tuple[Path, ...]
+    manifest: manifest_xml.BundleManifest
+
+
+def check_prefix(prefix: str) -> str:
+    if not prefix or "/" in prefix or prefix.startswith(".") or len(prefix.encode()) > 99:
+        raise UserError(
+            f"invalid bundle prefix {prefix!r}",
+            hint="a file name of 1-99 bytes, without '/', not starting with '.'",
+        )
+    return prefix
+
+
+def check_user(user: str) -> str:
+    account = user.replace("-", "")
+    if not (account.isdigit() and len(account) == 12):
+        raise UserError(
+            f"invalid AWS account id {user!r}", hint="--user takes the 12-digit account id"
+        )
+    return account
+
+
+def bundle_image(request: BundleRequest, creds: BundleCredentials) -> BundleResult:
+    """Write the bundle's parts and manifest into `request.destination`."""
+    check_prefix(request.prefix)
+    user = check_user(request.user)
+    image = Path(request.image)
+    if not image.is_file():
+        raise UserError(f"image not found: {image}", hint="give the path of a disk image file")
+    size = image.stat().st_size
+    if size > EC2_BUNDLE_SIZE_LIMIT:
+        raise UserError(
+            f"{image} is {size} bytes; EC2 bundles hold at most 10 GiB",
+            hint="shrink the image, or publish it EBS-backed",
+        )
+    destination = Path(request.destination)
+    destination.mkdir(parents=True, exist_ok=True)
+    key, iv = os.urandom(16), os.urandom(16)
+    parts = _PartWriter(destination, request.prefix, request.part_size)
+    manifest_path = destination / f"{request.prefix}.manifest.xml"
+    try:
+        tar_sha1 = hashlib.sha1()
+        stream = _hashed(tar_stream(str(image), request.prefix, sparse=request.sparse), tar_sha1)
+        workers = request.workers or os.cpu_count() or 1
+        encrypt = _Encryptor(key, iv)
+        for member in parallel_gzip(stream, request.chunk_size, request.level, workers):
+            parts.write(encrypt.update(member))
+        parts.write(encrypt.finalize())
+        written = parts.close()
+        manifest = manifest_xml.BundleManifest(
+            name=request.prefix,
+            user=user,
+            architecture=request.architecture,
+            digest=tar_sha1.hexdigest(),
+            size=size,
+            bundled_size=sum(p.size for p in written),
+            parts=written,
+            key_hex=key.hex(),
+            iv_hex=iv.hex(),
+            block_device_mapping=dict(request.block_device_mapping),
+            kernel_id=request.kernel_id,
+            ramdisk_id=request.ramdisk_id,
+            bundler_version=__version__,
+        )
+        document = manifest_xml.render(
+            manifest,
+            creds.user_key,
+            certificate_public_key(creds.user_cert),
+            certificate_public_key(creds.ec2_cert),
+        )
+        tmp = manifest_path.with_name(manifest_path.name + ".tmp")
+        tmp.write_bytes(document)
+        os.replace(tmp, manifest_path)
+    except BaseException:
+        parts.remove()
+        manifest_path.with_name(manifest_path.name + ".tmp").unlink(missing_ok=True)
+        raise
+    return BundleResult(manifest_path, tuple(destination / p.filename for p in written), manifest)
+
+
+def _hashed(blocks: Iterable[bytes], digest: hashlib._Hash) -> Iterator[bytes]:
+    for block in blocks:
+        digest.update(block)
+        yield block
+
+
+def _rechunk(blocks: Iterable[bytes], size: int) -> Iterator[bytes]:
+    buf = bytearray()
+    for block in blocks:
+        if not buf and len(block) == size:
+            yield block
+            continue
+        buf += block
+        while len(buf) >= size:
+            yield bytes(buf[:size])
+            del buf[:size]
+    if buf:
+        yield bytes(buf)
+
+
+def gzip_member(data: bytes, level: int) -> bytes:
+    """One complete gzip member (header, deflate data, CRC-32 and size)."""
+    comp = zlib.compressobj(level, zlib.DEFLATED, 31)
+    return comp.compress(data) + comp.flush()
+
+
+def parallel_gzip(
+    blocks: Iterable[bytes], chunk_size: int, level: int, workers: int
+) -> Iterator[bytes]:
+    """Gzip members of `chunk_size` input bytes each, compressed by `workers`
+    threads, yielded in order. An all-zero chunk reuses one compressed copy."""
+    zero_chunk = bytes(chunk_size)
+    zero_member: bytes | None = None
+    pending: deque[Future[bytes] | bytes] = deque()
+    limit = 2 * workers
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gzip") as pool:
+        try:
+            for chunk in _rechunk(blocks, chunk_size):
+                if chunk == zero_chunk:
+                    if zero_member is None:
+                        zero_member = gzip_member(zero_chunk, level)
+                    pending.append(zero_member)
+                else:
+                    pending.append(pool.submit(gzip_member, chunk, level))
+                while len(pending) > limit:
+                    yield _result(pending.popleft())
+            while pending:
+                yield _result(pending.popleft())
+        finally:
+            for item in pending:
+                if isinstance(item, Future):
+                    item.cancel()
+
+
+def _result(item: Future[bytes] | bytes) -> bytes:
+    return item if isinstance(item, bytes) else item.result()
+
+
+class _Encryptor:
+    """AES-128-CBC with PKCS#7 padding, byte-compatible with `openssl enc`."""
+
+    def __init__(self, key: bytes, iv: bytes) -> None:
+        self._cipher = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
+        self._padder = sym_padding.PKCS7(128).padder()
+
+    def update(self, data: bytes) -> bytes:
+        return self._cipher.update(self._padder.update(data))
+
+    def finalize(self) -> bytes:
+        return self._cipher.update(self._padder.finalize()) + self._cipher.finalize()
+
+
+class _PartWriter:
+    """Splits a byte stream into `<prefix>.part.NN` files, hashing each."""
+
+    def __init__(self, destination: Path, prefix: str, part_size: int) -> None:
+        self._dir = destination
+        self._prefix = prefix
+        self._part_size = part_size
+        self._parts: list[manifest_xml.Part] = []
+        self._created: list[Path] = []
+        self._fd = -1
+        self._sha1 = hashlib.sha1()
+        self._written = 0
+
+    def _name(self, index: int) -> str:
+        return f"{self._prefix}.part.{index:02d}"
+
+    def _open_next(self) -> None:
+        path = self._dir / self._name(len(self._parts))
+        self._created.append(path)
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        self._sha1 = hashlib.sha1()
+        self._written = 0
+
+    def _close_current(self) -> None:
+        os.close(self._fd)
+        self._fd = -1
+        self._parts.append(
+            manifest_xml.Part(self._name(len(self._parts)), self._sha1.hexdigest(), self._written)
+        )
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            if self._fd < 0:
+                self._open_next()
+            take = min(len(view), self._part_size - self._written)
+            piece = view[:take]
+            self._sha1.update(piece)
+            while piece:
+                n = os.write(self._fd, piece)
+                piece = piece[n:]
+            self._written += take
+            view = view[take:]
+            if self._written == self._part_size:
+                self._close_current()
+
+    def close(self) -> tuple[manifest_xml.Part, ...]:
+        if self._fd >= 0:
+            self._close_current()
+        return tuple(self._parts)
+
+    def remove(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        for path in self._created:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,66 @@
+"""`amibake cutover plan|run|status|rollback MANIFEST`: move the live app."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from builder.output import Output
+
+
+def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser(
+        "cutover", parents=[parent],
+        help="move the live app (database, files, DNS) onto the new servers",
+        description="Plan, run, inspect or roll back the cutover described in the "
+                    "manifest's `cutover` section. Secrets: AMIBAKE_SECRET_<NAME> overrides "
+                    "the secret store for local runs.",
+    )
+    p.add_argument("action", choices=("plan", "run", "status", "rollback"))
+    p.add_argument("manifest", type=Path, metavar="MANIFEST")
+    p.add_argument("--dry-run", action="store_true", help="print what each step would do")
+    p.add_argument("--state", type=Path, help="state file (default: .amibake/ next to MANIFEST)")
+    p.add_argument("--now", action="store_true",
+                   help="start the window steps now, without waiting for window_start / old TTL")
+    p.add_argument("--fix-replica-identity", action="store_true",
+                   help="set REPLICA IDENTITY FULL on tables that have no primary key")
+    p.set_defaults(func=handle)
+
+
+def handle(args: argparse.Namespace, out: Output) -> int:
+    from builder.cutover import plan, procedure
+    from builder.cutover.config import derive
+    from builder.cutover.dns import provider_for
+    from builder.manifest import load_manifest
+
+    manifest = load_manifest(args.manifest)
+    cfg = derive(manifest)
+    dns = provider_for(cfg)
+    path = args.state or procedure.default_state_path(cfg)
+
+    if args.action == "plan":
+        doc = procedure.plan_doc(cfg, dns)
+        out.result(doc, plan.to_markdown(doc))
+        return 0
+    if args.action == "status":
+        doc = procedure.status_doc(cfg, path)
+        out.result(doc, procedure.status_text(doc))
+        return 0
+    if args.dry_run:
+        rows = procedure.dry_run(cfg, dns, path, rollback=args.action == "rollback",
+                                 start_now=args.now,
+                                 fix_replica_identity=args.fix_replica_identity)
+        out.result({"dry_run": rows},
+                   "\n".join(f"{r['status']:8} {r['step']}: {r['would']}" for r in rows))
+        return 0
+    if args.action == "run":
+        state = procedure.run_cutover(cfg, dns, path, say=out.say, start_now=args.now,
+                                      fix_replica_identity=args.fix_replica_identity)
+    else:
+        state = procedure.rollback_cutover(cfg, dns, path, say=out.say)
+    doc = procedure.status_doc(cfg, path)
+    out.result(doc, procedure.status_text(doc))
+    return 0 if state.complete or args.action == "rollback" else 1
+
+

@@ -1,0 +1,109 @@
+"""`amibake imds serve`: run the local instance metadata service until Ctrl-C."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from builder.errors import UserError
+from builder.imds import ImdsConfig, ImdsServer
+from builder.output import Output
+
+
+def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    imds = subparsers.add_parser(
+        "imds", parents=[parent], help="the local EC2 instance metadata service",
+        description="The local EC2 instance metadata service (IMDSv2).",
+    )
+    verbs = imds.add_subparsers(dest="imds_verb", metavar="VERB", required=True)
+    serve = verbs.add_parser(
+        "serve", parents=[parent], help="serve instance metadata until Ctrl-C",
+        description="Serve one instance's metadata (IMDSv2) until Ctrl-C; prints the URL.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    serve.add_argument("--role", help="the instance's amibake role (served as tag Role)")
+    serve.add_argument("--user-data", type=Path, metavar="FILE", help="user-data to serve")
+    serve.add_argument("--tag", action="append", default=[], metavar="K=V",
+                       help="an instance tag (repeatable)")
+    serve.add_argument("--public-key", action="append", default=[], type=Path, metavar="FILE",
+                       help="an OpenSSH public key file (repeatable; the first is key 0)")
+    serve.add_argument("--secret", action="append", default=[], metavar="NAME=VALUE",
+                       help="a secret the SSM / Secrets Manager API answers (repeatable)")
+    serve.add_argument("--instance-id", default=ImdsConfig.instance_id)
+    serve.add_argument("--ami-id", default=ImdsConfig.ami_id)
+    serve.add_argument("--instance-type", default=ImdsConfig.instance_type)
+    serve.add_argument("--region", default=ImdsConfig.region)
+    serve.add_argument("--iam-role", default=ImdsConfig.iam_role,
+                       help="the instance profile's role name ('' for none)")
+    serve.add_argument("--optional-token", action="store_true",
+                       help="answer IMDSv1 requests too (HttpTokens=optional)")
+    serve.set_defaults(func=serve_command)
+
+
+def _pairs(values: list[str], option: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not sep or not key:
+            raise UserError(f"{option} expects KEY=VALUE, got {value!r}",
+                            hint=f"e.g. {option} Name=web-1")
+        pairs[key] = rest
+    return pairs
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror}",
+                        hint="check the path") from exc
+
+
+def config_from_args(args: argparse.Namespace) -> ImdsConfig:
+    tags = _pairs(args.tag, "--tag")
+    if args.role:
+        tags["Role"] = args.role
+    keys = tuple(_read(p, "public key").decode().strip() for p in args.public_key)
+    user_data = _read(args.user_data, "user-data") if args.user_data else b""
+    return ImdsConfig(
+        instance_id=args.instance_id, ami_id=args.ami_id, instance_type=args.instance_type,
+        region=args.region, iam_role=args.iam_role, public_keys=keys, tags=tags,
+        user_data=user_data, secrets=_pairs(args.secret, "--secret"),
+        require_token=not args.optional_token,
+    )
+
+
+def serve_command(args: argparse.Namespace, out: Output) -> int:
+    config = config_from_args(args)
+    stop = threading.Event()
+
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        try:
+            server = ImdsServer(config, host=args.host, port=args.port).start()
+        except OSError as exc:
+            raise UserError(f"cannot listen on {args.host}:{args.port}: {exc.strerror}",
+                            hint="pick another --port") from exc
+        try:
+            out.result(
+                {"url": server.url, "instance_id": config.instance_id,
+                 "require_token": config.require_token, "tags": config.tags},
+                text=f"IMDS for {config.instance_id} at {server.url} (Ctrl-C stops it)",
+            )
+            with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: a normal stop
+                stop.wait()
+        finally:
+            server.stop()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    out.say("IMDS stopped")
+    return 0

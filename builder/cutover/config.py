@@ -1,0 +1,210 @@
+"""Derived cutover configuration: the manifest's `cutover` section with its
+secrets resolved and defaults filled in from the rest of the manifest.
+
+Secrets are references (`{ssm: NAME}` / `{secretsmanager: NAME}`), resolved
+here and never written anywhere. For a local run, the environment variable
+`AMIBAKE_SECRET_<NAME>` overrides the store, where <NAME> is the secret's
+name upper-cased with every run of non-alphanumerics turned into `_`
+(`/smallpayroll/db-password` → `AMIBAKE_SECRET_SMALLPAYROLL_DB_PASSWORD`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from builder.errors import UserError
+from builder.manifest.model import Cutover, DbEndpoint, Manifest, Nginx, SecretRef
+
+
+def secret_env_name(ref: SecretRef) -> str:
+    """The environment variable that overrides `ref` for local runs."""
+    return "AMIBAKE_SECRET_" + re.sub(r"[^A-Za-z0-9]+", "_", ref.name).strip("_").upper()
+
+
+def resolve_secret(
+    ref: SecretRef,
+    *,
+    ssm: Any = None,
+    secretsmanager: Any = None,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """The secret's value: env override first, then the store's client (passed in)."""
+    env = os.environ if environ is None else environ
+    name = secret_env_name(ref)
+    if name in env:
+        return env[name]
+    if ref.store == "ssm" and ssm is not None:
+        try:
+            resp = ssm.get_parameter(Name=ref.name, WithDecryption=True)
+        except Exception as exc:  # botocore ClientError and friends
+            raise UserError(
+                f"cannot read SSM parameter {ref.name}: {exc}",
+                hint=f"check the name and your credentials, or set {name} for a local run",
+            ) from exc
+        return str(resp["Parameter"]["Value"])
+    if ref.store == "secretsmanager" and secretsmanager is not None:
+        try:
+            resp = secretsmanager.get_secret_value(SecretId=ref.name)
+        except Exception as exc:
+            raise UserError(
+                f"cannot read secret {ref.name}: {exc}",
+                hint=f"check the name and your credentials, or set {name} for a local run",
+            ) from exc
+        return str(resp["SecretString"])
+    raise UserError(
+        f"secret {ref.store}:{ref.name} is not available",
+        hint=f"set {name} for a local run, or run with AWS credentials",
+    )
+
+
+def _libpq_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@dataclass(frozen=True)
+class Conn:
+    """A resolved PostgreSQL connection."""
+
+    host: str
+    port: int
+    dbname: str
+    user: str
+    password: str | None = None
+
+    def env(self) -> dict[str, str]:
+        """libpq environment for psql / pg_dump / pg_restore."""
+        env = {
+            "PGHOST": self.host,
+            "PGPORT": str(self.port),
+            "PGDATABASE": self.dbname,
+            "PGUSER": self.user,
+            "PGCONNECT_TIMEOUT": "5",
+            "PGAPPNAME": "amibake-cutover",
+        }
+        if self.password is not None:
+            env["PGPASSWORD"] = self.password
+        return env
+
+    def conninfo(self, *, with_password: bool = True) -> str:
+        parts = [
+            f"host={_libpq_quote(self.host)}",
+            f"port={self.port}",
+            f"dbname={_libpq_quote(self.dbname)}",
+            f"user={_libpq_quote(self.user)}",
+        ]
+        if with_password and self.password is not None:
+            parts.append(f"password={_libpq_quote(self.password)}")
+        return " ".join(parts)
+
+    def __str__(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}/{self.dbname}"
+
+
+@dataclass(frozen=True)
+class TsigKey:
+    name: str
+    algorithm: str
+    secret: str
+
+
+@dataclass(frozen=True)
+class CutoverConfig:
+    """Everything a cutover step needs, typed and resolved."""
+
+    manifest: Manifest
+    cutover: Cutover
+    old: Conn
+    new: Conn
+    publisher: Conn  # the old database as the new server reaches it
+    app_user: str
+    server_name: str
+    nginx: Nginx
+    tsig: TsigKey | None
+
+    @property
+    def strategy(self) -> str:
+        return self.cutover.strategy
+
+
+def _conn(ep: DbEndpoint, secrets: dict[str, Any]) -> Conn:
+    password = resolve_secret(ep.password, **secrets) if ep.password else None
+    return Conn(ep.host, ep.port, ep.dbname, ep.user, password)
+
+
+def parse_tsig(value: str) -> TsigKey:
+    parts = value.strip().split(":", 2)
+    if len(parts) != 3 or not all(parts):
+        raise UserError(
+            "the TSIG key secret is not `name:algorithm:secret`",
+            hint="e.g. amibake.:hmac-sha256:<base64>",
+        )
+    return TsigKey(parts[0], parts[1], parts[2])
+
+
+def derive(
+    manifest: Manifest,
+    *,
+    ssm: Any = None,
+    secretsmanager: Any = None,
+    environ: Mapping[str, str] | None = None,
+) -> CutoverConfig:
+    """Check what the cutover needs beyond the loader's checks, resolve secrets."""
+    cut = manifest.cutover
+    if cut is None:
+        raise UserError(
+            f"{manifest.where('cutover')}: the manifest has no `cutover` section",
+            hint="add one: old_db, new_db, dns, notice, window_start, old_site, new_site",
+        )
+    nginx = manifest.components.nginx
+    if nginx is None:
+        raise UserError(
+            f"{manifest.where('components')}: the cutover needs components.nginx "
+            "(its maintenance flag and page)",
+            hint="add a components.nginx section",
+        )
+    dns = cut.dns
+    if dns.provider == "route53" and not dns.hosted_zone_id:
+        raise UserError(
+            f"{manifest.where('cutover.dns')}: dns.hosted_zone_id is required for route53",
+            hint="the Route53 hosted zone id, e.g. Z0123456789",
+        )
+    if dns.provider == "rfc2136" and (not dns.server or dns.tsig_key is None):
+        raise UserError(
+            f"{manifest.where('cutover.dns')}: rfc2136 needs dns.server and dns.tsig_key",
+            hint="server: host[:port] of the primary; tsig_key: {ssm: NAME}",
+        )
+    secrets: dict[str, Any] = {"ssm": ssm, "secretsmanager": secretsmanager, "environ": environ}
+    old = _conn(cut.old_db, secrets)
+    new = _conn(cut.new_db, secrets)
+    publisher = old
+    if cut.publisher:
+        host, _, port = cut.publisher.rpartition(":") if ":" in cut.publisher else (
+            cut.publisher, "", str(old.port))
+        if not port.isdigit():
+            raise UserError(
+                f"{manifest.where('cutover.publisher')}: publisher must be host[:port]",
+            )
+        publisher = Conn(host, int(port), old.dbname, old.user, old.password)
+    tsig = parse_tsig(resolve_secret(dns.tsig_key, **secrets)) if dns.tsig_key else None
+    app_user = manifest.app.database.user
+    if app_user in (old.user, new.user):
+        raise UserError(
+            f"{manifest.where('app.database.user')}: the app role {app_user!r} is also the "
+            "cutover's superuser; the freeze would lock the cutover out",
+            hint="give the cutover its own superuser in cutover.old_db.user / new_db.user",
+        )
+    return CutoverConfig(
+        manifest=manifest,
+        cutover=cut,
+        old=old,
+        new=new,
+        publisher=publisher,
+        app_user=app_user,
+        server_name=manifest.app.server_name,
+        nginx=nginx,
+        tsig=tsig,
+    )

@@ -1,0 +1,119 @@
+"""Strategy `replicate`: logical replication set up before the window; in the
+window only the tail of the WAL has to arrive."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from builder.cutover import pg
+from builder.cutover.config import CutoverConfig
+from builder.errors import UserError
+
+NAME = "amibake_cutover"  # publication, subscription and slot
+
+
+def subscription_exists(cfg: CutoverConfig) -> bool:
+    return bool(pg.value(cfg.new, f"SELECT 1 FROM pg_subscription WHERE subname = '{NAME}'"))
+
+
+def copy_schema(cfg: CutoverConfig) -> None:
+    """pg_dump --schema-only from the old server, applied with --clean (the new
+    database holds nothing of value before the subscription exists)."""
+    with tempfile.TemporaryDirectory(prefix="amibake-schema-") as tmp:
+        path = Path(tmp) / "schema.sql"
+        pg.tool(["pg_dump", "--schema-only", "--clean", "--if-exists", "--no-publications",
+                 "--no-subscriptions", "-f", str(path)], cfg.old, timeout=600)
+        pg.execute(cfg.new, path.read_text())
+
+
+def setup(cfg: CutoverConfig, say: Callable[[str], None], *, timeout: float = 3600) -> str:
+    """Schema, publication, subscription, and the initial copy: idempotent."""
+    if not subscription_exists(cfg):
+        copy_schema(cfg)
+        if not pg.value(cfg.old, f"SELECT 1 FROM pg_publication WHERE pubname = '{NAME}'"):
+            pg.execute(cfg.old, f"CREATE PUBLICATION {NAME} FOR ALL TABLES")
+        # a slot left by a run that died between creating it and recording the
+        # subscription would make CREATE SUBSCRIPTION fail: drop it if idle
+        pg.execute(cfg.old, f"""
+            SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+             WHERE slot_name = '{NAME}' AND NOT active""")
+        conninfo = cfg.publisher.conninfo()
+        pg.execute(cfg.new, f"CREATE SUBSCRIPTION {NAME} CONNECTION {pg.literal(conninfo)} "
+                            f"PUBLICATION {NAME}")
+    say("waiting for the initial copy of every table")
+    deadline = time.monotonic() + timeout
+    while True:
+        left = int(pg.value(cfg.new, (
+            "SELECT count(*) FROM pg_subscription_rel r JOIN pg_subscription s "
+            f"ON s.oid = r.srsubid WHERE s.subname = '{NAME}' AND r.srsubstate NOT IN ('r', 's')"
+        )) or 0)
+        streaming = pg.value(cfg.new, (
+            f"SELECT count(*) FROM pg_stat_subscription WHERE subname = '{NAME}' "
+            "AND pid IS NOT NULL AND relid IS NULL"))
+        if left == 0 and streaming == "1":
+            break
+        if time.monotonic() > deadline:
+            raise UserError(f"initial sync not finished after {timeout:g} s ({left} tables left)")
+        time.sleep(0.2)
+    tables = pg.value(cfg.new, (
+        "SELECT count(*) FROM pg_subscription_rel r JOIN pg_subscription s "
+        f"ON s.oid = r.srsubid WHERE s.subname = '{NAME}'"))
+    return f"subscription {NAME} streaming; {tables} table(s) copied"
+
+
+def wait_caught_up(cfg: CutoverConfig, final_lsn: str, *, timeout: float) -> str:
+    """Until the slot on the old server confirms `final_lsn` (the subscriber
+    applied and flushed everything committed before the freeze)."""
+    start = time.monotonic()
+    deadline = start + timeout
+    target = pg.literal(final_lsn)
+    while True:
+        try:
+            done = pg.value(cfg.old, (
+                f"SELECT confirmed_flush_lsn >= {target}::pg_lsn FROM pg_replication_slots "
+                f"WHERE slot_name = '{NAME}'"), timeout=10)
+        except UserError as exc:
+            raise UserError(
+                f"the old server is unreachable before the subscriber confirmed {final_lsn}: "
+                f"{exc}",
+                hint="start it again and re-run (the run resumes here), or `cutover rollback`",
+            ) from exc
+        if done == "t":
+            return f"caught up to {final_lsn} in {time.monotonic() - start:.2f} s"
+        if done == "":
+            raise UserError(f"replication slot {NAME} is missing on the old server")
+        if time.monotonic() > deadline:
+            raise UserError(f"the subscriber did not reach {final_lsn} within {timeout} s")
+        time.sleep(0.01)
+
+
+def detach(cfg: CutoverConfig) -> list[str]:
+    """Drop subscription, publication and slot. When the old server is down:
+    DISABLE, slot_name = NONE, DROP; return what is left to drop on it."""
+    pending: list[str] = []
+    if subscription_exists(cfg):
+        if pg.reachable(cfg.old):
+            pg.execute(cfg.new, f"DROP SUBSCRIPTION {NAME}")
+        else:
+            pg.execute(cfg.new, f"ALTER SUBSCRIPTION {NAME} DISABLE")
+            pg.execute(cfg.new, f"ALTER SUBSCRIPTION {NAME} SET (slot_name = NONE)")
+            pg.execute(cfg.new, f"DROP SUBSCRIPTION {NAME}")
+            pending.append(f"slot:{NAME}")
+    if pg.reachable(cfg.old):
+        pending.extend(cleanup_old(cfg))
+    else:
+        pending.extend([f"slot:{NAME}", f"publication:{NAME}"])
+    return sorted(set(pending))
+
+
+def cleanup_old(cfg: CutoverConfig) -> list[str]:
+    """Drop our slot and publication on the old server; [] when all gone."""
+    pg.execute(cfg.old, f"""
+        SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
+         WHERE slot_name = '{NAME}' AND NOT active;
+        DROP PUBLICATION IF EXISTS {NAME};""")
+    left = pg.value(cfg.old, f"SELECT 1 FROM pg_replication_slots WHERE slot_name = '{NAME}'")
+    return [f"slot:{NAME}"] if left else []

@@ -1,0 +1,95 @@
+"""Roles copied ahead of the window, and the write freeze used by both
+strategies: the app role loses LOGIN and its sessions are terminated;
+walsenders (the replication connections) are left alone."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from builder.cutover import pg
+from builder.cutover.config import Conn, CutoverConfig
+from builder.errors import UserError
+
+_CREATE_ROLE = re.compile(r'^CREATE ROLE ("(?:[^"]|"")+"|[^\s;]+);$')
+_ALTER_ROLE = re.compile(r'^ALTER ROLE ("(?:[^"]|"")+"|[^\s;]+) ')
+
+
+def _unquote(name: str) -> str:
+    return name[1:-1].replace('""', '"') if name.startswith('"') else name
+
+
+def copy_roles(cfg: CutoverConfig) -> str:
+    """`pg_dumpall --roles-only` from the old server, applied to the new one.
+
+    Roles that already exist there are altered, not created again, and the
+    cutover's own login on the new server is never touched (its password
+    may differ). Idempotent.
+    """
+    script = pg.tool(
+        ["pg_dumpall", "--roles-only", "-l", cfg.old.dbname], cfg.old, timeout=120
+    )
+    existing = {r[0] for r in pg.query(cfg.new, "SELECT rolname FROM pg_roles")}
+    keep: list[str] = []
+    copied: list[str] = []
+    for line in script.splitlines():
+        m = _CREATE_ROLE.match(line)
+        if m:
+            role = _unquote(m.group(1))
+            if role in existing or role == cfg.new.user:
+                continue
+            copied.append(role)
+        m = _ALTER_ROLE.match(line)
+        if m and _unquote(m.group(1)) in (cfg.new.user, cfg.old.user):
+            continue
+        keep.append(line)
+    pg.execute(cfg.new, "\n".join(keep) + "\n")
+    return f"created {len(copied)} role(s)" + (f": {', '.join(sorted(copied))}" if copied else "")
+
+
+def app_sessions(conn: Conn, app_user: str) -> int:
+    return int(pg.value(conn, (
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
+        f"AND usename = {pg.literal(app_user)}"
+    )) or 0)
+
+
+def freeze(cfg: CutoverConfig, *, timeout: float = 30.0) -> tuple[str, list[list[object]]]:
+    """Refuse the app's writes on the old server; return its final WAL position
+    and sequence values once no app session is left."""
+    role = pg.ident(cfg.app_user)
+    user = pg.literal(cfg.app_user)
+    pg.execute(cfg.old, f"""
+        ALTER ROLE {role} NOLOGIN;
+        SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+         WHERE backend_type = 'client backend' AND usename = {user};
+    """)
+    deadline = time.monotonic() + timeout
+    while app_sessions(cfg.old, cfg.app_user):
+        if time.monotonic() > deadline:
+            raise UserError(f"sessions of {cfg.app_user} survived termination for {timeout:g} s")
+        time.sleep(0.01)
+    lsn = pg.value(cfg.old, "SELECT pg_current_wal_lsn()")
+    seqs = pg.query(cfg.old, "SELECT schemaname, sequencename, last_value FROM pg_sequences "
+                             "ORDER BY 1, 2")
+    sequences: list[list[object]] = [[s, n, int(v) if v else None] for s, n, v in seqs]
+    return lsn, sequences
+
+
+def set_login(conn: Conn, app_user: str, login: bool) -> None:
+    """ALTER ROLE … LOGIN / NOLOGIN (idempotent)."""
+    exists = pg.value(conn, f"SELECT 1 FROM pg_roles WHERE rolname = {pg.literal(app_user)}")
+    if exists:
+        pg.execute(conn, f"ALTER ROLE {pg.ident(app_user)} {'LOGIN' if login else 'NOLOGIN'}")
+
+
+def set_sequences(conn: Conn, sequences: list[list[object]]) -> int:
+    """setval each sequence on `conn` to the value recorded on the old server."""
+    stmts = [
+        f"SELECT setval({pg.literal(pg.ident(str(s)) + '.' + pg.ident(str(n)))}::regclass, "
+        f"{v}, true);"
+        for s, n, v in sequences if v is not None
+    ]
+    if stmts:
+        pg.execute(conn, "\n".join(stmts))
+    return len(stmts)

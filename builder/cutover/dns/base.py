@@ -1,0 +1,147 @@
+"""One interface for the record that moves: read it, lower its TTL, switch
+its address, verify it on every authoritative server, and say how long
+resolvers may still hand out the old address."""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import dns.exception
+import dns.flags
+import dns.message
+import dns.name
+import dns.query
+import dns.rdatatype
+import dns.resolver
+
+from builder.errors import UserError
+from builder.manifest.model import DnsSpec
+
+
+@dataclass(frozen=True)
+class Record:
+    address: str
+    ttl: int
+
+
+@dataclass(frozen=True)
+class ServerAnswer:
+    server: str
+    addresses: tuple[str, ...]
+    ttl: int | None
+
+    def ok(self, expected: str) -> bool:
+        return self.addresses == (expected,)
+
+
+def parse_hostport(value: str, default_port: int = 53) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if sep and port.isdigit() and host and not host.endswith(":"):
+        return host.strip("[]"), int(port)
+    return value, default_port
+
+
+def query_a(server: str, port: int, name: str, timeout: float = 2.0) -> ServerAnswer:
+    """Ask one server directly (no recursion) for the A record of `name`."""
+    q = dns.message.make_query(name, dns.rdatatype.A)
+    q.flags &= ~dns.flags.RD
+    try:
+        resp = dns.query.udp(q, server, port=port, timeout=timeout)
+        if resp.flags & dns.flags.TC:
+            resp = dns.query.tcp(q, server, port=port, timeout=timeout)
+    except (dns.exception.DNSException, OSError) as exc:
+        raise UserError(f"DNS server {server}:{port} did not answer for {name}: {exc}") from exc
+    addrs: list[str] = []
+    ttl: int | None = None
+    for rrset in resp.answer:
+        if rrset.rdtype == dns.rdatatype.A:
+            addrs.extend(r.address for r in rrset)
+            ttl = rrset.ttl
+    return ServerAnswer(f"{server}:{port}", tuple(sorted(addrs)), ttl)
+
+
+def zone_nameservers(server: str, port: int, zone: str) -> list[tuple[str, int]]:
+    """The zone's NS names asked of `server`, each resolved there too (glue)."""
+    q = dns.message.make_query(zone, dns.rdatatype.NS)
+    try:
+        resp = dns.query.udp(q, server, port=port, timeout=2.0)
+    except (dns.exception.DNSException, OSError) as exc:
+        raise UserError(f"DNS server {server}:{port} did not answer NS {zone}: {exc}") from exc
+    names = [r.target.to_text() for rrset in resp.answer
+             if rrset.rdtype == dns.rdatatype.NS for r in rrset]
+    out: list[tuple[str, int]] = []
+    for name in sorted(names):
+        for addr in query_a(server, port, name).addresses:
+            out.append((addr, port))
+    return out
+
+
+class DnsProvider(ABC):
+    """The record named by `spec.record` in `spec.zone`."""
+
+    def __init__(self, spec: DnsSpec) -> None:
+        self.spec = spec
+
+    @abstractmethod
+    def get(self) -> Record:
+        """The record's current address and TTL, from the provider."""
+
+    @abstractmethod
+    def set(self, address: str, ttl: int) -> None:
+        """Replace the record (address, TTL) and return once the change is live."""
+
+    @abstractmethod
+    def default_nameservers(self) -> list[tuple[str, int]]:
+        """The zone's authoritative servers when the manifest names none."""
+
+    def nameservers(self) -> list[tuple[str, int]]:
+        if self.spec.nameservers:
+            return [parse_hostport(s) for s in self.spec.nameservers]
+        return self.default_nameservers()
+
+    def check(self) -> list[ServerAnswer]:
+        """What every authoritative server answers right now."""
+        return [query_a(h, p, self.spec.record) for h, p in self.nameservers()]
+
+    def wait_authoritative(
+        self, expected: str, *, successes: int = 2, attempts: int = 60, interval: float = 0.5
+    ) -> list[ServerAnswer]:
+        """Every authoritative server answers `expected`, `successes` times in a
+        row, within `attempts` rounds (the one waiter pattern)."""
+        streak = 0
+        answers: list[ServerAnswer] = []
+        for _ in range(attempts):
+            answers = self.check()
+            if answers and all(a.ok(expected) for a in answers):
+                streak += 1
+                if streak >= successes:
+                    return answers
+            else:
+                streak = 0
+            time.sleep(interval)
+        bad = ", ".join(f"{a.server} → {','.join(a.addresses) or 'nothing'}"
+                        for a in answers if not a.ok(expected))
+        raise UserError(
+            f"authoritative servers do not all answer {expected} for {self.spec.record}: {bad}",
+            hint="the update may still be propagating; run again to retry",
+        )
+
+
+def cache_expiry(switched_at: datetime, ttl_at_switch: int,
+                 lowered_at: datetime | None, old_ttl: int | None) -> datetime:
+    """When the last resolver may drop the old address: the TTL in force at the
+    switch, or the old long TTL if it was lowered less than one old TTL before."""
+    expiry = switched_at + timedelta(seconds=ttl_at_switch)
+    if old_ttl is not None:
+        long_expiry = (lowered_at or switched_at) + timedelta(seconds=old_ttl)
+        if long_expiry > switched_at:
+            expiry = max(expiry, min(long_expiry, switched_at + timedelta(seconds=old_ttl)))
+    return expiry
+
+
+def countdown(expiry: datetime, now: datetime) -> int:
+    """Seconds resolvers may still return the old address (the `dig` countdown)."""
+    return max(0, int((expiry - now).total_seconds() + 0.999))

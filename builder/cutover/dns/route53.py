@@ -1,0 +1,65 @@
+"""Route53: UPSERT the record, then wait until the change is INSYNC."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from builder.cutover.dns.base import DnsProvider, Record
+from builder.errors import UserError
+from builder.manifest.model import DnsSpec
+
+
+def _fqdn(name: str) -> str:
+    return name if name.endswith(".") else name + "."
+
+
+class Route53Dns(DnsProvider):
+    def __init__(self, client: Any, spec: DnsSpec, *, waiter_delay: int = 2,
+                 waiter_attempts: int = 150) -> None:
+        super().__init__(spec)
+        self.client = client
+        self.zone_id = spec.hosted_zone_id
+        self.waiter_delay = waiter_delay
+        self.waiter_attempts = waiter_attempts
+
+    def get(self) -> Record:
+        name = _fqdn(self.spec.record)
+        resp = self.client.list_resource_record_sets(
+            HostedZoneId=self.zone_id, StartRecordName=name, StartRecordType="A", MaxItems="1"
+        )
+        for rrset in resp.get("ResourceRecordSets", []):
+            if _fqdn(rrset["Name"]).lower() == name.lower() and rrset["Type"] == "A":
+                values = [r["Value"] for r in rrset.get("ResourceRecords", [])]
+                if len(values) != 1:
+                    raise UserError(f"{name} has {len(values)} addresses; expected exactly one")
+                return Record(values[0], int(rrset["TTL"]))
+        raise UserError(
+            f"Route53 zone {self.zone_id} has no A record {name}",
+            hint="check cutover.dns.record and hosted_zone_id",
+        )
+
+    def set(self, address: str, ttl: int) -> None:
+        resp = self.client.change_resource_record_sets(
+            HostedZoneId=self.zone_id,
+            ChangeBatch={
+                "Comment": "amibake cutover",
+                "Changes": [{
+                    "Action": "UPSERT",
+                    "ResourceRecordSet": {
+                        "Name": _fqdn(self.spec.record),
+                        "Type": "A",
+                        "TTL": ttl,
+                        "ResourceRecords": [{"Value": address}],
+                    },
+                }],
+            },
+        )
+        change_id = resp["ChangeInfo"]["Id"]
+        self.client.get_waiter("resource_record_sets_changed").wait(
+            Id=change_id,
+            WaiterConfig={"Delay": self.waiter_delay, "MaxAttempts": self.waiter_attempts},
+        )
+
+    def default_nameservers(self) -> list[tuple[str, int]]:
+        resp = self.client.get_hosted_zone(Id=self.zone_id)
+        return [(ns, 53) for ns in resp.get("DelegationSet", {}).get("NameServers", [])]

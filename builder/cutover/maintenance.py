@@ -1,0 +1,77 @@
+"""The maintenance page: rendered from the notice, switched on and off
+through the web role's nginx maintenance flag (nginx answers 503 with
+Retry-After while the flag file exists), locally or over SSH."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import tempfile
+from pathlib import Path
+
+import jinja2
+
+from builder.cutover.config import CutoverConfig
+from builder.cutover.plan import announced_window, format_time
+from builder.errors import UserError
+from builder.proc import CommandError, run
+
+TEMPLATES = Path(__file__).resolve().parents[2] / "cloudinit" / "templates"
+
+
+def render_page(cfg: CutoverConfig) -> str:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+    )
+    start, end = announced_window(cfg.cutover)
+    return env.get_template("maintenance.html.j2").render(
+        app_name=cfg.manifest.app.name,
+        start=format_time(start),
+        end=format_time(end),
+        contact=cfg.cutover.notice.contact,
+    )
+
+
+def _write_local(path: Path, content: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(content)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def _ssh(target: str, script: str, input: str | None = None) -> None:
+    host = target.removeprefix("ssh:")
+    try:
+        run(["ssh", "-o", "BatchMode=yes", host, script], input=input, capture=True, timeout=60)
+    except CommandError as err:
+        raise UserError(f"maintenance switch on {host} failed: {err.message}",
+                        hint="check SSH access (cutover.old_web) and sudo rights") from err
+
+
+def switch(cfg: CutoverConfig, on: bool) -> str:
+    """Write the page, then create (on) or remove (off) the flag. Idempotent."""
+    flag, page = cfg.nginx.maintenance_flag, cfg.nginx.maintenance_page
+    target = cfg.cutover.old_web
+    if target == "local":
+        if on:
+            _write_local(Path(page), render_page(cfg))
+            Path(flag).parent.mkdir(parents=True, exist_ok=True)
+            Path(flag).touch()
+        else:
+            Path(flag).unlink(missing_ok=True)
+    elif target.startswith("ssh:"):
+        q = shlex.quote
+        if on:
+            script = (f"mkdir -p {q(os.path.dirname(page))} {q(os.path.dirname(flag))} && "
+                      f"cat > {q(page)}.tmp && mv {q(page)}.tmp {q(page)} && touch {q(flag)}")
+            _ssh(target, script, input=render_page(cfg))
+        else:
+            _ssh(target, f"rm -f {q(flag)}")
+    else:
+        raise UserError(f"cutover.old_web must be `local` or `ssh:user@host`, not {target!r}")
+    return f"maintenance {'on' if on else 'off'} ({flag} on {target})"

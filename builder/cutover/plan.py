@@ -1,0 +1,177 @@
+"""The runbook: a timeline computed from the window, the user notice, the
+pre-flight results and the steps, as JSON and as Markdown.
+
+Times shown to people are never 12:00 am/pm, "midnight" or "noon" (nobody
+agrees which day midnight belongs to): a start on the hour of midnight or
+noon is announced one minute earlier (11:59 pm / 11:59 am), an end one
+minute later (12:01 am / 12:01 pm). Every time carries its timezone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from builder.errors import UserError
+from builder.manifest.model import Cutover
+
+Edge = Literal["start", "end"]
+DAY = 86400
+_MONTHS = ("January", "February", "March", "April", "May", "June", "July", "August",
+           "September", "October", "November", "December")
+_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+
+
+def zone(cut: Cutover) -> ZoneInfo:
+    try:
+        return ZoneInfo(cut.timezone)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise UserError(f"cutover.timezone: unknown timezone {cut.timezone!r}",
+                        hint="an IANA name such as America/New_York") from exc
+
+
+def window(cut: Cutover) -> tuple[datetime, datetime]:
+    """The real window, in the notice's timezone."""
+    try:
+        start = datetime.fromisoformat(cut.window_start)
+    except ValueError as exc:
+        raise UserError(f"cutover.window_start: not ISO 8601: {cut.window_start!r}",
+                        hint="e.g. 2026-12-05T23:59-05:00") from exc
+    if start.tzinfo is None:
+        raise UserError("cutover.window_start has no timezone offset",
+                        hint="write it with one, e.g. 2026-12-05T23:59-05:00")
+    start = start.astimezone(zone(cut))
+    return start, start + timedelta(minutes=cut.window_minutes)
+
+
+def shift(dt: datetime, edge: Edge) -> datetime:
+    """Move an exact midnight/noon off the ambiguous hour, outward from the window."""
+    if dt.minute == 0 and dt.second == 0 and dt.hour in (0, 12):
+        return dt - timedelta(minutes=1) if edge == "start" else dt + timedelta(minutes=1)
+    return dt
+
+
+def announced_window(cut: Cutover) -> tuple[datetime, datetime]:
+    start, end = window(cut)
+    return shift(start, "start"), shift(end, "end")
+
+
+def clock(dt: datetime) -> str:
+    """`11:59 pm` — refuses the ambiguous 12:00 (shift() first)."""
+    if dt.minute == 0 and dt.hour in (0, 12):
+        raise ValueError("12:00 am/pm is ambiguous; shift() the time first")
+    hour = dt.hour % 12 or 12
+    return f"{hour}:{dt.minute:02d} {'am' if dt.hour < 12 else 'pm'}"
+
+
+def format_time(dt: datetime, edge: Edge = "start") -> str:
+    """`Saturday, December 5, 2026, 11:59 pm EST (UTC-05:00)`."""
+    dt = shift(dt, edge)
+    off = dt.strftime("%z")
+    offset = f"UTC{off[:3]}:{off[3:]}" if off else "UTC"
+    return (f"{_DAYS[dt.weekday()]}, {_MONTHS[dt.month - 1]} {dt.day}, {dt.year}, "
+            f"{clock(dt)} {dt.tzname()} ({offset})")
+
+
+def notice_text(app_name: str, cut: Cutover) -> str:
+    start, end = window(cut)
+    return (
+        f"{app_name} is moving to new servers. The site will be unavailable from "
+        f"{format_time(start, 'start')} until {format_time(end, 'end')}.\n\n"
+        "Everything you have entered is safe: it moves with the site, and nothing will be "
+        "lost. During the maintenance the site shows a notice and cannot save changes; "
+        "please finish your work before it starts.\n\n"
+        f"Questions: {cut.notice.contact}"
+    )
+
+
+@dataclass(frozen=True)
+class Entry:
+    at: datetime
+    edge: Edge
+    title: str
+    detail: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"at": self.at.isoformat(), "announced": format_time(self.at, self.edge),
+                "title": self.title, "detail": self.detail}
+
+
+def timeline(cut: Cutover, old_ttl: int | None) -> list[Entry]:
+    start, end = window(cut)
+    ttl = old_ttl if old_ttl is not None else DAY
+    lead = max(ttl, DAY)  # at least one old TTL ahead; a day, as the seed does
+    switch = start + timedelta(minutes=5)
+    strategy = ("copy roles and schema, create the publication and subscription and let the "
+                "initial sync finish" if cut.strategy == "replicate" else "copy roles")
+    return [
+        Entry(start - timedelta(days=cut.notice.lead_days), "start", "send the user notice",
+              f"{cut.notice.lead_days} days ahead; text below"),
+        Entry(start - timedelta(seconds=lead), "start", "prepare: `amibake cutover run`",
+              f"pre-flight checks; lower the TTL of {cut.dns.record} from "
+              + (f"its current {ttl} s" if old_ttl is not None else
+                 "an unknown TTL (assumed 1 day)") +
+              f" to {cut.dns.low_ttl} s (at least one old TTL before the window); {strategy}; "
+              "pre-sync the files. The run stops at `await_window`."),
+        Entry(start, "start", "window opens: `amibake cutover run` again",
+              "maintenance page on (503 + Retry-After), writes frozen, "
+              + ("replica catches up, sequences copied, subscription dropped"
+                 if cut.strategy == "replicate" else "dump and restore")
+              + ", final file sync, verification gates, smoke tests as "
+              "the real host name"),
+        Entry(switch, "start", "DNS switch (expected)",
+              f"{cut.dns.record} → {cut.dns.new_address}, TTL {cut.dns.low_ttl} s; verified on "
+              "every authoritative server"),
+        Entry(switch + timedelta(seconds=cut.dns.low_ttl), "end", "watch",
+              "resolvers may return the old address until about here (`amibake cutover status` "
+              "counts down); the old site keeps answering 503, so nothing is written there"),
+        Entry(end, "end", "window closes",
+              "if any gate failed: `amibake cutover rollback` (DNS and TTL restored, writes "
+              "re-enabled on the old server, maintenance page off)"),
+    ]
+
+
+def build(app_name: str, cut: Cutover, *, old_ttl: int | None, old_address: str | None,
+          checks: Sequence[Any], steps: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
+    start, end = window(cut)
+    return {
+        "strategy": cut.strategy,
+        "window": {"start": start.isoformat(), "end": end.isoformat(), "timezone": cut.timezone,
+                   "announced_start": format_time(start, "start"),
+                   "announced_end": format_time(end, "end")},
+        "dns": {"record": cut.dns.record, "current_address": old_address,
+                "current_ttl": old_ttl, "new_address": cut.dns.new_address,
+                "low_ttl": cut.dns.low_ttl},
+        "notice": {"send_at": (start - timedelta(days=cut.notice.lead_days)).isoformat(),
+                   "text": notice_text(app_name, cut)},
+        "timeline": [e.to_json() for e in timeline(cut, old_ttl)],
+        "preflight": [{"check": c.name, "ok": c.ok, "detail": c.detail, "hint": c.hint}
+                      for c in checks],
+        "steps": [{"name": n, "phase": p, "does": d} for n, p, d in steps],
+        "rollback": ["restore the DNS record's old address and TTL",
+                     "re-enable the app role's LOGIN on the old server",
+                     "drop the publication and slot on the old server",
+                     "maintenance page off; check the old site answers"],
+    }
+
+
+def to_markdown(doc: dict[str, Any]) -> str:
+    w = doc["window"]
+    lines = [f"# Cutover runbook ({doc['strategy']})", "",
+             f"Window: {w['announced_start']} – {w['announced_end']}", "", "## Timeline", "",
+             "| when | what | details |", "| --- | --- | --- |"]
+    lines += [f"| {e['announced']} | {e['title']} | {e['detail']} |" for e in doc["timeline"]]
+    lines += ["", "## User notice", "", f"Send at: {doc['notice']['send_at']}", ""]
+    lines += ["> " + ln if ln else ">" for ln in doc["notice"]["text"].splitlines()]
+    lines += ["", "## Pre-flight checks", ""]
+    lines += [f"- [{'x' if c['ok'] else ' '}] {c['check']}: {c['detail']}"
+              + ("" if c["ok"] or not c["hint"] else f" — {c['hint']}") for c in doc["preflight"]]
+    lines += ["", "## Steps", ""]
+    lines += [f"{i}. `{s['name']}` ({s['phase']}): {s['does']}"
+              for i, s in enumerate(doc["steps"], 1)]
+    lines += ["", "## Rollback (`amibake cutover rollback`)", ""]
+    lines += [f"- {r}" for r in doc["rollback"]]
+    return "\n".join(lines) + "\n"

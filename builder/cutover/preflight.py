@@ -1,0 +1,172 @@
+"""Pre-flight checks: what must hold before anything is changed.
+
+Each check reports its current result; `plan` lists them, the `preflight`
+step refuses to go on while a blocking one fails. The one change made here
+is explicit: `--fix-replica-identity` sets REPLICA IDENTITY FULL on tables
+that have neither a primary key nor a replica identity index.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+
+from builder.cutover import pg
+from builder.cutover.config import Conn, CutoverConfig
+from builder.errors import UserError
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    hint: str = ""
+
+
+def _connect(name: str, conn: Conn) -> Check:
+    try:
+        version = pg.value(conn, "SHOW server_version_num", timeout=15)
+    except UserError as exc:
+        return Check(name, False, str(exc),
+                     "check the address, pg_hba.conf and the password secret")
+    return Check(name, True, f"{conn} (server {version})")
+
+
+def _superuser(name: str, conn: Conn) -> Check:
+    sup = pg.value(conn, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+    return Check(name, sup == "t", f"{conn.user} is {'a' if sup == 't' else 'not a'} superuser",
+                 "the cutover needs a superuser on both servers (subscriptions, role copy)")
+
+
+def tables_without_identity(conn: Conn) -> list[str]:
+    """Tables whose UPDATE/DELETE break under a FOR ALL TABLES publication."""
+    rows = pg.query(conn, """
+        SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+           AND n.nspname NOT LIKE 'pg_toast%' AND NOT c.relispartition
+           AND (c.relreplident = 'n'
+                OR (c.relreplident = 'd' AND NOT EXISTS (
+                      SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
+                OR (c.relreplident = 'i' AND NOT EXISTS (
+                      SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisreplident)))
+         ORDER BY 1""")
+    return [r[0] for r in rows]
+
+
+def fix_replica_identity(conn: Conn, tables: list[str]) -> None:
+    pg.execute(conn, "\n".join(f"ALTER TABLE {t} REPLICA IDENTITY FULL;" for t in tables))
+
+
+def _free_bytes(conn: Conn) -> int | None:
+    """Free space under the server's data directory, asked of the server
+    itself (COPY FROM PROGRAM needs superuser, which the cutover has)."""
+    datadir = pg.value(conn, "SHOW data_directory")
+    rows = pg.query(conn, f"""
+        CREATE TEMP TABLE amibake_df (line text);
+        COPY amibake_df FROM PROGRAM {pg.literal("df -Pk " + _sh_quote(datadir))};
+        SELECT line FROM amibake_df;""")
+    for (line,) in rows[1:]:
+        fields = line.split()
+        if len(fields) >= 4 and fields[3].isdigit():
+            return int(fields[3]) * 1024
+    return None
+
+
+def _sh_quote(s: str) -> str:
+    return "'" + s.replace("'", "'\"'\"'") + "'"
+
+
+def _hba_allows(conn: Conn, dbname: str, user: str) -> bool:
+    rows = pg.query(conn, "SELECT type, database, user_name, auth_method FROM pg_hba_file_rules "
+                          "WHERE error IS NULL ORDER BY line_number")
+    for typ, dbs, users, method in rows:
+        if not typ.startswith("host"):
+            continue
+        dbl = dbs.strip("{}").split(",")
+        usl = users.strip("{}").split(",")
+        if ("all" in dbl or dbname in dbl) and ("all" in usl or user in usl):
+            return method != "reject"
+    return False
+
+
+def run_checks(cfg: CutoverConfig, *, fix_replica_identity_now: bool = False) -> list[Check]:
+    """Every check, in order; stops early only when a server is unreachable."""
+    checks = [_connect("old database reachable", cfg.old),
+              _connect("new database reachable", cfg.new)]
+    if not all(c.ok for c in checks):
+        return checks
+    checks += [_superuser("old: cutover user is superuser", cfg.old),
+               _superuser("new: cutover user is superuser", cfg.new)]
+    app = pg.query(cfg.old, "SELECT rolsuper FROM pg_roles WHERE rolname = "
+                            f"{pg.literal(cfg.app_user)}")
+    checks.append(Check(
+        "app role can be frozen",
+        bool(app) and app[0][0] == "f",
+        f"role {cfg.app_user} " + ("missing" if not app else
+                                   "is a superuser" if app[0][0] == "t" else "exists, not super"),
+        "the freeze takes LOGIN away from app.database.user; it must exist and not be superuser",
+    ))
+    size = int(pg.value(cfg.old, "SELECT pg_database_size(current_database())") or 0)
+    free = _free_bytes(cfg.new)
+    need = int(size * 1.2)
+    checks.append(Check(
+        "new server has free space",
+        free is None or free >= need,
+        f"database {size / 2**20:.0f} MiB; free on the new server "
+        + ("unknown" if free is None else f"{free / 2**20:.0f} MiB"),
+        "grow the new server's data volume",
+    ))
+    if cfg.strategy == "dump" and cfg.cutover.dump_format == "directory":
+        local_free = shutil.disk_usage(tempfile.gettempdir()).free
+        checks.append(Check(
+            "local space for the dump", local_free >= size,
+            f"{local_free / 2**20:.0f} MiB free in {tempfile.gettempdir()}",
+            "set TMPDIR to a larger disk or use dump_format: stream"))
+    if cfg.strategy == "replicate":
+        wal = pg.value(cfg.old, "SHOW wal_level")
+        checks.append(Check(
+            "old: wal_level = logical", wal == "logical", f"wal_level = {wal}",
+            "set wal_level = logical on the old server and RESTART it — plan that restart "
+            "days ahead of the window"))
+        slots = int(pg.value(cfg.old, "SHOW max_replication_slots") or 0)
+        senders = int(pg.value(cfg.old, "SHOW max_wal_senders") or 0)
+        checks.append(Check("old: replication slots and senders", slots > 0 and senders > 0,
+                            f"max_replication_slots = {slots}, max_wal_senders = {senders}",
+                            "both must be at least 1 (restart needed)"))
+        workers = int(pg.value(cfg.new, "SHOW max_logical_replication_workers") or 0)
+        checks.append(Check("new: logical replication workers", workers > 0,
+                            f"max_logical_replication_workers = {workers}",
+                            "set it to at least 2 on the new server"))
+        checks.append(Check(
+            "old: pg_hba admits the subscriber",
+            _hba_allows(cfg.old, cfg.old.dbname, cfg.publisher.user),
+            f"host line for database {cfg.old.dbname}, user {cfg.publisher.user}",
+            "replication connections match database-name lines: add a host line for it"))
+        missing = tables_without_identity(cfg.old)
+        if missing and fix_replica_identity_now:
+            fix_replica_identity(cfg.old, missing)
+            checks.append(Check("tables have a replica identity", True,
+                                f"set REPLICA IDENTITY FULL on {', '.join(missing)}"))
+        else:
+            checks.append(Check(
+                "tables have a replica identity", not missing,
+                "all tables have one" if not missing else
+                f"no primary key or replica identity: {', '.join(missing)}",
+                "a FOR ALL TABLES publication breaks their UPDATE/DELETE on the live server; "
+                "add primary keys, or run with --fix-replica-identity (REPLICA IDENTITY FULL)"))
+    return checks
+
+
+def require(checks: list[Check]) -> str:
+    failed = [c for c in checks if not c.ok]
+    if failed:
+        first = failed[0]
+        more = f" (and {len(failed) - 1} more)" if len(failed) > 1 else ""
+        raise UserError(f"pre-flight check failed: {first.name}: {first.detail}{more}",
+                        hint=first.hint)
+    return f"{len(checks)} checks passed"
+
+

@@ -1,0 +1,223 @@
+"""The persisted state machine: one JSON file, rewritten atomically after
+every step, so a killed run resumes at the step it was in.
+
+A step is `pending`, `running` (started; a crash leaves it so, and the next
+run repeats it — steps are idempotent), `waiting` (stopped on purpose, e.g.
+before the window), `done` or `failed`. Every transition is an event with a
+UTC timestamp: the downtime is read from the events, not guessed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from builder.errors import UserError
+
+STATE_VERSION = 1
+Status = Literal["pending", "running", "waiting", "done", "failed"]
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class StepRecord:
+    name: str
+    status: Status = "pending"
+    started: str | None = None
+    finished: str | None = None
+    detail: str = ""
+    error: str = ""
+
+
+@dataclass
+class Facts:
+    """What the steps learnt and later steps (and rollback) rely on."""
+
+    old_address: str | None = None
+    old_ttl: int | None = None
+    ttl_lowered_at: str | None = None
+    maintenance_on_at: str | None = None
+    freeze_at: str | None = None
+    final_lsn: str | None = None
+    #: [schema, name, last_value or None] read on the old server at the freeze
+    sequences: list[list[Any]] = field(default_factory=list)
+    new_writable_at: str | None = None
+    dns_switched_at: str | None = None
+    dns_switched_ttl: int | None = None
+    #: resources left on the old server when it was unreachable
+    pending_old_cleanup: list[str] = field(default_factory=list)
+    rolled_back_at: str | None = None
+
+
+@dataclass
+class CutoverState:
+    manifest: str
+    strategy: str
+    steps: list[StepRecord]
+    facts: Facts = field(default_factory=Facts)
+    events: list[dict[str, str]] = field(default_factory=list)
+    rollback: list[StepRecord] = field(default_factory=list)
+    version: int = STATE_VERSION
+    created: str = field(default_factory=now_iso)
+
+    # ------------------------------------------------------------ persistence
+    @classmethod
+    def new(cls, manifest: str, strategy: str, step_names: Sequence[str]) -> CutoverState:
+        return cls(manifest, strategy, [StepRecord(n) for n in step_names])
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> CutoverState:
+        if doc.get("version") != STATE_VERSION:
+            raise UserError(f"unknown cutover state version {doc.get('version')!r}")
+        known = {f.name for f in fields(Facts)}
+        return cls(
+            manifest=doc["manifest"],
+            strategy=doc["strategy"],
+            steps=[StepRecord(**s) for s in doc["steps"]],
+            facts=Facts(**{k: v for k, v in doc.get("facts", {}).items() if k in known}),
+            events=list(doc.get("events", [])),
+            rollback=[StepRecord(**s) for s in doc.get("rollback", [])],
+            version=doc["version"],
+            created=doc.get("created", now_iso()),
+        )
+
+    def save(self, path: Path) -> None:
+        """Write atomically: temp file in the same directory, fsync, rename."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as fh:
+                json.dump(self.to_json(), fh, indent=2, sort_keys=True)
+                fh.write("\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    @classmethod
+    def load(cls, path: Path) -> CutoverState:
+        try:
+            return cls.from_json(json.loads(path.read_text()))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{path}: cannot read the cutover state: {exc}") from exc
+
+    # ----------------------------------------------------------------- events
+    def record(self, step: str, event: str, detail: str = "") -> None:
+        self.events.append({"at": now_iso(), "step": step, "event": event, "detail": detail})
+
+    def step(self, name: str) -> StepRecord:
+        for rec in self.steps:
+            if rec.name == name:
+                return rec
+        raise KeyError(name)
+
+    def align(self, step_names: Sequence[str]) -> None:
+        """Match the records to the current step list (a manifest edit may add
+        or remove an optional step); records of steps already run are kept."""
+        have = {r.name: r for r in self.steps}
+        self.steps = [have.get(n, StepRecord(n)) for n in step_names]
+
+    @property
+    def complete(self) -> bool:
+        return all(r.status == "done" for r in self.steps)
+
+    @property
+    def next_step(self) -> str | None:
+        return next((r.name for r in self.steps if r.status != "done"), None)
+
+    def downtime_s(self) -> float | None:
+        """Writes refused (maintenance on / freeze) until the new site serves."""
+        start = self.facts.maintenance_on_at or self.facts.freeze_at
+        end = self.facts.dns_switched_at
+        if not start or not end:
+            return None
+        return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+class NotYet(UserError):
+    """A step that must wait (the window has not opened): the run stops
+    cleanly with the step `waiting`; running again resumes there."""
+
+
+class Step(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def describe(self, ctx: Any) -> str: ...
+
+    def run(self, ctx: Any) -> str: ...
+
+
+AfterStep = Callable[[str], None]
+
+
+def run_steps(
+    steps: Sequence[Step],
+    records: list[StepRecord],
+    ctx: Any,
+    state: CutoverState,
+    path: Path,
+    *,
+    say: Callable[[str], None],
+    after_step: AfterStep | None = None,
+) -> None:
+    """Run every step not yet done, in order, saving the state around each.
+
+    `after_step(name)` is called after a step's work and before it is
+    recorded as done: an exception there is a crash at the worst moment
+    (tests inject one to prove each step is idempotent).
+    """
+    by_name = {r.name: r for r in records}
+    for step in steps:
+        rec = by_name[step.name]
+        if rec.status == "done":
+            continue
+        if rec.status == "running":
+            say(f"{step.name}: resuming (the previous run stopped inside this step)")
+        rec.status = "running"
+        rec.started = now_iso()
+        rec.error = ""
+        state.record(step.name, "start")
+        state.save(path)
+        say(f"{step.name}: {step.describe(ctx)}")
+        try:
+            detail = step.run(ctx)
+        except NotYet as exc:
+            rec.status = "waiting"
+            rec.error = exc.message
+            state.record(step.name, "waiting", exc.message)
+            state.save(path)
+            raise
+        except Exception as exc:
+            rec.status = "failed"
+            rec.error = str(exc)
+            state.record(step.name, "failed", str(exc))
+            state.save(path)
+            raise
+        if after_step is not None:
+            after_step(step.name)
+        rec.status = "done"
+        rec.finished = now_iso()
+        rec.detail = detail
+        state.record(step.name, "done", detail)
+        state.save(path)
+        say(f"{step.name}: done{': ' + detail if detail else ''}")

@@ -1,0 +1,347 @@
+"""The ordered cutover steps. Each is idempotent (a crashed run repeats the
+step it was in) and says what it would do for --dry-run. Facts a later step
+or a rollback needs are kept in the persisted state."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit
+
+from builder.cutover import db_dump, db_replicate, files, maintenance, preflight, verify
+from builder.cutover.config import CutoverConfig
+from builder.cutover.db_roles import copy_roles, freeze, set_login, set_sequences
+from builder.cutover.dns.base import DnsProvider, cache_expiry, countdown
+from builder.cutover.plan import window
+from builder.cutover.state import CutoverState, NotYet, now_iso
+from builder.errors import UserError
+
+
+@dataclass
+class Ctx:
+    cfg: CutoverConfig
+    state: CutoverState
+    dns: DnsProvider
+    say: Callable[[str], None]
+    start_now: bool = False
+    fix_replica_identity: bool = False
+
+
+@dataclass(frozen=True)
+class FnStep:
+    name: str
+    phase: str  # prepare | window | after | rollback
+    describe_fn: Callable[[Ctx], str]
+    run_fn: Callable[[Ctx], str]
+
+    def describe(self, ctx: Ctx) -> str:
+        return self.describe_fn(ctx)
+
+    def run(self, ctx: Ctx) -> str:
+        return self.run_fn(ctx)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# ------------------------------------------------------------------ prepare
+
+
+def _preflight(ctx: Ctx) -> str:
+    return preflight.require(preflight.run_checks(
+        ctx.cfg, fix_replica_identity_now=ctx.fix_replica_identity))
+
+
+def _lower_ttl(ctx: Ctx) -> str:
+    facts, dns = ctx.state.facts, ctx.cfg.cutover.dns
+    rec = ctx.dns.get()
+    if facts.old_address is None:  # first run: remember what rollback restores
+        facts.old_address, facts.old_ttl = rec.address, rec.ttl
+    if rec.ttl > dns.low_ttl:
+        ctx.dns.set(rec.address, dns.low_ttl)
+        facts.ttl_lowered_at = facts.ttl_lowered_at or now_iso()
+    ctx.dns.wait_authoritative(rec.address)
+    return f"{dns.record} {rec.address}: TTL {facts.old_ttl} s → {dns.low_ttl} s"
+
+
+def _await_window(ctx: Ctx) -> str:
+    start, _ = window(ctx.cfg.cutover)
+    now = _now()
+    facts = ctx.state.facts
+    notes = []
+    if facts.ttl_lowered_at and facts.old_ttl:
+        lowered = datetime.fromisoformat(facts.ttl_lowered_at)
+        left = countdown(lowered + timedelta(seconds=facts.old_ttl), now)
+        if left:
+            notes.append(f"resolvers may cache the old TTL ({facts.old_ttl} s) for {left} s more")
+    if now < start and not ctx.start_now:
+        raise NotYet(f"the window opens at {start.isoformat()}; run again then (or --now)")
+    if notes and not ctx.start_now:
+        raise NotYet("; ".join(notes) + "; run again then (or --now)")
+    return "window open" + (f" (started early: {'; '.join(notes)})" if notes else "")
+
+
+# ------------------------------------------------------------------ window
+
+
+def _maintenance_on(ctx: Ctx) -> str:
+    detail = maintenance.switch(ctx.cfg, True)
+    ctx.state.facts.maintenance_on_at = ctx.state.facts.maintenance_on_at or now_iso()
+    status, headers, _ = verify.fetch(ctx.cfg.cutover.old_site, "/", ctx.cfg.server_name)
+    if status != 503:
+        raise UserError(f"the old site answers {status}, not 503, with the maintenance flag on",
+                        hint="the old nginx needs the maintenance `if (-f flag)` block")
+    return f"{detail}; old site answers 503 (Retry-After {headers.get('retry-after', '?')})"
+
+
+def _freeze(ctx: Ctx) -> str:
+    lsn, seqs = freeze(ctx.cfg)
+    f = ctx.state.facts
+    f.freeze_at = f.freeze_at or now_iso()
+    f.final_lsn, f.sequences = lsn, seqs
+    return f"{ctx.cfg.app_user} NOLOGIN, sessions ended; final LSN {lsn}"
+
+
+def _catch_up(ctx: Ctx) -> str:
+    lsn = ctx.state.facts.final_lsn
+    assert lsn is not None
+    return db_replicate.wait_caught_up(ctx.cfg, lsn, timeout=ctx.cfg.cutover.catch_up_timeout)
+
+
+def _sequences(ctx: Ctx) -> str:
+    return f"{set_sequences(ctx.cfg.new, ctx.state.facts.sequences)} sequence(s) set"
+
+
+def _writable(ctx: Ctx) -> None:
+    set_login(ctx.cfg.new, ctx.cfg.app_user, True)
+    ctx.state.facts.new_writable_at = ctx.state.facts.new_writable_at or now_iso()
+
+
+def _detach(ctx: Ctx) -> str:
+    pending = db_replicate.detach(ctx.cfg)
+    ctx.state.facts.pending_old_cleanup = pending
+    _writable(ctx)
+    return ("subscription, publication and slot dropped" if not pending else
+            "subscription dropped (old server down); left on the old server: "
+            + ", ".join(pending))
+
+
+def _dump_restore(ctx: Ctx) -> str:
+    detail = db_dump.dump_restore(ctx.cfg)
+    _writable(ctx)
+    return detail
+
+
+def _files_sync(ctx: Ctx) -> str:
+    assert ctx.cfg.cutover.files is not None
+    return files.sync(ctx.cfg.cutover.files)
+
+
+def _verify_db(ctx: Ctx) -> str:
+    cfg = ctx.cfg
+    try:
+        old_counts, new_counts = verify.both(verify.row_counts, cfg.old, cfg.new)
+    except UserError as exc:
+        raise UserError(
+            f"row counts: {exc}",
+            hint="the old server must be up to compare; start it and run again") from exc
+    counts = verify.compare("row counts", old_counts, new_counts)
+    recorded = {f"{s}.{n}": v for s, n, v in ctx.state.facts.sequences}
+    seqs = verify.compare("sequences", dict(recorded), dict(verify.sequences(cfg.new)))
+    for c in (counts, seqs):
+        if not c.ok:
+            raise UserError(
+                f"gate failed: {c.summary()}",
+                hint="DNS was not touched; `amibake cutover rollback` restores the old site")
+    return f"{counts.summary()}; {seqs.summary()}"
+
+
+def _verify_checksums(ctx: Ctx) -> str:
+    old, new = verify.both(verify.table_checksums, ctx.cfg.old, ctx.cfg.new)
+    c = verify.compare("table checksums", old, new)
+    if not c.ok:
+        raise UserError(f"gate failed: {c.summary()}",
+                        hint="`amibake cutover rollback` restores the old site")
+    return c.summary()
+
+
+def _verify_files(ctx: Ctx) -> str:
+    assert ctx.cfg.cutover.files is not None
+    check = files.verify(ctx.cfg.cutover.files)
+    if not check.ok:
+        raise UserError(f"gate failed: {len(check.differences)} file(s) differ: "
+                        + "; ".join(check.differences[:5]),
+                        hint="run again (the final sync repeats), or `amibake cutover rollback`")
+    return f"{check.files} file(s) equal by checksum"
+
+
+def _smoke(ctx: Ctx) -> str:
+    cut = ctx.cfg.cutover
+    host = urlsplit(cut.new_site).hostname or ctx.cfg.server_name
+    results = verify.smoke(cut.new_site, host, cut.smoke_paths, address=cut.dns.new_address)
+    return verify.require_smoke(results, f"{cut.new_site} at {cut.dns.new_address}", host)
+
+
+def _dns_switch(ctx: Ctx) -> str:
+    dns = ctx.cfg.cutover.dns
+    ctx.dns.set(dns.new_address, dns.low_ttl)
+    answers = ctx.dns.wait_authoritative(dns.new_address)
+    f = ctx.state.facts
+    f.dns_switched_at = f.dns_switched_at or now_iso()
+    f.dns_switched_ttl = dns.low_ttl
+    left = countdown(expiry(ctx.state), _now())
+    return (f"{dns.record} → {dns.new_address} on {len(answers)} authoritative server(s); "
+            f"resolvers may cache the old address for {left} s more")
+
+
+def _cleanup_old(ctx: Ctx) -> str:
+    f = ctx.state.facts
+    if ctx.cfg.strategy != "replicate":
+        return "nothing left on the old server"
+    if not verify.pg.reachable(ctx.cfg.old):
+        return ("old server unreachable; still to drop there: " + ", ".join(f.pending_old_cleanup)
+                + " (run again when it is up)") if f.pending_old_cleanup else "nothing to drop"
+    f.pending_old_cleanup = db_replicate.cleanup_old(ctx.cfg)
+    return "slot and publication dropped on the old server"
+
+
+def expiry(state: CutoverState) -> datetime:
+    f = state.facts
+    assert f.dns_switched_at is not None
+    return cache_expiry(
+        datetime.fromisoformat(f.dns_switched_at), f.dns_switched_ttl or 0,
+        datetime.fromisoformat(f.ttl_lowered_at) if f.ttl_lowered_at else None, f.old_ttl)
+
+
+# ------------------------------------------------------------------ lists
+
+
+def forward_steps(cfg: CutoverConfig) -> list[FnStep]:
+    cut = cfg.cutover
+    d = cut.dns
+    rep = cut.strategy == "replicate"
+    fs = cut.files
+    steps = [
+        FnStep("preflight", "prepare",
+               lambda c: "connectivity, privileges, wal_level, replica identity, free space"
+               + (" (fixing replica identity)" if c.fix_replica_identity else ""), _preflight),
+        FnStep("dns_lower_ttl", "prepare",
+               lambda c: f"read {d.record} and lower its TTL to {d.low_ttl} s", _lower_ttl),
+        FnStep("db_copy_roles", "prepare",
+               lambda c: "pg_dumpall --roles-only from the old server onto the new one",
+               lambda c: copy_roles(c.cfg)),
+    ]
+    if rep:
+        steps.append(FnStep(
+            "db_replication_setup", "prepare",
+            lambda c: f"schema copy, publication and subscription {db_replicate.NAME}, "
+                      "initial sync", lambda c: db_replicate.setup(c.cfg, c.say)))
+    if fs:
+        steps.append(FnStep("files_presync", "prepare",
+                            lambda c: f"rsync --delete {fs.source} → {fs.destination}",
+                            _files_sync))
+    steps += [
+        FnStep("await_window", "prepare",
+               lambda c: f"wait for the window ({cut.window_start}) and the old TTL to expire",
+               _await_window),
+        FnStep("maintenance_on", "window",
+               lambda c: f"maintenance page and flag {c.cfg.nginx.maintenance_flag} on "
+                         f"{cut.old_web}; expect 503 from {cut.old_site}", _maintenance_on),
+        FnStep("db_freeze", "window",
+               lambda c: f"ALTER ROLE {c.cfg.app_user} NOLOGIN on the old server, end its "
+                         "sessions, record the final LSN and sequences", _freeze),
+    ]
+    if rep:
+        steps += [
+            FnStep("db_catch_up", "window",
+                   lambda c: "wait until the slot confirms the final LSN", _catch_up),
+            FnStep("db_sequences", "window",
+                   lambda c: "setval every sequence on the new server", _sequences),
+            FnStep("db_detach", "window",
+                   lambda c: "drop subscription, publication and slot; app role LOGIN on new",
+                   _detach),
+        ]
+    else:
+        steps.append(FnStep(
+            "db_dump_restore", "window",
+            lambda c: (f"pg_dump -Fd -j {cut.dump_jobs} + pg_restore -j {cut.dump_jobs}"
+                       if cut.dump_format == "directory" else "pg_dump -Fc | pg_restore")
+            + " --clean onto the new server", _dump_restore))
+    if fs:
+        steps.append(FnStep("files_final_sync", "window",
+                            lambda c: f"rsync --delete {fs.source} → {fs.destination}",
+                            _files_sync))
+    steps.append(FnStep("verify_db", "window",
+                        lambda c: "gate: per-table row counts and sequence values equal",
+                        _verify_db))
+    checksums = FnStep("verify_checksums", "window" if cut.checksum_when == "before_switch"
+                       else "after", lambda c: "gate: per-table ordered md5 checksums equal",
+                       _verify_checksums)
+    if cut.checksum_when == "before_switch":
+        steps.append(checksums)
+    if fs:
+        steps.append(FnStep("verify_files", "window",
+                            lambda c: "gate: rsync --checksum --dry-run finds no difference",
+                            _verify_files))
+    steps += [
+        FnStep("smoke_new_site", "window",
+               lambda c: f"GET {', '.join(cut.smoke_paths)} from {cut.new_site} resolved to "
+                         f"{d.new_address} (no DNS involved)", _smoke),
+        FnStep("dns_switch", "window",
+               lambda c: f"{d.record} → {d.new_address} (TTL {d.low_ttl} s), verified on "
+                         "every authoritative server", _dns_switch),
+    ]
+    if cut.checksum_when == "after_switch":
+        steps.append(checksums)
+    steps.append(FnStep("cleanup_old", "after",
+                        lambda c: "drop anything left on the old server", _cleanup_old))
+    return steps
+
+
+# ------------------------------------------------------------------ rollback
+
+
+def _rb_dns(ctx: Ctx) -> str:
+    f = ctx.state.facts
+    if f.old_address is None or f.old_ttl is None:
+        return "DNS untouched"
+    ctx.dns.set(f.old_address, f.old_ttl)
+    ctx.dns.wait_authoritative(f.old_address)
+    return f"{ctx.cfg.cutover.dns.record} → {f.old_address}, TTL {f.old_ttl} s"
+
+
+def _rb_replication(ctx: Ctx) -> str:
+    if ctx.cfg.strategy != "replicate":
+        return "no replication to undo"
+    pending = db_replicate.detach(ctx.cfg)
+    ctx.state.facts.pending_old_cleanup = pending
+    return "replication removed" + (f"; left on the old server: {pending}" if pending else "")
+
+
+def _rb_unfreeze(ctx: Ctx) -> str:
+    set_login(ctx.cfg.old, ctx.cfg.app_user, True)
+    return f"{ctx.cfg.app_user} LOGIN again on the old server"
+
+
+def _rb_old_serves(ctx: Ctx) -> str:
+    cut = ctx.cfg.cutover
+    results = verify.smoke(cut.old_site, ctx.cfg.server_name, cut.smoke_paths)
+    return verify.require_smoke(results, cut.old_site, ctx.cfg.server_name)
+
+
+def rollback_steps(cfg: CutoverConfig) -> list[FnStep]:
+    return [
+        FnStep("dns_restore", "rollback", lambda c: "restore the record's old address and TTL",
+               _rb_dns),
+        FnStep("db_replication_remove", "rollback",
+               lambda c: "drop subscription, publication and slot", _rb_replication),
+        FnStep("db_unfreeze_old", "rollback",
+               lambda c: f"ALTER ROLE {cfg.app_user} LOGIN on the old server", _rb_unfreeze),
+        FnStep("maintenance_off", "rollback", lambda c: "remove the maintenance flag",
+               lambda c: maintenance.switch(c.cfg, False)),
+        FnStep("old_site_serving", "rollback",
+               lambda c: f"GET {', '.join(cfg.cutover.smoke_paths)} from {cfg.cutover.old_site}",
+               _rb_old_serves),
+    ]

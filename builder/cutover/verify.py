@@ -1,0 +1,167 @@
+"""Verification gates before DNS moves: row counts, sequence values, ordered
+content checksums, files, and smoke tests of the new site under its real
+host name without touching DNS (connect to the new address, send the Host
+header / SNI of the real name — the seed's hosts-file override)."""
+
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from builder.cutover import pg
+from builder.cutover.config import Conn
+from builder.errors import UserError
+
+T = TypeVar("T")
+
+_USER_TABLES = """
+    SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+      JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+       AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1"""
+
+
+def tables(conn: Conn) -> list[str]:
+    return [r[0] for r in pg.query(conn, _USER_TABLES)]
+
+
+def row_counts(conn: Conn) -> dict[str, int]:
+    names = tables(conn)
+    if not names:
+        return {}
+    sql = " UNION ALL ".join(
+        f"SELECT {pg.literal(t)}, count(*) FROM {t}" for t in names)
+    return {t: int(n) for t, n in pg.query(conn, sql, timeout=3600)}
+
+
+def sequences(conn: Conn) -> dict[str, int | None]:
+    rows = pg.query(conn, "SELECT schemaname || '.' || sequencename, last_value "
+                          "FROM pg_sequences ORDER BY 1")
+    return {n: int(v) if v else None for n, v in rows}
+
+
+def _order_by(conn: Conn, table: str) -> str:
+    cols = pg.query(conn, f"""
+        SELECT quote_ident(a.attname) FROM pg_index i
+          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+         WHERE i.indrelid = {pg.literal(table)}::regclass AND i.indisprimary
+         ORDER BY array_position(i.indkey, a.attnum)""")
+    return ", ".join("t." + c[0] for c in cols) or "t::text"
+
+
+def table_checksums(conn: Conn) -> dict[str, str]:
+    """Per table: md5 over the md5 of each row in primary-key order."""
+    out: dict[str, str] = {}
+    for t in tables(conn):
+        out[t] = pg.value(conn, (
+            f"SELECT md5(coalesce(string_agg(md5(t::text), '' ORDER BY {_order_by(conn, t)}), ''))"
+            f" FROM {t} t"), timeout=24 * 3600)
+    return out
+
+
+@dataclass(frozen=True)
+class Comparison:
+    what: str
+    differences: tuple[str, ...]
+    compared: int
+
+    @property
+    def ok(self) -> bool:
+        return not self.differences
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"{self.what}: {self.compared} equal"
+        return f"{self.what}: {len(self.differences)} differ: " + "; ".join(self.differences[:5])
+
+
+def compare(what: str, old: Mapping[str, object], new: Mapping[str, object]) -> Comparison:
+    diffs = [f"{k}: old {old.get(k, 'missing')} new {new.get(k, 'missing')}"
+             for k in sorted(set(old) | set(new)) if old.get(k, "missing") != new.get(k, "missing")]
+    return Comparison(what, tuple(diffs), len(set(old) | set(new)))
+
+
+def both(fn: Callable[[Conn], T], old: Conn, new: Conn) -> tuple[T, T]:
+    """Run `fn` on both servers at once (the gates sit inside the window)."""
+    with ThreadPoolExecutor(2) as pool:
+        on_old = pool.submit(fn, old)
+        on_new = pool.submit(fn, new)
+        return on_old.result(), on_new.result()
+
+
+# ------------------------------------------------------------------ smoke
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    path: str
+    status: int
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+
+def fetch(
+    url: str, path: str, host_name: str, *, address: str | None = None, timeout: float = 10.0
+) -> tuple[int, dict[str, str], bytes]:
+    """GET `path` from `url` with its host name forced to resolve to `address`
+    (curl --resolve): the request carries Host (and SNI) `host_name`."""
+    parts = urlsplit(url)
+    address = address or parts.hostname or "127.0.0.1"
+    https = parts.scheme == "https"
+    port = parts.port or (443 if https else 80)
+    conn: http.client.HTTPConnection
+    if https:
+        conn = _PinnedHTTPS(address, port, host_name, timeout)
+    else:
+        conn = http.client.HTTPConnection(address, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": host_name, "User-Agent": "amibake-cutover"})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+class _PinnedHTTPS(http.client.HTTPSConnection):
+    """TLS to a fixed address, with SNI and certificate checks for the real name."""
+
+    def __init__(self, address: str, port: int, host_name: str, timeout: float) -> None:
+        super().__init__(address, port, timeout=timeout, context=ssl.create_default_context())
+        self._real_name = host_name
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self._real_name)  # type: ignore[attr-defined]
+
+
+def smoke(url: str, host_name: str, paths: tuple[str, ...], *,
+          address: str | None = None) -> list[SmokeResult]:
+    out: list[SmokeResult] = []
+    for path in paths:
+        try:
+            status, headers, _ = fetch(url, path, host_name, address=address)
+            out.append(SmokeResult(path, status, headers.get("server", "")))
+        except (OSError, http.client.HTTPException) as exc:
+            out.append(SmokeResult(path, 0, str(exc)))
+    return out
+
+
+def require_smoke(results: list[SmokeResult], url: str, host_name: str) -> str:
+    bad = [r for r in results if not r.ok]
+    if bad:
+        raise UserError(
+            f"smoke test of {url} as {host_name} failed: "
+            + ", ".join(f"{r.path} → {r.status or r.detail}" for r in bad),
+            hint="fix the new site (DNS was not touched), then run again; or `cutover rollback`",
+        )
+    return f"{len(results)} path(s) answered 200 as {host_name}"

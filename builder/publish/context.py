@@ -1,0 +1,212 @@
+"""The typed context publishing steps share, and the image they publish."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from builder.aws.clients import Clients
+from builder.errors import UserError
+from builder.output import Output
+
+TAG_PREFIX = "amibake:"
+TAG_NAME = "amibake:name"
+TAG_VERSION = "amibake:version"
+TAG_BUILD_ID = "amibake:build-id"
+TAG_DISK_SHA256 = "amibake:disk-sha256"
+TAG_INPUTS_DIGEST = "amibake:inputs-digest"
+TAG_ROLES = "amibake:roles"
+TAG_BUILDER = "amibake:builder-version"
+TAG_COMPLETE = "amibake:complete"
+
+
+@dataclass(frozen=True)
+class PublishImage:
+    """The fields of a stored image (image.json, see CONTRACTS.md) publishing needs."""
+
+    dir: Path
+    id: str
+    name: str
+    version: str
+    roles: tuple[str, ...]
+    architecture: str
+    boot_mode: str
+    volume_size_gib: int
+    inputs_digest: str
+    disk_file: str
+    disk_sha256: str
+    apparent_size: int
+    used_size: int
+    builder_version: str
+
+    @property
+    def disk_path(self) -> Path:
+        return self.dir / self.disk_file
+
+    @classmethod
+    def from_dir(cls, image_dir: Path) -> PublishImage:
+        meta = image_dir / "image.json"
+        try:
+            doc: dict[str, Any] = json.loads(meta.read_text())
+            disk = doc["disk"]
+            return cls(
+                dir=image_dir,
+                id=str(doc["id"]),
+                name=str(doc["name"]),
+                version=str(doc["version"]),
+                roles=tuple(str(r) for r in doc.get("roles", ())),
+                architecture=str(doc.get("architecture", "x86_64")),
+                boot_mode=str(doc.get("boot_mode", "uefi-preferred")),
+                volume_size_gib=int(doc.get("volume_size_gib", 4)),
+                inputs_digest=str(doc.get("inputs_digest", "")),
+                disk_file=str(disk.get("file", "disk.raw")),
+                disk_sha256=str(disk["sha256"]),
+                apparent_size=int(disk.get("apparent_size", 0)),
+                used_size=int(disk.get("used_size", 0)),
+                builder_version=str(doc.get("builder_version", "")),
+            )
+        except FileNotFoundError as exc:
+            raise UserError(
+                f"no stored image at {image_dir}",
+                hint="bake it first: amibake bake MANIFEST",
+            ) from exc
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{meta}: not a valid image.json ({exc})") from exc
+
+
+def find_stored_image(store_root: Path, name: str, version: str | None) -> PublishImage:
+    """The image `name` (at `version`, or the newest) in the local store."""
+    base = store_root / name
+    if version is not None:
+        return PublishImage.from_dir(base / version)
+    from packaging.version import InvalidVersion, Version
+
+    candidates = []
+    for child in base.glob("*/image.json"):
+        try:
+            candidates.append((Version(child.parent.name), child.parent))
+        except InvalidVersion:
+            continue
+    if not candidates:
+        raise UserError(
+            f"no stored image named {name!r} under {store_root}",
+            hint="bake it first: amibake bake MANIFEST",
+        )
+    return PublishImage.from_dir(max(candidates)[1])
+
+
+@dataclass(frozen=True)
+class EbsRoot:
+    """The root device comes from an EBS snapshot."""
+
+    snapshot_id: str
+
+
+@dataclass(frozen=True)
+class BundleRoot:
+    """The root device comes from an instance-store bundle manifest in S3."""
+
+    image_location: str  # bucket/prefix/image.manifest.xml
+
+
+@dataclass(frozen=True)
+class Resource:
+    """Something a run created, and how to delete it by hand."""
+
+    step: str
+    kind: str  # "snapshot" | "image" | "ssm-parameter" | anything a step adds
+    region: str
+    ident: str
+
+    def delete_command(self) -> str:
+        if self.kind == "snapshot":
+            return f"aws ec2 delete-snapshot --region {self.region} --snapshot-id {self.ident}"
+        if self.kind == "image":
+            return f"aws ec2 deregister-image --region {self.region} --image-id {self.ident}"
+        if self.kind == "ssm-parameter":
+            return f"aws ssm delete-parameter --region {self.region} --name {self.ident}"
+        if self.kind == "s3-object":
+            return f"aws s3 rm --region {self.region} s3://{self.ident}"
+        return f"delete {self.kind} {self.ident} in {self.region}"
+
+
+def new_build_id() -> str:
+    return "b-" + secrets.token_hex(6)
+
+
+@dataclass
+class PublishContext:
+    """State shared by the steps of one publish run (mutable on purpose)."""
+
+    clients: Clients
+    out: Output
+    image: PublishImage
+    ami_name: str
+    regions: tuple[str, ...]  # first is home
+    ssm_prefix: str = "/amibake"
+    kms_key_ids: dict[str, str] = field(default_factory=dict)
+    backing: str = "ebs"
+    build_id: str = field(default_factory=new_build_id)
+    upload_concurrency: int = 8
+    dry_run: bool = False
+    stack: ExitStack = field(default_factory=ExitStack)
+    # filled in by steps:
+    account: str = ""
+    root: EbsRoot | BundleRoot | None = None
+    image_ids: dict[str, str] = field(default_factory=dict)  # region → AMI id
+    snapshot_ids: dict[str, list[str]] = field(default_factory=dict)  # region → snapshots
+    ssm_parameters: list[str] = field(default_factory=list)
+    existing: dict[str, str] = field(default_factory=dict)  # already published: region → AMI
+    ledger: list[Resource] = field(default_factory=list)
+    upload: Any = None  # ebs_upload.UploadResult when the EBS upload ran
+    stop: bool = False
+
+    @property
+    def home(self) -> str:
+        return self.regions[0]
+
+    def track(self, step: str, kind: str, region: str, ident: str) -> Resource:
+        res = Resource(step, kind, region, ident)
+        self.ledger.append(res)
+        return res
+
+    def untrack(self, kind: str, region: str, ident: str) -> None:
+        self.ledger = [
+            r for r in self.ledger
+            if not (r.kind == kind and r.region == region and r.ident == ident)
+        ]
+
+    def tags(self) -> dict[str, str]:
+        """Tags every AMI and snapshot of this run carries."""
+        img = self.image
+        return {
+            "Name": self.ami_name,
+            "Version": img.version,
+            "Role": ",".join(img.roles),
+            TAG_NAME: img.name,
+            TAG_VERSION: img.version,
+            TAG_ROLES: ",".join(img.roles),
+            TAG_INPUTS_DIGEST: img.inputs_digest,
+            TAG_DISK_SHA256: img.disk_sha256,
+            TAG_BUILD_ID: self.build_id,
+            TAG_BUILDER: img.builder_version,
+        }
+
+    def tag_list(self, extra: dict[str, str] | None = None) -> list[dict[str, str]]:
+        tags = dict(self.tags())
+        tags.update(extra or {})
+        return [{"Key": k, "Value": v} for k, v in tags.items() if v != ""]
+
+
+def ami_name(template: str, name: str, version: str, arch: str) -> str:
+    try:
+        return template.format(name=name, version=version, arch=arch)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise UserError(
+            f"image.name_template {template!r} cannot be filled in: {exc}",
+            hint="use only {name}, {version} and {arch}",
+        ) from exc

@@ -1,0 +1,71 @@
+"""App servers: a systemd template unit, one instance per port (puma or mongrel)."""
+
+from __future__ import annotations
+
+from builder.manifest.model import AppServer, Manifest, Role, Ruby
+from builder.render.app import ENV_SETUP
+from builder.render.common import UNIT_DIR, manifest_error, source_name
+from builder.render.fragment import File, Fragment
+from builder.render.templates import render_template
+
+UNIT = "amibake-app@.service"
+
+
+def service_names(appserver: AppServer) -> tuple[str, ...]:
+    return tuple(f"amibake-app@{port}.service" for port in appserver.ports)
+
+
+def ruby_bin_dir(ruby: Ruby | None) -> str:
+    if ruby is not None and ruby.source == "tarball" and ruby.tarball is not None:
+        return ruby.tarball.prefix.rstrip("/") + "/bin"
+    return "/usr/bin"
+
+
+def render(manifest: Manifest, role: Role) -> Fragment:
+    appserver = manifest.components.appserver
+    if appserver is None:
+        raise manifest_error(
+            manifest, f"roles.{role.name}.components", "appserver is not configured"
+        )
+    app = manifest.app
+    bin_dir = ruby_bin_dir(manifest.components.ruby)
+    if appserver.kind == "puma":
+        exec_start = (
+            f"{bin_dir}/puma --environment {appserver.environment}"
+            f" --bind tcp://{appserver.bind}:%i"
+            f" --threads {appserver.threads}:{appserver.threads} {app.root}/config.ru"
+        )
+    else:
+        exec_start = (
+            f"{bin_dir}/mongrel_rails start --environment {appserver.environment}"
+            f" --address {appserver.bind} --port %i --chdir {app.root}"
+            " --pid /run/amibake-app-%i/mongrel.pid"
+        )
+    unit = render_template(
+        "appserver/amibake-app@.service.j2",
+        app_name=app.name,
+        manifest_file=source_name(manifest),
+        kind=appserver.kind,
+        env_setup=ENV_SETUP,
+        user=app.user,
+        root=app.root,
+        environment=appserver.environment,
+        uploads_dir=app.uploads_dir,
+        exec_start=exec_start,
+    )
+    files = [File(f"{UNIT_DIR}/{UNIT}", unit)]
+    if appserver.kind == "mongrel_cluster":
+        files.append(File(
+            f"/etc/mongrel_cluster/{app.name}.yml",
+            render_template(
+                "appserver/mongrel_cluster.yml.j2",
+                app_name=app.name, user=app.user, root=app.root,
+                environment=appserver.environment, bind=appserver.bind,
+                base_port=appserver.base_port, count=appserver.count,
+            ),
+        ))
+    return Fragment(
+        component="appserver",
+        files=tuple(files),
+        services=service_names(appserver),
+    )

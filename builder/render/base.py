@@ -1,0 +1,91 @@
+"""What every role carries: the boot dispatcher, roles.json, cloud-init settings.
+
+The dispatcher, the secret resolver and their units are H3's files in
+cloudinit/boot/, included verbatim: scripts go to /usr/lib/amibake/ (0755),
+systemd units to /etc/systemd/system/.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+
+import builder
+from builder.manifest.model import Manifest
+from builder.render.common import ETC_DIR, LIB_DIR, UNIT_DIR
+from builder.render.fragment import File, Fragment
+
+DISPATCHER = f"{LIB_DIR}/amibake-dispatch"
+ROLES_JSON = f"{ETC_DIR}/roles.json"
+DATASOURCE_CFG = "/etc/cloud/cloud.cfg.d/90_amibake.cfg"
+UNIT_SUFFIXES = (".service", ".timer", ".socket", ".path", ".target", ".mount")
+_SKIP_SUFFIXES = (".md", ".txt", ".pyc", ".orig", ".rej", "~")
+
+#: cloud-init settings baked into images: metadata from EC2 (or the local
+#: emulator), a NoCloud seed as fallback; C.UTF-8 as the images have no `locales`.
+DATASOURCE_TEXT = (
+    "# amibake: where cloud-init looks for instance metadata.\n"
+    "datasource_list: [Ec2, NoCloud, None]\n"
+    "locale: C.UTF-8\n"
+)
+
+
+def boot_files() -> tuple[File, ...]:
+    """Every file in cloudinit/boot/ (H3's dispatcher, secret resolver, units)."""
+    boot = builder.TEMPLATES_DIR / "boot"
+    if not boot.is_dir():
+        return ()
+    files = []
+    for path in sorted(boot.rglob("*")):
+        rel = path.relative_to(boot)
+        if (
+            not path.is_file()
+            or any(p.startswith(".") or p == "__pycache__" for p in rel.parts)
+            or path.name.endswith(_SKIP_SUFFIXES)
+            or path.name.upper().startswith("README")
+        ):
+            continue
+        if path.name.endswith(UNIT_SUFFIXES):
+            files.append(File(f"{UNIT_DIR}/{path.name}", path.read_bytes()))
+        else:
+            files.append(File(f"{LIB_DIR}/{rel.as_posix()}", path.read_bytes(), mode=0o755))
+    return tuple(files)
+
+
+def roles_json(manifest: Manifest, role_fragments: Mapping[str, Sequence[Fragment]]) -> bytes:
+    """/etc/amibake/roles.json: each role's services and setup scripts, for the dispatcher."""
+    roles = {}
+    for name, fragments in role_fragments.items():
+        roles[name] = {
+            "components": [f.component for f in fragments],
+            "services": [s for f in fragments for s in f.services],
+            "setup": [s for f in fragments for s in f.setup],
+        }
+    all_services = sorted({s for r in roles.values() for s in r["services"]})
+    secret = manifest.app.database.password
+    doc = {
+        "version": 1,
+        "name": manifest.name,
+        "manifest_version": str(manifest.version),
+        "login_user": manifest.image.login_user,
+        "roles": roles,
+        "all_services": all_services,
+        "secrets": {"db_password": {"store": secret.store, "name": secret.name}},
+    }
+    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+
+def render(
+    manifest: Manifest,
+    role_fragments: Mapping[str, Sequence[Fragment]],
+    *,
+    image: bool,
+) -> Fragment:
+    """The base fragment: boot files and roles.json (+ cloud-init settings for images)."""
+    # A fried instance runs the dispatcher from runcmd: the units that start it
+    # at boot are for images.
+    files = [f for f in boot_files() if image or not f.path.startswith(UNIT_DIR + "/")]
+    files.append(File(ROLES_JSON, roles_json(manifest, role_fragments)))
+    if image:
+        files.append(File(DATASOURCE_CFG, DATASOURCE_TEXT.encode()))
+    return Fragment(component="base", packages=("python3",), files=tuple(files))

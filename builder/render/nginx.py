@@ -1,0 +1,85 @@
+"""nginx: static root, page cache, proxy to the app servers, maintenance switch."""
+
+from __future__ import annotations
+
+import posixpath
+
+from builder.manifest.model import Manifest, Role
+from builder.render.common import SETUP_DIR, hosts_var, manifest_error, source_name
+from builder.render.fragment import File, Fragment
+from builder.render.templates import read_static, render_template
+
+UPSTREAM_NAME = "app_servers"
+UPSTREAM_FILE = "/etc/nginx/amibake/upstream-servers.conf"
+SETUP = f"{SETUP_DIR}/nginx.sh"
+FAIR_PACKAGE = "libnginx-mod-http-upstream-fair"
+_BALANCE = {"round_robin": "", "least_conn": "least_conn", "ip_hash": "ip_hash", "fair": "fair"}
+
+
+def render(manifest: Manifest, role: Role) -> Fragment:
+    nginx = manifest.components.nginx
+    if nginx is None:
+        raise manifest_error(manifest, f"roles.{role.name}.components", "nginx is not configured")
+    appserver = manifest.components.appserver
+    if appserver is None:
+        raise manifest_error(
+            manifest, "components.nginx.upstream_role",
+            "nginx proxies to app servers, but components.appserver is not configured",
+        )
+    upstream_var = hosts_var(nginx.upstream_role)
+    maintenance_root, maintenance_file = posixpath.split(nginx.maintenance_page)
+    error_page_lines = _error_pages(nginx.error_pages)
+    conf = render_template(
+        "nginx/nginx.conf.j2",
+        app_name=manifest.app.name,
+        manifest_file=source_name(manifest),
+        nginx=nginx,
+        server_name=manifest.app.server_name,
+        upstream_name=UPSTREAM_NAME,
+        upstream_file=UPSTREAM_FILE,
+        balance_directive=_BALANCE[nginx.balance],
+        maintenance_root=maintenance_root,
+        maintenance_file=maintenance_file,
+        error_page_lines=error_page_lines,
+    )
+    servers = render_template(
+        "nginx/upstream-servers.conf.j2", ports=appserver.ports, upstream_var=upstream_var
+    )
+    setup = render_template(
+        "nginx/setup.sh.j2",
+        upstream_role=nginx.upstream_role,
+        upstream_var=upstream_var,
+        upstream_file=UPSTREAM_FILE,
+        upstream_name=UPSTREAM_NAME,
+        ports=appserver.ports,
+    )
+    packages = ["nginx-light"]
+    if nginx.balance == "fair":
+        packages.append(FAIR_PACKAGE)
+    files = [
+        File("/etc/nginx/nginx.conf", conf),
+        File(UPSTREAM_FILE, servers),
+        File(SETUP, setup, mode=0o755),
+    ]
+    # When the page is itself the switch (Capistrano's public/system/maintenance.html),
+    # it is written by whoever starts the maintenance, never baked.
+    if nginx.maintenance_page != nginx.maintenance_flag:
+        files.append(File(nginx.maintenance_page, read_static("app/maintenance.html")))
+    return Fragment(
+        component="nginx",
+        packages=tuple(packages),
+        files=tuple(files),
+        services=("nginx.service",),
+        setup=(SETUP,),
+    )
+
+
+def _error_pages(pages: dict[str, str]) -> list[str]:
+    """`error_page` lines; the 500 page also covers a down upstream (502, 504)."""
+    lines = []
+    for code, page in sorted(pages.items()):
+        codes = [code]
+        if code == "500":
+            codes += [c for c in ("502", "504") if c not in pages]
+        lines.append(f"error_page {' '.join(codes)} {page};")
+    return lines

@@ -1,0 +1,187 @@
+"""A role's user-data and an image's content, from the component renderers.
+
+One implementation for both paths: the files a baked image carries are the
+files fried user-data writes; baked user-data only names the role and carries
+per-instance bits.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+
+from builder.errors import UserError
+from builder.manifest.model import Manifest, Role
+from builder.render import app, appserver, assemble, base, nginx, postgresql, ruby
+from builder.render.common import HOSTS_ENV, hosts_var, manifest_error
+from builder.render.fragment import File, Fragment, ImageContent, Part, RenderedRole
+
+Renderer = Callable[[Manifest, Role], Fragment]
+
+#: Component → renderer, in the order their boot setup runs (the database
+#: first, then Ruby, the app's user and env, the app servers, nginx).
+RENDERERS: dict[str, Renderer] = {
+    "postgresql": postgresql.render,
+    "ruby": ruby.render,
+    "app": app.render,
+    "appserver": appserver.render,
+    "nginx": nginx.render,
+}
+#: `app` is not named in roles: it comes with nginx (static pages) or app servers.
+IMPLIED_BY = {"app": ("nginx", "appserver")}
+LOCALE = "C.UTF-8"
+_MARKER_KEY = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+
+
+def role_fragments(manifest: Manifest, role_name: str) -> tuple[Fragment, ...]:
+    """The fragments of every component the role switches on, in setup order."""
+    role = _role(manifest, role_name)
+    for index, component in enumerate(role.components):
+        if component not in RENDERERS or component in IMPLIED_BY:
+            raise manifest_error(
+                manifest, f"roles.{role_name}.components.{index}",
+                f"unknown component {component!r} in role {role_name}",
+                hint="components: " + ", ".join(c for c in RENDERERS if c not in IMPLIED_BY),
+            )
+    active = set(role.components)
+    for implied, by in IMPLIED_BY.items():
+        if active.intersection(by):
+            active.add(implied)
+    return tuple(render(manifest, role) for name, render in RENDERERS.items() if name in active)
+
+
+def all_role_fragments(
+    manifest: Manifest, roles: Sequence[str] | None = None
+) -> dict[str, tuple[Fragment, ...]]:
+    names = tuple(manifest.roles) if roles is None else tuple(roles)
+    return {name: role_fragments(manifest, name) for name in names}
+
+
+def image_content(manifest: Manifest) -> ImageContent:
+    """Every file and package a baked image carries for all its roles."""
+    fragments = all_role_fragments(manifest, manifest.baked_roles)
+    base_fragment = base.render(manifest, fragments, image=True)
+    everything = [base_fragment] + [f for frs in fragments.values() for f in frs]
+    packages = set(manifest.image.packages)
+    for fragment in everything:
+        packages.update(fragment.packages)
+    return ImageContent(packages=tuple(sorted(packages)), files=_merge_files(everything))
+
+
+def render_role(
+    manifest: Manifest,
+    role_name: str,
+    *,
+    baked: bool = False,
+    hosts: Mapping[str, Sequence[str]] | None = None,
+    markers: Mapping[str, str] | None = None,
+    extra_parts: Sequence[Part] = (),
+) -> RenderedRole:
+    """The user-data that starts an instance in `role_name`.
+
+    Fried (default): packages, every file (write_files, deferred until the
+    packages are installed) and a runcmd of the dispatcher: works from a plain
+    Debian cloud image. Baked: only the role marker and per-instance bits.
+    `hosts` (role → addresses) becomes /etc/amibake/hosts.env, which the setup
+    scripts read to find other roles (nginx's app servers, the database);
+    `markers` adds `# amibake-<key>: <value>` lines (e.g. secrets-endpoint);
+    `extra_parts` are appended as MIME parts.
+    """
+    fragments = role_fragments(manifest, role_name)
+    comments = [f"amibake-role: {role_name}"]
+    for key, value in sorted((markers or {}).items()):
+        if not _MARKER_KEY.match(key) or "\n" in value or key == "role":
+            raise UserError(f"bad user-data marker {key!r}: {value!r}",
+                            hint="keys are [a-z0-9-], values one line")
+        comments.append(f"amibake-{key}: {value}")
+    comments.append(
+        f"{manifest.name} {manifest.version}, {'baked image' if baked else 'fried'}; "
+        f"rendered by amibake from {manifest.source.name}"
+    )
+    config: dict[str, object] = {"locale": LOCALE}
+    write_files: list[dict[str, object]] = []
+    if hosts:
+        write_files.append(_write_file(File(HOSTS_ENV, hosts_env(hosts)), defer=False))
+    if not baked:
+        base_fragment = base.render(manifest, {role_name: fragments}, image=False)
+        packages = sorted({p for f in (base_fragment, *fragments) for p in f.packages}
+                          | set(manifest.image.packages))
+        config["packages"] = packages
+        write_files += [
+            _write_file(f, defer=True) for f in _merge_files([base_fragment, *fragments])
+        ]
+        config["runcmd"] = [["systemctl", "daemon-reload"], [base.DISPATCHER]]
+    if write_files:
+        config["write_files"] = write_files
+    parts = (
+        Part(assemble.CLOUD_CONFIG, "cloud-config.yaml", assemble.cloud_config(config, comments)),
+        *extra_parts,
+    )
+    raw = assemble.assemble(parts)
+    return RenderedRole(
+        manifest_name=manifest.name,
+        role=role_name,
+        baked=baked,
+        parts=parts,
+        raw=raw,
+        user_data=assemble.compress(raw),
+        fragments=fragments,
+    )
+
+
+def hosts_env(hosts: Mapping[str, Sequence[str]]) -> bytes:
+    lines = ["# Addresses of other roles, for amibake's setup scripts (written by user-data)."]
+    for role, addresses in sorted(hosts.items()):
+        for address in addresses:
+            if not re.fullmatch(r"[0-9A-Za-z.:\-]+", address):
+                raise UserError(f"bad address for role {role}: {address!r}",
+                                hint="give IP addresses or host names")
+        lines.append(f'AMIBAKE_HOSTS_{hosts_var(role)}="{" ".join(addresses)}"')
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _role(manifest: Manifest, role_name: str) -> Role:
+    try:
+        return manifest.roles[role_name]
+    except KeyError:
+        raise UserError(
+            f"{manifest.source}: no role {role_name!r}",
+            hint="roles: " + ", ".join(manifest.roles),
+        ) from None
+
+
+def _merge_files(fragments: Sequence[Fragment]) -> tuple[File, ...]:
+    """Files of several fragments by path; the same path twice must be the same file."""
+    by_path: dict[str, tuple[File, str]] = {}
+    for fragment in fragments:
+        for file in fragment.files:
+            seen = by_path.get(file.path)
+            if seen is None:
+                by_path[file.path] = (file, fragment.component)
+            elif seen[0] != file:
+                raise UserError(
+                    f"{file.path} is rendered differently by {seen[1]} and {fragment.component}",
+                    hint="a file must not depend on the role; this is a renderer bug",
+                )
+    return tuple(by_path[p][0] for p in sorted(by_path))
+
+
+def _write_file(file: File, *, defer: bool) -> dict[str, object]:
+    entry: dict[str, object] = {"path": file.path}
+    # cloud-init's defaults (root:root, 0644) are left out: user-data is tight.
+    if file.owner != "root:root":
+        entry["owner"] = file.owner
+    if file.mode != 0o644:
+        entry["permissions"] = f"0{file.mode:o}"
+    try:
+        entry["content"] = file.content.decode("utf-8")
+        if "\t" in entry["content"] or "\r" in entry["content"]:  # type: ignore[operator]
+            raise UnicodeDecodeError("utf-8", b"", 0, 1, "not plain text")
+    except UnicodeDecodeError:
+        import base64
+
+        entry["content"] = base64.b64encode(file.content).decode()
+        entry["encoding"] = "b64"
+    if defer:
+        entry["defer"] = True
+    return entry

@@ -1,0 +1,43 @@
+"""Ruby: Debian packages, or a source tarball built into a prefix (checksum pinned)."""
+
+from __future__ import annotations
+
+from builder.manifest.model import Manifest, Role
+from builder.render.common import SETUP_DIR, manifest_error
+from builder.render.fragment import File, Fragment
+from builder.render.templates import render_template
+
+SETUP = f"{SETUP_DIR}/ruby-build.sh"
+BUILD_PACKAGES: tuple[str, ...] = (
+    "build-essential", "ca-certificates", "curl", "libreadline-dev", "libssl-dev", "zlib1g-dev",
+)
+
+
+def render(manifest: Manifest, role: Role) -> Fragment:
+    ruby = manifest.components.ruby
+    if ruby is None:
+        raise manifest_error(manifest, f"roles.{role.name}.components", "ruby is not configured")
+    if ruby.source == "debian":
+        return Fragment(component="ruby", packages=tuple(ruby.packages))
+    tarball = ruby.tarball
+    if tarball is None:
+        raise manifest_error(
+            manifest, "components.ruby.source", "source: tarball needs components.ruby.tarball"
+        )
+    prefix = tarball.prefix.rstrip("/")
+    script = render_template(
+        "ruby/build.sh.j2",
+        url=tarball.url,
+        sha256=tarball.sha256.lower(),
+        prefix=prefix,
+        version=tarball.version or "(unversioned)",
+        stamp=f"{prefix}/.amibake-built",
+        gems=ruby.gems,
+        configure_flags=tarball.configure_flags,
+    )
+    return Fragment(
+        component="ruby",
+        packages=BUILD_PACKAGES,
+        files=(File(SETUP, script, mode=0o755),),
+        setup=(SETUP,),
+    )

@@ -1,0 +1,63 @@
+"""Jinja2 templates from cloudinit/templates/, with StrictUndefined."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+import builder
+from builder.errors import UserError
+
+
+@functools.lru_cache(maxsize=4)
+def _environment(templates: Path) -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(templates)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["shquote"] = _shquote
+    env.filters["psqlquote"] = pg_literal
+    return env
+
+
+def pg_literal(value: object) -> str:
+    """A single-quoted PostgreSQL / psql literal: ' doubled, backslash escaped."""
+    text = str(value).replace("\\", "\\\\").replace("'", "''")
+    return f"'{text}'"
+
+
+def _shquote(value: object) -> str:
+    import shlex
+
+    return shlex.quote(str(value))
+
+
+def render_template(name: str, **context: Any) -> bytes:
+    """Render cloudinit/templates/<name>; an undefined variable is an error."""
+    env = _environment(builder.TEMPLATES_DIR / "templates")
+    try:
+        text = env.get_template(name).render(**context)
+    except jinja2.UndefinedError as exc:
+        raise UserError(
+            f"template {name}: {exc.message}",
+            hint="a template uses a value the renderer does not pass; fix the template",
+        ) from exc
+    except jinja2.TemplateNotFound as exc:
+        raise UserError(f"template not found: {exc.name}", hint="is cloudinit/ complete?") from exc
+    return text.encode()
+
+
+def read_static(relpath: str) -> bytes:
+    """A file under cloudinit/ copied verbatim (sample app, boot scripts)."""
+    return (builder.TEMPLATES_DIR / relpath).read_bytes()
+
+
+#: cloudinit/app/: the sample Rack app, copied verbatim.
+TEMPLATES_SUBDIR_APP = "app"

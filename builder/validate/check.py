@@ -1,0 +1,66 @@
+"""Validate a rendered role and point each problem at the manifest line behind it."""
+
+from __future__ import annotations
+
+import yaml
+
+from builder.errors import Location, Problem
+from builder.manifest.model import Manifest
+from builder.render.assemble import CLOUD_CONFIG, split_user_data
+from builder.render.fragment import RenderedRole
+from builder.validate.lints import lint_user_data
+from builder.validate.schema import schema_problems
+
+
+def validate_rendered(manifest: Manifest, rendered: RenderedRole) -> list[Problem]:
+    """cloud-init's schema on every cloud-config part, then the lints."""
+    mode = "baked" if rendered.baked else "fried"
+    label = f"role {rendered.role} ({mode} user-data)"
+    problems: list[Problem] = []
+    parts = split_user_data(rendered.user_data)
+    for part in parts:
+        if part.content_type != CLOUD_CONFIG:
+            continue
+        config = _safe_load(part.content)
+        for issue in schema_problems(part.content):
+            where = _locate(manifest, rendered, config, issue.path)
+            problems.append(Problem(where, f"{label}: {issue.path or '(top)'}: {issue.message}"))
+    config = next((_safe_load(p.content) for p in parts if p.content_type == CLOUD_CONFIG), None)
+    for lint in lint_user_data(rendered.user_data):
+        where = _locate(manifest, rendered, config, lint.where)
+        problems.append(Problem(where, f"{label}: {lint.where}: {lint.message} [{lint.code}]"))
+    return problems
+
+
+def _safe_load(content: bytes) -> object:
+    try:
+        return yaml.safe_load(content)
+    except yaml.YAMLError:
+        return None
+
+
+def _locate(manifest: Manifest, rendered: RenderedRole, config: object, path: str) -> Location:
+    """The manifest line that produced the value at a cloud-config path."""
+    role_path = f"roles.{rendered.role}"
+    head, _, rest = path.partition(".")
+    index = rest.partition(".")[0]
+    if isinstance(config, dict) and index.isdigit():
+        items = config.get(head)
+        if isinstance(items, list) and int(index) < len(items):
+            item = items[int(index)]
+            for fragment in rendered.fragments:
+                if head == "packages" and item in fragment.packages:
+                    return manifest.where(_component_path(fragment.component, "packages"))
+                if head == "write_files" and isinstance(item, dict) and any(
+                    f.path == item.get("path") for f in fragment.files
+                ):
+                    return manifest.where(_component_path(fragment.component, ""))
+            if head == "packages" and item in manifest.image.packages:
+                return manifest.where("image.packages")
+    return manifest.where(role_path)
+
+
+def _component_path(component: str, leaf: str) -> str:
+    if component == "app":
+        return "app"
+    return f"components.{component}" + (f".{leaf}" if leaf else "")

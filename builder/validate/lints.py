@@ -1,0 +1,125 @@
+"""amibake's own checks on user-data, on top of cloud-init's schema.
+
+- literal secrets: private keys, AWS access key ids, passwords (cloud-config
+  password keys, `password = ...` assignments, credentials in URLs);
+- the size EC2 accepts (16384 bytes, after gzip);
+- top-level keys no cloud-init module reads (cloud-init 22.4 ignores them).
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from builder.render.assemble import CLOUD_CONFIG, USER_DATA_LIMIT, split_user_data
+from builder.validate.schema import known_keys
+
+
+@dataclass(frozen=True)
+class LintIssue:
+    """One lint finding; `where` is a dotted cloud-config path or a part name."""
+
+    code: str  # secret-key | aws-key | password | size | unknown-key
+    where: str
+    message: str
+
+
+GZIP_MAGIC = b"\x1f\x8b"
+PRIVATE_KEY = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
+AWS_KEY = re.compile(rb"(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?![A-Z0-9])")
+#: `password = x`, `PASSWORD: 'x'`, `--password=x`: a literal, not a variable/placeholder.
+PASSWORD_ASSIGN = re.compile(
+    rb"""(?i)(?:pass(?:word|wd)?|secret)["']?\s*[:=]\s*["']?(?![$%{<(:*\s"'`])([^\s"'`,;)]{4,})"""
+)
+#: scheme://user:secret@host with a literal secret.
+URL_CREDENTIALS = re.compile(rb"[a-z][a-z0-9+.-]*://[^\s/:@'\"]+:(?![$%{<(])[^\s/@'\"$%{}]+@")
+PASSWORD_KEYS = re.compile(r"(?i)^(passwd|password|plain_text_passwd|hashed_passwd|"
+                           r"secret|token|aws_secret_access_key)$")
+
+
+def lint_user_data(user_data: bytes) -> list[LintIssue]:
+    issues: list[LintIssue] = []
+    if len(user_data) > USER_DATA_LIMIT:
+        gzipped = " after gzip" if user_data[:2] == GZIP_MAGIC else ""
+        issues.append(LintIssue(
+            "size", "user-data",
+            f"user-data is {len(user_data)} bytes{gzipped}, "
+            f"over EC2's limit of {USER_DATA_LIMIT} bytes",
+        ))
+    for part in split_user_data(user_data):
+        issues += _scan(part.filename or "user-data", part.content)
+        if part.content_type != CLOUD_CONFIG:
+            continue
+        try:
+            config = yaml.safe_load(part.content)
+        except yaml.YAMLError:
+            continue  # the schema check reports it
+        if not isinstance(config, dict):
+            continue
+        for key in sorted(set(config) - known_keys(), key=str):
+            issues.append(LintIssue(
+                "unknown-key", str(key),
+                f"unknown cloud-config key {key!r}: no cloud-init module reads it",
+            ))
+        for path, key, value in _walk(config, ""):
+            if PASSWORD_KEYS.match(str(key)) and isinstance(value, str) and value:
+                issues.append(LintIssue(
+                    "password", path, f"literal secret in cloud-config key {key!r}"))
+        for index, entry in enumerate(config.get("write_files") or []):
+            if isinstance(entry, dict):
+                content = _decoded(entry)
+                if content is not None:
+                    issues += _scan(f"write_files.{index} ({entry.get('path')})", content)
+    return issues
+
+
+def _scan(where: str, content: bytes) -> list[LintIssue]:
+    issues = []
+    if PRIVATE_KEY.search(content):
+        issues.append(LintIssue("secret-key", where, "a private key is written literally"))
+    if AWS_KEY.search(content):
+        issues.append(LintIssue("aws-key", where, "an AWS access key id is written literally"))
+    for pattern in (PASSWORD_ASSIGN, URL_CREDENTIALS):
+        match = pattern.search(content)
+        if match:
+            issues.append(LintIssue(
+                "password", where,
+                "a literal password: "
+                + match.group(0)[:24].decode(errors="replace").strip() + "…"
+                + " (use a secret reference: {ssm: NAME} or {secretsmanager: NAME})",
+            ))
+            break
+    return issues
+
+
+def _decoded(entry: dict[str, Any]) -> bytes | None:
+    content = entry.get("content")
+    if content is None:
+        return None
+    data = content.encode() if isinstance(content, str) else bytes(content)
+    encoding = str(entry.get("encoding", "text")).lower()
+    try:
+        if encoding in ("b64", "base64", "gz+b64", "gz+base64", "gzip+b64", "gzip+base64"):
+            data = base64.b64decode(data)
+        if encoding.startswith("gz"):
+            data = gzip.decompress(data)
+    except (ValueError, OSError):
+        return None
+    return data
+
+
+def _walk(node: Any, prefix: str) -> Iterator[tuple[str, Any, Any]]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            path = f"{prefix}.{key}" if prefix else str(key)
+            yield path, key, value
+            yield from _walk(value, path)
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _walk(value, f"{prefix}.{index}")

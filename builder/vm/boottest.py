@@ -1,0 +1,171 @@
+"""Boot-test a disk image in every role before it is kept (issue #3 part 5).
+
+Per role: boot the disk itself under qemu with UEFI (and, once per image,
+with legacy BIOS), with amibake's IMDS emulator serving the role's baked
+user-data, then check over SSH and HTTP what `builder.vm.checks` describes.
+Roles boot one after another. A failure raises `VmError` naming the serial
+log, which is kept; a passing VM's work directory is removed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from builder.errors import UserError
+from builder.manifest.model import Manifest
+from builder.vm.accel import Accel, detect_accel
+from builder.vm.checks import CheckResult, RoleChecker, RolePlan, plan_role
+from builder.vm.firmware import BootMode
+from builder.vm.imds import imds_server
+from builder.vm.metadata import (
+    LocalInstanceIdentity,
+    local_user_data,
+    new_instance_id,
+    secret_values,
+)
+from builder.vm.qemu import Vm, VmError, VmSpec
+from builder.vm.ssh import Ssh, SshFailed, SshKey, generate_key
+from builder.wait import NotYet, Waiter, WaitTimeout, wait_for
+
+VM_TIMEOUT = 300.0
+
+
+@dataclass(frozen=True)
+class RoleBootResult:
+    """One boot of one role: how long it took and what was checked."""
+
+    role: str
+    boot: BootMode
+    instance_id: str
+    accel: str
+    seconds_to_ssh: float
+    seconds_to_ready: float
+    checks: tuple[CheckResult, ...]
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "role": self.role, "boot": self.boot, "instance_id": self.instance_id,
+            "accel": self.accel, "seconds_to_ssh": round(self.seconds_to_ssh, 1),
+            "seconds_to_ready": round(self.seconds_to_ready, 1),
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
+        }
+
+
+def boot_plan(roles: Sequence[str], bios_once: bool) -> list[tuple[str, BootMode]]:
+    """UEFI for every role; legacy BIOS once, for the first role."""
+    plan: list[tuple[str, BootMode]] = [(r, "uefi") for r in roles]
+    if bios_once and roles:
+        plan.append((roles[0], "bios"))
+    return plan
+
+
+def run_boot_tests(
+    disk: Path, manifest: Manifest, roles: Sequence[str], *, workdir: Path,
+    bios_once: bool = True, timeout: float = VM_TIMEOUT,
+) -> list[RoleBootResult]:
+    """Boot `disk` in each role and check it; raises VmError on the first failure."""
+    unknown = [r for r in roles if r not in manifest.roles]
+    if unknown:
+        raise UserError(f"unknown role(s): {', '.join(unknown)}",
+                        hint=f"roles in {manifest.source}: {', '.join(manifest.roles)}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    key = generate_key(workdir / "id_ed25519", comment="amibake-boottest")
+    accel = detect_accel()
+    results = []
+    try:
+        for role, boot in boot_plan(roles, bios_once):
+            results.append(boot_and_check(disk, manifest, role, boot, key=key,
+                                          workdir=workdir / f"{role}-{boot}",
+                                          accel=accel, timeout=timeout))
+    finally:
+        for p in (key.private, key.public):
+            p.unlink(missing_ok=True)
+    return results
+
+
+def render_identity(manifest: Manifest, role: str, key: SshKey, *,
+                    baked: bool = True) -> LocalInstanceIdentity:
+    return LocalInstanceIdentity(
+        instance_id=new_instance_id(),
+        role=role,
+        instance_type=manifest.roles[role].instance_type,
+        public_key=key.openssh_public(),
+        user_data=local_user_data(manifest, role, baked=baked),
+        secrets=secret_values(manifest),
+    )
+
+
+def wait_ssh(vm: Vm, ssh: Ssh) -> None:
+    """Until the login user gets a shell (the dispatcher installed the key)."""
+    def attempt() -> None:
+        vm.check_running()
+        ssh.run("true", timeout=20)
+    wait_for(attempt, Waiter(f"SSH into {vm.spec.instance_id}", attempts=200, interval=3,
+                             timeout=max(vm.remaining(), 1)),
+             retry_on=(SshFailed,))
+
+
+def wait_boot_finished(vm: Vm, ssh: Ssh) -> str:
+    """Until systemd reports the boot finished (running or degraded)."""
+    def attempt() -> str:
+        vm.check_running()
+        state = ssh.run("systemctl is-system-running", timeout=20).stdout.strip()
+        if state in ("initializing", "starting", ""):
+            raise NotYet(f"system is {state or 'unknown'}")
+        return state
+    return wait_for(attempt, Waiter(f"boot of {vm.spec.instance_id} to finish", attempts=200,
+                                    interval=3, timeout=max(vm.remaining(), 1)),
+                    retry_on=(SshFailed,))
+
+
+def boot_and_check(
+    disk: Path, manifest: Manifest, role: str, boot: BootMode, *, key: SshKey,
+    workdir: Path, accel: Accel | None = None, timeout: float = VM_TIMEOUT,
+) -> RoleBootResult:
+    identity = render_identity(manifest, role, key)
+    with imds_server(identity) as imds:
+        spec = VmSpec(disk=disk, imds_port=imds.port, instance_id=identity.instance_id,
+                      boot=boot, instance_type=identity.instance_type, timeout=timeout)
+        with Vm(spec, workdir, accel=accel) as vm:
+            ssh = Ssh(key, vm.ports.ssh, manifest.image.login_user)
+            result = check_booted_vm(vm, ssh, plan_role(manifest, role), boot)
+    shutil.rmtree(workdir, ignore_errors=True)
+    return result
+
+
+def check_booted_vm(vm: Vm, ssh: Ssh, plan: RolePlan, boot: BootMode) -> RoleBootResult:
+    """Wait for the VM to come up, run the role's checks; VmError on any failure."""
+    try:
+        wait_ssh(vm, ssh)
+        to_ssh = vm.elapsed()
+        state = wait_boot_finished(vm, ssh)
+        to_ready = vm.elapsed()
+    except WaitTimeout as exc:
+        raise vm.failure(f"role {plan.role} ({boot}): {exc}") from exc
+
+    def http_waiter(what: str) -> Waiter:
+        return Waiter(what, attempts=60, interval=2, successes=2,
+                      timeout=max(vm.remaining(), 1))
+
+    checks = RoleChecker(plan, ssh, vm.ports.http, http_waiter).run_all()
+    if state != "running":
+        failed = ssh.run("systemctl --failed --no-legend --plain").stdout.split()
+        checks.append(CheckResult("boot", False, f"system is {state}: "
+                                  f"{' '.join(failed[::4]) or 'no failed units'}"))
+    vm.check_running()
+    bad = [c for c in checks if not c.ok]
+    if bad:
+        detail = "; ".join(f"{c.name}: {c.detail}" for c in bad)
+        raise vm.failure(f"boot test of role {plan.role} ({boot}) failed: {detail}")
+    return RoleBootResult(plan.role, boot, vm.spec.instance_id, vm.accel.name, to_ssh,
+                          to_ready, tuple(checks))
+
+
+__all__ = ["RoleBootResult", "VmError", "boot_plan", "run_boot_tests"]

@@ -1,0 +1,263 @@
+"""What a booted instance must show for its role (issue #3 part 5).
+
+Every check runs from the host: commands over SSH as the login user, HTTP
+through the forwarded port. The role's expectations come from the manifest
+(which components the role runs) and from the instance's own
+/etc/amibake/roles.json (which services belong to which role).
+
+What "HTTP 200" means per role:
+- a role running nginx AND the app servers nginx proxies to (all-in-one):
+  `GET /` and `GET /health` answer 200 through nginx → app servers →
+  PostgreSQL (the sample app's `/` lists employees from the database);
+- a role running nginx without the app servers (the split `web` role): its
+  upstream lives on other instances, which a lone boot test does not have.
+  nginx must serve a static page from the static root with 200 (the error
+  page `/404.html`, or the first configured error page) and answer the app
+  path `/health` with 502 or 504 (nginx up, upstream unreachable) — never a
+  refused connection or a 200 from nowhere;
+- with the maintenance flag present every nginx role answers 503 with
+  `Retry-After`, and the previous status returns once the flag is removed.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import shlex
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from builder.manifest.model import Manifest
+from builder.vm.ssh import Ssh, SshFailed
+from builder.wait import NotYet, Waiter, wait_for
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    ok: bool
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def http_get(port: int, path: str, *, host_header: str = "", timeout: float = 20,
+             method: str = "GET", body: bytes | None = None,
+             content_type: str = "") -> HttpAnswer:
+    """GET (or `method`) http://127.0.0.1:port/path; OSError when nothing answers."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        headers = {"Host": host_header} if host_header else {}
+        if content_type:
+            headers["Content-Type"] = content_type
+        conn.request(method, path, body=body, headers=headers)
+        resp = conn.getresponse()
+        body = resp.read()
+        return HttpAnswer(resp.status, {k.lower(): v for k, v in resp.getheaders()}, body)
+    except http.client.HTTPException as exc:  # e.g. RemoteDisconnected before nginx is up
+        raise OSError(f"bad HTTP answer: {exc!r}") from exc
+    finally:
+        conn.close()
+
+
+@dataclass(frozen=True)
+class RolePlan:
+    """What to expect of an instance in `role`, from the manifest alone."""
+
+    role: str
+    nginx: bool
+    full_chain: bool  # nginx → app servers → PostgreSQL all on this instance
+    postgresql: bool
+    server_name: str
+    maintenance_flag: str
+    retry_after: int
+    static_page: str
+    mount_point: str
+    app_ports: tuple[int, ...] = ()
+
+
+def plan_role(manifest: Manifest, role: str) -> RolePlan:
+    comps = set(manifest.roles[role].components)
+    nginx = manifest.components.nginx
+    pg = manifest.components.postgresql
+    has_nginx = "nginx" in comps and nginx is not None
+    pages = sorted((nginx.error_pages if nginx else {}).values())
+    static_page = "/404.html" if "/404.html" in pages else (pages[0] if pages else "/404.html")
+    return RolePlan(
+        role=role,
+        nginx=has_nginx,
+        full_chain=has_nginx and "appserver" in comps and "postgresql" in comps,
+        postgresql="postgresql" in comps and pg is not None,
+        server_name=manifest.app.server_name,
+        maintenance_flag=nginx.maintenance_flag if nginx else "",
+        retry_after=nginx.retry_after if nginx else 0,
+        static_page=static_page,
+        mount_point=pg.mount_point if pg else "/mnt",
+        app_ports=manifest.components.appserver.ports
+        if "appserver" in comps and manifest.components.appserver else (),
+    )
+
+
+def expected_services(roles_json: dict[str, Any], role: str) -> tuple[set[str], set[str]]:
+    """(services that must be active, services that must not) for `role`."""
+    roles = roles_json.get("roles")
+    if not isinstance(roles, dict) or role not in roles:
+        raise ValueError(f"/etc/amibake/roles.json has no role {role!r}")
+    mine = set(roles[role].get("services", []))
+    every = set(roles_json.get("all_services", []))
+    for other in roles.values():
+        every |= set(other.get("services", []))
+    return mine, every - mine
+
+
+class RoleChecker:
+    """Runs the checks for one role on one booted instance."""
+
+    def __init__(self, plan: RolePlan, ssh: Ssh, http_port: int,
+                 http_waiter: Callable[[str], Waiter]) -> None:
+        self.plan = plan
+        self.ssh = ssh
+        self.http_port = http_port
+        self.http_waiter = http_waiter
+
+    def run_all(self) -> list[CheckResult]:
+        results = [self._guard("role applied", self.check_role_marker),
+                   self._guard("services", self.check_services)]
+        if self.plan.app_ports:
+            results.append(self._guard("app servers listening", self.check_app_ports))
+        if self.plan.postgresql:
+            results.append(self._guard("postgresql data on instance storage",
+                                       self.check_postgres_on_instance_store))
+        if self.plan.nginx:
+            results.append(self._guard("http", self.check_http))
+            results.append(self._guard("maintenance 503", self.check_maintenance))
+        return results
+
+    @staticmethod
+    def _guard(name: str, check: Callable[[], str]) -> CheckResult:
+        try:
+            return CheckResult(name, True, check())
+        except (CheckFailed, SshFailed, OSError) as exc:
+            return CheckResult(name, False, str(exc))
+
+    # ------------------------------------------------------------- checks
+    def check_role_marker(self) -> str:
+        got = self.ssh.output("cat /var/lib/amibake/role").strip()
+        if got != self.plan.role:
+            raise CheckFailed(f"/var/lib/amibake/role says {got!r}, expected {self.plan.role!r}")
+        return f"/var/lib/amibake/role = {got}"
+
+    def check_services(self) -> str:
+        roles_json = json.loads(self.ssh.output("cat /etc/amibake/roles.json"))
+        active, inactive = expected_services(roles_json, self.plan.role)
+        names = sorted(active | inactive)
+        script = "; ".join(
+            f"printf '%s %s\\n' {shlex.quote(n)} \"$(systemctl is-active {shlex.quote(n)})\""
+            for n in names
+        )
+        states = dict(line.split(" ", 1) for line in self.ssh.output(script).splitlines() if line)
+        wrong = [f"{n} is {states.get(n, '?')} (want active)" for n in sorted(active)
+                 if states.get(n) != "active"]
+        wrong += [f"{n} is {states.get(n, '?')} (belongs to another role)"
+                  for n in sorted(inactive) if states.get(n) in ("active", "activating")]
+        if wrong:
+            raise CheckFailed("; ".join(wrong))
+        return f"active: {', '.join(sorted(active)) or 'none'}; inactive: " \
+               f"{', '.join(sorted(inactive)) or 'none'}"
+
+    def check_app_ports(self) -> str:
+        def listening() -> str:
+            closed = []
+            for port in self.plan.app_ports:
+                probe = f"timeout 5 bash -c '</dev/tcp/127.0.0.1/{port}'"
+                if self.ssh.run(probe).returncode != 0:
+                    closed.append(port)
+            if closed:
+                raise NotYet(f"nothing listens on port(s) {closed}")
+            return "listening on " + ", ".join(map(str, self.plan.app_ports))
+        return wait_for(listening, self.http_waiter("app servers to listen"))
+
+    def check_postgres_on_instance_store(self) -> str:
+        mp = self.plan.mount_point
+        mount = self.ssh.output(f"findmnt -n -o SOURCE,FSTYPE {shlex.quote(mp)} || true").strip()
+        root = self.ssh.output("findmnt -n -o SOURCE /").strip()
+        if not mount:
+            raise CheckFailed(f"nothing is mounted on {mp}")
+        if mount.split()[0] == root:
+            raise CheckFailed(f"{mp} is on the root device {root}")
+        data_dir = self.ssh.output(
+            "sudo -n -u postgres psql -XAtc 'SHOW data_directory'").strip()
+        if not (data_dir + "/").startswith(mp.rstrip("/") + "/"):
+            raise CheckFailed(f"PostgreSQL data_directory is {data_dir}, not under {mp}")
+        return f"{mp} is {mount}; data_directory = {data_dir}"
+
+    def _get(self, path: str, timeout: float = 20) -> HttpAnswer:
+        return http_get(self.http_port, path, host_header=self.plan.server_name, timeout=timeout)
+
+    def _wait_status(self, path: str, statuses: set[int], timeout: float = 20) -> HttpAnswer:
+        def attempt() -> HttpAnswer:
+            ans = self._get(path, timeout)
+            if ans.status not in statuses:
+                raise NotYet(f"GET {path} answered {ans.status}")
+            return ans
+        return wait_for(attempt, self.http_waiter(f"GET {path} → {sorted(statuses)}"),
+                        retry_on=(OSError,))
+
+    def expected_normal(self) -> list[tuple[str, set[int]]]:
+        if self.plan.full_chain:
+            return [("/", {200}), ("/health", {200}), ("/employees", {200})]
+        return [(self.plan.static_page, {200}), ("/health", {502, 504})]
+
+    def check_http(self) -> str:
+        seen = []
+        for path, statuses in self.expected_normal():
+            ans = self._wait_status(path, statuses, timeout=70)
+            seen.append(f"GET {path} {ans.status}")
+        if self.plan.full_chain:
+            name = f"boot-test-{self.plan.role}"
+            posted = http_get(self.http_port, "/employees", host_header=self.plan.server_name,
+                              method="POST", content_type="application/json",
+                              body=json.dumps({"name": name, "salary": "1.00"}).encode())
+            if posted.status != 201:
+                raise CheckFailed(f"POST /employees answered {posted.status}: "
+                                  f"{posted.body[:200]!r}")
+            ans = self._get("/employees")
+            if "nginx" not in ans.headers.get("server", ""):
+                raise CheckFailed(f"GET /employees was not answered through nginx "
+                                  f"(Server: {ans.headers.get('server')!r})")
+            try:
+                rows = json.loads(ans.body)
+            except ValueError as exc:
+                raise CheckFailed(f"GET /employees is not JSON: {ans.body[:200]!r}") from exc
+            if not any(isinstance(r, dict) and r.get("name") == name for r in rows):
+                raise CheckFailed(f"the row POSTed ({name}) is not in GET /employees")
+            seen.append("POST then GET /employees: the row round-trips through PostgreSQL")
+        return ", ".join(seen)
+
+    def check_maintenance(self) -> str:
+        flag = shlex.quote(self.plan.maintenance_flag)
+        self.ssh.output(f"sudo -n mkdir -p \"$(dirname {flag})\" && sudo -n touch {flag}")
+        try:
+            ans = self._get("/")
+            if ans.status != 503:
+                raise CheckFailed(f"with {self.plan.maintenance_flag} present GET / answered "
+                                  f"{ans.status}, expected 503")
+            retry = ans.headers.get("retry-after")
+            if retry != str(self.plan.retry_after):
+                raise CheckFailed(f"503 carries Retry-After {retry!r}, "
+                                  f"expected {self.plan.retry_after}")
+        finally:
+            self.ssh.output(f"sudo -n rm -f {flag}")
+        path, statuses = self.expected_normal()[0]
+        back = self._wait_status(path, statuses, timeout=70)
+        return f"503 with Retry-After {retry}; after removing the flag GET {path} {back.status}"
+
+
+class CheckFailed(Exception):
+    """One check's expectation did not hold."""

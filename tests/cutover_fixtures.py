@@ -1,0 +1,481 @@
+"""Real servers on loopback for the cutover tests: two PostgreSQL 15 clusters
+(initdb once as the unprivileged `postgres` user, then a copied template data
+directory per test), Knot DNS with a per-test TSIG key, and nginx running the
+web role's real rendered config. Everything is stopped in finalizers.
+
+Import the fixtures in a test module with `from tests.cutover_fixtures import *`.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import dns.message
+import dns.query
+import dns.rdatatype
+import psycopg
+import pytest
+
+from builder.cutover.config import Conn, TsigKey
+from builder.manifest import load_manifest
+from builder.manifest.model import (
+    Cutover,
+    DbEndpoint,
+    DnsSpec,
+    FilesSync,
+    Manifest,
+    Notice,
+    SecretRef,
+)
+from builder.proc import run
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+PG_OS_USER = "postgres"
+SUPER_PASSWORD = "cutover-super-secret"
+APP_PASSWORD = "app-secret"
+SERVER_NAME = "payroll.example.com"
+OLD_ADDR, NEW_ADDR = "127.0.0.1", "127.0.0.2"
+
+__all__ = [
+    "APP_PASSWORD", "NEW_ADDR", "OLD_ADDR", "SERVER_NAME", "Cluster", "Knot", "Site",
+    "Writer", "app_schema", "cutover_manifest", "free_port", "knot", "pg_pair",
+    "pg_template", "secret_env", "sites", "uploads",
+]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _own_tmpdir(prefix: str, owner: str) -> Path:
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    shutil.chown(path, owner, owner)
+    return path
+
+
+# ------------------------------------------------------------------ PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[Path]:
+    """One initdb per session; clusters copy its data directory."""
+    base = _own_tmpdir("amibake-pgtpl-", PG_OS_USER)
+    data = base / "data"
+    pwfile = base / "pw"
+    pwfile.write_text(SUPER_PASSWORD + "\n")
+    shutil.chown(pwfile, PG_OS_USER, PG_OS_USER)
+    run([PG_BIN / "initdb", "-D", data, "-U", "postgres", "--pwfile", pwfile,
+         "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"],
+        user=PG_OS_USER, group=PG_OS_USER, capture=True)
+    with open(data / "postgresql.conf", "a") as fh:
+        fh.write("\n".join([
+            "listen_addresses = '127.0.0.1'", "unix_socket_directories = ''",
+            "wal_level = logical", "max_wal_senders = 10", "max_replication_slots = 10",
+            "max_logical_replication_workers = 4", "fsync = off", "synchronous_commit = on",
+            "full_page_writes = off", "shared_buffers = 32MB", "max_connections = 60",
+            "wal_sender_timeout = 10s", "wal_receiver_status_interval = 1s", "",
+        ]))
+    (data / "pg_hba.conf").write_text(
+        "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+    yield data
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@dataclass
+class Cluster:
+    name: str
+    data: Path
+    port: int
+    running: bool = False
+
+    def start(self) -> None:
+        run([PG_BIN / "pg_ctl", "-D", self.data, "-l", self.data / "server.log", "-w",
+             "-o", f"-p {self.port}", "start"], user=PG_OS_USER, group=PG_OS_USER, capture=True)
+        self.running = True
+
+    def stop(self, mode: str = "immediate") -> None:
+        if self.running:
+            run([PG_BIN / "pg_ctl", "-D", self.data, "-m", mode, "-w", "stop"],
+                user=PG_OS_USER, group=PG_OS_USER, capture=True, check=False)
+            self.running = False
+
+    def conn(self, dbname: str = "payroll", user: str = "postgres",
+             password: str = SUPER_PASSWORD) -> Conn:
+        return Conn("127.0.0.1", self.port, dbname, user, password)
+
+    def dsn(self, dbname: str = "payroll", user: str = "postgres",
+            password: str = SUPER_PASSWORD) -> str:
+        return (f"host=127.0.0.1 port={self.port} dbname={dbname} user={user} "
+                f"password={password} connect_timeout=5")
+
+    def sql(self, sql: str, params: tuple[object, ...] = (), dbname: str = "payroll",
+            user: str = "postgres", password: str = SUPER_PASSWORD) -> list[tuple[object, ...]]:
+        with psycopg.connect(self.dsn(dbname, user, password), autocommit=True) as c:
+            cur = c.execute(sql, params)  # type: ignore[arg-type]
+            return list(cur.fetchall()) if cur.description else []
+
+
+def _cluster(template: Path, name: str) -> Cluster:
+    base = _own_tmpdir(f"amibake-pg-{name}-", PG_OS_USER)
+    data = base / "data"
+    run(["cp", "-a", template, data])
+    cl = Cluster(name, data, free_port())
+    cl.start()
+    return cl
+
+
+@pytest.fixture
+def pg_pair(pg_template: Path) -> Iterator[tuple[Cluster, Cluster]]:
+    """(old, new): both have database `payroll`; old also has the app schema."""
+    old = _cluster(pg_template, "old")
+    new = None
+    try:
+        new = _cluster(pg_template, "new")
+        for c in (old, new):
+            c.sql("CREATE DATABASE payroll", dbname="postgres")
+        app_schema(old)
+        yield old, new
+    finally:
+        for c in (old, new):
+            if c is not None:
+                c.stop()
+                shutil.rmtree(c.data.parent, ignore_errors=True)
+
+
+def app_schema(c: Cluster) -> None:
+    """The app's role and tables, with data."""
+    c.sql(f"CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'")
+    c.sql("""
+        CREATE TABLE employees (id serial PRIMARY KEY, name text NOT NULL, salary numeric);
+        CREATE TABLE writes (id bigserial PRIMARY KEY, n int NOT NULL UNIQUE,
+                             at timestamptz DEFAULT now());
+        CREATE TABLE payslips (employee_id int REFERENCES employees, month date,
+                               amount numeric, PRIMARY KEY (employee_id, month));
+        INSERT INTO employees (name, salary)
+             SELECT 'employee ' || g, 1000 + g FROM generate_series(1, 500) g;
+        INSERT INTO payslips SELECT e.id, date '2026-01-01' + (m || ' month')::interval,
+               e.salary FROM employees e, generate_series(0, 5) m;
+        ALTER TABLE employees OWNER TO app; ALTER TABLE writes OWNER TO app;
+        ALTER TABLE payslips OWNER TO app;
+        GRANT CONNECT ON DATABASE payroll TO app;
+    """)
+
+
+class Writer(threading.Thread):
+    """The app: inserts rows with a counter as the app role, one per
+    transaction; `acked` holds every insert the server committed. It writes
+    to `target` (switch it to the new server when DNS moves)."""
+
+    def __init__(self, target: Cluster) -> None:
+        super().__init__(daemon=True)
+        self.target = target
+        self.acked: list[int] = []
+        self.refused = 0
+        self.stop_event = threading.Event()
+        self.n = 0
+
+    def run(self) -> None:
+        conn = None
+        while not self.stop_event.is_set():
+            try:
+                if conn is None:
+                    conn = psycopg.connect(self.target.dsn(user="app", password=APP_PASSWORD),
+                                           autocommit=True)
+                self.n += 1
+                conn.execute("INSERT INTO writes (n) VALUES (%s)", (self.n,))
+                self.acked.append(self.n)
+            except psycopg.Error:
+                self.refused += 1
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        conn.close()
+                conn = None
+                time.sleep(0.02)
+            time.sleep(0.003)
+        if conn is not None:
+            conn.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(10)
+
+
+# ------------------------------------------------------------------ Knot DNS
+
+
+@dataclass
+class Knot:
+    base: Path
+    port: int
+    key: TsigKey
+    pid: int = 0
+    zone: str = "example.com."
+
+    def query(self, name: str, server: str = OLD_ADDR) -> tuple[tuple[str, ...], int | None]:
+        q = dns.message.make_query(name, dns.rdatatype.A)
+        resp = dns.query.udp(q, server, port=self.port, timeout=1.0)
+        for rr in resp.answer:
+            if rr.rdtype == dns.rdatatype.A:
+                return tuple(sorted(r.address for r in rr)), rr.ttl
+        return (), None
+
+    def stop(self) -> None:
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+            for _ in range(200):
+                try:
+                    os.kill(self.pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.01)
+            self.pid = 0
+
+
+@pytest.fixture
+def knot() -> Iterator[Knot]:
+    """knotd on 127.0.0.1 and 127.0.0.2 (two NS addresses), one zone, TSIG key
+    generated for this test; the record starts at the old address, TTL 300."""
+    base = _own_tmpdir("amibake-knot-", "knot")
+    port = free_port()
+    key = TsigKey("amibake-test.", "hmac-sha256", base64.b64encode(secrets.token_bytes(32)).decode())
+    (base / "example.com.zone").write_text(f"""$ORIGIN example.com.
+$TTL 3600
+@        SOA ns1 hostmaster 1 3600 600 86400 60
+@        NS  ns1
+@        NS  ns2
+ns1      A   {OLD_ADDR}
+ns2      A   {NEW_ADDR}
+payroll 300 A {OLD_ADDR}
+""")
+    (base / "knot.conf").write_text(f"""server:
+    rundir: "{base}"
+    listen: [ {OLD_ADDR}@{port}, {NEW_ADDR}@{port} ]
+database:
+    storage: "{base}/db"
+log:
+  - target: "{base}/knot.log"
+    any: info
+key:
+  - id: {key.name}
+    algorithm: {key.algorithm}
+    secret: {key.secret}
+acl:
+  - id: update
+    key: {key.name}
+    action: update
+template:
+  - id: default
+    storage: "{base}"
+    file: "%s.zone"
+    semantic-checks: off
+zone:
+  - domain: example.com.
+    acl: update
+""")
+    for p in base.iterdir():
+        shutil.chown(p, "knot", "knot")
+    k = Knot(base, port, key)
+    try:
+        run(["knotd", "-d", "-c", base / "knot.conf"], user="knot", group="knot", capture=True)
+        for _ in range(300):
+            pidfile = base / "knot.pid"
+            if pidfile.exists() and pidfile.read_text().strip():
+                k.pid = int(pidfile.read_text().strip())
+            try:
+                if k.query(f"payroll.{k.zone}")[0]:
+                    break
+            except Exception:
+                time.sleep(0.05)
+        else:
+            raise RuntimeError("knotd did not start: " + (base / "knot.log").read_text())
+        yield k
+    finally:
+        k.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ nginx sites
+
+
+@dataclass
+class Site:
+    """nginx running the web role's real rendered config, bound to loopback."""
+
+    address: str
+    port: int
+    base: Path
+    static_root: Path
+    flag: Path
+    page: Path
+    pid: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.address}:{self.port}/"
+
+    def stop(self) -> None:
+        if self.pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGQUIT)
+            for _ in range(300):
+                try:
+                    os.kill(self.pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.01)
+            self.pid = 0
+
+
+def _rendered_conf(manifest: Manifest, site: Site, *, strict_host: bool) -> str:
+    from builder.render.nginx import UPSTREAM_FILE, render
+
+    nginx = manifest.components.nginx
+    assert nginx is not None
+    m = replace(manifest, components=replace(manifest.components, nginx=replace(
+        nginx, listen=site.port, static_root=str(site.static_root),
+        maintenance_flag=str(site.flag), maintenance_page=str(site.page))))
+    frag = render(m, m.roles["web"])
+    conf = next(f.content for f in frag.files if f.path == "/etc/nginx/nginx.conf").decode()
+    b = site.base
+    (b / "upstream.conf").write_text("server 127.0.0.1:9;\n")
+    listen = f"listen {site.address}:{site.port}" + ("" if strict_host else " default_server")
+    subs = {
+        f"listen {site.port} default_server": listen,
+        "pid /run/nginx.pid;": f"pid {b}/nginx.pid;",
+        "/var/log/nginx/access.log": f"{b}/access.log",
+        "/var/log/nginx/error.log": f"{b}/error.log",
+        UPSTREAM_FILE: f"{b}/upstream.conf",
+        "user www-data;": "",
+    }
+    for old, new in subs.items():
+        assert old in conf, old
+        conf = conf.replace(old, new)
+    temp = "".join(f"    {k}_temp_path {b}/{k};\n"
+                   for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    conf = conf.replace("http {\n", "http {\n" + temp, 1)
+    if strict_host:  # anything not asking for the real name gets 421
+        conf = conf.rstrip().removesuffix("}") + (
+            f"    server {{\n        listen {site.address}:{site.port} default_server;\n"
+            "        return 421;\n    }\n}\n")
+    return f"error_log {b}/error.log;\n" + conf
+
+
+def _start_site(manifest: Manifest, address: str, port: int, name: str, *,
+                strict_host: bool) -> Site:
+    base = _own_tmpdir(f"amibake-www-{name}-", "www-data")
+    os.chmod(base, 0o755)
+    root = base / "public"
+    maint = base / "maintenance"
+    for d in (root, maint):
+        d.mkdir()
+    (root / "index.html").write_text(f"<h1>payroll on the {name} server</h1>\n")
+    (root / "health").write_text("ok\n")
+    site = Site(address, port, base, root, maint / "on", maint / "index.html")
+    (base / "nginx.conf").write_text(_rendered_conf(manifest, site, strict_host=strict_host))
+    for p in base.iterdir():
+        shutil.chown(p, "www-data", "www-data")
+    run(["nginx", "-p", base, "-c", base / "nginx.conf"], user="www-data", group="www-data",
+        capture=True)
+    for _ in range(200):
+        if (base / "nginx.pid").exists() and (base / "nginx.pid").read_text().strip():
+            site.pid = int((base / "nginx.pid").read_text())
+            break
+        time.sleep(0.01)
+    return site
+
+
+@pytest.fixture
+def sites() -> Iterator[tuple[Site, Site]]:
+    """(old, new) web servers on the same port at the old and new addresses."""
+    manifest = load_manifest(ROOT / "manifests" / "smallpayroll.yaml")
+    port = free_port()
+    started: list[Site] = []
+    try:
+        started.append(_start_site(manifest, OLD_ADDR, port, "old", strict_host=False))
+        started.append(_start_site(manifest, NEW_ADDR, port, "new", strict_host=True))
+        yield started[0], started[1]
+    finally:
+        for s in started:
+            s.stop()
+            shutil.rmtree(s.base, ignore_errors=True)
+
+
+@pytest.fixture
+def uploads() -> Iterator[tuple[Path, Path]]:
+    base = Path(tempfile.mkdtemp(prefix="amibake-uploads-"))
+    src, dst = base / "old", base / "new"
+    src.mkdir()
+    for i in range(20):
+        (src / f"slip-{i:03d}.pdf").write_bytes(secrets.token_bytes(2048 + i))
+    (src / "avatars").mkdir()
+    (src / "avatars" / "pat.png").write_bytes(b"\x89PNG" + secrets.token_bytes(500))
+    yield src, dst
+    shutil.rmtree(base, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ manifest
+
+
+@pytest.fixture
+def secret_env(monkeypatch: pytest.MonkeyPatch, knot: Knot) -> None:
+    """Secrets for a local run: AMIBAKE_SECRET_<NAME> overrides."""
+    monkeypatch.setenv("AMIBAKE_SECRET_TEST_OLD_DB", SUPER_PASSWORD)
+    monkeypatch.setenv("AMIBAKE_SECRET_TEST_NEW_DB", SUPER_PASSWORD)
+    k = knot.key
+    monkeypatch.setenv("AMIBAKE_SECRET_TEST_TSIG", f"{k.name}:{k.algorithm}:{k.secret}")
+
+
+def cutover_manifest(old: Cluster, new: Cluster, knot: Knot, sites: tuple[Site, Site],
+                     uploads: tuple[Path, Path] | None = None, **overrides: object) -> Manifest:
+    """smallpayroll's manifest with its cutover section pointed at the test servers."""
+    m = load_manifest(ROOT / "manifests" / "smallpayroll.yaml")
+    old_site, new_site = sites
+    nginx = m.components.nginx
+    assert nginx is not None
+    cut = Cutover(
+        strategy="replicate",
+        window_start="2026-01-10T23:59:00-05:00",
+        timezone="America/New_York",
+        old_db=DbEndpoint(host="127.0.0.1", port=old.port, dbname="payroll", user="postgres",
+                          password=SecretRef("ssm", "/test/old-db")),
+        new_db=DbEndpoint(host="127.0.0.1", port=new.port, dbname="payroll", user="postgres",
+                          password=SecretRef("ssm", "/test/new-db")),
+        files=FilesSync(source=str(uploads[0]), destination=str(uploads[1]))
+        if uploads else None,
+        dns=DnsSpec(provider="rfc2136", zone="example.com.", record=f"{SERVER_NAME}.",
+                    new_address=NEW_ADDR, low_ttl=5, server=f"{OLD_ADDR}:{knot.port}",
+                    tsig_key=SecretRef("ssm", "/test/tsig")),
+        notice=Notice(contact="Pat Doe, support@example.com"),
+        old_site=old_site.url,
+        new_site=f"http://{SERVER_NAME}:{new_site.port}/",
+        old_web="local",
+        smoke_paths=("/health", "/"),
+    )
+    cut = replace(cut, **overrides)  # type: ignore[arg-type]
+    return replace(
+        m,
+        app=replace(m.app, server_name=SERVER_NAME,
+                    database=replace(m.app.database, name="payroll", user="app")),
+        components=replace(m.components, nginx=replace(
+            nginx, maintenance_flag=str(old_site.flag), maintenance_page=str(old_site.page))),
+        cutover=cut,
+        source=Path(tempfile.gettempdir()) / "cutover-test.yaml",
+    )
+
+

@@ -1,0 +1,385 @@
+"""Bundle format: round trips, known-answer manifest checks, tamper tests."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+from bundle_pki import Pki, make_pki
+
+from builder.bundle import manifest_xml
+from builder.bundle.certs import BundleCredentials, load_private_key
+from builder.bundle.reader import unbundle
+from builder.bundle.writer import PART_SIZE, BundleRequest, BundleResult, bundle_image
+from builder.errors import UserError
+
+MiB = 1024 * 1024
+ROOT = Path(__file__).resolve().parent.parent
+ACCOUNT = "123456789012"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def creds(pki: Pki) -> BundleCredentials:
+    return BundleCredentials.load(pki.cert, pki.key, pki.ec2_cert)
+
+
+def sha1_file(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as f:
+        while block := f.read(MiB):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def make_bundle(
+    image: Path, out: Path, creds: BundleCredentials, prefix: str = "disk.raw", **kw: object
+) -> BundleResult:
+    return bundle_image(
+        BundleRequest(image=image, destination=out, prefix=prefix, user=ACCOUNT, **kw),  # type: ignore[arg-type]
+        creds,
+    )
+
+
+def openssl_decrypt_stream(result: BundleResult, key_pem: Path) -> bytes:
+    """Decrypt with the real openssl tools, as euca2ools does: rsautl + enc."""
+    parsed = manifest_xml.parse(result.manifest_path.read_bytes(), "m")
+    plain = []
+    for enc in (parsed.user_encrypted_key, parsed.user_encrypted_iv):
+        proc = subprocess.run(
+            ["openssl", "pkeyutl", "-decrypt", "-inkey", str(key_pem),
+             "-pkeyopt", "rsa_padding_mode:pkcs1"],
+            input=bytes.fromhex(enc), capture_output=True, check=True,
+        )
+        plain.append(proc.stdout.decode())
+    key_hex, iv_hex = plain
+    data = b"".join(p.read_bytes() for p in result.part_paths)
+    dec = subprocess.run(
+        ["openssl", "enc", "-d", "-aes-128-cbc", "-K", key_hex, "-iv", iv_hex],
+        input=data, capture_output=True, check=True,
+    )
+    return subprocess.run(["gzip", "-dc"], input=dec.stdout, capture_output=True,
+                          check=True).stdout
+
+
+# ------------------------------------------------------------------ round trips
+
+
+@pytest.mark.parametrize(
+    "size", [0, 1, 10 * MiB, 10 * MiB + 1], ids=["empty", "1B", "10MiB", "10MiB+1"]
+)
+def test_round_trip_awkward_sizes(tmp_path: Path, creds: BundleCredentials, pki: Pki,
+                                  size: int) -> None:
+    image = tmp_path / "disk.raw"
+    image.write_bytes(os.urandom(size))
+    result = make_bundle(image, tmp_path / "out", creds)
+    m = result.manifest
+    assert m.size == size
+    assert [p.name for p in result.part_paths] == [
+        f"disk.raw.part.{i:02d}" for i in range(len(result.part_paths))
+    ]
+    sizes = [p.stat().st_size for p in result.part_paths]
+    assert all(s == PART_SIZE for s in sizes[:-1]) and 0 < sizes[-1] <= PART_SIZE
+    assert sum(sizes) == m.bundled_size and m.bundled_size % 16 == 0
+    # random data does not compress: 10 MiB of it needs a second part
+    assert len(sizes) == (1 if size <= 1 else 2)
+    back = unbundle(result.manifest_path, pki.key, output=tmp_path / "back.raw", cert=pki.cert)
+    assert back.size == size
+    assert (tmp_path / "back.raw").read_bytes() == image.read_bytes()
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_last_part_exactly_full_has_no_empty_part(tmp_path: Path, creds: BundleCredentials,
+                                                  pki: Pki) -> None:
+    image = tmp_path / "disk.raw"
+    image.write_bytes(os.urandom(5000))
+    result = make_bundle(image, tmp_path / "out", creds, part_size=16)
+    sizes = [p.stat().st_size for p in result.part_paths]
+    assert set(sizes) == {16}  # AES output is a multiple of 16: every part is full
+    assert len(result.manifest.parts) == len(sizes)
+    unbundle(result.manifest_path, pki.key, output=tmp_path / "back.raw")
+    assert (tmp_path / "back.raw").read_bytes() == image.read_bytes()
+
+
+def test_sparse_image_keeps_holes_and_gnu_tar_agrees(tmp_path: Path, creds: BundleCredentials,
+                                                     pki: Pki) -> None:
+    image = tmp_path / "disk.raw"
+    with open(image, "wb") as f:
+        f.write(os.urandom(100_000))
+        f.seek(40 * MiB)
+        f.write(b"middle" * 1000)
+        f.truncate(64 * MiB)  # ends in a hole
+    result = make_bundle(image, tmp_path / "out", creds)
+    assert result.manifest.bundled_size < 1 * MiB  # holes are not in the stream
+    stream = openssl_decrypt_stream(result, pki.key)
+    assert hashlib.sha1(stream).hexdigest() == result.manifest.digest
+    assert stream[156:157] == b"S"  # an old-GNU sparse member, like `tar --sparse`
+    assert len(stream) % 10240 == 0  # GNU tar's record size
+    # GNU tar extracts it to the same bytes
+    gnu = tmp_path / "gnu"
+    gnu.mkdir()
+    subprocess.run(["tar", "-xSf", "-"], input=stream, cwd=gnu, check=True)
+    assert sha1_file(gnu / "disk.raw") == sha1_file(image)
+    back = unbundle(result.manifest_path, pki.key, output=tmp_path / "back.raw")
+    assert sha1_file(back.image_path) == sha1_file(image)
+    assert back.image_path.stat().st_size == 64 * MiB
+    assert back.image_path.stat().st_blocks * 512 < 2 * MiB  # still sparse
+
+
+def test_bundle_of_gnu_tar_stream_is_readable(tmp_path: Path, creds: BundleCredentials,
+                                             pki: Pki) -> None:
+    """A bundle whose tar GNU tar wrote (as the AMI tools do) unbundles too."""
+    image = tmp_path / "disk.raw"
+    with open(image, "wb") as f:
+        f.write(os.urandom(3000))
+        f.seek(5 * MiB)
+        f.write(os.urandom(3000))
+        f.truncate(9 * MiB)
+    made = make_bundle(image, tmp_path / "out", creds)
+    gnu_tar = subprocess.run(["tar", "-cS", "--format=gnu", "--owner=0", "--group=0",
+                              "-f", "-", "disk.raw"], cwd=tmp_path, capture_output=True,
+                             check=True).stdout
+    # re-bundle GNU tar's stream by hand, with the real shell tools
+    key, iv = os.urandom(16).hex(), os.urandom(16).hex()
+    gz = subprocess.run(["gzip", "-9"], input=gnu_tar, capture_output=True, check=True).stdout
+    enc = subprocess.run(["openssl", "enc", "-e", "-aes-128-cbc", "-K", key, "-iv", iv],
+                         input=gz, capture_output=True, check=True).stdout
+    hand = tmp_path / "hand"
+    hand.mkdir()
+    (hand / "disk.raw.part.00").write_bytes(enc)
+    m = manifest_xml.BundleManifest(
+        name="disk.raw", user=ACCOUNT, architecture="x86_64",
+        digest=hashlib.sha1(gnu_tar).hexdigest(), size=9 * MiB, bundled_size=len(enc),
+        parts=(manifest_xml.Part("disk.raw.part.00", hashlib.sha1(enc).hexdigest()),),
+        key_hex=key, iv_hex=iv,
+    )
+    user_cert = creds.user_cert.public_key()
+    doc = manifest_xml.render(m, creds.user_key, user_cert,  # type: ignore[arg-type]
+                              creds.ec2_cert.public_key())  # type: ignore[arg-type]
+    (hand / "disk.raw.manifest.xml").write_bytes(doc)
+    back = unbundle(hand / "disk.raw.manifest.xml", pki.key, output=tmp_path / "back.raw")
+    assert sha1_file(back.image_path) == sha1_file(image)
+    assert made.manifest.size == 9 * MiB
+
+
+def _stored_or_ext4_image(tmp_path: Path) -> Path:
+    stored = sorted((ROOT / "images").glob("*/*/disk.raw"))
+    if stored:
+        return stored[-1]
+    tree = tmp_path / "tree"
+    for sub in ("etc", "usr/share/doc"):
+        shutil.copytree(Path("/") / sub, tree / sub, symlinks=True,
+                        ignore=shutil.ignore_patterns("*.pem", "shadow*", "gshadow*"),
+                        ignore_dangling_symlinks=True, dirs_exist_ok=True)
+    image = tmp_path / "ext4.raw"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(image), "256M"], check=True)
+    shutil.rmtree(tree)
+    return image
+
+
+def test_round_trip_real_filesystem_image(tmp_path: Path, creds: BundleCredentials,
+                                          pki: Pki) -> None:
+    image = _stored_or_ext4_image(tmp_path)
+    result = make_bundle(image, tmp_path / "out", creds, prefix=image.name)
+    assert result.manifest.size == image.stat().st_size
+    back = unbundle(result.manifest_path, pki.key, destination=tmp_path, cert=pki.cert)
+    assert back.image_path == tmp_path / image.name
+    assert sha1_file(back.image_path) == sha1_file(image)
+    if image.name == "ext4.raw":
+        subprocess.run(["e2fsck", "-fn", str(back.image_path)], check=True,
+                       capture_output=True)
+
+
+# ---------------------------------------------------------- known answers
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory: pytest.TempPathFactory, creds: BundleCredentials) -> BundleResult:
+    tmp = tmp_path_factory.mktemp("sample")
+    image = tmp / "disk.raw"
+    image.write_bytes(os.urandom(12 * MiB))
+    return make_bundle(image, tmp / "out", creds, block_device_mapping={
+        "root": "/dev/sda1", "ami": "sda1", "ephemeral0": "sdb"})
+
+
+def test_manifest_structure_matches_ami_tools(sample: BundleResult) -> None:
+    data = sample.manifest_path.read_bytes()
+    assert data.startswith(b"<?xml version='1.0'?><manifest>")
+    root = ET.fromstring(data)
+    assert [c.tag for c in root] == [
+        "version", "bundler", "machine_configuration", "image", "signature"]
+    assert root.findtext("version") == "2007-10-10"
+    assert [c.tag for c in root.find("bundler")] == ["name", "version", "release"]
+    mc = root.find("machine_configuration")
+    assert [c.tag for c in mc] == ["architecture", "block_device_mapping"]
+    assert mc.findtext("architecture") == "x86_64"
+    mappings = [(m.findtext("virtual"), m.findtext("device"))
+                for m in mc.iterfind("block_device_mapping/mapping")]
+    assert mappings == [("ami", "sda1"), ("ephemeral0", "sdb"), ("root", "/dev/sda1")]
+    image = root.find("image")
+    # EC2 wants <type> right after <user> (euca2ools' note); the rest in AMI tools' order
+    assert [c.tag for c in image] == [
+        "name", "user", "type", "digest", "size", "bundled_size", "ec2_encrypted_key",
+        "user_encrypted_key", "ec2_encrypted_iv", "user_encrypted_iv", "parts"]
+    assert image.findtext("name") == "disk.raw"
+    assert image.findtext("user") == ACCOUNT
+    assert image.findtext("type") == "machine"
+    assert image.find("digest").get("algorithm") == "SHA1"
+    assert image.find("ec2_encrypted_key").get("algorithm") == "AES-128-CBC"
+    assert image.find("user_encrypted_key").get("algorithm") == "AES-128-CBC"
+    assert image.findtext("size") == str(12 * MiB)
+    parts = image.find("parts")
+    assert parts.get("count") == str(len(sample.part_paths)) == "2"
+    for index, (el, path) in enumerate(zip(parts.iterfind("part"), sample.part_paths,
+                                           strict=True)):
+        assert el.get("index") == str(index)
+        assert el.findtext("filename") == path.name
+        assert el.find("digest").get("algorithm") == "SHA1"
+        assert el.findtext("digest") == sha1_file(path)
+    assert image.findtext("bundled_size") == str(sum(p.stat().st_size for p in sample.part_paths))
+    for tag in ("ec2_encrypted_key", "user_encrypted_key", "ec2_encrypted_iv",
+                "user_encrypted_iv"):
+        assert re.fullmatch(r"[0-9a-f]{512}", image.findtext(tag))  # 2048-bit RSA, hex
+
+
+def test_keys_decrypt_with_both_private_keys(sample: BundleResult, pki: Pki) -> None:
+    parsed = manifest_xml.parse(sample.manifest_path.read_bytes(), "m")
+    user = manifest_xml.decrypt_key_iv(parsed, load_private_key(pki.key), "m")
+    ec2_key = manifest_xml.decrypt_hex_key(parsed.ec2_encrypted_key, load_private_key(pki.ec2_key))
+    ec2_iv = manifest_xml.decrypt_hex_key(parsed.ec2_encrypted_iv, load_private_key(pki.ec2_key))
+    assert ec2_key and ec2_iv
+    assert (bytes.fromhex(ec2_key), bytes.fromhex(ec2_iv)) == user
+    # the plaintext is the key as 32 hex characters (what `openssl enc -K` takes)
+    assert re.fullmatch(r"[0-9a-f]{32}", ec2_key) and ec2_key == sample.manifest.key_hex
+    # and the other (user) copy is not readable with EC2's key and vice versa
+    assert manifest_xml.decrypt_hex_key(parsed.user_encrypted_key,
+                                        load_private_key(pki.ec2_key)) is None
+
+
+def test_signature_verifies_with_openssl(sample: BundleResult, pki: Pki, tmp_path: Path) -> None:
+    data = sample.manifest_path.read_bytes()
+    signed = (re.search(rb"<machine_configuration>.*?</machine_configuration>", data).group(0)
+              + re.search(rb"<image>.*?</image>", data).group(0))
+    sig = bytes.fromhex(ET.fromstring(data).findtext("signature"))
+    (tmp_path / "signed").write_bytes(signed)
+    (tmp_path / "sig").write_bytes(sig)
+    pub = subprocess.run(["openssl", "x509", "-in", str(pki.cert), "-pubkey", "-noout"],
+                         capture_output=True, check=True).stdout
+    (tmp_path / "pub.pem").write_bytes(pub)
+    ok = subprocess.run(["openssl", "dgst", "-sha1", "-verify", str(tmp_path / "pub.pem"),
+                         "-signature", str(tmp_path / "sig"), str(tmp_path / "signed")],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and "Verified OK" in ok.stdout
+    (tmp_path / "signed").write_bytes(signed.replace(b"<size>", b"<size>1"))
+    bad = subprocess.run(["openssl", "dgst", "-sha1", "-verify", str(tmp_path / "pub.pem"),
+                          "-signature", str(tmp_path / "sig"), str(tmp_path / "signed")],
+                         capture_output=True, text=True)
+    assert bad.returncode != 0
+
+
+def test_digest_is_sha1_of_tar_stream_via_openssl(sample: BundleResult, pki: Pki) -> None:
+    stream = openssl_decrypt_stream(sample, pki.key)
+    assert hashlib.sha1(stream).hexdigest() == sample.manifest.digest
+    assert stream[:9] == b"disk.raw\0"  # the member is named after the prefix
+    assert stream[257:265] == b"ustar  \0"
+
+
+# ------------------------------------------------------------------ tampering
+
+
+@pytest.fixture
+def bundle3(tmp_path: Path, creds: BundleCredentials) -> BundleResult:
+    image = tmp_path / "disk.raw"
+    image.write_bytes(os.urandom(25 * MiB))
+    return make_bundle(image, tmp_path / "out", creds)
+
+
+def _unbundle(result: BundleResult, key: Path, **kw: object) -> None:
+    unbundle(result.manifest_path, key, output=result.manifest_path.parent / "back.raw", **kw)  # type: ignore[arg-type]
+
+
+def test_tampered_part_is_named(bundle3: BundleResult, pki: Pki) -> None:
+    part = bundle3.part_paths[1]
+    with open(part, "r+b") as f:
+        f.seek(1234)
+        byte = f.read(1)
+        f.seek(1234)
+        f.write(bytes([byte[0] ^ 1]))
+    with pytest.raises(UserError, match=r"part 1 of 3 .*disk\.raw\.part\.01.* altered"):
+        _unbundle(bundle3, pki.key, cert=pki.cert)
+    out = bundle3.manifest_path.parent
+    assert not (out / "back.raw").exists() and not (out / "back.raw.partial").exists()
+
+
+def test_truncated_part_is_named(bundle3: BundleResult, pki: Pki) -> None:
+    last = bundle3.part_paths[-1]
+    last.write_bytes(last.read_bytes()[:-16])
+    with pytest.raises(UserError, match=r"part 2 of 3 .*truncated"):
+        _unbundle(bundle3, pki.key)
+
+
+def test_missing_part_is_named(bundle3: BundleResult, pki: Pki) -> None:
+    bundle3.part_paths[2].unlink()
+    with pytest.raises(UserError, match=r"part 2 of 3 is missing: .*disk\.raw\.part\.02"):
+        _unbundle(bundle3, pki.key)
+
+
+def test_truncated_manifest(bundle3: BundleResult, pki: Pki) -> None:
+    data = bundle3.manifest_path.read_bytes()
+    bundle3.manifest_path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(UserError, match="manifest is truncated or not valid XML"):
+        _unbundle(bundle3, pki.key)
+
+
+def test_wrong_key(bundle3: BundleResult, pki: Pki) -> None:
+    with pytest.raises(UserError, match=r"does not decrypt this bundle's key \(wrong key\)"):
+        _unbundle(bundle3, pki.other_key)
+    with pytest.raises(UserError, match="is not the private key of the certificate"):
+        _unbundle(bundle3, pki.other_key, cert=pki.cert)
+
+
+def test_edited_manifest_fails_signature(bundle3: BundleResult, pki: Pki) -> None:
+    data = bundle3.manifest_path.read_bytes()
+    bundle3.manifest_path.write_bytes(data.replace(b"<type>machine</type>",
+                                                   b"<type>kernel</type>"))
+    with pytest.raises(UserError, match="signature does not verify"):
+        _unbundle(bundle3, pki.key, cert=pki.cert)
+
+
+def test_failed_bundle_leaves_nothing(tmp_path: Path, creds: BundleCredentials,
+                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    image = tmp_path / "disk.raw"
+    image.write_bytes(os.urandom(21 * MiB))
+
+    def boom(*a: object, **k: object) -> bytes:
+        raise RuntimeError("injected failure while signing")
+
+    monkeypatch.setattr(manifest_xml, "render", boom)
+    with pytest.raises(RuntimeError, match="injected"):
+        make_bundle(image, tmp_path / "out", creds)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_bad_inputs_are_user_errors(tmp_path: Path, creds: BundleCredentials, pki: Pki) -> None:
+    image = tmp_path / "disk.raw"
+    image.write_bytes(b"x")
+    with pytest.raises(UserError, match="invalid AWS account id"):
+        bundle_image(BundleRequest(image=image, destination=tmp_path, prefix="p", user="12"),
+                     creds)
+    with pytest.raises(UserError, match="invalid bundle prefix"):
+        bundle_image(BundleRequest(image=image, destination=tmp_path, prefix="a/b",
+                                   user=ACCOUNT), creds)
+    with pytest.raises(UserError, match="is not the private key of the certificate"):
+        BundleCredentials.load(pki.cert, pki.other_key, pki.ec2_cert)
+    with pytest.raises(UserError, match="not an X.509 certificate"):
+        BundleCredentials.load(pki.key, pki.key, pki.ec2_cert)
