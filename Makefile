@@ -16,11 +16,29 @@ APT_PACKAGES := \
 	grub-efi-amd64-bin grub-pc-bin \
 	qemu-system-x86 qemu-utils ovmf genisoimage \
 	postgresql postgresql-client postgresql-contrib \
-	knot knot-dnsutils rsync nginx-light openssh-client openssl curl
+	knot knot-dnsutils rsync nginx-light openssh-client openssl curl \
+	libnginx-mod-http-upstream-fair ruby ruby-rack puma ruby-pg
 
 .PHONY: setup system venv test check lint render image bench clean
 
-setup: system venv
+setup: system venv cloud-init-schema
+
+# cloud-init's own schema (the version Debian bookworm ships), for `amibake
+# validate`: the package is downloaded and extracted under .cache/, never installed.
+CLOUD_INIT_DIR := .cache/cloud-init
+CLOUD_INIT_SCHEMA := $(CLOUD_INIT_DIR)/root/usr/lib/python3/dist-packages/cloudinit/config/schema.py
+.PHONY: cloud-init-schema
+cloud-init-schema: $(CLOUD_INIT_SCHEMA)
+$(CLOUD_INIT_SCHEMA):
+	@mkdir -p $(CLOUD_INIT_DIR)
+	@rm -rf $(CLOUD_INIT_DIR)/root $(CLOUD_INIT_DIR)/*.deb
+	cd $(CLOUD_INIT_DIR) && { apt-get download cloud-init 2>/dev/null || \
+	  { $(SUDO) apt-get update -qq && apt-get download cloud-init; }; }
+	@version=$$(dpkg-deb -f $(CLOUD_INIT_DIR)/cloud-init_*.deb Version); \
+	  case "$$version" in 22.4.2-*) ;; \
+	  *) echo "cloud-init $$version is not 22.4.2 (Debian bookworm's)" >&2; exit 1;; esac
+	dpkg-deb -x $(CLOUD_INIT_DIR)/cloud-init_*.deb $(CLOUD_INIT_DIR)/root
+	@touch $@
 
 system: .cache/apt.stamp
 .cache/apt.stamp: Makefile

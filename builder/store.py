@@ -8,6 +8,7 @@ existing version (`--force`) swaps directories with renames too.
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import json
 import os
@@ -192,7 +193,7 @@ class Store:
             os.replace(staged, dest)
         return final
 
-    def prune(self, name: str, keep: int) -> list[StoredImage]:
+    def prune(self, name: str, keep: int) -> builtins.list[StoredImage]:
         """Remove all but the `keep` newest versions; the newest always stays."""
         keep = max(keep, 1)
         images = self._versions(name)
@@ -203,7 +204,7 @@ class Store:
             shutil.rmtree(retired, ignore_errors=True)
         return doomed
 
-    def leftovers(self) -> list[Path]:
+    def leftovers(self) -> builtins.list[Path]:
         """Staging and retired directories (of bakes that were killed)."""
         if not self.root.is_dir():
             return []

@@ -288,6 +288,7 @@ zone:
   - domain: example.com.
     acl: update
 """)
+    (base / "db").mkdir()
     for p in base.iterdir():
         shutil.chown(p, "knot", "knot")
     k = Knot(base, port, key)
@@ -362,6 +363,8 @@ def _rendered_conf(manifest: Manifest, site: Site, *, strict_host: bool) -> str:
         "/var/log/nginx/error.log": f"{b}/error.log",
         UPSTREAM_FILE: f"{b}/upstream.conf",
         "user www-data;": "",
+        # Debian's module snippets load modules relative to the default prefix
+        "include /etc/nginx/modules-enabled/*.conf;": "",
     }
     for old, new in subs.items():
         assert old in conf, old

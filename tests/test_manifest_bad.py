@@ -77,7 +77,13 @@ def test_unreadable_path(tmp_path: Path, make: object) -> None:
 def test_too_large(tmp_path: Path) -> None:
     path = tmp_path / "big.yaml"
     path.write_bytes(b"# " + b"x" * (1024 * 1024) + b"\n")
-    assert "limited to" in _problems(path).problems[0].message
+    assert "the limit for a manifest" in _problems(path).problems[0].message
+
+
+def test_endless_device_does_not_hang() -> None:
+    err = _problems(Path("/dev/zero"))
+    assert [str(p) for p in err.problems] == [
+        "/dev/zero:1:1: file is over 1048576 bytes, the limit for a manifest"]
 
 
 def test_billion_laughs_is_refused_quickly() -> None:

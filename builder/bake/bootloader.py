@@ -52,6 +52,9 @@ def early_config(root_uuid: str) -> str:
     )
 
 
+KERNEL_CMDLINE = "ro console=tty0 console=ttyS0,115200 nvme_core.io_timeout=4294967295"
+
+
 def grub_cfg(kernel: str, root_uuid: str) -> str:
     """The image's /boot/grub/grub.cfg: serial console, kernel and initramfs."""
     return f"""\
@@ -62,7 +65,7 @@ set timeout=1
 set default=0
 menuentry "Debian GNU/Linux (amibake), {kernel}" {{
     search --no-floppy --fs-uuid --set=root {root_uuid}
-    linux /boot/vmlinuz-{kernel} root=UUID={root_uuid} ro console=tty0 console=ttyS0,115200 nvme_core.io_timeout=4294967295
+    linux /boot/vmlinuz-{kernel} root=UUID={root_uuid} {KERNEL_CMDLINE}
     initrd /boot/initrd.img-{kernel}
 }}
 """

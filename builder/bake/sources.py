@@ -72,9 +72,8 @@ def host_sources(release: str, apt_dir: Path = DEFAULT_APT_DIR) -> tuple[Path, .
     parts = apt_dir / "sources.list.d"
     if parts.is_dir():
         for path in sorted(parts.iterdir()):
-            if path.suffix == ".sources" and _deb822_offers(path, release):
-                found.append(path)
-            elif path.suffix == ".list" and _one_line_offers(path, release):
+            offers = {".sources": _deb822_offers, ".list": _one_line_offers}.get(path.suffix)
+            if offers is not None and offers(path, release):
                 found.append(path)
     if not found:
         raise UserError(

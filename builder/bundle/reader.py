@@ -111,6 +111,7 @@ def unbundle(
             raise UserError(f"{source}: unsafe image name {parsed.name!r}", hint="use --output")
         output = Path(destination or ".") / name
     output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
     fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     try:

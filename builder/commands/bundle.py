@@ -1,0 +1,136 @@
+"""`amibake bundle`: an image (stored, a disk file, or a live tree) → EC2 bundle."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any
+
+from builder.errors import UserError
+from builder.output import Output
+
+
+def add_key_options(p: argparse.ArgumentParser, *, ec2cert: bool = True) -> None:
+    """--cert / --privatekey (/ --ec2cert), defaulting like the AMI tools' env."""
+    g = p.add_argument_group("certificates")
+    g.add_argument("-c", "--cert", type=Path, default=_env_path("EC2_CERT"), metavar="PEM",
+                   help="your X.509 certificate (default: $EC2_CERT)")
+    g.add_argument("-k", "--privatekey", type=Path, default=_env_path("EC2_PRIVATE_KEY"),
+                   metavar="PEM", help="its private key (default: $EC2_PRIVATE_KEY)")
+    if ec2cert:
+        g.add_argument("--ec2cert", type=Path, default=_env_path("EC2_BUNDLE_CERT"),
+                       metavar="PEM",
+                       help="EC2's bundling certificate for the region (default: "
+                       "$EC2_BUNDLE_CERT)")
+
+
+def _env_path(var: str) -> Path | None:
+    value = os.environ.get(var)
+    return Path(value) if value else None
+
+
+def require(value: Any, option: str) -> Any:
+    if value is None:
+        raise UserError(f"{option} is required", hint=f"pass {option}")
+    return value
+
+
+def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser(
+        "bundle", parents=[parent], help="make an EC2 instance-store bundle",
+        description="Bundle an image for an instance-store AMI: tar, gzip (in parallel), "
+        "AES-128-CBC with a fresh key, 10 MiB parts and a signed <prefix>.manifest.xml "
+        "(format 2007-10-10, as ec2-bundle-image / ec2-bundle-vol).",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", metavar="NAME[:VERSION]",
+                     help="a stored image (newest version unless given)")
+    src.add_argument("--disk", type=Path, metavar="PATH", help="a disk image file")
+    src.add_argument("--volume", type=Path, metavar="DIR",
+                     help="a directory tree, e.g. / for the running system (made into ext4)")
+    add_key_options(p)
+    p.add_argument("-u", "--user", default=os.environ.get("EC2_USER_ID"), metavar="ACCOUNT",
+                   help="your 12-digit AWS account id (default: $EC2_USER_ID)")
+    p.add_argument("-p", "--prefix", help="bundle file name prefix (default: from the image)")
+    p.add_argument("-d", "--destination", type=Path, metavar="DIR",
+                   help="where the parts and manifest go (default: ./bundles/<prefix>)")
+    p.add_argument("-r", "--arch", default="", choices=("", "x86_64", "i386", "arm64"),
+                   help="architecture (default: the stored image's, else x86_64)")
+    p.add_argument("-B", "--block-device-mapping", metavar="VIRTUAL=DEVICE,...",
+                   help="manifest block device mapping (default: ami=sda1,root=/dev/sda1)")
+    p.add_argument("-e", "--exclude", action="append", default=[], metavar="PATH[,PATH]",
+                   help="--volume: paths or rsync patterns to leave out (repeatable)")
+    p.add_argument("--no-filter", action="store_true",
+                   help="--volume: keep keys, histories and other secrets")
+    p.add_argument("-s", "--size", type=int, default=0, metavar="MiB",
+                   help="--volume: filesystem size (default: the tree's size + headroom)")
+    p.add_argument("--images", type=Path,
+                   default=Path(os.environ.get("AMIBAKE_IMAGES", "images")), metavar="DIR",
+                   help="local image store (default: images/)")
+    p.set_defaults(func=run)
+
+
+def parse_mapping(text: str | None) -> dict[str, str] | None:
+    if not text:
+        return None
+    mapping = {}
+    for item in text.split(","):
+        virtual, sep, device = item.partition("=")
+        if not sep or not virtual.strip() or not device.strip():
+            raise UserError(f"bad block device mapping {item!r}", hint="VIRTUAL=DEVICE,...")
+        mapping[virtual.strip()] = device.strip()
+    return mapping
+
+
+def run(args: argparse.Namespace, out: Output) -> int:
+    from builder.bundle.certs import BundleCredentials
+    from builder.bundle.volume import VolumeRequest, make_volume_image, parse_excludes
+    from builder.bundle.writer import BundleRequest, bundle_image, check_prefix, check_user
+
+    creds = BundleCredentials.load(require(args.cert, "--cert"),
+                                   require(args.privatekey, "--privatekey"),
+                                   require(args.ec2cert, "--ec2cert"))
+    user = check_user(require(args.user, "--user"))
+    arch = args.arch
+    transient: Path | None = None
+    if args.image:
+        from builder.publish.context import find_stored_image
+
+        name, _, version = args.image.partition(":")
+        stored = find_stored_image(args.images, name, version or None)
+        disk, prefix = stored.disk_path, f"{stored.name}-{stored.version}"
+        arch = arch or stored.architecture
+    elif args.disk:
+        disk, prefix = Path(args.disk), Path(args.disk).name
+    else:
+        prefix = "image"
+    prefix = check_prefix(args.prefix or prefix)
+    destination = args.destination or Path("bundles") / prefix
+    if args.volume:
+        transient = disk = destination / prefix
+        out.say(f"imaging {args.volume} into {disk} ...")
+        make_volume_image(VolumeRequest(
+            source=args.volume, image=disk, excludes=parse_excludes(args.exclude),
+            size_mib=args.size, filter_sensitive=not args.no_filter))
+    elif args.exclude or args.no_filter or args.size:
+        raise UserError("--exclude, --no-filter and --size go with --volume")
+    request = BundleRequest(image=disk, destination=destination, prefix=prefix, user=user,
+                            architecture=arch or "x86_64")
+    mapping = parse_mapping(args.block_device_mapping)
+    if mapping is not None:
+        request = dataclasses.replace(request, block_device_mapping=mapping)
+    out.say(f"bundling {disk} as {prefix} into {destination} ...")
+    try:
+        result = bundle_image(request, creds)
+    finally:
+        if transient is not None:
+            transient.unlink(missing_ok=True)
+    m = result.manifest
+    out.result(
+        {"manifest": str(result.manifest_path), "parts": [str(p) for p in result.part_paths],
+         "size": m.size, "bundled_size": m.bundled_size, "digest": m.digest, "prefix": prefix},
+        text=f"wrote {len(result.part_paths)} parts and manifest {result.manifest_path}",
+    )
+    return 0
