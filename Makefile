@@ -17,7 +17,7 @@ APT_PACKAGES := \
 	qemu-system-x86 qemu-utils ovmf genisoimage \
 	postgresql postgresql-client postgresql-contrib \
 	knot knot-dnsutils rsync nginx-light openssh-client openssl curl \
-	libnginx-mod-http-upstream-fair ruby ruby-rack puma ruby-pg
+	libnginx-mod-http-upstream-fair ruby ruby-rack puma ruby-pg shellcheck
 
 .PHONY: setup system venv test check lint render image bench clean
 

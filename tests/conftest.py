@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.bake_fixture import baked_image  # noqa: F401  (session fixture: the seed image)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -25,7 +25,6 @@ from tests.aws_fixtures import (
     PARTIAL_BLOCK,
     ZERO_DATA_BLOCKS,
     Aws,
-    aws,  # noqa: F401  (fixture)
     error_response,
     sha256_file,
     write_sparse_disk,
@@ -33,6 +32,8 @@ from tests.aws_fixtures import (
 
 NONZERO = {*DATA_BLOCKS, PARTIAL_BLOCK}
 NO_SLEEP = {"sleep": lambda _s: None}
+
+pytest_plugins = ("tests.aws_fixtures",)  # fixtures: aws, store, manifest
 
 
 @pytest.fixture

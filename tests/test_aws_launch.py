@@ -13,7 +13,11 @@ import pytest
 from builder.aws.launch import launch_aws
 from builder.errors import UserError
 from builder.manifest import Manifest
-from tests.aws_fixtures import Aws, aws, manifest  # noqa: F401  (fixtures)
+from tests.aws_fixtures import (
+    Aws,
+)
+
+pytest_plugins = ("tests.aws_fixtures",)  # fixtures: aws, store, manifest
 
 
 def published_ami(aws: Aws) -> str:

@@ -45,7 +45,7 @@ def test_launch_list_stop_a_local_instance(
     store_root = Path(baked_image.dir).parent.parent
     launched = _json(capsys, ["launch", "--target", "local", "web",
                               "--manifest", str(ROOT / "manifests/smallpayroll.yaml"),
-                              "--images", str(store_root)])
+                              "--store", str(store_root)])
     iid = launched["instance_id"]
     try:
         assert launched["role"] == "web" and launched["state"] == "running"

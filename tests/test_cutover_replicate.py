@@ -83,3 +83,124 @@ def test_replicate_end_to_end_with_writes(
     assert doc["complete"] and doc["downtime_s"] is not None and doc["downtime_s"] > 0
     assert [s["status"] for s in doc["steps"]] == ["done"] * len(doc["steps"])
     assert db_replicate.NAME not in str(old.sql("SELECT slot_name FROM pg_replication_slots"))
+
+
+REPLICATE_STEPS = [
+    "preflight", "dns_lower_ttl", "db_copy_roles", "db_replication_setup", "files_presync",
+    "await_window", "maintenance_on", "db_freeze", "db_catch_up", "db_sequences", "db_detach",
+    "files_final_sync", "verify_db", "verify_checksums", "verify_files", "smoke_new_site",
+    "dns_switch", "cleanup_old",
+]
+
+
+class Crash(Exception):
+    pass
+
+
+def test_crash_and_resume_at_every_step(
+    pg_pair: tuple[Cluster, Cluster], knot: Knot, sites: tuple[Site, Site],
+    uploads: tuple[Path, Path], secret_env: None, tmp_path: Path,
+) -> None:
+    """Kill the run after the work of step k (before it is recorded), for every
+    k in turn; each re-run resumes at k, repeats it, and the end is the same
+    as an uninterrupted run."""
+    from builder.cutover.state import CutoverState
+    from builder.cutover.steps import forward_steps
+
+    old, new = pg_pair
+    cfg = derive(cutover_manifest(old, new, knot, sites, uploads))
+    assert [s.name for s in forward_steps(cfg)] == REPLICATE_STEPS
+    dns = provider_for(cfg)
+    path = tmp_path / "state.json"
+    for k, name in enumerate(REPLICATE_STEPS):
+        def crash(step: str, name: str = name) -> None:
+            if step == name:
+                raise Crash(step)
+
+        with pytest.raises(Crash):
+            run_cutover(cfg, dns, path, say=lambda s: None, start_now=True, after_step=crash)
+        on_disk = CutoverState.load(path)
+        assert [r.status for r in on_disk.steps] == (
+            ["done"] * k + ["running"] + ["pending"] * (len(REPLICATE_STEPS) - k - 1))
+    state = run_cutover(cfg, dns, path, say=lambda s: None, start_now=True)
+    assert state.complete
+    starts = [e["step"] for e in state.events if e["event"] == "start"]
+    # each step ran exactly twice: the crashed attempt and its resumption
+    assert starts == [n for n in REPLICATE_STEPS for _ in (0, 1)]
+    # final state as an uninterrupted run leaves it
+    old_sums, new_sums = verify.both(verify.table_checksums, cfg.old, cfg.new)
+    assert old_sums == new_sums and len(old_sums) == 3
+    assert verify.sequences(cfg.old) == verify.sequences(cfg.new)
+    assert not new.sql("SELECT 1 FROM pg_subscription")
+    assert not old.sql("SELECT 1 FROM pg_replication_slots")
+    assert not old.sql("SELECT 1 FROM pg_publication")
+    assert new.sql("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'app'") == [(True,)]
+    assert old.sql("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'app'") == [(False,)]
+    assert knot.query(f"{SERVER_NAME}.") == ((NEW_ADDR,), 5)
+    assert state.facts.old_address == "127.0.0.1" and state.facts.old_ttl == 300
+    assert not state.facts.pending_old_cleanup
+
+
+def test_old_server_dies_after_the_freeze(
+    pg_pair: tuple[Cluster, Cluster], knot: Knot, sites: tuple[Site, Site],
+    secret_env: None, tmp_path: Path,
+) -> None:
+    """The old cluster stops once the replica has caught up: the subscription is
+    still dropped (DISABLE, slot_name = NONE, DROP); the gates that need the old
+    server wait for it; once it is back the slot left there is dropped."""
+    from builder.errors import UserError
+
+    old, new = pg_pair
+    cfg = derive(cutover_manifest(old, new, knot, sites))
+    dns = provider_for(cfg)
+    path = tmp_path / "state.json"
+
+    def die(step: str) -> None:
+        if step == "db_catch_up":
+            old.stop("immediate")
+
+    with pytest.raises(UserError, match="row counts"):
+        run_cutover(cfg, dns, path, say=print, start_now=True, after_step=die)
+    doc = status_doc(cfg, path)
+    steps = {s["name"]: s["status"] for s in doc["steps"]}
+    assert steps["db_detach"] == "done" and steps["verify_db"] == "failed"
+    assert not new.sql("SELECT 1 FROM pg_subscription")
+    assert doc["pending_old_cleanup"] == ["publication:amibake_cutover", "slot:amibake_cutover"]
+    # the new server took over the sequences recorded at the freeze
+    assert new.sql("SELECT last_value FROM employees_id_seq") == [(500,)]
+    assert knot.query(f"{SERVER_NAME}.")[0] == ("127.0.0.1",)  # DNS not moved
+    old.start()
+    assert old.sql("SELECT slot_name FROM pg_replication_slots") == [("amibake_cutover",)]
+    state = run_cutover(cfg, dns, path, say=print, start_now=True)
+    assert state.complete and not state.facts.pending_old_cleanup
+    assert not old.sql("SELECT 1 FROM pg_replication_slots")
+    assert not old.sql("SELECT 1 FROM pg_publication")
+    assert knot.query(f"{SERVER_NAME}.")[0] == (NEW_ADDR,)
+
+
+def test_table_without_primary_key(
+    pg_pair: tuple[Cluster, Cluster], knot: Knot, sites: tuple[Site, Site],
+    secret_env: None, tmp_path: Path,
+) -> None:
+    from builder.errors import UserError
+
+    old, new = pg_pair
+    old.sql("CREATE TABLE audit_log (at timestamptz DEFAULT now(), what text);"
+            "ALTER TABLE audit_log OWNER TO app;"
+            "INSERT INTO audit_log (what) SELECT 'event ' || g FROM generate_series(1, 50) g")
+    cfg = derive(cutover_manifest(old, new, knot, sites))
+    dns = provider_for(cfg)
+    path = tmp_path / "state.json"
+    with pytest.raises(UserError, match=r"replica identity.*public\.audit_log") as exc:
+        run_cutover(cfg, dns, path, say=print, start_now=True)
+    assert "--fix-replica-identity" in exc.value.hint
+    # refused before anything changed: no publication, TTL untouched, and the
+    # live server still updates the table
+    assert not old.sql("SELECT 1 FROM pg_publication")
+    assert knot.query(f"{SERVER_NAME}.")[1] == 300
+    old.sql("UPDATE audit_log SET what = what || '!' WHERE what = 'event 1'")
+    state = run_cutover(cfg, dns, path, say=print, start_now=True, fix_replica_identity=True)
+    assert state.complete
+    assert old.sql("SELECT relreplident FROM pg_class WHERE relname = 'audit_log'") == [("f",)]
+    assert sorted(new.sql("SELECT what FROM audit_log")) == sorted(
+        old.sql("SELECT what FROM audit_log"))

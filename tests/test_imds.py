@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 import socket
 import time
 import urllib.error
 import urllib.request
+from dataclasses import replace
 
 import pytest
 
@@ -63,7 +65,6 @@ def test_required_tokens_refuse_imdsv1_with_401(server: ImdsServer) -> None:
 
 
 def test_optional_tokens_answer_imdsv1(config: ImdsConfig) -> None:
-    from dataclasses import replace
     with ImdsServer(replace(config, require_token=False)) as imds:
         assert get(imds, "/latest/meta-data/instance-id", None) == (200, "i-0abc")
         # a token that is present but wrong is still refused
@@ -101,7 +102,6 @@ def test_token_expires_after_its_ttl(server: ImdsServer) -> None:
 
 
 def test_token_ttl_cap_and_use_limit_faults(config: ImdsConfig) -> None:
-    from dataclasses import replace
     with ImdsServer(replace(config, token_max_uses=2)) as imds:
         tok = token(imds, "21600")
         assert [get(imds, "/latest/meta-data/ami-id", tok)[0] for _ in range(3)] == [
@@ -142,6 +142,7 @@ def test_leaves(server: ImdsServer) -> None:
         "/latest/meta-data/local-hostname": "ip-10-0-2-15.eu-west-1.compute.internal",
         "/latest/meta-data/placement/availability-zone": "eu-west-1a",
         "/latest/meta-data/placement/region": "eu-west-1",
+        "/latest/meta-data/placement/availability-zone-id": "euw1-az1",
         "/latest/meta-data/services/domain": "amazonaws.com",
         "/latest/meta-data/public-keys/": "0=amibake",
         "/latest/meta-data/public-keys/0/": "openssh-key",
@@ -205,7 +206,6 @@ def test_unknown_paths_are_404(server: ImdsServer, path: str) -> None:
 
 
 def test_no_user_data_is_404_and_unlisted(config: ImdsConfig) -> None:
-    from dataclasses import replace
     with ImdsServer(replace(config, user_data=b"", tags={}, public_keys=())) as imds:
         tok = token(imds)
         assert get(imds, "/latest/user-data", tok)[0] == 404
@@ -223,7 +223,6 @@ def test_dated_versions_cloud_init_asks_for(server: ImdsServer, version: str) ->
 
 
 def test_503_outage_for_the_first_requests(config: ImdsConfig) -> None:
-    from dataclasses import replace
     with ImdsServer(replace(config, outages=(Outage("503", requests=2),))) as imds:
         put = {"X-aws-ec2-metadata-token-ttl-seconds": "60"}
         assert call(f"{imds.url}/latest/api/token", "PUT", put)[0] == 503
@@ -241,7 +240,6 @@ def _refused(url: str) -> bool:
 
 
 def test_refusing_outage_then_up(config: ImdsConfig) -> None:
-    from dataclasses import replace
     with ImdsServer(replace(config, outages=(Outage("refuse", seconds=0.5),))) as imds:
         assert _refused(imds.url)
         deadline = time.monotonic() + 30
@@ -252,8 +250,6 @@ def test_refusing_outage_then_up(config: ImdsConfig) -> None:
 
 
 def test_refusing_forever(config: ImdsConfig) -> None:
-    import math
-    from dataclasses import replace
     with ImdsServer(replace(config, outages=(Outage("refuse", seconds=math.inf),))) as imds:
         assert _refused(imds.url)
 

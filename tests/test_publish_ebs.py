@@ -21,18 +21,17 @@ from builder.publish.ebs_steps import (
     publish,
 )
 from builder.publish.steps import CleanupFailed, run_steps
-from tests.aws_fixtures import (  # noqa: F401  (fixtures)
+from tests.aws_fixtures import (
     Aws,
-    aws,
     error_response,
     is_dry_run,
     make_stored_image,
-    manifest,
     quiet,
-    store,
 )
 
 REGIONS = ("us-east-1", "eu-west-1")
+
+pytest_plugins = ("tests.aws_fixtures",)  # fixtures: aws, store, manifest
 
 
 def make_ctx(aws: Aws, store: Path, manifest: Manifest, *, version: str = "1.0.0",

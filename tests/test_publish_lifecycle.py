@@ -13,15 +13,14 @@ from builder.errors import UserError
 from builder.manifest import Manifest
 from builder.publish.ebs_steps import PrevalidateStep, RegisterImageStep, TagImageStep, publish
 from builder.publish.lifecycle import deprecate, gc, parse_when, prune
-from tests.aws_fixtures import (  # noqa: F401  (fixtures)
+from tests.aws_fixtures import (
     Aws,
-    aws,
     fake_response,
     make_stored_image,
-    manifest,
-    store,
 )
 from tests.test_publish_ebs import REGIONS, fast_steps, make_ctx
+
+pytest_plugins = ("tests.aws_fixtures",)  # fixtures: aws, store, manifest
 
 
 def publish_versions(aws: Aws, store: Path, manifest: Manifest,
@@ -107,6 +106,9 @@ def test_gc_removes_a_crashed_runs_leftovers_only(aws: Aws, store: Path,
     fast_steps()[1].run(ctx2)
     orphan = ctx2.root.snapshot_id  # type: ignore[union-attr]
 
+    with pytest.raises(UserError, match="left over from an unfinished publish") as err:
+        publish(make_ctx(aws, store, manifest, version="1.1.0"), fast_steps())
+    assert f"amibake gc --build-id {ctx.build_id} --min-age 0" in err.value.hint
     young = gc(aws.clients, REGIONS, dry_run=True)  # default: leave the last hour alone
     assert young.of("delete") == []
     plan = gc(aws.clients, REGIONS, min_age_seconds=0, dry_run=True)

@@ -52,6 +52,7 @@ def test_network_forwards_metadata_through_a_per_connection_relay(tmp_path: Path
     (netdev,) = _opt_after(_command(tmp_path), "-netdev")
     parts = netdev.split(",")
     assert "user" in parts and "net=169.254.0.0/16" in parts
+    assert {"host=169.254.2.2", "dns=169.254.2.3", "dhcpstart=169.254.2.15"} <= set(parts)
     assert "hostfwd=tcp:127.0.0.1:42022-:22" in parts
     assert "hostfwd=tcp:127.0.0.1:42080-:80" in parts
     (guestfwd,) = [p for p in parts if p.startswith("guestfwd=")]

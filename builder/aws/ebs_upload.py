@@ -269,18 +269,21 @@ def upload_disk(
     options: UploadOptions = UploadOptions(),
     on_snapshot: Callable[[str], None] = lambda _sid: None,
     on_progress: Callable[[int], None] = lambda _n: None,
+    on_total: Callable[[int], None] = lambda _n: None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> UploadResult:
     """Upload `disk` (resuming a previous attempt when one is recorded).
 
     `on_snapshot(snapshot_id)` is called as soon as the snapshot exists, so
     the caller can clean it up if anything later fails. `on_progress(bytes)`
-    is called per block acknowledged (and once for resumed bytes).
+    is called per block acknowledged (and once for resumed bytes);
+    `on_total(bytes)` once the non-zero blocks are known.
     """
     started = time.monotonic()
     size_gib = volume_size_gib(disk, requested_gib)
     digests = scan_blocks(disk)
     aggregate = aggregate_checksum(digests)
+    on_total(len(digests) * BLOCK_SIZE)
     retrier = Retrier(options, sleep=sleep)
     state_file = progress_path(disk)
 
@@ -357,15 +360,16 @@ def upload_disk(
                 sent += 1
             on_progress(BLOCK_SIZE)
 
-        with ThreadPoolExecutor(max_workers=max(1, options.concurrency)) as pool:
+        pool = ThreadPoolExecutor(max_workers=max(1, options.concurrency))
+        try:
             futures = [pool.submit(put, i) for i in todo]
-            done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-            for fut in pending:
-                fut.cancel()
+            done, _pending = wait(futures, return_when=FIRST_EXCEPTION)
             for fut in done:
                 exc = fut.exception()
                 if exc is not None:
                     raise _upload_error(exc, snapshot_id) from exc
+        finally:  # on an error or Ctrl-C: drop queued blocks, let in-flight ones finish
+            pool.shutdown(wait=True, cancel_futures=True)
 
     retrier.call(
         "CompleteSnapshot",

@@ -51,6 +51,10 @@ class Progress:
         self._lock = threading.Lock()
         self.enabled = out.interactive
 
+    def set_total(self, total: int) -> None:
+        with self._lock:
+            self.total = max(total, 0)
+
     def advance(self, amount: int) -> None:
         with self._lock:
             self.done += amount

@@ -1,9 +1,9 @@
 """Make a bundle: tar → gzip (parallel members) → AES-128-CBC → 10 MiB parts.
 
 One pass over the image, streamed: the tar stream (tarstream.py) is hashed
-(SHA-1: the manifest's image digest), cut into chunks that a thread pool
-compresses as separate gzip members (concatenated members are one valid gzip
-stream; zlib releases the GIL, so every core compresses), then encrypted in
+(SHA-1: the manifest's image digest), cut into chunks that are compressed
+on every core as separate gzip members (gzip_parallel.py; concatenated
+members are one valid gzip stream), then encrypted in
 order with a fresh random AES-128 key and IV (PKCS#7 padding, as `openssl
 enc -aes-128-cbc`), and written to `<prefix>.part.NN` files of `part_size`
 bytes whose SHA-1s are taken on the way. Memory is bounded by the chunks in
@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import zlib
-from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +24,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from builder import __version__
 from builder.bundle import manifest_xml
 from builder.bundle.certs import BundleCredentials, certificate_public_key
+from builder.bundle.gzip_parallel import Engine, choose_engine, parallel_gzip
 from builder.bundle.tarstream import tar_stream
 from builder.errors import UserError
 
@@ -54,6 +52,7 @@ class BundleRequest:
     level: int = 6  # gzip's default
     workers: int = 0  # 0: one per CPU
     sparse: bool = True
+    engine: Engine = "auto"  # gzip_parallel: "zlib" threads or "zlib-ng" processes
 
 
 @dataclass(frozen=True)
@@ -102,9 +101,10 @@ def bundle_image(request: BundleRequest, creds: BundleCredentials) -> BundleResu
     try:
         tar_sha1 = hashlib.sha1()
         stream = _hashed(tar_stream(str(image), request.prefix, sparse=request.sparse), tar_sha1)
-        workers = request.workers or os.cpu_count() or 1
         encrypt = _Encryptor(key, iv)
-        for member in parallel_gzip(stream, request.chunk_size, request.level, workers):
+        engine = choose_engine(request.engine, size)
+        for member in parallel_gzip(stream, chunk_size=request.chunk_size, level=request.level,
+                                    workers=request.workers, engine=engine):
             parts.write(encrypt.update(member))
         parts.write(encrypt.finalize())
         written = parts.close()
@@ -143,58 +143,6 @@ def _hashed(blocks: Iterable[bytes], digest: hashlib._Hash) -> Iterator[bytes]:
     for block in blocks:
         digest.update(block)
         yield block
-
-
-def _rechunk(blocks: Iterable[bytes], size: int) -> Iterator[bytes]:
-    buf = bytearray()
-    for block in blocks:
-        if not buf and len(block) == size:
-            yield block
-            continue
-        buf += block
-        while len(buf) >= size:
-            yield bytes(buf[:size])
-            del buf[:size]
-    if buf:
-        yield bytes(buf)
-
-
-def gzip_member(data: bytes, level: int) -> bytes:
-    """One complete gzip member (header, deflate data, CRC-32 and size)."""
-    comp = zlib.compressobj(level, zlib.DEFLATED, 31)
-    return comp.compress(data) + comp.flush()
-
-
-def parallel_gzip(
-    blocks: Iterable[bytes], chunk_size: int, level: int, workers: int
-) -> Iterator[bytes]:
-    """Gzip members of `chunk_size` input bytes each, compressed by `workers`
-    threads, yielded in order. An all-zero chunk reuses one compressed copy."""
-    zero_chunk = bytes(chunk_size)
-    zero_member: bytes | None = None
-    pending: deque[Future[bytes] | bytes] = deque()
-    limit = 2 * workers
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gzip") as pool:
-        try:
-            for chunk in _rechunk(blocks, chunk_size):
-                if chunk == zero_chunk:
-                    if zero_member is None:
-                        zero_member = gzip_member(zero_chunk, level)
-                    pending.append(zero_member)
-                else:
-                    pending.append(pool.submit(gzip_member, chunk, level))
-                while len(pending) > limit:
-                    yield _result(pending.popleft())
-            while pending:
-                yield _result(pending.popleft())
-        finally:
-            for item in pending:
-                if isinstance(item, Future):
-                    item.cancel()
-
-
-def _result(item: Future[bytes] | bytes) -> bytes:
-    return item if isinstance(item, bytes) else item.result()
 
 
 class _Encryptor:

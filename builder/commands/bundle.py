@@ -56,7 +56,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("-p", "--prefix", help="bundle file name prefix (default: from the image)")
     p.add_argument("-d", "--destination", type=Path, metavar="DIR",
                    help="where the parts and manifest go (default: ./bundles/<prefix>)")
-    p.add_argument("-r", "--arch", default="", choices=("", "x86_64", "i386", "arm64"),
+    p.add_argument("-r", "--arch", choices=("x86_64", "i386", "arm64"),
                    help="architecture (default: the stored image's, else x86_64)")
     p.add_argument("-B", "--block-device-mapping", metavar="VIRTUAL=DEVICE,...",
                    help="manifest block device mapping (default: ami=sda1,root=/dev/sda1)")
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
                                    require(args.privatekey, "--privatekey"),
                                    require(args.ec2cert, "--ec2cert"))
     user = check_user(require(args.user, "--user"))
-    arch = args.arch
+    arch = args.arch or ""
     transient: Path | None = None
     if args.image:
         from builder.publish.context import find_stored_image

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +28,8 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--manifest", type=Path, metavar="PATH",
                    help="the manifest (default: the only one in manifests/, "
                    "or manifests/smallpayroll.yaml)")
-    p.add_argument("--images", type=Path, default=Path(os.environ.get("AMIBAKE_IMAGES",
-                                                                       "images")),
-                   metavar="DIR", help="local image store (default: images/)")
+    p.add_argument("--store", type=Path, metavar="DIR",
+                   help="local image store (default: $AMIBAKE_STORE or ./images)")
     p.add_argument("--boot", choices=("uefi", "bios"), default="uefi",
                    help="firmware for a local VM (default: uefi)")
     aws = p.add_argument_group("--target aws")
@@ -71,10 +69,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
 
 
 def _launch_local(args: argparse.Namespace, manifest: Any, out: Output) -> int:
-    from builder.store import Store
+    from builder.store import Store, default_store_root
     from builder.vm.launch import launch_local
 
-    image = Store(args.images).get(manifest.name, args.image_version)
+    image = Store(args.store or default_store_root()).get(manifest.name, args.image_version)
     label = f"{image.name} {image.version} ({image.id})"
     out.say(f"booting {label} as {args.role} under qemu ...")
     inst = launch_local(image, manifest, args.role, boot=args.boot, image_label=label)

@@ -44,45 +44,22 @@ def regions_for(manifest: Any, override: str | None) -> tuple[str, ...]:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    from builder.aws.clients import (
-        NO_CREDENTIALS,
-        NO_CREDENTIALS_HINT,
-        make_clients,
-        target_from_args,
-    )
+    from builder.aws.clients import target_from_args
     from builder.manifest import load_manifest
-    from builder.publish.context import PublishContext, ami_name, find_stored_image
-    from builder.publish.ebs_steps import publish
+    from builder.publish.context import find_stored_image
 
     if args.concurrency < 1:
         raise UserError("--concurrency must be at least 1")
     manifest = load_manifest(args.manifest)
     version = args.image_version or str(manifest.version)
     image = find_stored_image(args.images, manifest.name, version)
-    if manifest.image.backing != "ebs":
-        raise UserError(
-            f"image.backing is {manifest.image.backing!r}; this command publishes EBS-backed AMIs",
-            hint="instance-store images are published from an S3 bundle",
-        )
     regions = regions_for(manifest, getattr(args, "region", None))
-    clients = make_clients(target_from_args(args, regions[0]),
-                           max_pool_connections=max(16, args.concurrency))
-    if clients is None:
-        out.say(f"{NO_CREDENTIALS} ({image.dir}); {NO_CREDENTIALS_HINT}")
-        out.result({"published": False, "reason": "no AWS credentials configured",
-                    "image_dir": str(image.dir)}, text=f"not published: {NO_CREDENTIALS}")
-        return 0
-    ctx = PublishContext(
-        clients=clients, out=out, image=image,
-        ami_name=ami_name(manifest.image.name_template, image.name, image.version,
-                          image.architecture),
-        regions=regions, ssm_prefix=manifest.publish.ssm_prefix,
-        kms_key_ids=dict(manifest.publish.kms_key_ids),
-        upload_concurrency=args.concurrency, dry_run=args.dry_run,
-    )
-    doc = publish(ctx)
-    doc["published"] = not args.dry_run
-    if args.dry_run:
+    target = target_from_args(args, regions[0])
+    doc = publish_stored_image(manifest, image.dir, target, out, regions=regions,
+                               dry_run=args.dry_run, concurrency=args.concurrency)
+    if not doc["published"] and not args.dry_run:
+        text = f"not published: {doc['reason']}"
+    elif args.dry_run:
         text = "\n".join(doc["plan"])
     elif doc["existing"]:
         text = "already published, nothing changed: " + ", ".join(
@@ -91,3 +68,47 @@ def run(args: argparse.Namespace, out: Output) -> int:
         text = "\n".join(f"{r}: {i}" for r, i in doc["images"].items())
     out.result(doc, text)
     return 0
+
+
+def publish_stored_image(
+    manifest: Any,
+    image_dir: Path,
+    target: Any,
+    out: Output,
+    *,
+    regions: tuple[str, ...] | None = None,
+    dry_run: bool = False,
+    concurrency: int = 8,
+) -> dict[str, Any]:
+    """Publish the stored image in `image_dir` (for `publish` and `bake --target aws`).
+
+    `target` is a `builder.aws.clients.AwsTarget`. Without AWS credentials it
+    says so and returns `{"published": False, ...}`: the image stays local.
+    """
+    from builder.aws.clients import NO_CREDENTIALS, NO_CREDENTIALS_HINT, make_clients
+    from builder.publish.context import PublishContext, PublishImage, ami_name
+    from builder.publish.ebs_steps import publish
+
+    image = PublishImage.from_dir(image_dir)
+    if manifest.image.backing != "ebs":
+        raise UserError(
+            f"image.backing is {manifest.image.backing!r}; this command publishes EBS-backed AMIs",
+            hint="instance-store images are published from an S3 bundle",
+        )
+    regions = regions or regions_for(manifest, None)
+    clients = make_clients(target, max_pool_connections=max(16, concurrency))
+    if clients is None:
+        out.say(f"{NO_CREDENTIALS} ({image.dir}); {NO_CREDENTIALS_HINT}")
+        return {"published": False, "reason": "no AWS credentials configured",
+                "image_dir": str(image.dir)}
+    ctx = PublishContext(
+        clients=clients, out=out, image=image,
+        ami_name=ami_name(manifest.image.name_template, image.name, image.version,
+                          image.architecture),
+        regions=regions, ssm_prefix=manifest.publish.ssm_prefix,
+        kms_key_ids=dict(manifest.publish.kms_key_ids),
+        upload_concurrency=concurrency, dry_run=dry_run,
+    )
+    doc = publish(ctx)
+    doc["published"] = not dry_run
+    return doc

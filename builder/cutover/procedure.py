@@ -72,7 +72,8 @@ def run_cutover(cfg: CutoverConfig, dns: DnsProvider, path: Path, *, say: Say,
     state = load_state(cfg, path, create=True)
     if state.complete and state.facts.pending_old_cleanup:
         state.step("cleanup_old").status = "pending"  # retry what the old server still holds
-    ctx = Ctx(cfg, state, dns, say, start_now, fix_replica_identity)
+    ctx = Ctx(cfg, state, dns, say, start_now, fix_replica_identity,
+              checkpoint=lambda: state.save(path))
     run_steps(forward_steps(cfg), state.steps, ctx, state, path, say=say, after_step=after_step)
     return state
 
@@ -86,7 +87,7 @@ def rollback_cutover(cfg: CutoverConfig, dns: DnsProvider, path: Path, *, say: S
     if state.facts.dns_switched_at:
         say(f"warning: DNS pointed at the new site since {state.facts.dns_switched_at}; "
             "writes made there since are not copied back")
-    ctx = Ctx(cfg, state, dns, say)
+    ctx = Ctx(cfg, state, dns, say, checkpoint=lambda: state.save(path))
     run_steps(steps, state.rollback, ctx, state, path, say=say, after_step=after_step)
     # the forward run starts over next time; the events keep the history
     state.facts.rolled_back_at = now_iso()

@@ -26,6 +26,9 @@ class Ctx:
     say: Callable[[str], None]
     start_now: bool = False
     fix_replica_identity: bool = False
+    #: persist the state now: facts a rollback needs are saved before the
+    #: change they describe is made, so a crash in between cannot lose them
+    checkpoint: Callable[[], None] = lambda: None
 
 
 @dataclass(frozen=True)
@@ -59,9 +62,11 @@ def _lower_ttl(ctx: Ctx) -> str:
     rec = ctx.dns.get()
     if facts.old_address is None:  # first run: remember what rollback restores
         facts.old_address, facts.old_ttl = rec.address, rec.ttl
+        ctx.checkpoint()
     if rec.ttl > dns.low_ttl:
-        ctx.dns.set(rec.address, dns.low_ttl)
         facts.ttl_lowered_at = facts.ttl_lowered_at or now_iso()
+        ctx.checkpoint()
+        ctx.dns.set(rec.address, dns.low_ttl)
     ctx.dns.wait_authoritative(rec.address)
     return f"{dns.record} {rec.address}: TTL {facts.old_ttl} s → {dns.low_ttl} s"
 
@@ -87,8 +92,9 @@ def _await_window(ctx: Ctx) -> str:
 
 
 def _maintenance_on(ctx: Ctx) -> str:
-    detail = maintenance.switch(ctx.cfg, True)
     ctx.state.facts.maintenance_on_at = ctx.state.facts.maintenance_on_at or now_iso()
+    ctx.checkpoint()
+    detail = maintenance.switch(ctx.cfg, True)
     status, headers, _ = verify.fetch(ctx.cfg.cutover.old_site, "/", ctx.cfg.server_name)
     if status != 503:
         raise UserError(f"the old site answers {status}, not 503, with the maintenance flag on",

@@ -67,6 +67,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "EC2ws"
     sys_version = ""
+    timeout = 60  # close idle keep-alive connections
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
@@ -77,6 +78,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
               content_type: str = "text/plain") -> None:
+        # Recorded before answering, so a client that has its answer sees it logged.
+        self.server.imds._record(RequestRecord(
+            method=self.command, path=urllib.parse.urlsplit(self.path).path, status=status,
+            token=self.headers.get(TOKEN_HEADER),
+            forwarded_for=self.headers.get("X-Forwarded-For"),
+        ))
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -85,12 +92,6 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-        url = urllib.parse.urlsplit(self.path)
-        self.server.imds._record(RequestRecord(
-            method=self.command, path=url.path, status=status,
-            token=self.headers.get(TOKEN_HEADER),
-            forwarded_for=self.headers.get("X-Forwarded-For"),
-        ))
 
     def _handle(self) -> None:
         imds = self.server.imds
@@ -108,7 +109,7 @@ class _Handler(BaseHTTPRequestHandler):
         if url.path.rstrip("/") == "/latest/api/token":
             self._token()
             return
-        if self.command == "PUT":
+        if self.command not in ("GET", "HEAD"):
             self._send(405, b"Method Not Allowed")
             return
         denied = imds._check_token(self.headers.get(TOKEN_HEADER))

@@ -48,6 +48,14 @@ def identity_document(config: ImdsConfig) -> dict[str, object]:
     }
 
 
+def zone_id(region: str) -> str:
+    """An AZ id in AWS's form: us-east-1 → use1-az1, eu-west-1 → euw1-az1."""
+    parts = region.split("-")
+    if len(parts) == 3 and parts[1]:
+        return f"{parts[0]}{parts[1][0]}{parts[2]}-az1"
+    return f"{region}-az1"
+
+
 def credentials_document(config: ImdsConfig) -> str:
     creds = config.credentials
     return json.dumps({
@@ -101,7 +109,7 @@ def meta_data(config: ImdsConfig) -> dict[str, Node]:
         "network": {"interfaces": {"macs": {config.mac: _interface(config)}}},
         "placement": {
             "availability-zone": config.zone,
-            "availability-zone-id": "use1-az1",
+            "availability-zone-id": zone_id(config.region),
             "region": config.region,
         },
         "profile": "default-hvm",

@@ -24,6 +24,7 @@ from builder.aws.ebs_upload import BLOCK_SIZE, UploadOptions, progress_path, upl
 from builder.aws.progress import Progress
 from builder.errors import UserError
 from builder.publish.context import (
+    TAG_BUILD_ID,
     TAG_COMPLETE,
     TAG_DISK_SHA256,
     TAG_VERSION,
@@ -176,7 +177,8 @@ class PrevalidateStep:
                 raise UserError(
                     f"{image['ImageId']} in {region} is left over from an unfinished publish "
                     f"of {ctx.image.name} {ctx.image.version}",
-                    hint="remove leftovers with `amibake gc`, then publish again",
+                    hint=f"remove them with `amibake gc --build-id "
+                    f"{tags.get(TAG_BUILD_ID, '?')} --min-age 0`, then publish again",
                 )
         ctx.existing = {r: img["ImageId"] for r, img in found.items()}
         ctx.image_ids = dict(ctx.existing)
@@ -222,9 +224,9 @@ class UploadSnapshotStep:
         result = upload_disk(
             ctx.clients.ebs(ctx.home), ctx.clients.ec2(ctx.home), ctx.image.disk_path,
             disk_sha256=ctx.image.disk_sha256, requested_gib=ctx.image.volume_size_gib,
-            options=options, on_snapshot=on_snapshot, on_progress=progress.advance, **extra,
+            options=options, on_snapshot=on_snapshot, on_progress=progress.advance,
+            on_total=progress.set_total, **extra,
         )
-        progress.total = max(progress.done, 1)
         progress.finish()
         ctx.upload = result
         ctx.snapshot_ids.setdefault(ctx.home, []).append(result.snapshot_id)

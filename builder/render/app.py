@@ -12,13 +12,10 @@ ENV_SETUP = f"{SETUP_DIR}/app-env.sh"
 SYSUSERS = "/usr/lib/sysusers.d/amibake-app.conf"
 TMPFILES = "/usr/lib/tmpfiles.d/amibake-app.conf"
 
-#: The sample app's files under cloudinit/app/, relative to app.root.
-SAMPLE_FILES: tuple[str, ...] = (
-    "config.ru",
-    "lib/payroll_app.rb",
-    "public/404.html",
-    "public/500.html",
-)
+#: The sample app's files under cloudinit/app/, relative to app.root: its
+#: static pages (nginx serves them), and the Rack code an app server runs.
+SAMPLE_PAGES: tuple[str, ...] = ("public/404.html", "public/500.html")
+SAMPLE_CODE: tuple[str, ...] = ("config.ru", "lib/payroll_app.rb")
 
 
 def render(manifest: Manifest, role: Role) -> Fragment:
@@ -52,7 +49,10 @@ def render(manifest: Manifest, role: Role) -> Fragment:
         if "appserver" in role.components:
             setup.append(ENV_SETUP)
     if app.code == "sample":
-        for rel in SAMPLE_FILES:
+        # mongrel_rails only runs Rails apps: the Rack code comes with puma.
+        appserver = manifest.components.appserver
+        rack = appserver is not None and appserver.kind == "puma"
+        for rel in SAMPLE_PAGES + (SAMPLE_CODE if rack else ()):
             files.append(File(f"{app.root.rstrip('/')}/{rel}",
                               read_static(f"{TEMPLATES_SUBDIR_APP}/{rel}")))
     return Fragment(component="app", files=tuple(files), setup=tuple(setup))

@@ -24,11 +24,12 @@ CLOUD_CONFIG_HEADER = "#cloud-config"
 CLOUD_CONFIG = "text/cloud-config"
 
 
-class _Dumper(yaml.SafeDumper):
-    """Block literals for multi-line text, so files read naturally in user-data."""
+class _Dumper(yaml.CSafeDumper):
+    """libyaml's emitter (the pure-Python one is ~20x slower); block literals for
+    multi-line text, so files read naturally in user-data."""
 
 
-def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+def _str_representer(dumper: yaml.CSafeDumper, data: str) -> yaml.ScalarNode:
     if "\n" in data:
         return dumper.represent_scalar("tag:yaml.org,2002:str", data, style="|")
     return dumper.represent_scalar("tag:yaml.org,2002:str", data)

@@ -32,9 +32,12 @@ def validate_rendered(manifest: Manifest, rendered: RenderedRole) -> list[Proble
     return problems
 
 
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _safe_load(content: bytes) -> object:
     try:
-        return yaml.safe_load(content)
+        return yaml.load(content, Loader=_LOADER)
     except yaml.YAMLError:
         return None
 
@@ -48,15 +51,18 @@ def _locate(manifest: Manifest, rendered: RenderedRole, config: object, path: st
         items = config.get(head)
         if isinstance(items, list) and int(index) < len(items):
             item = items[int(index)]
+            ruby = manifest.components.ruby
+            if head == "packages" and ruby is not None and item in ruby.packages:
+                return manifest.where(f"components.ruby.packages.{ruby.packages.index(item)}")
+            if head == "packages" and item in manifest.image.packages:
+                return manifest.where(f"image.packages.{manifest.image.packages.index(item)}")
             for fragment in rendered.fragments:
                 if head == "packages" and item in fragment.packages:
-                    return manifest.where(_component_path(fragment.component, "packages"))
+                    return manifest.where(_component_path(fragment.component, ""))
                 if head == "write_files" and isinstance(item, dict) and any(
                     f.path == item.get("path") for f in fragment.files
                 ):
                     return manifest.where(_component_path(fragment.component, ""))
-            if head == "packages" and item in manifest.image.packages:
-                return manifest.where("image.packages")
     return manifest.where(role_path)
 
 

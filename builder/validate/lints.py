@@ -31,6 +31,7 @@ class LintIssue:
 
 
 GZIP_MAGIC = b"\x1f\x8b"
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 PRIVATE_KEY = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
 AWS_KEY = re.compile(rb"(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?![A-Z0-9])")
 #: `password = x`, `PASSWORD: 'x'`, `--password=x`: a literal, not a variable/placeholder.
@@ -53,44 +54,61 @@ def lint_user_data(user_data: bytes) -> list[LintIssue]:
             f"over EC2's limit of {USER_DATA_LIMIT} bytes",
         ))
     for part in split_user_data(user_data):
-        issues += _scan(part.filename or "user-data", part.content)
-        if part.content_type != CLOUD_CONFIG:
+        name = part.filename or "user-data"
+        config = _cloud_config(part.content) if part.content_type == CLOUD_CONFIG else None
+        if config is None:
+            issues += _scan(name, part.content)
             continue
-        try:
-            config = yaml.safe_load(part.content)
-        except yaml.YAMLError:
-            continue  # the schema check reports it
-        if not isinstance(config, dict):
-            continue
+        files = config.get("write_files") or []
+        rest = {k: v for k, v in config.items() if k != "write_files"}
+        # Everything but the files (scanned one by one below), comments included.
+        comments = b"\n".join(
+            ln for ln in part.content.splitlines() if ln.lstrip().startswith(b"#"))
+        issues += _scan(name, comments + b"\n" + yaml.safe_dump(rest).encode())
         for key in sorted(set(config) - known_keys(), key=str):
             issues.append(LintIssue(
                 "unknown-key", str(key),
                 f"unknown cloud-config key {key!r}: no cloud-init module reads it",
             ))
-        for path, key, value in _walk(config, ""):
+        for path, key, value in _walk(rest, ""):
             if PASSWORD_KEYS.match(str(key)) and isinstance(value, str) and value:
                 issues.append(LintIssue(
                     "password", path, f"literal secret in cloud-config key {key!r}"))
-        for index, entry in enumerate(config.get("write_files") or []):
+        for index, entry in enumerate(files if isinstance(files, list) else []):
             if isinstance(entry, dict):
                 content = _decoded(entry)
                 if content is not None:
-                    issues += _scan(f"write_files.{index} ({entry.get('path')})", content)
-    return issues
+                    issues += _scan(f"write_files.{index}", content,
+                                    f" in {entry.get('path')}")
+    return _unique(issues)
 
 
-def _scan(where: str, content: bytes) -> list[LintIssue]:
+def _cloud_config(content: bytes) -> dict[str, Any] | None:
+    try:
+        config = yaml.load(content, Loader=_LOADER)
+    except yaml.YAMLError:
+        return None  # the schema check reports it
+    return config if isinstance(config, dict) else None
+
+
+def _unique(issues: list[LintIssue]) -> list[LintIssue]:
+    seen: set[LintIssue] = set()
+    return [i for i in issues if not (i in seen or seen.add(i))]  # type: ignore[func-returns-value]
+
+
+def _scan(where: str, content: bytes, what: str = "") -> list[LintIssue]:
     issues = []
     if PRIVATE_KEY.search(content):
-        issues.append(LintIssue("secret-key", where, "a private key is written literally"))
+        issues.append(LintIssue("secret-key", where, f"a private key is written literally{what}"))
     if AWS_KEY.search(content):
-        issues.append(LintIssue("aws-key", where, "an AWS access key id is written literally"))
+        issues.append(LintIssue(
+            "aws-key", where, f"an AWS access key id is written literally{what}"))
     for pattern in (PASSWORD_ASSIGN, URL_CREDENTIALS):
         match = pattern.search(content)
         if match:
             issues.append(LintIssue(
                 "password", where,
-                "a literal password: "
+                f"a literal password{what}: "
                 + match.group(0)[:24].decode(errors="replace").strip() + "…"
                 + " (use a secret reference: {ssm: NAME} or {secretsmanager: NAME})",
             ))

@@ -30,7 +30,7 @@ from typing import Any
 
 from builder.manifest.model import Manifest
 from builder.vm.ssh import Ssh, SshFailed
-from builder.wait import NotYet, Waiter, wait_for
+from builder.wait import NotYet, Waiter, WaitTimeout, wait_for
 
 
 @dataclass(frozen=True)
@@ -143,7 +143,7 @@ class RoleChecker:
     def _guard(name: str, check: Callable[[], str]) -> CheckResult:
         try:
             return CheckResult(name, True, check())
-        except (CheckFailed, SshFailed, OSError) as exc:
+        except (CheckFailed, SshFailed, OSError, WaitTimeout) as exc:
             return CheckResult(name, False, str(exc))
 
     # ------------------------------------------------------------- checks

@@ -42,7 +42,11 @@ log = logging.getLogger("amibake.vm")
 
 METADATA_ADDRESS = "169.254.169.254"
 GUEST_NETWORK = "169.254.0.0/16"
-GUEST_ADDRESS = "169.254.0.15"  # the first address qemu's DHCP hands out on GUEST_NETWORK
+# qemu's user network: its gateway/host, DNS forwarder and the address its
+# DHCP server gives the guest (the only guest), inside GUEST_NETWORK.
+GUEST_GATEWAY = "169.254.2.2"
+GUEST_DNS = "169.254.2.3"
+GUEST_ADDRESS = "169.254.2.15"
 
 
 @dataclass(frozen=True)
@@ -139,7 +143,8 @@ def build_command(
     """The qemu command line (pure: no files are touched)."""
     uuid = spec.smbios_uuid
     netdev = ",".join([
-        "user", "id=net0", f"net={GUEST_NETWORK}",
+        "user", "id=net0", f"net={GUEST_NETWORK}", f"host={GUEST_GATEWAY}",
+        f"dns={GUEST_DNS}", f"dhcpstart={GUEST_ADDRESS}",
         f"hostfwd=tcp:127.0.0.1:{ports.ssh}-:22",
         f"hostfwd=tcp:127.0.0.1:{ports.http}-:80",
         f"guestfwd=tcp:{METADATA_ADDRESS}:80-cmd:{_opt(relay_command(spec.imds_port, python))}",

@@ -1,0 +1,217 @@
+"""Benchmark: power-on to HTTP 200, baked image vs "fried" (user-data only).
+
+    .venv/bin/python bench/boot.py                      # all-in-one, 3 baked + 1 fried
+    .venv/bin/python bench/boot.py --runs-baked 2 --runs-fried 2 --role web
+
+Both contenders boot under the same qemu setup (builder.vm: TCG or KVM as
+the host allows, 1 GiB, 2 vCPUs, OVMF, the IMDS emulator behind
+169.254.169.254, SMBIOS "Amazon EC2"), in the same run, one VM at a time:
+
+- baked: the newest image of the manifest in the local store (`make image`),
+  user-data = render_role(..., baked=True) (the role marker only);
+- fried: a base image holding only the OS and cloud-init (the same base
+  packages the baker uses, no role packages, no amibake files), user-data =
+  render_role(..., baked=False): cloud-init installs the role's packages
+  from the host's apt mirror at boot (the guest reaches it through qemu user
+  networking's NAT and DNS), writes every file and runs the dispatcher.
+
+The clock starts when qemu starts and stops at the first 200 for `GET /`
+through the forwarded HTTP port (nginx; for all-in-one: nginx → puma →
+PostgreSQL). Prints medians and writes bench/results/boot.json. Target:
+baked ≤ 0.5 × fried.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from builder.errors import UserError  # noqa: E402
+from builder.manifest import load_manifest  # noqa: E402
+from builder.manifest.model import Manifest  # noqa: E402
+from builder.vm.accel import detect_accel  # noqa: E402
+from builder.vm.checks import http_get  # noqa: E402
+from builder.vm.imds import imds_server  # noqa: E402
+from builder.vm.metadata import (  # noqa: E402
+    LocalInstanceIdentity,
+    local_user_data,
+    new_instance_id,
+    secret_values,
+)
+from builder.vm.qemu import Vm, VmSpec  # noqa: E402
+from builder.vm.ssh import generate_key  # noqa: E402
+from builder.wait import NotYet, Waiter, WaitTimeout, wait_for  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "boot.json"
+
+
+def boot_to_200(disk: Path, manifest: Manifest, role: str, *, baked: bool, workdir: Path,
+                timeout: float, path: str = "/") -> dict[str, object]:
+    """One boot: seconds from qemu start to the first 200 for GET `path`."""
+    key = generate_key(workdir / "id_ed25519")
+    ident = LocalInstanceIdentity(
+        instance_id=new_instance_id(), role=role,
+        instance_type=manifest.roles[role].instance_type, public_key=key.openssh_public(),
+        user_data=local_user_data(manifest, role, baked=baked),
+        secrets=secret_values(manifest),
+    )
+    vmdir = workdir / ident.instance_id
+    server = manifest.app.server_name
+    last = {"status": "no answer"}
+    with imds_server(ident) as imds, Vm(
+        VmSpec(disk=disk, imds_port=imds.port, instance_id=ident.instance_id,
+               instance_type=ident.instance_type, timeout=timeout), vmdir,
+    ) as vm:
+        def answered() -> float:
+            vm.check_running()
+            ans = http_get(vm.ports.http, path, host_header=server, timeout=10)
+            last["status"] = str(ans.status)
+            if ans.status != 200:
+                raise NotYet(f"GET {path} answered {ans.status}")
+            return vm.elapsed()
+        try:
+            seconds = wait_for(answered, Waiter(f"GET {path} → 200", attempts=100_000,
+                                                interval=1.0, timeout=timeout),
+                               retry_on=(OSError,))
+        except WaitTimeout as exc:
+            raise vm.failure(f"{'baked' if baked else 'fried'} boot of {role}: {exc}") from exc
+        requests = len(imds.requests)
+    shutil.rmtree(vmdir, ignore_errors=True)
+    return {"seconds": round(seconds, 1), "instance_id": ident.instance_id,
+            "imds_requests": requests, "user_data_bytes": len(ident.user_data)}
+
+
+def fried_base_disk(manifest: Manifest, cache: Path) -> Path:
+    """A disk with only the OS and cloud-init, built once and cached by its inputs.
+
+    Built from the baker's own pieces: the base layer with the base packages
+    only (no role packages), the image's cloud-init settings (login user),
+    GRUB for UEFI and BIOS. No amibake file, no role: the fried user-data
+    brings all of that at boot.
+    """
+    import dataclasses
+
+    from builder.bake import bootloader, rootfs
+    from builder.bake.cache import LayerCache, default_cache_dir
+    from builder.bake.pipeline import _base_meta, build_disk, image_cloud_config, plan_bake
+    from builder.bake.sources import host_sources
+
+    img = manifest.image
+    spec = rootfs.base_spec(img.distro, img.release, img.architecture, (), (),
+                            host_sources(img.release))
+    disk = cache / f"fried-base-{spec.key()[:16]}" / "disk.raw"
+    if disk.is_file():
+        return disk
+    plan = dataclasses.replace(plan_bake(manifest), base=spec,
+                               inputs_digest="sha256:" + spec.key())
+    layers = LayerCache(default_cache_dir())
+    partial = disk.with_suffix(".partial")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with layers.workdir() as work:
+            tree = work / "tree"
+            entry = layers.lookup(spec.key())
+            if entry is not None:
+                layers.extract(entry, tree)
+            else:
+                print(f"building the OS-only base layer ({len(spec.packages)} packages) ...",
+                      flush=True)
+                rootfs.build_base(spec, tree, work / "hooks")
+                layers.store(spec.key(), tree, _base_meta(spec, tree))
+            rootfs.write_config_layer(tree, [image_cloud_config(manifest)], ())
+            root_uuid = spec.root_uuid()
+            kernel = rootfs.kernel_version(tree)
+            (tree / "boot/grub").mkdir(parents=True, exist_ok=True)
+            (tree / "boot/grub/grub.cfg").write_text(bootloader.grub_cfg(kernel, root_uuid))
+            build_disk(partial, tree, work, plan, root_uuid)
+        partial.rename(disk)
+    finally:
+        partial.unlink(missing_ok=True)
+    return disk
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--manifest", type=Path, default=ROOT / "manifests/smallpayroll.yaml")
+    parser.add_argument("--role", default="all-in-one")
+    parser.add_argument("--store", type=Path, help="image store (default: $AMIBAKE_STORE "
+                        "or ./images)")
+    parser.add_argument("--runs-baked", type=int, default=3)
+    parser.add_argument("--runs-fried", type=int, default=1)
+    parser.add_argument("--timeout-baked", type=float, default=300)
+    parser.add_argument("--timeout-fried", type=float, default=2400)
+    parser.add_argument("--fried-disk", type=Path,
+                        help="an OS-only disk to use instead of building one")
+    parser.add_argument("--cache", type=Path, default=ROOT / ".cache" / "bench-boot")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+
+    from builder.store import Store, default_store_root
+
+    manifest = load_manifest(args.manifest)
+    image = Store(args.store or default_store_root()).get(manifest.name)
+    fried_disk = args.fried_disk or fried_base_disk(manifest, args.cache)
+    accel = detect_accel()
+    load_before = os.getloadavg()
+    runs: dict[str, list[dict[str, object]]] = {"baked": [], "fried": []}
+    errors: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="amibake-bench-boot-") as tmp:
+        plan = [("baked", image.disk_path, args.timeout_baked)] * args.runs_baked + \
+               [("fried", fried_disk, args.timeout_fried)] * args.runs_fried
+        for kind, disk, timeout in plan:
+            print(f"{kind}: booting {args.role} from {disk} ...", flush=True)
+            try:
+                run = boot_to_200(Path(disk), manifest, args.role, baked=kind == "baked",
+                                  workdir=Path(tmp), timeout=timeout)
+            except UserError as exc:
+                errors[kind] = str(exc)
+                print(f"{kind}: FAILED: {exc}", flush=True)
+                continue
+            print(f"{kind}: HTTP 200 after {run['seconds']} s", flush=True)
+            runs[kind].append(run)
+
+    def median(kind: str) -> float | None:
+        values = [float(r["seconds"]) for r in runs[kind]]  # type: ignore[arg-type]
+        return round(statistics.median(values), 1) if values else None
+
+    baked_m, fried_m = median("baked"), median("fried")
+    ratio = round(baked_m / fried_m, 3) if baked_m and fried_m else None
+    doc = {
+        "benchmark": "boot-to-200", "role": args.role, "path": "/",
+        "manifest": str(args.manifest.relative_to(ROOT) if args.manifest.is_relative_to(ROOT)
+                        else args.manifest),
+        "image": {"name": image.name, "version": str(image.version), "id": image.id},
+        "fried_disk": str(fried_disk), "accel": accel.name, "accel_reason": accel.reason,
+        "vm": {"memory_mib": 1024, "cpus": 2}, "host_cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "runs": runs, "errors": errors,
+        "median_seconds": {"baked": baked_m, "fried": fried_m},
+        "ratio_baked_to_fried": ratio, "target_ratio": 0.5,
+        "meets_target": ratio is not None and ratio <= 0.5,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"\n{'':8}{'runs':>6}{'median s':>10}")
+    for kind, m in (("baked", baked_m), ("fried", fried_m)):
+        print(f"{kind:8}{len(runs[kind]):>6}{m if m is not None else '-':>10}")
+    print(f"baked/fried = {ratio if ratio is not None else '-'} (target <= 0.5); "
+          f"accel {accel.name}; wrote {args.out}")
+    return 0 if not errors else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

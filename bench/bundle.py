@@ -1,0 +1,233 @@
+"""Benchmark: `amibake bundle` against the shell pipeline the seed's tools run.
+
+    .venv/bin/python bench/bundle.py            # 2 GiB image (real files + zeros)
+    .venv/bin/python bench/bundle.py --quick    # 256 MiB smoke run
+
+The image is an ext4 filesystem made with `mkfs.ext4 -d` from a hard-linked
+copy of real system directories (/usr/share, /usr/bin, /usr/sbin: text,
+compressed man pages, binaries) in a sparse file, so it holds real content
+plus free space, like a baked root disk. Each contender runs as a child
+process; wall time and the child's peak RSS (wait4 ru_maxrss; for the
+pipeline, the largest of its processes) are measured in the same run:
+
+- amibake        builder.bundle.writer.bundle_image (sparse tar, parallel gzip -6)
+- amibake-dense  the same without hole skipping (every zero byte goes through)
+- pipeline       tar -c | gzip | openssl enc -aes-128-cbc | split -b 10m
+- pipeline-S     the same with tar --sparse (what ec2-bundle-image runs)
+
+Throughput is the image's apparent size over wall time (MB/s, 10^6 bytes).
+Memory: the largest process's peak (wait4 ru_maxrss) and the peak of the
+whole process tree's summed RSS, sampled every 50 ms from /proc.
+Prints a table and writes bench/results/bundle.json, with the load average
+seen before and after (the machine is shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+GiB = 1024**3
+MiB = 1024**2
+
+AMIBAKE_CHILD = """
+import sys
+from pathlib import Path
+from builder.bundle.certs import BundleCredentials
+from builder.bundle.writer import BundleRequest, bundle_image
+image, out, cert, key, ec2, sparse = sys.argv[1:7]
+creds = BundleCredentials.load(Path(cert), Path(key), Path(ec2))
+r = bundle_image(BundleRequest(image=Path(image), destination=Path(out), prefix="disk.raw",
+                               user="123456789012", sparse=sparse == "1"), creds)
+print(r.manifest.bundled_size)
+"""
+
+
+def tree_rss(root: int) -> int:
+    """Sum of VmRSS of `root` and its descendants (bytes), from /proc."""
+    parents: dict[int, int] = {}
+    rss: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/status") as f:
+                fields = dict(line.split(":", 1) for line in f if ":" in line)
+        except OSError:
+            continue
+        pid = int(entry.name)
+        parents[pid] = int(fields.get("PPid", "0"))
+        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
+    total = 0
+    for pid in rss:
+        p = pid
+        while p and p != root:
+            p = parents.get(p, 0)
+        if p == root:
+            total += rss[pid]
+    return total
+
+
+class TreeSampler(threading.Thread):
+    """Samples the summed RSS of a process tree every 50 ms; keeps the peak."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peak = 0
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(0.05):
+            self.peak = max(self.peak, tree_rss(self.pid))
+
+
+def timed(argv: list[str], *, cwd: Path | None = None) -> tuple[float, int, float, int, str]:
+    """Run a child; (seconds, peak RSS of its largest process in bytes, CPU
+    seconds of it and its descendants, sampled peak RSS of its whole process
+    tree, stdout)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sampler = TreeSampler(proc.pid)
+    sampler.start()
+    assert proc.stdout is not None and proc.stderr is not None
+    out = proc.stdout.read().decode()
+    err = proc.stderr.read().decode()
+    sampler.stop.set()
+    sampler.join()
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{argv[:3]} failed ({proc.returncode}): {err[-2000:]}")
+    return seconds, usage.ru_maxrss * 1024, usage.ru_utime + usage.ru_stime, sampler.peak, out
+
+
+def make_image(work: Path, size: int, sources: list[str]) -> Path:
+    tree = work / "tree"
+    if tree.exists():
+        shutil.rmtree(tree)
+    tree.mkdir(parents=True)
+    for src in sources:
+        # hard links: no data copied (same filesystem as /usr), mkfs reads the real files
+        subprocess.run(["cp", "-al", src, str(tree / Path(src).name)], check=True)
+    image = work / "disk.raw"
+    image.unlink(missing_ok=True)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(image), f"{size // 1024}k"],
+                   check=True)
+    shutil.rmtree(tree)
+    return image
+
+
+def dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.iterdir())
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="256 MiB image of /usr/share/doc")
+    ap.add_argument("--size-gib", type=float, default=2.0)
+    ap.add_argument("--work", type=Path, default=Path("/var/tmp/amibake-bench-bundle"))
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args()
+
+    from bundle_pki import make_pki
+
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        pki = make_pki(work / "pki")
+        if args.quick:
+            size, sources = 256 * MiB, ["/usr/share/doc"]
+        else:
+            size, sources = int(args.size_gib * GiB), ["/usr/share", "/usr/bin", "/usr/sbin"]
+        t0 = time.perf_counter()
+        image = make_image(work, size, sources)
+        st = image.stat()
+        print(f"image: {st.st_size / GiB:.2f} GiB apparent, {st.st_blocks * 512 / MiB:.0f} MiB"
+              f" used, from {', '.join(sources)} ({time.perf_counter() - t0:.1f} s)")
+        subprocess.run(["cat", str(image)], stdout=subprocess.DEVNULL, check=True)  # warm cache
+        key_hex, iv_hex = os.urandom(16).hex(), os.urandom(16).hex()
+        load_before = os.getloadavg()
+        contenders = {
+            "pipeline": f"tar -c disk.raw | gzip | openssl enc -aes-128-cbc -K {key_hex} "
+                        f"-iv {iv_hex} | split -b 10m - out/disk.raw.part.",
+            "pipeline-S": f"tar -cS disk.raw | gzip | openssl enc -aes-128-cbc -K {key_hex} "
+                          f"-iv {iv_hex} | split -b 10m - out/disk.raw.part.",
+            "amibake": "1",
+            "amibake-dense": "0",
+        }
+        results = {}
+        for name, spec in contenders.items():
+            out = work / "out"
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir()
+            if name.startswith("pipeline"):
+                argv = ["bash", "-o", "pipefail", "-c", spec]
+            else:
+                argv = [sys.executable, "-c", AMIBAKE_CHILD, str(image), str(out), str(pki.cert),
+                        str(pki.key), str(pki.ec2_cert), spec]
+            seconds, rss, cpu, tree, _ = timed(argv, cwd=work)
+            bundled = dir_bytes(out)
+            results[name] = {
+                "seconds": round(seconds, 2),
+                "mb_per_s": round(st.st_size / 1e6 / seconds, 1),
+                "bundled_bytes": bundled,
+                "parts": len(list(out.iterdir())),
+                "peak_rss_mib": round(rss / MiB, 1),
+                "peak_tree_rss_mib": round(tree / MiB, 1),
+                "cpu_seconds": round(cpu, 2),
+                "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+            }
+            print(f"{name:14} {seconds:7.1f} s {results[name]['mb_per_s']:8.1f} MB/s "
+                  f"cpu {cpu:6.1f} s  RSS {rss / MiB:5.1f} MiB (tree {tree / MiB:5.1f})"
+                  f"  bundle {bundled / MiB:7.1f} MiB"
+                  f"  load {os.getloadavg()[0]:.2f}")
+            shutil.rmtree(out)
+        speedup = results["amibake"]["mb_per_s"] / results["pipeline"]["mb_per_s"]
+        speedup_s = results["amibake"]["mb_per_s"] / results["pipeline-S"]["mb_per_s"]
+        dense = results["amibake-dense"]["mb_per_s"] / results["pipeline"]["mb_per_s"]
+        doc = {
+            "benchmark": "bundle",
+            "command": "python bench/bundle.py" + (" --quick" if args.quick else ""),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                     "loadavg_before": [round(x, 2) for x in load_before],
+                     "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
+            "image": {"apparent_bytes": st.st_size, "used_bytes": st.st_blocks * 512,
+                      "sources": sources},
+            "results": results,
+            "speedup_vs_pipeline": round(speedup, 2),
+            "speedup_vs_sparse_pipeline": round(speedup_s, 2),
+            "speedup_dense_vs_pipeline": round(dense, 2),
+            "target": {"speedup": 1.5, "peak_rss_mib": 256},
+            "met": speedup >= 1.5 and results["amibake"]["peak_tree_rss_mib"] < 256,
+        }
+        print(f"amibake vs pipeline: {speedup:.2f}x (vs tar -S pipeline {speedup_s:.2f}x; "
+              f"without hole skipping {dense:.2f}x); target 1.5x, < 256 MiB: "
+              f"{'met' if doc['met'] else 'NOT met'}")
+        name = "bundle-quick.json" if args.quick else "bundle.json"
+        results_dir = ROOT / "bench" / "results"
+        results_dir.mkdir(parents=True, exist_ok=True)
+        (results_dir / name).write_text(json.dumps(doc, indent=2) + "\n")
+        print(f"wrote bench/results/{name}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

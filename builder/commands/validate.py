@@ -1,0 +1,124 @@
+"""`amibake validate [PATH ...]`: load, render every role, check with cloud-init's schema."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import builder
+from builder.errors import Location, Problem, UserError
+from builder.output import Output
+
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+
+
+def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    p = subparsers.add_parser(
+        "validate", parents=[parent], help="check manifests and the user-data they render",
+        description="Load each manifest, render every role (fried and baked user-data) and "
+        "check it with cloud-init 22.4.2's own schema and amibake's lints (literal secrets, "
+        "EC2's 16384-byte limit, unknown keys). Exit 0 when clean, 1 on problems, 2 on "
+        "usage errors.",
+    )
+    p.add_argument("paths", nargs="*", type=Path, metavar="PATH",
+                   help="manifest files or directories (default: every manifest in manifests/)")
+    p.set_defaults(func=run)
+
+
+@dataclass
+class ManifestReport:
+    path: str
+    name: str = ""
+    roles: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+
+def manifest_paths(paths: list[Path]) -> list[Path]:
+    """Files as given, directories expanded to their *.yaml / *.yml; missing → UserError."""
+    if not paths:
+        paths = [builder.MANIFESTS_DIR]
+    found: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+        elif path.exists():
+            found.append(path)
+        else:
+            raise UserError(f"no such manifest: {path}", hint="give a manifest file or directory")
+    return found
+
+
+def validate_manifest(path: Path) -> ManifestReport:
+    """Every problem of one manifest: loading, rendering, schema and lints."""
+    from builder.manifest import load_manifest
+    from builder.render import render_role
+    from builder.validate import validate_rendered
+
+    report = ManifestReport(str(path))
+    try:
+        manifest = load_manifest(path)
+    except UserError as err:
+        report.problems += _problems(err, path)
+        return report
+    report.name = manifest.name
+    for role in manifest.roles:
+        for baked in (False, True):
+            mode = "baked" if baked else "fried"
+            try:
+                rendered = render_role(manifest, role, baked=baked)
+            except UserError as err:
+                report.problems += _problems(err, path)
+                continue
+            report.roles.setdefault(role, {})[mode] = {
+                "bytes": len(rendered.user_data),
+                "raw_bytes": len(rendered.raw),
+                "gzipped": rendered.gzipped,
+            }
+            report.problems += validate_rendered(manifest, rendered)
+    return report
+
+
+def _problems(err: UserError, path: Path) -> list[Problem]:
+    if err.problems:
+        return list(err.problems)
+    return [Problem(Location(str(path)), err.message)]
+
+
+def run(args: argparse.Namespace, out: Output) -> int:
+    try:
+        paths = manifest_paths(list(args.paths))
+    except UserError as err:
+        out.stderr.write(f"amibake validate: error: {err.message} (hint: {err.hint})\n")
+        return EXIT_USAGE
+    if not paths:
+        out.stderr.write("amibake validate: error: no manifests found\n")
+        return EXIT_USAGE
+    from builder.validate.schema import cloudinit_version
+
+    version = cloudinit_version()  # fails early, with its hint, when not set up
+    reports = [validate_manifest(p) for p in paths]
+    problems = [pr for r in reports for pr in r.problems]
+    roles = sum(len(r.roles) for r in reports)
+    summary = (
+        f"{len(reports)} manifest(s), {roles} role(s): "
+        + ("clean" if not problems else f"{len(problems)} problem(s)")
+        + f" (cloud-init {version} schema)"
+    )
+    out.result(
+        {
+            "ok": not problems,
+            "cloud_init": version,
+            "manifests": [
+                {"path": r.path, "name": r.name, "roles": r.roles} for r in reports
+            ],
+            "problems": [
+                {"file": p.location.file, "line": p.location.line, "col": p.location.col,
+                 "message": p.message}
+                for p in problems
+            ],
+        },
+        text="\n".join([str(p) for p in problems] + [summary]),
+    )
+    return EXIT_PROBLEMS if problems else EXIT_OK

@@ -1,0 +1,166 @@
+"""The real bake of the seed manifest (session fixture `baked_image`), then
+no-op, refused and forced rebuilds, a config-only rebuild and --bump."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from builder.bake import rootfs
+from builder.bake.pipeline import bake, plan_bake
+from builder.cli import main
+from builder.errors import UserError
+from builder.manifest import load_manifest
+from builder.store import Store, StoredImage
+from tests.bake_fixture import SEED_MANIFEST, bake_options, copy_manifest
+
+pytestmark = pytest.mark.bake
+
+
+def _partitions(disk: Path) -> dict[int, dict]:
+    out = subprocess.run(["sfdisk", "--json", disk], check=True, capture_output=True,
+                         text=True).stdout
+    parts = json.loads(out)["partitiontable"]["partitions"]
+    return {int(p["node"].removeprefix(str(disk))): p for p in parts}
+
+
+def _root(image: StoredImage) -> str:
+    return f"{image.disk_path}?offset={_partitions(image.disk_path)[1]['start'] * 512}"
+
+
+def _debugfs(image: StoredImage, request: str) -> str:
+    return subprocess.run(["debugfs", "-R", request, _root(image)], check=True,
+                          capture_output=True, text=True).stdout
+
+
+def _cat(image: StoredImage, path: str) -> str:
+    return _debugfs(image, f"cat {path}")
+
+
+def _exists(image: StoredImage, path: str) -> bool:
+    proc = subprocess.run(["debugfs", "-R", f"stat {path}", _root(image)],
+                          capture_output=True, text=True)
+    return "File not found" not in proc.stderr and "Inode:" in proc.stdout
+
+
+def test_image_record(baked_image: StoredImage) -> None:
+    image = baked_image
+    doc = json.loads((image.dir / "image.json").read_text())
+    assert doc["name"] == "smallpayroll" and doc["version"] == "1.0.0"
+    assert doc["id"].startswith("img-") and len(doc["id"]) == 16
+    assert doc["roles"] == ["web", "app", "db", "all-in-one"]
+    assert set(doc["inputs"]) == {"base_layer", "config_layer", "disk", "roles"}
+    assert all(v.startswith("sha256:") for v in doc["inputs"].values())
+    assert doc["inputs_digest"] == plan_bake(load_manifest(SEED_MANIFEST)).inputs_digest
+    disk = image.disk_path
+    assert doc["disk"]["apparent_size"] == disk.stat().st_size == 4 * 2**30
+    assert doc["disk"]["used_size"] == disk.stat().st_blocks * 512 < 2**30
+    h = hashlib.sha256()
+    with disk.open("rb") as f:
+        while chunk := f.read(16 << 20):
+            h.update(chunk)
+    assert doc["disk"]["sha256"] == h.hexdigest()
+    for pkg in ("cloud-init", "linux-image-cloud-amd64", "nginx-light", "postgresql-15",
+                "puma", "ruby-pg", "ruby-rack", "openssh-server", "cloud-guest-utils"):
+        assert pkg in doc["packages"], pkg
+    assert doc["build_time"].endswith("Z")
+    assert doc["boot_test"] == {"skipped": True}  # the boot tests boot this very disk
+
+
+def test_disk_layout_and_root_identity(baked_image: StoredImage) -> None:
+    parts = _partitions(baked_image.disk_path)
+    assert parts[14]["type"] == "21686148-6449-6E6F-744E-656564454649"
+    assert parts[15]["type"] == "C12A7328-F81F-11D2-BA4B-00A0C93EC93B"
+    probe = subprocess.run(
+        ["blkid", "-p", "-O", str(parts[1]["start"] * 512), "-o", "export",
+         baked_image.disk_path], check=True, capture_output=True, text=True).stdout
+    fs = dict(line.split("=", 1) for line in probe.splitlines())
+    assert fs["TYPE"] == "ext4" and fs["LABEL"] == rootfs.ROOT_LABEL
+    fstab = _cat(baked_image, "/etc/fstab")
+    assert fstab.split()[0] == f"UUID={fs['UUID']}"
+    grub = _cat(baked_image, "/boot/grub/grub.cfg")
+    assert f"root=UUID={fs['UUID']}" in grub and "console=ttyS0,115200" in grub
+
+
+def test_no_instance_identity_is_baked(baked_image: StoredImage) -> None:
+    assert _debugfs(baked_image, "ls -l /etc/ssh").count("ssh_host_") == 0
+    assert _cat(baked_image, "/etc/machine-id") == ""
+    assert not _exists(baked_image, "/var/lib/systemd/random-seed")
+    assert not _exists(baked_image, "/var/lib/cloud/instance")
+    # no PostgreSQL cluster in the image: the db role makes one on /mnt at boot
+    assert "create_main_cluster = false" in _cat(
+        baked_image, "/etc/postgresql-common/createcluster.conf")
+    assert not _exists(baked_image, "/var/lib/postgresql/15/main")
+    assert not _exists(baked_image, "/etc/postgresql/15/main")
+
+
+def test_rendered_files_and_units(baked_image: StoredImage) -> None:
+    from builder.render import image_content
+
+    content = image_content(load_manifest(SEED_MANIFEST))
+    for f in content.files:
+        assert _cat(baked_image, f.path).encode() == f.content, f.path
+    wants = _debugfs(baked_image, "ls /etc/systemd/system/multi-user.target.wants")
+    assert "amibake-dispatch.service" in wants
+    assert "nginx.service" not in wants and "postgresql.service" not in wants
+    assert "app:" in _cat(baked_image, "/etc/passwd")  # sysusers.d ran at bake time
+    cfg = _cat(baked_image, "/etc/cloud/cloud.cfg.d/91_amibake-image.cfg")
+    assert "name: admin" in cfg
+
+
+def test_unchanged_manifest_is_a_no_op(baked_image: StoredImage) -> None:
+    store_root = baked_image.dir.parent.parent
+    mtime = baked_image.disk_path.stat().st_mtime_ns
+    result = bake(load_manifest(SEED_MANIFEST), bake_options(store_root), say=print)
+    assert result.action == "unchanged"
+    assert result.image == baked_image
+    assert baked_image.disk_path.stat().st_mtime_ns == mtime
+    assert Store(store_root).leftovers() == []
+
+
+def test_changed_inputs_same_version_refused_then_forced(
+    baked_image: StoredImage, tmp_path: Path
+) -> None:
+    store_root = tmp_path / "images"
+    manifest = load_manifest(SEED_MANIFEST)
+    first = bake(manifest, bake_options(store_root), say=print)
+    assert first.action == "built" and first.base_cached
+    changed = load_manifest(copy_manifest(tmp_path, ("retry_after: 300", "retry_after: 120")))
+    with pytest.raises(UserError, match="already stored with different inputs") as err:
+        bake(changed, bake_options(store_root), say=print)
+    assert "--force" in err.value.hint
+    assert Store(store_root).get("smallpayroll").inputs_digest == first.image.inputs_digest
+    forced = bake(changed, bake_options(store_root, force=True), say=print)
+    assert forced.action == "replaced" and forced.base_cached
+    assert forced.image.inputs["base_layer"] == first.image.inputs["base_layer"]
+    assert forced.image.inputs["config_layer"] != first.image.inputs["config_layer"]
+    assert "Retry-After 120 always" in _cat(forced.image, "/etc/nginx/nginx.conf")
+    assert [i.version for i in Store(store_root).list()] == ["1.0.0"]
+    assert Store(store_root).leftovers() == []
+
+
+def test_bake_cli_bump_writes_the_version_back(
+    baked_image: StoredImage, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    manifest = copy_manifest(tmp_path)
+    before = manifest.read_text()
+    store_root = tmp_path / "images"
+    code = main(["bake", str(manifest), "--bump", "minor", "--skip-boot-test",
+                 "--store", str(store_root)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "version: 1.1.0" in out and "id:      img-" in out and str(store_root) in out
+    assert manifest.read_text() == before.replace("version: 1.0.0", "version: 1.1.0", 1)
+    image = Store(store_root).get("smallpayroll")
+    assert image.version == "1.1.0"
+    assert '"manifest_version": "1.1.0"' in _cat(image, "/etc/amibake/roles.json")
+    # the JSON result of a no-op bake of the bumped manifest names the same image
+    assert main(["bake", str(manifest), "--skip-boot-test", "--store", str(store_root),
+                 "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["action"] == "unchanged" and doc["id"] == image.id
+    assert doc["path"] == str(image.dir)

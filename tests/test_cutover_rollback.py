@@ -1,0 +1,82 @@
+"""A failed gate stops the run; rollback restores DNS (address and TTL),
+takes the maintenance page down and lets the app write on the old server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from builder.cutover import verify
+from builder.cutover.config import derive
+from builder.cutover.dns import provider_for
+from builder.cutover.procedure import rollback_cutover, run_cutover, status_doc
+from builder.errors import UserError
+from tests.cutover_fixtures import *  # noqa: F403
+from tests.cutover_fixtures import (
+    APP_PASSWORD,
+    NEW_ADDR,
+    SERVER_NAME,
+    Cluster,
+    Knot,
+    Site,
+    cutover_manifest,
+)
+
+
+def _old_site_status(site: Site) -> int:
+    return verify.fetch(site.url, "/", SERVER_NAME)[0]
+
+
+def test_failed_gate_after_switch_and_rollback(
+    pg_pair: tuple[Cluster, Cluster], knot: Knot, sites: tuple[Site, Site],
+    secret_env: None, tmp_path: Path,
+) -> None:
+    """A row changed on the new server behind the cutover's back: counts still
+    match, the content checksum (configured after the switch) does not."""
+    old, new = pg_pair
+    cfg = derive(cutover_manifest(old, new, knot, sites, checksum_when="after_switch"))
+    dns = provider_for(cfg)
+    path = tmp_path / "state.json"
+
+    def tamper(step: str) -> None:
+        if step == "db_detach":
+            new.sql("UPDATE employees SET salary = 0 WHERE id = 7")
+
+    with pytest.raises(UserError, match=r"gate failed: table checksums.*public\.employees"):
+        run_cutover(cfg, dns, path, say=print, start_now=True, after_step=tamper)
+    steps = {s["name"]: s["status"] for s in status_doc(cfg, path)["steps"]}
+    assert steps["dns_switch"] == "done" and steps["verify_checksums"] == "failed"
+    assert knot.query(f"{SERVER_NAME}.") == ((NEW_ADDR,), 5)
+    assert _old_site_status(sites[0]) == 503
+
+    state = rollback_cutover(cfg, dns, path, say=print)
+    assert knot.query(f"{SERVER_NAME}.") == (("127.0.0.1",), 300)  # address and TTL back
+    assert not sites[0].flag.exists()
+    assert _old_site_status(sites[0]) == 200
+    with psycopg.connect(old.dsn(user="app", password=APP_PASSWORD), autocommit=True) as c:
+        c.execute("INSERT INTO writes (n) VALUES (424242)")
+    assert state.facts.rolled_back_at and state.next_step == "preflight"
+    assert not old.sql("SELECT 1 FROM pg_replication_slots")
+    assert not old.sql("SELECT 1 FROM pg_publication")
+
+
+def test_failed_smoke_gate_before_dns_and_rollback(
+    pg_pair: tuple[Cluster, Cluster], knot: Knot, sites: tuple[Site, Site],
+    secret_env: None, tmp_path: Path,
+) -> None:
+    old, new = pg_pair
+    # /employees goes to the app servers, which are not running: nginx answers 502
+    cfg = derive(cutover_manifest(old, new, knot, sites, smoke_paths=("/health", "/employees")))
+    dns = provider_for(cfg)
+    path = tmp_path / "state.json"
+    with pytest.raises(UserError, match=r"smoke test .* /employees → 502"):
+        run_cutover(cfg, dns, path, say=print, start_now=True)
+    assert knot.query(f"{SERVER_NAME}.") == (("127.0.0.1",), 5)  # only the TTL moved
+    assert old.sql("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'app'") == [(False,)]
+    rollback_cutover(cfg, dns, path, say=print)
+    assert knot.query(f"{SERVER_NAME}.") == (("127.0.0.1",), 300)
+    assert old.sql("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'app'") == [(True,)]
+    assert _old_site_status(sites[0]) == 200
+    assert not new.sql("SELECT 1 FROM pg_subscription")

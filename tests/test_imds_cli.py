@@ -1,0 +1,126 @@
+"""`amibake imds serve`: serves until Ctrl-C, prints its URL (JSON with --json)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+
+from builder.cli import main
+
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAmibakeTestKey admin@example"
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def _read_json(stream: IO[str]) -> dict[str, Any]:
+    text = ""
+    while True:
+        line = stream.readline()
+        assert line, f"amibake exited before printing its URL: {text!r}"
+        text += line
+        try:
+            doc: dict[str, Any] = json.loads(text)
+            return doc
+        except ValueError:
+            continue
+
+
+def _get(url: str, token: str | None = None) -> tuple[int, str]:
+    headers = {"X-aws-ec2-metadata-token": token} if token else {}
+    try:
+        with OPENER.open(urllib.request.Request(url, headers=headers), timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def _token(url: str) -> str:
+    request = urllib.request.Request(f"{url}/latest/api/token", method="PUT", data=b"",
+                                     headers={"X-aws-ec2-metadata-token-ttl-seconds": "60"})
+    with OPENER.open(request, timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def _serve(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "builder", "imds", "serve", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+
+
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_serve_prints_url_and_stops_cleanly(tmp_path: Path, stop: signal.Signals) -> None:
+    user_data = tmp_path / "user-data"
+    user_data.write_bytes(b"#cloud-config\n# amibake-role: db\n")
+    key = tmp_path / "id.pub"
+    key.write_text(KEY + "\n")
+    proc = _serve("--json", "--role", "web", "--tag", "Name=web-1", "--user-data",
+                  str(user_data), "--public-key", str(key), "--secret", "/app/pw=hunter2",
+                  "--instance-id", "i-0cli")
+    try:
+        assert proc.stdout is not None
+        doc = _read_json(proc.stdout)
+        url = doc["url"]
+        assert url.startswith("http://127.0.0.1:")
+        assert doc["instance_id"] == "i-0cli" and doc["require_token"] is True
+        assert doc["tags"] == {"Name": "web-1", "Role": "web"}
+        assert _get(f"{url}/latest/meta-data/instance-id")[0] == 401
+        tok = _token(url)
+        assert _get(f"{url}/latest/meta-data/instance-id", tok) == (200, "i-0cli")
+        assert _get(f"{url}/latest/meta-data/tags/instance/Role", tok) == (200, "web")
+        assert _get(f"{url}/latest/user-data", tok) == (200, "#cloud-config\n# amibake-role: db\n")
+        assert _get(f"{url}/latest/meta-data/public-keys/0/openssh-key", tok) == (200, KEY)
+        proc.send_signal(stop)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_serve_optional_tokens_text_output() -> None:
+    proc = _serve("--optional-token")
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("IMDS for i-0123456789abcdef0 at http://127.0.0.1:")
+        url = line.split(" at ")[1].split()[0]
+        assert _get(f"{url}/latest/meta-data/instance-id") == (200, "i-0123456789abcdef0")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_bad_tag_is_a_one_line_user_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["imds", "serve", "--tag", "nonsense"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["amibake: error: --tag expects KEY=VALUE, got 'nonsense' "
+                   "(hint: e.g. --tag Name=web-1)"]
+
+
+def test_missing_user_data_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["imds", "serve", "--json", "--user-data", str(tmp_path / "nope")]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is False
+    assert doc["error"].startswith("cannot read user-data ")
+
+
+def test_port_in_use(capsys: pytest.CaptureFixture[str]) -> None:
+    import socket
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        assert main(["imds", "serve", "--port", str(port)]) == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
