@@ -35,7 +35,8 @@ def one_pass(paths: list[Path]) -> tuple[int, int]:
         manifest = load_manifest(path)
         for role in manifest.roles:
             for baked in (False, True):
-                problems += len(validate_rendered(manifest, render_role(manifest, role, baked=baked)))
+                rendered_role = render_role(manifest, role, baked=baked)
+                problems += len(validate_rendered(manifest, rendered_role))
                 rendered += 1
     return rendered, problems
 

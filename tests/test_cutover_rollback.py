@@ -67,7 +67,9 @@ def test_failed_smoke_gate_before_dns_and_rollback(
     secret_env: None, tmp_path: Path,
 ) -> None:
     old, new = pg_pair
-    # /employees goes to the app servers, which are not running: nginx answers 502
+    # The old site has /employees in its Rails page cache; on the new one it goes
+    # to the app servers, which are not running: nginx answers 502.
+    (sites[0].static_root / "employees.html").write_text("<h1>employees</h1>\n")
     cfg = derive(cutover_manifest(old, new, knot, sites, smoke_paths=("/health", "/employees")))
     dns = provider_for(cfg)
     path = tmp_path / "state.json"

@@ -97,7 +97,8 @@ def test_golden_user_data(path: Path, role: str) -> None:
 @pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.stem)
 @pytest.mark.usefixtures("placeholder_boot")
 def test_golden_image_content(path: Path) -> None:
-    check_golden(GOLDEN / path.stem / "image-content.txt", listing(image_content(load_manifest(path))))
+    content = listing(image_content(load_manifest(path)))
+    check_golden(GOLDEN / path.stem / "image-content.txt", content)
 
 
 def test_golden_directory_has_no_stale_files() -> None:
@@ -157,7 +158,8 @@ def test_fried_user_data_installs_everything_and_runs_the_dispatcher() -> None:
     manifest = load("smallpayroll.yaml")
     rendered = render_role(manifest, "all-in-one")
     config = yaml.safe_load(rendered.raw)
-    assert config["runcmd"] == [["systemctl", "daemon-reload"], ["/usr/lib/amibake/amibake-dispatch"]]
+    assert config["runcmd"] == [
+        ["systemctl", "daemon-reload"], ["/usr/lib/amibake/amibake-dispatch"]]
     assert {"nginx-light", "postgresql-15", "ruby", "puma", "ruby-pg", "ruby-rack"} <= set(
         config["packages"]
     )
@@ -234,9 +236,11 @@ def test_image_content_is_the_union_of_every_role() -> None:
     assert set(roles["roles"]) == {"web", "app", "db", "all-in-one"}
     assert roles["roles"]["web"]["services"] == ["nginx.service"]
     assert roles["roles"]["db"]["services"] == ["postgresql@15-main.service"]
-    assert roles["roles"]["app"]["services"] == [f"amibake-app@{p}.service" for p in (8000, 8001, 8002)]
+    assert roles["roles"]["app"]["services"] == [
+        f"amibake-app@{p}.service" for p in (8000, 8001, 8002)]
     assert roles["all_services"] == sorted(roles["all_services"])
-    assert roles["secrets"] == {"db_password": {"store": "ssm", "name": "/smallpayroll/db-password"}}
+    assert roles["secrets"] == {
+        "db_password": {"store": "ssm", "name": "/smallpayroll/db-password"}}
     assert roles["login_user"] == "admin" and roles["version"] == 1
 
 
@@ -264,7 +268,8 @@ def test_image_roles_limit_what_is_baked() -> None:
     )
     content = image_content(web_only)
     assert "postgresql-15" not in content.packages
-    roles = json.loads(next(f.content for f in content.files if f.path == "/etc/amibake/roles.json"))
+    roles = json.loads(
+        next(f.content for f in content.files if f.path == "/etc/amibake/roles.json"))
     assert list(roles["roles"]) == ["web"]
 
 

@@ -134,7 +134,8 @@ def running_nginx(conf: Path, root: Path, port: int) -> Iterator[None]:
                 break
             except OSError:
                 if proc.poll() is not None:
-                    raise AssertionError(proc.stderr.read().decode() if proc.stderr else "")
+                    raise AssertionError(
+                        proc.stderr.read().decode() if proc.stderr else "") from None
                 time.sleep(0.05)
         yield
     finally:
@@ -157,7 +158,9 @@ def get(port: int, path: str, headers: dict[str, str] | None = None) -> http.cli
     return response
 
 
-def body(port: int, path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+def body(
+    port: int, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, bytes, dict[str, str]]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.request("GET", path, headers={"Host": "payroll.example.com", **(headers or {})})
     response = conn.getresponse()
@@ -213,8 +216,7 @@ def test_nginx_serves_the_seed_behaviour(manifest_path: Path, tmp_path: Path) ->
             assert headers["retry-after"] == str(nginx.retry_after)
             flag.unlink()
             assert get(port, "/employees").status == 200
-        # The app server down: the static 500 page (for 502).
-        conf.write_text(conf.read_text())
+    # The app server down: the static 500 page (for 502).
     (tmp_path / UPSTREAM_FILE.lstrip("/")).write_text(f"server 127.0.0.1:{free_port()};\n")
     with running_nginx(conf, tmp_path, port):
         status, data, _ = body(port, "/employees")

@@ -73,8 +73,10 @@ def test_setup_scripts_pass_shellcheck(manifest_path: Path, tmp_path: Path) -> N
         if p.startswith("/usr/lib/amibake/setup/")
     ]
     assert len(scripts) >= 4
-    result = subprocess.run(["shellcheck", "--severity=style", "--exclude=SC1090", *map(str, scripts)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        ["shellcheck", "--severity=style", "--exclude=SC1090", *map(str, scripts)],
+        capture_output=True, text=True,
+    )
     assert result.returncode == 0, result.stdout
 
 
@@ -164,7 +166,8 @@ class Cluster:
         run([PG_BIN / "initdb", "-D", self.data, "--auth-local=peer",
              "--auth-host=scram-sha-256", "-U", "postgres"], user="postgres", group="postgres",
             capture=True)
-        (self.data / "pg_hba.conf").write_bytes(files["/etc/amibake/postgresql/pg_hba.conf"].content)
+        (self.data / "pg_hba.conf").write_bytes(
+            files["/etc/amibake/postgresql/pg_hba.conf"].content)
         (self.data / "amibake.conf").write_bytes(
             files["/etc/amibake/postgresql/amibake.conf"].content)
         with (self.data / "postgresql.conf").open("a") as conf:
@@ -258,10 +261,11 @@ def app(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     uploads = work / "uploads"
     uploads.mkdir()
     port = free_port()
+    log = open(work / "puma.log", "wb")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
         ["puma", "--bind", f"tcp://127.0.0.1:{port}", "--threads", "2:2",
          "--environment", "production", str(work / "srv/app/config.ru")],
-        cwd=work / "srv/app", stdout=subprocess.DEVNULL, stderr=open(work / "puma.log", "wb"),
+        cwd=work / "srv/app", stdout=subprocess.DEVNULL, stderr=log,
         env={**os.environ, "DATABASE_URL": url, "UPLOADS_DIR": str(uploads),
              "RACK_ENV": "production"},
     )
@@ -283,6 +287,7 @@ def app(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+        log.close()
 
 
 def request(port: int, method: str, path: str, body: bytes = b"",

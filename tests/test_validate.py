@@ -132,7 +132,8 @@ def test_lint_catches_a_private_key_even_base64_encoded() -> None:
 
 
 def test_lint_catches_an_aws_access_key() -> None:
-    data = b"#cloud-config\nruncmd:\n- [aws, configure, set, aws_access_key_id, AKIAIOSFODNN7EXAMPLE]\n"
+    data = (b"#cloud-config\nruncmd:\n"
+            b"- [aws, configure, set, aws_access_key_id, AKIAIOSFODNN7EXAMPLE]\n")
     assert "aws-key" in codes(data)
     assert "aws-key" not in codes(b"#cloud-config\nruncmd:\n- [echo, AKIAIOSFODNN7EXAMPL]\n")
 
@@ -140,7 +141,8 @@ def test_lint_catches_an_aws_access_key() -> None:
 def test_lint_catches_literal_passwords() -> None:
     assert "password" in codes(b"#cloud-config\npassword: hunter22\n")
     assert "password" in codes(b"#cloud-config\nchpasswd: {expire: false}\npassword: x1y2z3\n")
-    env_file = b"#cloud-config\nwrite_files:\n- path: /etc/app.env\n  content: DB_PASSWORD=hunter22\n"
+    env_file = (b"#cloud-config\nwrite_files:\n"
+                b"- path: /etc/app.env\n  content: DB_PASSWORD=hunter22\n")
     assert "password" in codes(env_file)
     url = b"#cloud-config\nruncmd:\n- [psql, 'postgres://payroll:s3cretpw@db.internal/payroll']\n"
     assert "password" in codes(url)
@@ -303,7 +305,8 @@ def test_render_verb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
                  "--host", "app=10.0.1.5,10.0.1.6", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["roles"][0]["files"] == [str(tmp_path / "web.baked.user-data")]
-    assert b'AMIBAKE_HOSTS_APP="10.0.1.5 10.0.1.6"' in (tmp_path / "web.baked.user-data").read_bytes()
+    baked = (tmp_path / "web.baked.user-data").read_bytes()
+    assert b'AMIBAKE_HOSTS_APP="10.0.1.5 10.0.1.6"' in baked
     assert main(["render", str(manifest), "--all-roles"]) == 2
     assert main(["render", str(tmp_path / "nope.yaml"), "--role", "web"]) == 2
     assert main(["render", str(manifest), "--role", "nope"]) == 1

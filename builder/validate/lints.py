@@ -33,7 +33,9 @@ class LintIssue:
 GZIP_MAGIC = b"\x1f\x8b"
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 PRIVATE_KEY = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
-AWS_KEY = re.compile(rb"(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?![A-Z0-9])")
+AWS_KEY = re.compile(
+    rb"(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?![A-Z0-9])"
+)
 #: `password = x`, `PASSWORD: 'x'`, `--password=x`: a literal, not a variable/placeholder.
 PASSWORD_ASSIGN = re.compile(
     rb"""(?i)(?:pass(?:word|wd)?|secret)["']?\s*[:=]\s*["']?(?![$%{<(:*\s"'`])([^\s"'`,;)]{4,})"""
