@@ -10,8 +10,10 @@ plus free space, like a baked root disk. Each contender runs as a child
 process; wall time and the child's peak RSS (wait4 ru_maxrss; for the
 pipeline, the largest of its processes) are measured in the same run:
 
-- amibake        builder.bundle.writer.bundle_image (sparse tar, parallel gzip -6)
+- amibake        builder.bundle.writer.bundle_image (sparse tar, parallel gzip -6
+                 with zlib-ng in one worker process per core)
 - amibake-dense  the same without hole skipping (every zero byte goes through)
+- amibake-zlib   sparse, parallel gzip -6 with the standard zlib in threads
 - pipeline       tar -c | gzip | openssl enc -aes-128-cbc | split -b 10m
 - pipeline-S     the same with tar --sparse (what ec2-bundle-image runs)
 
@@ -34,6 +36,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -47,10 +50,10 @@ import sys
 from pathlib import Path
 from builder.bundle.certs import BundleCredentials
 from builder.bundle.writer import BundleRequest, bundle_image
-image, out, cert, key, ec2, sparse = sys.argv[1:7]
+image, out, cert, key, ec2, sparse, engine = sys.argv[1:8]
 creds = BundleCredentials.load(Path(cert), Path(key), Path(ec2))
 r = bundle_image(BundleRequest(image=Path(image), destination=Path(out), prefix="disk.raw",
-                               user="123456789012", sparse=sparse == "1"), creds)
+                               user="123456789012", sparse=sparse == "1", engine=engine), creds)
 print(r.manifest.bundled_size)
 """
 
@@ -161,24 +164,25 @@ def main() -> int:
         subprocess.run(["cat", str(image)], stdout=subprocess.DEVNULL, check=True)  # warm cache
         key_hex, iv_hex = os.urandom(16).hex(), os.urandom(16).hex()
         load_before = os.getloadavg()
-        contenders = {
+        contenders: dict[str, str | tuple[str, str]] = {
             "pipeline": f"tar -c disk.raw | gzip | openssl enc -aes-128-cbc -K {key_hex} "
                         f"-iv {iv_hex} | split -b 10m - out/disk.raw.part.",
             "pipeline-S": f"tar -cS disk.raw | gzip | openssl enc -aes-128-cbc -K {key_hex} "
                           f"-iv {iv_hex} | split -b 10m - out/disk.raw.part.",
-            "amibake": "1",
-            "amibake-dense": "0",
+            "amibake": ("1", "auto"),
+            "amibake-dense": ("0", "auto"),
+            "amibake-zlib": ("1", "zlib"),
         }
-        results = {}
+        results: dict[str, dict[str, Any]] = {}
         for name, spec in contenders.items():
             out = work / "out"
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir()
-            if name.startswith("pipeline"):
+            if isinstance(spec, str):
                 argv = ["bash", "-o", "pipefail", "-c", spec]
             else:
                 argv = [sys.executable, "-c", AMIBAKE_CHILD, str(image), str(out), str(pki.cert),
-                        str(pki.key), str(pki.ec2_cert), spec]
+                        str(pki.key), str(pki.ec2_cert), *spec]
             seconds, rss, cpu, tree, _ = timed(argv, cwd=work)
             bundled = dir_bytes(out)
             results[name] = {

@@ -9,19 +9,16 @@ import hashlib
 import json
 import os
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import boto3
-import pytest
 from botocore.awsrequest import AWSResponse
-from moto import mock_aws
 
 from builder.aws.clients import Clients
 from builder.aws.ebs_upload import BLOCK_SIZE
-from builder.manifest import Manifest, load_manifest
 from builder.output import Output
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,30 +161,6 @@ AWS_ENV = {
     "AWS_SESSION_TOKEN": "testing", "AWS_DEFAULT_REGION": "us-east-1",
     "MOTO_EC2_LOAD_DEFAULT_AMIS": "false",
 }
-
-
-@pytest.fixture
-def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
-    for key, value in AWS_ENV.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    with mock_aws():
-        session = boto3.Session(region_name="us-east-1")
-        recorder = Recorder()
-        session.events.register("provide-client-params", recorder.handler)
-        yield Aws(session, Clients(session, home_region="us-east-1"), recorder)
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Path:
-    root = tmp_path / "images"
-    make_stored_image(root)
-    return root
-
-
-@pytest.fixture
-def manifest() -> Manifest:
-    return load_manifest(ROOT / "manifests" / "smallpayroll.yaml")
 
 
 def quiet() -> Output:

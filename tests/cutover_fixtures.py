@@ -51,8 +51,9 @@ OLD_ADDR, NEW_ADDR = "127.0.0.1", "127.0.0.2"
 
 __all__ = [
     "APP_PASSWORD", "NEW_ADDR", "OLD_ADDR", "SERVER_NAME", "Cluster", "Knot", "Site",
-    "Writer", "app_schema", "cutover_manifest", "free_port", "knot", "pg_pair",
-    "pg_template", "secret_env", "sites", "uploads",
+    "Writer", "app_schema", "cutover_manifest", "destroy_cluster", "free_port", "knot",
+    "knot_server", "make_template", "pg_pair", "pg_template", "secret_env", "sites",
+    "start_cluster", "uploads", "web_sites",
 ]
 
 
@@ -74,6 +75,13 @@ def _own_tmpdir(prefix: str, owner: str) -> Path:
 @pytest.fixture(scope="session")
 def pg_template() -> Iterator[Path]:
     """One initdb per session; clusters copy its data directory."""
+    data = make_template()
+    yield data
+    shutil.rmtree(data.parent, ignore_errors=True)
+
+
+def make_template() -> Path:
+    """initdb as the unprivileged user, configured for logical replication."""
     base = _own_tmpdir("amibake-pgtpl-", PG_OS_USER)
     data = base / "data"
     pwfile = base / "pw"
@@ -92,8 +100,7 @@ def pg_template() -> Iterator[Path]:
         ]))
     (data / "pg_hba.conf").write_text(
         "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
-    yield data
-    shutil.rmtree(base, ignore_errors=True)
+    return data
 
 
 @dataclass
@@ -130,22 +137,35 @@ class Cluster:
             return list(cur.fetchall()) if cur.description else []
 
 
-def _cluster(template: Path, name: str) -> Cluster:
+def start_cluster(template: Path, name: str, extra_conf: tuple[str, ...] = ()) -> Cluster:
+    """A copy of the template data directory, started on a free port."""
     base = _own_tmpdir(f"amibake-pg-{name}-", PG_OS_USER)
     data = base / "data"
     run(["cp", "-a", template, data])
+    if extra_conf:
+        with open(data / "postgresql.conf", "a") as fh:
+            fh.write("\n".join(extra_conf) + "\n")
     cl = Cluster(name, data, free_port())
-    cl.start()
+    try:
+        cl.start()
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
     return cl
+
+
+def destroy_cluster(c: Cluster) -> None:
+    c.stop()
+    shutil.rmtree(c.data.parent, ignore_errors=True)
 
 
 @pytest.fixture
 def pg_pair(pg_template: Path) -> Iterator[tuple[Cluster, Cluster]]:
     """(old, new): both have database `payroll`; old also has the app schema."""
-    old = _cluster(pg_template, "old")
+    old = start_cluster(pg_template, "old")
     new = None
     try:
-        new = _cluster(pg_template, "new")
+        new = start_cluster(pg_template, "new")
         for c in (old, new):
             c.sql("CREATE DATABASE payroll", dbname="postgres")
         app_schema(old)
@@ -153,8 +173,7 @@ def pg_pair(pg_template: Path) -> Iterator[tuple[Cluster, Cluster]]:
     finally:
         for c in (old, new):
             if c is not None:
-                c.stop()
-                shutil.rmtree(c.data.parent, ignore_errors=True)
+                destroy_cluster(c)
 
 
 def app_schema(c: Cluster) -> None:
@@ -185,20 +204,28 @@ class Writer(threading.Thread):
         super().__init__(daemon=True)
         self.target = target
         self.acked: list[int] = []
+        #: (time.monotonic(), n, cluster name) of every acknowledged insert
+        self.log: list[tuple[float, int, str]] = []
         self.refused = 0
         self.stop_event = threading.Event()
         self.n = 0
 
     def run(self) -> None:
         conn = None
+        conn_target: Cluster | None = None
         while not self.stop_event.is_set():
             try:
-                if conn is None:
-                    conn = psycopg.connect(self.target.dsn(user="app", password=APP_PASSWORD),
+                if conn is None or conn_target is not self.target:
+                    if conn is not None:
+                        conn.close()
+                    conn_target = self.target
+                    conn = psycopg.connect(conn_target.dsn(user="app", password=APP_PASSWORD),
                                            autocommit=True)
                 self.n += 1
+                target = conn_target
                 conn.execute("INSERT INTO writes (n) VALUES (%s)", (self.n,))
                 self.acked.append(self.n)
+                self.log.append((time.monotonic(), self.n, target.name))
             except psycopg.Error:
                 self.refused += 1
                 if conn is not None:
@@ -249,6 +276,12 @@ class Knot:
 
 @pytest.fixture
 def knot() -> Iterator[Knot]:
+    with knot_server() as k:
+        yield k
+
+
+@contextlib.contextmanager
+def knot_server() -> Iterator[Knot]:
     """knotd on 127.0.0.1 and 127.0.0.2 (two NS addresses), one zone, TSIG key
     generated for this test; the record starts at the old address, TTL 300."""
     base = _own_tmpdir("amibake-knot-", "knot")
@@ -405,6 +438,12 @@ def _start_site(manifest: Manifest, address: str, port: int, name: str, *,
 
 @pytest.fixture
 def sites() -> Iterator[tuple[Site, Site]]:
+    with web_sites() as s:
+        yield s
+
+
+@contextlib.contextmanager
+def web_sites() -> Iterator[tuple[Site, Site]]:
     """(old, new) web servers on the same port at the old and new addresses."""
     manifest = load_manifest(ROOT / "manifests" / "smallpayroll.yaml")
     port = free_port()

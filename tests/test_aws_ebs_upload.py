@@ -33,7 +33,7 @@ from tests.aws_fixtures import (
 NONZERO = {*DATA_BLOCKS, PARTIAL_BLOCK}
 NO_SLEEP = {"sleep": lambda _s: None}
 
-pytest_plugins = ("tests.aws_fixtures",)  # fixtures: aws, store, manifest
+pytest_plugins = ("tests.aws_plugin",)  # fixtures: aws, store, manifest
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from tests.test_publish_lifecycle import publish_versions
 
 ROOT = Path(__file__).resolve().parent.parent
 
-pytest_plugins = ("tests.aws_fixtures",)  # fixtures: aws, store, manifest
+pytest_plugins = ("tests.aws_plugin",)  # fixtures: aws, store, manifest
 
 
 def recorded(aws: Aws) -> set[str]:
@@ -132,6 +132,11 @@ def test_policy_document_and_cli(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["iam-policy"]) == 0
     both = json.loads(capsys.readouterr().out)
     assert {a for s in both["Statement"] for a in s["Action"]} >= PUBLISH_ACTIONS
+    assert not any(a.startswith("kms:") for s in both["Statement"] for a in s["Action"])
+    assert main(["iam-policy", "--publish", "--kms"]) == 0
+    with_kms = json.loads(capsys.readouterr().out)
+    grants = [s for s in with_kms["Statement"] if s["Action"] == ["kms:CreateGrant"]]
+    assert grants[0]["Condition"] == {"Bool": {"kms:GrantIsForAWSResource": "true"}}
 
 
 def test_every_client_method_in_the_code_is_in_a_policy() -> None:

@@ -17,7 +17,7 @@ from tests.aws_fixtures import (
     Aws,
 )
 
-pytest_plugins = ("tests.aws_fixtures",)  # fixtures: aws, store, manifest
+pytest_plugins = ("tests.aws_plugin",)  # fixtures: aws, store, manifest
 
 
 def published_ami(aws: Aws) -> str:

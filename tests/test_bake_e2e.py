@@ -112,6 +112,23 @@ def test_rendered_files_and_units(baked_image: StoredImage) -> None:
     assert "name: admin" in cfg
 
 
+def test_the_bake_never_writes_into_the_cached_layer(baked_image: StoredImage) -> None:
+    """The bake's tree is hard links into the cached tree: config files must be
+    replaced, never written into, or the cache would carry one bake's config."""
+    from builder.bake.cache import default_cache_dir
+
+    key = baked_image.inputs["base_layer"].removeprefix("sha256:")
+    cached = default_cache_dir() / "base" / f"{key}.tree"
+    assert cached.is_dir()
+    assert not (cached / "boot/grub/grub.cfg").exists()
+    assert not (cached / "etc/amibake").exists()
+    assert "\napp:" not in "\n" + (cached / "etc/passwd").read_text()
+    assert (cached / "etc/systemd/system/multi-user.target.wants/nginx.service").is_symlink()
+    assert not (cached / "etc/systemd/system/amibake-dispatch.service").exists()
+    packaged = (cached / "etc/nginx/nginx.conf").read_text()
+    assert "amibake" not in packaged
+
+
 def test_unchanged_manifest_is_a_no_op(baked_image: StoredImage) -> None:
     store_root = baked_image.dir.parent.parent
     mtime = baked_image.disk_path.stat().st_mtime_ns

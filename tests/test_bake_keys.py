@@ -37,7 +37,8 @@ def test_one_role_config_change_changes_only_the_config_layer(tmp_path: Path) ->
 
 def test_an_extra_package_changes_the_base_layer(tmp_path: Path) -> None:
     before = _plan(SEED_MANIFEST)
-    after = _plan(copy_manifest(tmp_path, ("  login_user: admin\n", "  login_user: admin\n  packages: [less]\n")))
+    after = _plan(copy_manifest(
+        tmp_path, ("  login_user: admin\n", "  login_user: admin\n  packages: [less]\n")))
     assert "less" in after.base.packages
     assert before.inputs["base_layer"] != after.inputs["base_layer"]
     assert before.base.root_uuid() != after.base.root_uuid()
@@ -68,7 +69,9 @@ def test_roles_subset_changes_roles_and_config(tmp_path: Path) -> None:
         with_roles(manifest, ["nosuch"])
 
 
-def test_base_key_follows_hooks_and_sources(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_base_key_follows_hooks_and_sources(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     spec = _plan(SEED_MANIFEST).base
     key = spec.key()
     monkeypatch.setattr(rootfs, "SETUP_HOOK", rootfs.SETUP_HOOK + "# changed\n")
@@ -93,7 +96,8 @@ def test_host_sources_are_read_from_apt(tmp_path: Path) -> None:
         "Types: deb\nURIs: http://mirror.invalid/debian\nSuites: bookworm bookworm-updates\n"
         "Components: main\n\nTypes: deb-src\nSuites: bookworm\n")
     assert host_sources("bookworm", apt) == (apt / "sources.list.d/y.sources",)
-    (apt / "sources.list").write_text("deb [arch=amd64] http://mirror.invalid/debian bookworm main\n")
+    (apt / "sources.list").write_text(
+        "deb [arch=amd64] http://mirror.invalid/debian bookworm main\n")
     assert host_sources("bookworm", apt)[0] == apt / "sources.list"
 
 

@@ -161,3 +161,22 @@ def test_upload_bundle_verb(tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixt
         assert again["uploaded"] == [] and len(again["skipped"]) == 3
         s3 = boto3.client("s3", region_name="eu-west-1")
         assert s3.get_bucket_location(Bucket="my-bundles")["LocationConstraint"] == "eu-west-1"
+
+
+def test_live_root_excludes() -> None:
+    from builder.bundle.volume import VolumeRequest, rsync_filters
+    from builder.errors import UserError
+
+    request = VolumeRequest(source=Path("/"), image=Path("/var/bundles/img/image"),
+                            excludes=("/srv/cache", "*.log"))
+    args = rsync_filters(Path("/"), request)
+    excluded = [args[i + 1] for i in range(0, len(args), 2)]
+    assert args[::2] == ["--exclude"] * len(excluded)
+    for path in ("/mnt/*", "/proc/*", "/sys/*", "/dev/*", "/tmp/*", "/run/*",
+                 "/var/bundles/img", "/srv/cache", "*.log", "*.pem", ".ssh/authorized_keys"):
+        assert path in excluded
+    unfiltered = rsync_filters(Path("/"), VolumeRequest(source=Path("/"), image=Path("/mnt/x"),
+                                                        filter_sensitive=False))
+    assert "*.pem" not in unfiltered
+    with pytest.raises(UserError, match="is the volume itself"):
+        rsync_filters(Path("/srv"), VolumeRequest(source=Path("/srv"), image=Path("/srv/img")))

@@ -425,3 +425,44 @@ def test_bad_inputs_are_user_errors(tmp_path: Path, creds: BundleCredentials, pk
         BundleCredentials.load(pki.cert, pki.other_key, pki.ec2_cert)
     with pytest.raises(UserError, match="not an X.509 certificate"):
         BundleCredentials.load(pki.key, pki.key, pki.ec2_cert)
+
+
+def test_wrong_image_digest_or_size_in_a_signed_manifest(tmp_path: Path,
+                                                         creds: BundleCredentials,
+                                                         pki: Pki) -> None:
+    """Parts intact, manifest validly signed, but its digest/size lie: refused."""
+    image = tmp_path / "disk.raw"
+    image.write_bytes(os.urandom(3 * MiB))
+    made = make_bundle(image, tmp_path / "out", creds)
+    user_pub = creds.user_cert.public_key()
+    ec2_pub = creds.ec2_cert.public_key()
+    for change, message in (({"digest": "0" * 40}, "image digest does not match"),
+                            ({"size": 3 * MiB + 1}, "the manifest says 3145729")):
+        forged = manifest_xml.BundleManifest(**{**made.manifest.__dict__, **change})
+        made.manifest_path.write_bytes(
+            manifest_xml.render(forged, creds.user_key, user_pub, ec2_pub))  # type: ignore[arg-type]
+        with pytest.raises(UserError, match=message):
+            unbundle(made.manifest_path, pki.key, output=tmp_path / "back.raw", cert=pki.cert)
+        assert not (tmp_path / "back.raw").exists()
+
+
+def test_tar_receiver_rejects_malformed_streams() -> None:
+    from builder.bundle.tarstream import TarFormatError, TarReceiver, member_header
+
+    def receiver() -> TarReceiver:
+        return TarReceiver(lambda data, offset: None)
+
+    header = member_header("disk.raw", 5, 0, None)
+    bad = bytearray(header)
+    bad[0] ^= 1
+    with pytest.raises(TarFormatError, match="checksum"):
+        receiver().feed(bytes(bad))
+    with pytest.raises(TarFormatError, match="more than one file"):
+        receiver().feed(header + b"hello" + bytes(507) + header)
+    with pytest.raises(TarFormatError, match="after the end"):
+        receiver().feed(header + b"hello" + bytes(507) + bytes(1024) + b"junk")
+    with pytest.raises(TarFormatError, match="holds no file"):
+        receiver().feed(bytes(1024))
+    ok = receiver()
+    ok.feed(header + b"hello" + bytes(507 + 1024))
+    assert ok.done and ok.name == "disk.raw" and ok.size == 5

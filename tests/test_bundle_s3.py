@@ -16,7 +16,12 @@ from bundle_pki import make_pki
 from moto import mock_aws
 
 from builder.bundle.certs import BundleCredentials
-from builder.bundle.s3_upload import UploadSettings, split_location, upload_bundle
+from builder.bundle.s3_upload import (
+    UploadSettings,
+    delete_bundle_at,
+    split_location,
+    upload_bundle,
+)
 from builder.bundle.writer import BundleRequest, BundleResult, bundle_image
 from builder.errors import UserError
 
@@ -229,3 +234,14 @@ def test_invalid_bucket_name_is_a_user_error(bundle: BundleResult) -> None:
     assert rec.calls == []
     with pytest.raises(UserError, match="invalid bucket name"):
         split_location("ab/prefix")
+
+
+def test_delete_bundle_at_image_location(bundle: BundleResult) -> None:
+    s3 = boto3.client("s3", region_name="eu-west-1")
+    result = upload_bundle(s3, bundle.manifest_path, "gone/smallpayroll/1.0.0")
+    s3.put_object(Bucket="gone", Key="smallpayroll/1.0.0/other", Body=b"stays")
+    deleted = delete_bundle_at(s3, result.image_location)
+    assert len(deleted) == 4
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket="gone").get("Contents", [])]
+    assert keys == ["smallpayroll/1.0.0/other"]
+    assert delete_bundle_at(s3, result.image_location) == []  # idempotent

@@ -29,8 +29,8 @@ def _build(tmp_path: Path, seed: str = "seed-1") -> tuple[Path, disk.DiskLayout]
     layout = disk.plan_layout(1 * disk.GIB, 64 * disk.MIB, seed)
     path = tmp_path / "disk.raw"
     disk.create_disk(path, layout)
-    disk.make_root_fs(tmp_path / "root.ext4", tree, layout.root.size, ROOT_UUID, "amibake-root")
-    disk.place(path, tmp_path / "root.ext4", layout.root)
+    disk.make_root_fs(path, tree, layout.root.size, ROOT_UUID, "amibake-root",
+                      offset=layout.root.start)
     efi = bootloader.build_efi(tmp_path / "BOOTX64.EFI", ROOT_UUID)
     disk.make_esp(tmp_path / "esp.vfat", layout.esp.size, efi, "1234abcd")
     disk.place(path, tmp_path / "esp.vfat", layout.esp)
@@ -138,6 +138,16 @@ def test_core_img_must_fit_the_bios_boot_partition(tmp_path: Path) -> None:
     path, layout = _build(tmp_path)
     with pytest.raises(UserError, match="BIOS boot partition"):
         bootloader.install_bios(path, tmp_path / "core.img", layout.bios.start // 512, 8)
+
+
+def test_root_fs_written_in_place_leaves_the_rest_of_the_disk(tmp_path: Path) -> None:
+    path, layout = _build(tmp_path)
+    verify = subprocess.run(["sgdisk", "--verify", path], capture_output=True, text=True)
+    assert "No problems found" in verify.stdout, verify.stdout  # both GPT copies intact
+    fs_end = layout.root.start + layout.root.size
+    with path.open("rb") as f:
+        f.seek(fs_end)
+        assert f.read(disk.MIB) == bytes(disk.MIB)
 
 
 def test_place_keeps_holes(tmp_path: Path) -> None:

@@ -108,3 +108,20 @@ def test_progress_bar_shows_rate_and_eta_on_a_terminal_only() -> None:
     silent.advance(5)
     silent.finish()
     assert quiet.getvalue() == ""
+
+
+def test_bake_target_aws_calls_publish_like_this(endpoint: str, tmp_path: Path) -> None:
+    """The call `amibake bake --target aws` makes (builder/commands/bake.py)."""
+    import argparse
+
+    from builder.commands import publish as publish_command
+
+    store = tmp_path / "images"
+    make_stored_image(store)
+    args = argparse.Namespace(
+        manifest=MANIFEST, image_version="1.0.0", images=store, dry_run=False,
+        concurrency=8, profile=None, region=None, endpoint_url=endpoint)
+    captured = io.StringIO()
+    assert publish_command.run(args, Output(json_mode=True, stdout=captured)) == 0
+    doc = json.loads(captured.getvalue())
+    assert doc["published"] is True and doc["images"]["us-east-1"].startswith("ami-")

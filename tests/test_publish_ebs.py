@@ -31,7 +31,7 @@ from tests.aws_fixtures import (
 
 REGIONS = ("us-east-1", "eu-west-1")
 
-pytest_plugins = ("tests.aws_fixtures",)  # fixtures: aws, store, manifest
+pytest_plugins = ("tests.aws_plugin",)  # fixtures: aws, store, manifest
 
 
 def make_ctx(aws: Aws, store: Path, manifest: Manifest, *, version: str = "1.0.0",

@@ -20,7 +20,7 @@ from tests.aws_fixtures import (
 )
 from tests.test_publish_ebs import REGIONS, fast_steps, make_ctx
 
-pytest_plugins = ("tests.aws_fixtures",)  # fixtures: aws, store, manifest
+pytest_plugins = ("tests.aws_plugin",)  # fixtures: aws, store, manifest
 
 
 def publish_versions(aws: Aws, store: Path, manifest: Manifest,
@@ -89,6 +89,19 @@ def test_prune_keeps_newest_latest_and_in_use(aws: Aws, store: Path,
         names = {p["Name"] for p in aws.clients.ssm(region).describe_parameters()["Parameters"]}
         assert "/amibake/smallpayroll/1.3.0" not in names
         assert "/amibake/smallpayroll/2.0.0" in names
+
+
+def test_prune_resolves_ssm_names_in_launch_templates(aws: Aws, store: Path,
+                                                     manifest: Manifest) -> None:
+    ids = publish_versions(aws, store, manifest, ["1.0.0", "1.1.0", "1.2.0"])
+    aws.clients.ec2().create_launch_template(
+        LaunchTemplateName="pinned",
+        LaunchTemplateData={"ImageId": "resolve:ssm:/amibake/smallpayroll/1.0.0"})
+    plan = prune(aws.clients, REGIONS, "smallpayroll", keep=1, dry_run=True)
+    deleted = {a.ident for a in plan.of("delete") if a.kind == "image"}
+    assert deleted == {ids["1.1.0"][r] for r in REGIONS}
+    kept = [a for a in plan.of("keep") if a.ident == ids["1.0.0"]["us-east-1"]]
+    assert "launch template pinned" in kept[0].reason
 
 
 def test_gc_removes_a_crashed_runs_leftovers_only(aws: Aws, store: Path,

@@ -21,6 +21,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -90,7 +91,12 @@ def test_nginx_setup_writes_the_upstream_from_hosts_env(tmp_path: Path) -> None:
     script = write_script(tmp_path, files_of(MANIFESTS[-1])["/usr/lib/amibake/setup/nginx.sh"])
     upstream = tmp_path / "upstream-servers.conf"
     hosts = tmp_path / "hosts.env"
-    env = {"AMIBAKE_HOSTS_ENV": str(hosts), "AMIBAKE_UPSTREAM_FILE": str(upstream)}
+    calls = tmp_path / "systemctl.calls"
+    systemctl = tmp_path / "systemctl"
+    systemctl.write_text(f'#!/bin/sh\necho "$*" >>{calls}\n')
+    systemctl.chmod(0o755)
+    env = {"AMIBAKE_HOSTS_ENV": str(hosts), "AMIBAKE_UPSTREAM_FILE": str(upstream),
+           "AMIBAKE_SYSTEMCTL": str(systemctl)}
     run([script], env=env)  # no hosts.env: this host
     assert [ln for ln in upstream.read_text().splitlines() if not ln.startswith("#")] == [
         "server 127.0.0.1:8000;", "server 127.0.0.1:8001;", "server 127.0.0.1:8002;",
@@ -101,7 +107,10 @@ def test_nginx_setup_writes_the_upstream_from_hosts_env(tmp_path: Path) -> None:
     assert servers == [f"server 10.0.1.{h}:{p};" for h in (5, 6) for p in (8000, 8001, 8002)]
     assert stat.S_IMODE(upstream.stat().st_mode) == 0o644
     assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "hosts.env", "nginx.sh", "upstream-servers.conf"]  # no temp file left
+        "hosts.env", "nginx.sh", "systemctl", "systemctl.calls",
+        "upstream-servers.conf"]  # no temp file left
+    # nginx picks the config up if it is already running (a fried boot).
+    assert calls.read_text() == "try-reload-or-restart nginx.service\n" * 2
 
 
 def test_app_env_builds_database_url_from_the_secret(tmp_path: Path) -> None:
@@ -149,6 +158,112 @@ def test_sysusers_and_tmpfiles_create_the_app_user_and_uploads(tmp_path: Path) -
     assert uploads.is_dir()
     assert stat.S_IMODE(uploads.stat().st_mode) == 0o750
     assert uploads.stat().st_uid == uid
+
+
+# ------------------------------------------------ the instance store (/mnt)
+
+
+@contextmanager
+def loop_device(tmp_path: Path, size: int = 64 << 20) -> Iterator[str]:
+    """A blank block device (a loop device on a sparse file), always detached."""
+    backing = tmp_path / "ephemeral0.img"
+    with backing.open("wb") as f:
+        f.truncate(size)
+    device = run(["losetup", "--find", "--show", backing], capture=True).stdout.strip()
+    try:
+        yield device
+    finally:
+        run(["losetup", "-d", device], check=False)
+
+
+def mount_store(tmp_path: Path, imds_url: str, mount: Path) -> subprocess.CompletedProcess[str]:
+    script = write_script(tmp_path, files_of(MANIFESTS[-1])["/usr/lib/amibake/setup/postgresql.sh"])
+    return subprocess.run([str(script)], capture_output=True, text=True, timeout=120, env={
+        **os.environ,
+        "AMIBAKE_PG_STEPS": "mount_store",
+        "AMIBAKE_IMDS_URL": imds_url,
+        "AMIBAKE_PG_MOUNT": str(mount),
+        "AMIBAKE_FSTAB": str(tmp_path / "fstab"),
+    })
+
+
+def test_postgresql_mounts_the_instance_store_from_imds(tmp_path: Path) -> None:
+    from builder.imds import ImdsConfig, ImdsServer
+
+    mount = tmp_path / "mnt"
+    (tmp_path / "fstab").write_text("# fstab\n")
+    with loop_device(tmp_path) as device:
+        bdm = {"ami": "/dev/xvda", "root": "/dev/xvda", "ephemeral0": device.removeprefix("/dev/")}
+        try:
+            with ImdsServer(ImdsConfig(block_device_mapping=bdm)) as imds:
+                first = mount_store(tmp_path, imds.url, mount)
+                assert first.returncode == 0, first.stderr
+                assert f"making an ext4 filesystem on blank {device}" in first.stderr
+                assert run(["findmnt", "-n", "-o", "SOURCE", mount], capture=True).stdout.strip() \
+                    == device
+                assert run(["blkid", "-s", "LABEL", "-o", "value", device],
+                           capture=True).stdout.strip() == "ephemeral0"
+                uuid_ = run(["blkid", "-s", "UUID", "-o", "value", device], capture=True).stdout
+                assert (f"UUID={uuid_.strip()} {mount} auto defaults,nofail,"
+                        "x-systemd.device-timeout=10s 0 2") in (tmp_path / "fstab").read_text()
+                (mount / "kept").write_text("data")
+                again = mount_store(tmp_path, imds.url, mount)  # idempotent
+                assert again.returncode == 0 and "already mounted" in again.stderr
+                run(["umount", mount])
+                # A reboot: the filesystem is mounted again, never re-made.
+                third = mount_store(tmp_path, imds.url, mount)
+                assert third.returncode == 0, third.stderr
+                assert "making an ext4" not in third.stderr
+                assert (mount / "kept").read_text() == "data"
+                assert (tmp_path / "fstab").read_text().count("UUID=") == 1
+        finally:
+            run(["umount", mount], check=False)
+
+
+def test_postgresql_refuses_a_missing_instance_store(tmp_path: Path) -> None:
+    from builder.imds import ImdsConfig, ImdsServer
+
+    (tmp_path / "fstab").write_text("")
+    bdm = {"ami": "/dev/xvda", "root": "/dev/xvda", "ephemeral0": "sdzz"}
+    with ImdsServer(ImdsConfig(block_device_mapping=bdm)) as imds:
+        result = mount_store(tmp_path, imds.url, tmp_path / "mnt")
+    assert result.returncode == 1
+    assert "instance store ephemeral0 not found" in result.stderr
+    assert (tmp_path / "fstab").read_text() == ""
+
+
+def test_app_env_with_the_real_secret_resolver_and_imds(tmp_path: Path) -> None:
+    """H3's amibake-secret, as baked, reads the secret named in the rendered roles.json
+    from the metadata emulator's secrets endpoint (named by a user-data marker)."""
+    from builder.imds import ImdsConfig, ImdsServer
+    from builder.render import render_role
+
+    manifest = load_manifest(MANIFESTS[-1])
+    root = tmp_path / "root"
+    for path, file in files_of(MANIFESTS[-1]).items():
+        if path.startswith(("/etc/amibake/", "/usr/lib/amibake/")):
+            target = root / path.lstrip("/")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(file.content)
+            target.chmod(file.mode)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    user_data = render_role(manifest, "app", baked=True,
+                            markers={"secrets-endpoint": url}).user_data
+    config = ImdsConfig(user_data=user_data, secrets={"/smallpayroll/db-password": TRICKY})
+    with ImdsServer(config, port=port):
+        run([root / "usr/lib/amibake/setup/app-env.sh"], env={
+            "AMIBAKE_ROOT": str(root),
+            "AMIBAKE_IMDS_URL": url,
+            "AMIBAKE_SECRET_TOOL": str(root / "usr/lib/amibake/amibake-secret"),
+            "AMIBAKE_HOSTS_ENV": str(tmp_path / "hosts.env"),
+            "AMIBAKE_APP_ENV": str(tmp_path / "app.env"),
+        })
+    from urllib.parse import quote
+
+    assert (tmp_path / "app.env").read_text() == (
+        f"DATABASE_URL=postgres://payroll:{quote(TRICKY, safe='')}@127.0.0.1:5432/payroll_prod\n"
+    )
 
 
 # ------------------------------------------------------- PostgreSQL + the app

@@ -312,6 +312,11 @@ def test_render_verb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert main(["render", str(manifest), "--role", "nope"]) == 1
     assert "no role 'nope'" in capsys.readouterr().err
     assert main(["render", str(manifest), "--role", "web", "--host", "app"]) == 1
+    assert main(["render", str(manifest), "--role", "db", "--baked", "--out", str(tmp_path),
+                 "--marker", "secrets-endpoint=http://127.0.0.1:9/"]) == 0
+    assert b"\n# amibake-secrets-endpoint: http://127.0.0.1:9/\n" in (
+        tmp_path / "db.baked.user-data").read_bytes()
+    assert main(["render", str(manifest), "--role", "db", "--marker", "x"]) == 1
 
 
 def test_render_verb_prints_user_data(tmp_path: Path) -> None:

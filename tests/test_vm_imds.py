@@ -1,7 +1,7 @@
 """A local instance's metadata, as the guest sees it through the relay.
 
 The emulator is builder.imds (real HTTP server on loopback); each request
-goes through its own `python -m builder.vm.relay` process, as qemu's
+goes through its own relay process, as qemu's
 guestfwd cmd: form runs it.
 """
 
@@ -9,16 +9,16 @@ from __future__ import annotations
 
 import gzip
 import json
+import shlex
 import subprocess
-import sys
 
 from builder.vm.imds import imds_server
 from builder.vm.metadata import LocalInstanceIdentity, new_instance_id
-from builder.vm.qemu import GUEST_ADDRESS, mac_for
+from builder.vm.qemu import GUEST_ADDRESS, mac_for, relay_command
 
 
 def through_relay(port: int, request: bytes) -> tuple[int, bytes]:
-    proc = subprocess.run([sys.executable, "-m", "builder.vm.relay", str(port)],
+    proc = subprocess.run(shlex.split(relay_command(port)),
                           input=request, capture_output=True, timeout=20, check=True)
     head, _, body = proc.stdout.partition(b"\r\n\r\n")
     return int(head.split()[1]), body

@@ -10,7 +10,7 @@ import pytest
 from builder.errors import UserError
 from builder.vm.accel import TCG_ARGS, Accel
 from builder.vm.firmware import OVMF_CODE, prepare_firmware
-from builder.vm.qemu import Ports, VmPaths, VmSpec, build_command, relay_command
+from builder.vm.qemu import RELAY_SCRIPT, Ports, VmPaths, VmSpec, build_command, relay_command
 
 TCG = Accel("tcg", TCG_ARGS, "test")
 
@@ -58,12 +58,13 @@ def test_network_forwards_metadata_through_a_per_connection_relay(tmp_path: Path
     (guestfwd,) = [p for p in parts if p.startswith("guestfwd=")]
     # the cmd: form (one relay per connection), not the tcp: target form
     assert guestfwd == ("guestfwd=tcp:169.254.169.254:80-cmd:"
-                        "/venv/bin/python -m builder.vm.relay 41234")
+                        f"/venv/bin/python -S -I {RELAY_SCRIPT} 41234")
+    assert RELAY_SCRIPT.is_file()
 
 
 def test_commas_in_the_python_path_are_escaped(tmp_path: Path) -> None:
     (netdev,) = _opt_after(_command(tmp_path, python="/opt/a,b/python"), "-netdev")
-    assert "cmd:/opt/a,,b/python -m builder.vm.relay 41234" in netdev
+    assert f"cmd:/opt/a,,b/python -S -I {RELAY_SCRIPT} 41234" in netdev
     assert shlex.split(relay_command(7, "/x y/python"))[0] == "/x y/python"
 
 

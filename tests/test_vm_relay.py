@@ -1,17 +1,21 @@
-"""The guestfwd relay: stdin/stdout ↔ TCP, one process per connection."""
+"""The guestfwd relay: stdin/stdout ↔ TCP, one process per connection.
+
+Run exactly as qemu runs it (`relay_command`: the script with -S -I).
+"""
 
 from __future__ import annotations
 
 import os
+import shlex
 import socket
 import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from builder.vm.qemu import relay_command
 from builder.vm.relay import relay
 
 
@@ -63,7 +67,7 @@ def test_many_connections_each_get_their_own_relay_process(
     """What the `tcp:` form of guestfwd could not do: every connection answered."""
     port = server.server_address[1]
     procs = [
-        subprocess.Popen([sys.executable, "-m", "builder.vm.relay", str(port)],
+        subprocess.Popen(shlex.split(relay_command(port)),
                          stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         for _ in range(5)
     ]
@@ -77,7 +81,7 @@ def test_relay_to_a_closed_port_fails_fast() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    p = subprocess.run([sys.executable, "-m", "builder.vm.relay", str(port)],
+    p = subprocess.run(shlex.split(relay_command(port)),
                        input=b"GET / HTTP/1.0\r\n\r\n", capture_output=True, timeout=20)
     assert p.returncode != 0 and p.stdout == b""
     assert b"ConnectionRefusedError" in p.stderr

@@ -58,6 +58,16 @@ IMPLIED: dict[str, dict[str, str]] = {
     },
 }
 
+#: EBS encryption with a customer KMS key (publish.kms_key_ids): AWS calls KMS
+#: on amibake's behalf, so these never show up as calls of ours.
+KMS_ACTIONS: tuple[str, ...] = (
+    "kms:Decrypt",
+    "kms:DescribeKey",
+    "kms:GenerateDataKeyWithoutPlaintext",
+    "kms:ReEncryptFrom",
+    "kms:ReEncryptTo",
+)
+
 SERVICE_PREFIX = {"ec2": "ec2", "ebs": "ebs", "ssm": "ssm", "sts": "sts"}
 
 
@@ -75,11 +85,19 @@ def actions_for(*, publish: bool, launch: bool) -> list[str]:
     return sorted(chosen)
 
 
-def policy_document(*, publish: bool = True, launch: bool = True) -> dict[str, Any]:
+def policy_document(*, publish: bool = True, launch: bool = True,
+                    kms: bool = False) -> dict[str, Any]:
+    """The policy; `kms` adds the KMS permissions EBS encryption needs."""
     statements: list[dict[str, Any]] = []
     for sid, wanted, base in (("AmibakePublish", publish, PUBLISH_ACTIONS),
                               ("AmibakeLaunch", launch, LAUNCH_ACTIONS | set(IMPLIED["launch"]))):
         if wanted:
             statements.append({"Sid": sid, "Effect": "Allow", "Action": sorted(base),
                                "Resource": "*"})
+    if kms:
+        statements.append({"Sid": "AmibakeEbsEncryption", "Effect": "Allow",
+                           "Action": list(KMS_ACTIONS), "Resource": "*"})
+        statements.append({"Sid": "AmibakeEbsEncryptionGrants", "Effect": "Allow",
+                           "Action": ["kms:CreateGrant"], "Resource": "*",
+                           "Condition": {"Bool": {"kms:GrantIsForAWSResource": "true"}}})
     return {"Version": "2012-10-17", "Statement": statements}

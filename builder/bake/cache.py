@@ -2,6 +2,9 @@
 
     <cache>/base/<key>.tar.zst   the tree (owners, modes, xattrs kept)
     <cache>/base/<key>.json      what it holds: spec, kernel, packages, sizes
+    <cache>/base/<key>.tree/     the same tree unpacked: a bake takes a copy
+                                 made of hard links (`cp -al`, about a second);
+                                 the config layer replaces files, never edits one
     <cache>/work/<pid>-<rand>/   a bake's scratch space (removed by the bake;
                                  `cache prune` removes those of dead processes)
 
@@ -59,6 +62,9 @@ class LayerCache:
     def _meta_path(self, key: str) -> Path:
         return self.base_dir / f"{key}.json"
 
+    def tree(self, key: str) -> Path:
+        return self.base_dir / f"{key}.tree"
+
     def lookup(self, key: str) -> CacheEntry | None:
         archive, meta_path = self.archive(key), self._meta_path(key)
         if not (archive.is_file() and meta_path.is_file()):
@@ -66,22 +72,35 @@ class LayerCache:
         meta = json.loads(meta_path.read_text())
         return CacheEntry(key, archive, meta, archive.stat().st_size, meta_path.stat().st_mtime)
 
+    def staging_tree(self, key: str) -> Path:
+        """An empty directory to build the layer `key` in (then `store` it)."""
+        self.base_dir.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".tmp-{key[:12]}-", suffix=".tree",
+                                     dir=self.base_dir))
+
     def store(self, key: str, tree: Path, meta: dict[str, Any]) -> CacheEntry:
-        """Archive `tree` under `key` (atomically: temp file, then rename)."""
+        """Archive `tree` under `key` (atomically: temp file, then rename).
+
+        A tree from `staging_tree` is kept as the unpacked copy too (renamed).
+        """
         self.base_dir.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{key[:12]}-", dir=self.base_dir)
         os.close(fd)
         tmp = Path(tmp_name)
+        meta_tmp = tmp.with_suffix(".json")
         try:
             run(["tar", "--create", "--file", tmp, "--use-compress-program=zstd -T0 -3",
                  *TAR_OPTIONS, "-C", tree, "."])
-            meta_tmp = tmp.with_suffix(".json")
+            tmp.chmod(0o644)
             meta_tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            if tree.parent == self.base_dir and tree.name.startswith(".tmp-"):
+                self._drop_tree(key)
+                os.replace(tree, self.tree(key))
             os.replace(tmp, self.archive(key))
             os.replace(meta_tmp, self._meta_path(key))
         finally:
             tmp.unlink(missing_ok=True)
-            tmp.with_suffix(".json").unlink(missing_ok=True)
+            meta_tmp.unlink(missing_ok=True)
         entry = self.lookup(key)
         assert entry is not None
         return entry
@@ -92,6 +111,30 @@ class LayerCache:
         run(["tar", "--extract", "--file", entry.archive, "--use-compress-program=zstd -T0",
              *TAR_OPTIONS, "--same-permissions", "--same-owner", "-C", dest])
         os.utime(self._meta_path(entry.key))
+
+    def checkout(self, entry: CacheEntry, dest: Path) -> None:
+        """A copy of the layer's tree at `dest` (absent), made of hard links.
+
+        Files in `dest` share their inodes with the cache: whoever changes the
+        copy must replace files (unlink, then write), never write into them.
+        """
+        tree = self.tree(entry.key)
+        if not tree.is_dir():
+            unpacking = self.staging_tree(entry.key)
+            try:
+                self.extract(entry, unpacking)
+                os.replace(unpacking, tree)
+            finally:
+                shutil.rmtree(unpacking, ignore_errors=True)
+        run(["cp", "-a", "--link", tree, dest])
+        os.utime(self._meta_path(entry.key))
+
+    def _drop_tree(self, key: str) -> None:
+        tree = self.tree(key)
+        if tree.exists():
+            doomed = Path(tempfile.mkdtemp(prefix=".tmp-drop-", dir=self.base_dir))
+            os.replace(tree, doomed / "tree")
+            shutil.rmtree(doomed, ignore_errors=True)
 
     def entries(self) -> list[CacheEntry]:
         """Cached base layers, most recently used first."""
@@ -119,13 +162,17 @@ class LayerCache:
         """Keep the `keep` most recently used layers; drop leftovers of dead bakes."""
         removed: list[Path] = []
         for entry in self.entries()[keep:]:
+            self._drop_tree(entry.key)
             for path in (entry.archive, self._meta_path(entry.key)):
                 path.unlink(missing_ok=True)
             removed.append(entry.archive)
         if self.base_dir.is_dir():
             for tmp in self.base_dir.glob(".tmp-*"):
                 if time.time() - tmp.stat().st_mtime > 3600:
-                    tmp.unlink(missing_ok=True)
+                    if tmp.is_dir():
+                        shutil.rmtree(tmp, ignore_errors=True)
+                    else:
+                        tmp.unlink(missing_ok=True)
                     removed.append(tmp)
         if self.work_root.is_dir():
             for work in self.work_root.iterdir():

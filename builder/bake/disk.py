@@ -106,13 +106,21 @@ def create_disk(disk: Path, layout: DiskLayout) -> None:
         input=sfdisk_script(disk, layout))
 
 
-def make_root_fs(image: Path, tree: Path, size: int, fs_uuid: str, label: str) -> None:
-    """ext4 from a directory (`mkfs.ext4 -d`): no mount, no loop device."""
-    with image.open("wb") as f:
-        f.truncate(size)
+def make_root_fs(
+    target: Path, tree: Path, size: int, fs_uuid: str, label: str, offset: int = 0
+) -> None:
+    """ext4 from a directory (`mkfs.ext4 -d`): no mount, no loop device.
+
+    With `offset`, the filesystem is written straight into the disk file at
+    that byte offset (its partition), so it is never copied.
+    """
+    if offset == 0:
+        with target.open("wb") as f:
+            f.truncate(size)
     run(
-        ["mkfs.ext4", "-q", "-F", "-L", label, "-U", fs_uuid, "-E", f"hash_seed={fs_uuid}",
-         "-b", "4096", "-I", "256", "-d", tree, image],
+        ["mkfs.ext4", "-q", "-F", "-L", label, "-U", fs_uuid, "-b", "4096", "-I", "256",
+         "-E", f"hash_seed={fs_uuid},offset={offset},nodiscard", "-d", tree,
+         target, str(size // 4096)],
         env={"E2FSPROGS_FAKE_TIME": "1700000000"},
     )
 

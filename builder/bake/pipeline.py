@@ -20,6 +20,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -212,17 +213,19 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
         work = stack.enter_context(cache.workdir())
         staged = stack.enter_context(store.staging(plan.name, plan.version))
         tree = work / "tree"
-        entry = cache.lookup(plan.base.key())
+        key = plan.base.key()
+        entry = cache.lookup(key)
         base_cached = entry is not None
-        if entry is not None:
-            with timer.step("base", f"base layer {plan.base.key()[:12]} from the cache"):
-                cache.extract(entry, tree)
-        else:
-            with timer.step("base", f"building the base layer {plan.base.key()[:12]} "
+        if entry is None:
+            building = cache.staging_tree(key)
+            stack.callback(shutil.rmtree, building, ignore_errors=True)
+            with timer.step("base", f"building the base layer {key[:12]} "
                             f"({len(plan.base.packages)} packages, mmdebstrap)"):
-                rootfs.build_base(plan.base, tree, work / "hooks")
+                rootfs.build_base(plan.base, building, work / "hooks")
             with timer.step("cache", "caching the base layer"):
-                cache.store(plan.base.key(), tree, _base_meta(plan.base, tree))
+                entry = cache.store(key, building, _base_meta(plan.base, building))
+        with timer.step("checkout", f"base layer {key[:12]} from the cache"):
+            cache.checkout(entry, tree)
         with timer.step("config", f"writing {len(plan.files)} rendered files "
                         f"(roles: {', '.join(plan.roles)})"):
             rootfs.write_config_layer(tree, plan.files, plan.services)
@@ -230,7 +233,8 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
             kernel = rootfs.kernel_version(tree)
             grub_dir = tree / "boot/grub"
             grub_dir.mkdir(parents=True, exist_ok=True)
-            (grub_dir / "grub.cfg").write_text(bootloader.grub_cfg(kernel, root_uuid))
+            rootfs.replace_file(grub_dir / "grub.cfg",
+                                bootloader.grub_cfg(kernel, root_uuid).encode())
             packages = dpkg_packages(tree)
         disk_path = staged / DISK_FILE
         with timer.step("disk", "writing the disk (root ext4, ESP, GPT, GRUB)"):
@@ -277,10 +281,9 @@ def build_disk(disk_path: Path, tree: Path, work: Path, plan: BakePlan, root_uui
     layout = disk.plan_layout(plan.manifest.image.volume_size_gib * disk.GIB,
                               disk.root_fs_size(tree), seed)
     disk.create_disk(disk_path, layout)
-    root_img, esp_img = work / "root.ext4", work / "esp.vfat"
-    disk.make_root_fs(root_img, tree, layout.root.size, root_uuid, rootfs.ROOT_LABEL)
-    disk.place(disk_path, root_img, layout.root)
-    root_img.unlink()
+    disk.make_root_fs(disk_path, tree, layout.root.size, root_uuid, rootfs.ROOT_LABEL,
+                      offset=layout.root.start)
+    esp_img = work / "esp.vfat"
     efi = bootloader.build_efi(work / "BOOTX64.EFI", root_uuid)
     volume_id = hashlib.sha256(seed.encode()).hexdigest()[:8]
     disk.make_esp(esp_img, layout.esp.size, efi, volume_id)
@@ -305,9 +308,31 @@ def _base_meta(spec: rootfs.BaseSpec, tree: Path) -> dict[str, Any]:
 
 
 def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes (holes read as zeros)."""
+    """Hex sha256 of a file's bytes; holes of a sparse file are hashed without reading."""
     h = hashlib.sha256()
+    chunk = 8 << 20
+    zeros = memoryview(bytes(chunk))
     with path.open("rb") as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
+        fd = f.fileno()
+        size = os.fstat(fd).st_size
+        pos = 0
+        while pos < size:
+            try:
+                data = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: a hole up to the end
+                data = size
+            while pos < data:
+                n = min(chunk, data - pos)
+                h.update(zeros[:n])
+                pos += n
+            if pos >= size:
+                break
+            hole = os.lseek(fd, data, os.SEEK_HOLE)
+            f.seek(data)
+            while pos < hole:
+                block = f.read(min(chunk, hole - pos))
+                if not block:
+                    raise UserError(f"{path} shrank while it was hashed")
+                h.update(block)
+                pos += len(block)
     return h.hexdigest()

@@ -184,14 +184,25 @@ def _ids(tree: Path, db: str) -> dict[str, int]:
     return table
 
 
+def replace_file(target: Path, content: bytes) -> None:
+    """Write a new file at `target`. Never writes into an existing file: the
+    tree's files are hard links shared with the layer cache."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.is_symlink() or target.exists():
+        target.unlink()
+    with target.open("xb") as f:
+        f.write(content)
+
+
 def write_config_layer(tree: Path, files: Sequence[LayerFile], services: Sequence[str]) -> None:
-    """Write `files` into `tree`, create their users, switch role services off."""
+    """Write `files` into `tree`, create their users, switch role services off.
+
+    Only ever replaces files (see `replace_file`); systemd-sysusers and
+    systemctl replace /etc/passwd and unit symlinks by rename and unlink too.
+    """
     targets = [(f, _inside(tree, f.path)) for f in files]
     for f, target in targets:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.is_symlink() or target.exists():
-            target.unlink()
-        target.write_bytes(f.content)
+        replace_file(target, f.content)
     if any(f.path.startswith(("/usr/lib/sysusers.d/", "/etc/sysusers.d/")) for f in files):
         run(["systemd-sysusers", f"--root={tree}"], capture=True)
     users, groups = _ids(tree, "passwd"), _ids(tree, "group")

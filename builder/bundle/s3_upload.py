@@ -215,6 +215,28 @@ def delete_bundle(s3: Any, bucket: str, keys: list[str]) -> None:
             )
 
 
+def delete_bundle_at(s3: Any, image_location: str) -> list[str]:
+    """Delete the bundle an instance-store AMI was registered from (its
+    ImageLocation `bucket/prefix/<name>.manifest.xml`): the parts its manifest
+    lists, then the manifest. For prune/gc after deregistering. Returns the
+    keys deleted; a manifest already gone deletes nothing."""
+    from builder.bundle.manifest_xml import parse
+
+    bucket, _, manifest_key = image_location.partition("/")
+    try:
+        data = s3.get_object(Bucket=bucket, Key=manifest_key)["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NoSuchBucket"):
+            return []
+        raise
+    parsed = parse(data, f"s3://{image_location}")
+    folder = manifest_key.rpartition("/")[0]
+    keys = [f"{folder}/{p.filename}" if folder else p.filename for p in parsed.parts]
+    delete_bundle(s3, bucket, keys)
+    delete_bundle(s3, bucket, [manifest_key])
+    return [*keys, manifest_key]
+
+
 def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, NETWORK_ERRORS):
         return True

@@ -16,6 +16,8 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         "commands call (both when neither flag is given).")
     p.add_argument("--publish", action="store_true", help="publish, deprecate, prune, gc")
     p.add_argument("--launch", action="store_true", help="launch --target aws")
+    p.add_argument("--kms", action="store_true",
+                   help="add the KMS permissions encrypted snapshots need (publish.kms_key_ids)")
     p.set_defaults(func=run)
 
 
@@ -23,6 +25,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     from builder.aws.iam_policy import policy_document
 
     both = not args.publish and not args.launch
-    doc = policy_document(publish=args.publish or both, launch=args.launch or both)
+    doc = policy_document(publish=args.publish or both, launch=args.launch or both,
+                          kms=args.kms)
     out.result(doc, json.dumps(doc, indent=2))
     return 0

@@ -39,6 +39,8 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     aws.add_argument("--public-key", type=Path, metavar="FILE",
                      help="import this public key instead of creating a key pair")
     aws.add_argument("--instance-type", help="override the role's instance type")
+    aws.add_argument("--key-dir", type=Path, default=Path.home() / ".ssh", metavar="DIR",
+                     help="where a created key pair's private key is written (default: ~/.ssh)")
     from builder.aws.clients import add_aws_options
     add_aws_options(p)
     p.set_defaults(func=run)
@@ -107,8 +109,9 @@ def _launch_aws(args: argparse.Namespace, manifest: Any, out: Output) -> int:
     out.say(f"launching {manifest.name} as {args.role} in {clients.home_region} ...")
     result = launch_aws(clients, manifest, args.role, ssh_cidr=args.ssh_cidr,
                         version=args.image_version, key_name=args.key_name,
-                        public_key=args.public_key, instance_type=args.instance_type)
-    out.result(result.to_json(), "\n".join([
+                        public_key=args.public_key, instance_type=args.instance_type,
+                        key_dir=args.key_dir)
+    out.result(result.as_json(), "\n".join([
         f"instance {result.instance_id} ({result.role}) is running from {result.image_id} "
         f"in {result.region}",
         f"  ssh:   {result.ssh_command}",

@@ -23,9 +23,8 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("manifest", type=Path, metavar="MANIFEST")
     p.add_argument("--version", dest="image_version", metavar="V",
                    help="stored version to publish (default: the manifest's version)")
-    p.add_argument("--images", type=Path,
-                   default=Path(os.environ.get("AMIBAKE_IMAGES", "images")),
-                   metavar="DIR", help="local image store (default: images/)")
+    p.add_argument("--images", "--store", dest="images", type=Path, default=None,
+                   metavar="DIR", help="local image store (default: $AMIBAKE_STORE or images/)")
     p.add_argument("--dry-run", action="store_true",
                    help="print what would be created; create nothing")
     p.add_argument("--concurrency", type=int, default=8, metavar="N",
@@ -50,9 +49,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
 
     if args.concurrency < 1:
         raise UserError("--concurrency must be at least 1")
-    manifest = load_manifest(args.manifest)
+    manifest = load_manifest(Path(args.manifest))
     version = args.image_version or str(manifest.version)
-    image = find_stored_image(args.images, manifest.name, version)
+    store_root = args.images or Path(os.environ.get("AMIBAKE_STORE") or "images")
+    image = find_stored_image(store_root, manifest.name, version)
     regions = regions_for(manifest, getattr(args, "region", None))
     target = target_from_args(args, regions[0])
     doc = publish_stored_image(manifest, image.dir, target, out, regions=regions,

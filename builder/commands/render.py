@@ -32,7 +32,21 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("--host", action="append", default=[], metavar="ROLE=ADDR[,ADDR]",
                    help="addresses of another role's instances (nginx upstream, database); "
                    "written to /etc/amibake/hosts.env")
+    p.add_argument("--marker", action="append", default=[], metavar="KEY=VALUE",
+                   help="add a `# amibake-KEY: VALUE` line, e.g. "
+                   "secrets-endpoint=http://169.254.169.254/... for local VMs")
     p.set_defaults(func=run)
+
+
+def parse_markers(values: list[str]) -> dict[str, str]:
+    markers: dict[str, str] = {}
+    for value in values:
+        key, sep, text = value.partition("=")
+        if not sep or not key:
+            raise UserError(f"--marker {value!r}: expected KEY=VALUE",
+                            hint="e.g. --marker secrets-endpoint=http://10.0.2.2:8080")
+        markers[key.removeprefix("amibake-")] = text
+    return markers
 
 
 def parse_hosts(values: list[str]) -> dict[str, tuple[str, ...]]:
@@ -59,7 +73,10 @@ def run(args: argparse.Namespace, out: Output) -> int:
     hosts = parse_hosts(args.host)
     manifest = load_manifest(args.path)
     roles = list(manifest.roles) if args.all_roles else [args.role]
-    rendered = [render_role(manifest, r, baked=args.baked, hosts=hosts) for r in roles]
+    markers = parse_markers(args.marker)
+    rendered = [
+        render_role(manifest, r, baked=args.baked, hosts=hosts, markers=markers) for r in roles
+    ]
     if args.out is None:
         (one,) = rendered
         if out.json_mode:

@@ -29,8 +29,9 @@ def _rsync(cmd: list[str]) -> str:
                         hint="check the paths and SSH access in cutover.files") from err
 
 
-def sync(spec: FilesSync) -> str:
-    out = _rsync(rsync_cmd(spec, "--stats"))
+def sync(spec: FilesSync, *, checksum: bool = False) -> str:
+    """Copy; `checksum` also catches same-size, same-mtime edits (slower)."""
+    out = _rsync(rsync_cmd(spec, "--stats", *(["--checksum"] if checksum else [])))
     return _stat_line(out, "Number of regular files transferred") + " file(s) transferred"
 
 

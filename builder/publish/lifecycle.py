@@ -88,8 +88,12 @@ def _version(image: dict[str, Any]) -> Version | None:
         return None
 
 
-def images_in_use(ec2: Any, image_ids: Sequence[str]) -> dict[str, str]:
-    """AMI id → why it is in use (an instance or a launch template)."""
+def images_in_use(ec2: Any, image_ids: Sequence[str], ssm: Any = None) -> dict[str, str]:
+    """AMI id → why it is in use (an instance or a launch template).
+
+    A launch template may name its image as `resolve:ssm:<parameter>`; that
+    parameter's current value counts as used (when `ssm` is given).
+    """
     used: dict[str, str] = {}
     if not image_ids:
         return used
@@ -107,6 +111,8 @@ def images_in_use(ec2: Any, image_ids: Sequence[str]) -> dict[str, str]:
                 LaunchTemplateId=tpl["LaunchTemplateId"])["LaunchTemplateVersions"]
             for ver in versions:
                 ami = ver.get("LaunchTemplateData", {}).get("ImageId")
+                if ssm is not None and isinstance(ami, str) and ami.startswith("resolve:ssm:"):
+                    ami = _ssm_value(ssm, ami.removeprefix("resolve:ssm:"))
                 if ami in wanted:
                     used.setdefault(ami, f"used by launch template {tpl['LaunchTemplateName']}")
     return used
@@ -151,7 +157,7 @@ def prune(
     for region in regions:
         latest = _ssm_value(clients.ssm(region), latest_param)
         ids = [img["ImageId"] for img in by_region[region]]
-        used = images_in_use(clients.ec2(region), ids)
+        used = images_in_use(clients.ec2(region), ids, clients.ssm(region))
         for ver, entries in versions.items():
             for reg, image in entries:
                 if reg != region:

@@ -36,7 +36,9 @@ def render(manifest: Manifest, role: Role) -> Fragment:
     rules = [
         _hba_line(r.type, r.database, r.user, r.address, r.method) for r in pg.hba
     ]
-    rules.append(_hba_line("host", db.name, db.user, db.network, "scram-sha-256"))
+    app_rule = _hba_line("host", db.name, db.user, db.network, "scram-sha-256")
+    if app_rule not in rules:  # the app's network, unless the manifest already lists it
+        rules.append(app_rule)
     common = {"app_name": app.name, "manifest_file": source_name(manifest)}
     hba = render_template("postgresql/pg_hba.conf.j2", rules=rules, **common)
     conf = render_template(

@@ -5,7 +5,7 @@
 - SMBIOS type 1 says "Amazon EC2" with serial == uuid starting with `ec2`,
   so cloud-init's ds-identify picks the Ec2 datasource;
 - user networking on 169.254.0.0/16; the guest's connections to
-  169.254.169.254:80 each start `python -m builder.vm.relay PORT`, which
+  169.254.169.254:80 each start the relay (builder/vm/relay.py), which
   relays to amibake's IMDS emulator on loopback (the `tcp:` target form of
   guestfwd serves only one connection);
 - SSH and HTTP forwarded from free loopback ports; serial console to a file.
@@ -131,9 +131,18 @@ def _opt(value: str) -> str:
     return value.replace(",", ",,")
 
 
-def relay_command(imds_port: int, python: str = sys.executable) -> str:
-    """The per-connection relay qemu starts (through /bin/sh) for guestfwd."""
-    return f"{shlex.quote(python)} -m builder.vm.relay {imds_port}"
+RELAY_SCRIPT = Path(__file__).resolve().with_name("relay.py")
+
+
+def relay_command(imds_port: int, python: str = sys.executable,
+                  script: Path = RELAY_SCRIPT) -> str:
+    """The per-connection relay qemu starts (through /bin/sh) for guestfwd.
+
+    builder/vm/relay.py run as a script with `-S -I` (stdlib only: no site,
+    no environment): it starts in about half the time of `-m builder.vm.relay`,
+    and cloud-init's metadata crawl opens ~40 connections in a row.
+    """
+    return f"{shlex.quote(python)} -S -I {shlex.quote(str(script))} {imds_port}"
 
 
 def build_command(

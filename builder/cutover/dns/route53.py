@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from botocore.exceptions import WaiterError
+
 from builder.cutover.dns.base import DnsProvider, Record
 from builder.errors import UserError
 from builder.manifest.model import DnsSpec
@@ -55,10 +57,17 @@ class Route53Dns(DnsProvider):
             },
         )
         change_id = resp["ChangeInfo"]["Id"]
-        self.client.get_waiter("resource_record_sets_changed").wait(
-            Id=change_id,
-            WaiterConfig={"Delay": self.waiter_delay, "MaxAttempts": self.waiter_attempts},
-        )
+        try:
+            self.client.get_waiter("resource_record_sets_changed").wait(
+                Id=change_id,
+                WaiterConfig={"Delay": self.waiter_delay, "MaxAttempts": self.waiter_attempts},
+            )
+        except WaiterError as exc:
+            raise UserError(
+                f"Route53 change {change_id} is not INSYNC after "
+                f"{self.waiter_delay * self.waiter_attempts} s",
+                hint="run again: the UPSERT is idempotent and the wait starts over",
+            ) from exc
 
     def default_nameservers(self) -> list[tuple[str, int]]:
         resp = self.client.get_hosted_zone(Id=self.zone_id)

@@ -1,0 +1,130 @@
+"""Local instance bookkeeping and the launch/instances verbs' user errors (no VM)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from builder.cli import main
+from builder.errors import UserError
+from builder.manifest import load_manifest
+from builder.vm.launch import launch_local, list_instances, state_root, stop_instance
+
+ROOT = Path(__file__).resolve().parent.parent
+MANIFEST = ROOT / "manifests" / "smallpayroll.yaml"
+
+
+def _fake_instance(root: Path, iid: str, pid: int) -> Path:
+    d = root / iid
+    d.mkdir(parents=True)
+    (d / "instance.json").write_text(json.dumps({
+        "instance_id": iid, "role": "web", "image": "smallpayroll 1.0.0", "boot": "uefi",
+        "supervisor_pid": pid, "qemu_pid": pid, "ssh_port": 1, "http_port": 2,
+        "imds_port": 3, "login_user": "admin", "started_at": "2026-11-25T00:00:00+00:00",
+    }))
+    return d
+
+
+def _dead_pid() -> int:
+    p = subprocess.Popen([sys.executable, "-c", "pass"])
+    p.wait()
+    return p.pid
+
+
+def test_state_root_follows_the_environment(monkeypatch: pytest.MonkeyPatch,
+                                            tmp_path: Path) -> None:
+    monkeypatch.setenv("AMIBAKE_STATE_DIR", str(tmp_path / "s"))
+    assert state_root() == tmp_path / "s"
+    monkeypatch.delenv("AMIBAKE_STATE_DIR")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    assert state_root() == tmp_path / ".local/state/amibake/instances"
+
+
+def test_an_instance_whose_supervisor_is_gone_lists_as_exited_and_can_be_cleared(
+    tmp_path: Path,
+) -> None:
+    d = _fake_instance(tmp_path, "i-00000000000000001", _dead_pid())
+    # a live pid that is not this instance's supervisor does not count either
+    _fake_instance(tmp_path, "i-00000000000000002", 1)
+    (tmp_path / "i-half-started").mkdir()  # no instance.json: not listed
+    listed = list_instances(tmp_path)
+    assert [(i.instance_id, i.running) for i in listed] == [
+        ("i-00000000000000001", False), ("i-00000000000000002", False)]
+    assert listed[0].as_json()["state"] == "exited"
+    stop_instance("i-00000000000000001", tmp_path)
+    assert not d.exists()
+    with pytest.raises(UserError, match="no local instance i-nope"):
+        stop_instance("i-nope", tmp_path)
+
+
+def test_launch_of_a_missing_disk_leaves_no_state(tmp_path: Path) -> None:
+    class Missing:
+        disk_path = tmp_path / "nope" / "disk.raw"
+
+    manifest = load_manifest(MANIFEST)
+    with pytest.raises(UserError, match="image disk not found"):
+        launch_local(Missing(), manifest, "web", root=tmp_path / "state")
+    with pytest.raises(UserError, match="unknown role"):
+        launch_local(Missing(), manifest, "mail", root=tmp_path / "state")
+    assert not (tmp_path / "state").exists() or not any((tmp_path / "state").iterdir())
+
+
+def test_cli_user_errors_are_one_line(capsys: pytest.CaptureFixture[str],
+                                      monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("AMIBAKE_STATE_DIR", str(tmp_path / "state"))
+    assert main(["launch", "mail", "--manifest", str(MANIFEST)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "unknown role 'mail'" in err
+    assert main(["instances", "stop"]) == 1
+    assert "name the instances to stop" in capsys.readouterr().err
+    assert main(["instances", "list"]) == 0
+    assert capsys.readouterr().out.strip() == "no local instances"
+    # an empty store: a one-line error naming what is missing
+    assert main(["launch", "web", "--manifest", str(MANIFEST),
+                 "--store", str(tmp_path / "empty")]) == 1
+    assert capsys.readouterr().err.startswith("amibake: error:")
+
+
+def test_launch_on_aws_without_credentials_says_so(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    assert main(["launch", "--target", "aws", "web", "--manifest", str(MANIFEST)]) == 1
+    assert "no AWS credentials configured: nothing was launched" in capsys.readouterr().err
+
+
+def test_launch_on_aws_goes_through_launch_aws(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:
+    """The verb wires the CLI to builder.aws.launch (moto stands in for EC2/SSM)."""
+    from moto import mock_aws
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with mock_aws():
+        import boto3
+        ec2 = boto3.client("ec2", region_name="us-east-1")
+        ami = ec2.register_image(Name="smallpayroll-1.0.0")["ImageId"]
+        boto3.client("ssm", region_name="us-east-1").put_parameter(
+            Name="/amibake/smallpayroll/1.0.0", Value=ami, Type="String")
+        assert main(["--json", "launch", "--target", "aws", "web", "--manifest", str(MANIFEST),
+                     "--version", "1.0.0", "--ssh-cidr", "203.0.113.7/32",
+                     "--key-dir", str(tmp_path / "keys")]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["image_id"] == ami and doc["role"] == "web"
+        (inst,) = ec2.describe_instances(InstanceIds=[doc["instance_id"]])[
+            "Reservations"][0]["Instances"]
+        assert inst["ImageId"] == ami
+        assert {"Key": "Role", "Value": "web"} in inst["Tags"]
