@@ -286,7 +286,8 @@ def knot_server() -> Iterator[Knot]:
     generated for this test; the record starts at the old address, TTL 300."""
     base = _own_tmpdir("amibake-knot-", "knot")
     port = free_port()
-    key = TsigKey("amibake-test.", "hmac-sha256", base64.b64encode(secrets.token_bytes(32)).decode())
+    secret = base64.b64encode(secrets.token_bytes(32)).decode()
+    key = TsigKey("amibake-test.", "hmac-sha256", secret)
     (base / "example.com.zone").write_text(f"""$ORIGIN example.com.
 $TTL 3600
 @        SOA ns1 hostmaster 1 3600 600 86400 60

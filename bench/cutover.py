@@ -1,0 +1,249 @@
+"""Cutover downtime under a steady pgbench write load, three ways, one run.
+
+    .venv/bin/python bench/cutover.py --scale 70      # ≥ 1 GB (pgbench -i -s 70)
+
+Methods, each onto a fresh new cluster from the same old one:
+  seed       the seed's runbook: freeze, `pg_dump | gzip > f`, `zcat f | psql`
+  dump       amibake strategy dump: pg_dump -Fd -j 2 + pg_restore -j 2
+  replicate  amibake strategy replicate: initial sync before the window,
+             freeze → catch up → sequences → drop subscription in it
+
+Downtime = writes refused until the new site serves: measured by the app
+stand-in (a writer inserting a counter row per transaction as the app role)
+as the gap between its last acknowledged insert on the old server and its
+first on the new one; it moves to the new server when the run reports the
+DNS switch (seed: when the restore ends). Lost writes = acknowledged inserts
+missing on the new server + pgbench transactions committed on the old server
+(pgbench_history rows) missing on the new one. The amibake runs include
+their gates (row counts, sequences, smoke test, DNS switch verified on both
+authoritative servers); the per-table md5 gate runs after the switch.
+Prints a table and writes bench/results/cutover.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from builder.cutover import maintenance  # noqa: E402
+from builder.cutover.config import derive  # noqa: E402
+from builder.cutover.db_roles import copy_roles, freeze, set_login  # noqa: E402
+from builder.cutover.dns import provider_for  # noqa: E402
+from builder.cutover.procedure import run_cutover  # noqa: E402
+from builder.proc import run  # noqa: E402
+from tests.cutover_fixtures import (  # noqa: E402
+    APP_PASSWORD,
+    OLD_ADDR,
+    SUPER_PASSWORD,
+    Cluster,
+    Writer,
+    cutover_manifest,
+    destroy_cluster,
+    knot_server,
+    make_template,
+    start_cluster,
+    web_sites,
+)
+
+BENCH_CONF = ("shared_buffers = 256MB", "fsync = on", "full_page_writes = on",
+              "max_wal_size = 4GB", "checkpoint_timeout = 30min",
+              "maintenance_work_mem = 256MB", "max_parallel_workers_per_gather = 1")
+
+
+def _pg_env(c: Cluster, user: str = "app", password: str = APP_PASSWORD) -> dict[str, str]:
+    return {**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(c.port), "PGDATABASE": "payroll",
+            "PGUSER": user, "PGPASSWORD": password}
+
+
+def _prepare_old(old: Cluster, scale: int) -> dict[str, float]:
+    old.sql("CREATE DATABASE payroll", dbname="postgres")
+    old.sql(f"CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'")
+    old.sql("ALTER DATABASE payroll OWNER TO app", dbname="postgres")
+    t = time.monotonic()
+    run(["pgbench", "-i", "-s", str(scale), "-I", "dtGvp", "-q"], env=_pg_env(old), capture=True)
+    init_s = time.monotonic() - t
+    old.sql("CREATE TABLE writes (id bigserial PRIMARY KEY, n int NOT NULL UNIQUE, "
+            "at timestamptz DEFAULT now()); ALTER TABLE writes OWNER TO app")
+    size = old.sql("SELECT pg_database_size('payroll')")[0][0]
+    return {"pgbench_init_s": round(init_s, 1), "db_bytes": int(size)}
+
+
+def _start_load(old: Cluster, rate: int, clients: int) -> subprocess.Popen[bytes]:
+    """pgbench's TPC-B-like writes at a steady rate, as the app role; the
+    freeze ends its sessions and it exits."""
+    return subprocess.Popen(
+        ["pgbench", "-n", "-c", str(clients), "-j", "2", "-T", "3600", "-R", str(rate)],
+        env=_pg_env(old), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _gap(writer: Writer, old: Cluster, new: Cluster) -> float:
+    last_old = max(t for t, _, name in writer.log if name == old.name)
+    first_new = min(t for t, _, name in writer.log if name == new.name)
+    return first_new - last_old
+
+
+def _seed(old: Cluster, new: Cluster, cfg: Any, writer: Writer, work: Path) -> dict[str, Any]:
+    copy_roles(cfg)  # the seed's runbook creates the roles ahead
+    t0 = time.monotonic()
+    freeze(cfg)
+    dump = work / "payroll.sql.gz"
+    env = {"PGPASSWORD": SUPER_PASSWORD, "PGUSER": "postgres", "PGHOST": "127.0.0.1"}
+    run(["bash", "-c", f"set -o pipefail; pg_dump -p {old.port} payroll | gzip > {dump}"],
+        env=env, capture=True)
+    t1 = time.monotonic()
+    run(["bash", "-c", f"set -o pipefail; zcat {dump} | psql -q -p {new.port} payroll"],
+        env=env, capture=True)
+    set_login(cfg.new, cfg.app_user, True)
+    t2 = time.monotonic()
+    writer.target = new
+    return {"dump_s": round(t1 - t0, 2), "restore_s": round(t2 - t1, 2),
+            "db_window_s": round(t2 - t0, 2), "dump_file_bytes": dump.stat().st_size}
+
+
+def _amibake(cfg: Any, writer: Writer, new: Cluster, work: Path) -> dict[str, Any]:
+    def after(step: str) -> None:
+        if step == "dns_switch":
+            writer.target = new
+
+    t = time.monotonic()
+    prepared: list[float] = []
+
+    def after_all(step: str) -> None:
+        if step == "await_window":
+            prepared.append(time.monotonic() - t)
+        after(step)
+
+    state = run_cutover(cfg, provider_for(cfg), work / f"{cfg.strategy}.json", say=lambda s: None,
+                        start_now=True, fix_replica_identity=True, after_step=after_all)
+    assert state.complete
+    durations = {}
+    for rec in state.steps:
+        if rec.started and rec.finished:
+            durations[rec.name] = round((datetime.fromisoformat(rec.finished)
+                                         - datetime.fromisoformat(rec.started)).total_seconds(), 3)
+    f = state.facts
+    db = (datetime.fromisoformat(f.new_writable_at or "")
+          - datetime.fromisoformat(f.freeze_at or "")).total_seconds()
+    return {"prepare_before_window_s": round(prepared[0], 1) if prepared else -1,
+            "window_recorded_s": round(state.downtime_s() or -1, 3),
+            "db_window_s": round(db, 3), "steps_s": durations}
+
+
+def _method(name: str, old: Cluster, template: Path, knot: Any, sites: Any,
+            args: argparse.Namespace) -> dict[str, Any]:
+    new = start_cluster(template, f"new-{name}", BENCH_CONF)
+    load = None
+    writer = None
+    try:
+        new.sql("CREATE DATABASE payroll", dbname="postgres")
+        strategy = "dump" if name == "dump" else "replicate"
+        cfg = derive(cutover_manifest(old, new, knot, sites, strategy=strategy,
+                                      checksum_when="after_switch", dump_jobs=2,
+                                      catch_up_timeout=600))
+        # back to the starting line: app may log in, site up, DNS on the old address
+        set_login(cfg.old, "app", True)
+        maintenance.switch(cfg, False)
+        provider_for(cfg).set(OLD_ADDR, 300)
+        load = _start_load(old, args.rate, args.clients)
+        writer = Writer(old)
+        writer.start()
+        time.sleep(args.warmup)
+        with tempfile.TemporaryDirectory(prefix="amibake-bench-") as tmp:
+            if name == "seed":
+                detail = _seed(old, new, cfg, writer, Path(tmp))
+            else:
+                detail = _amibake(cfg, writer, new, Path(tmp))
+            deadline = time.monotonic() + 60
+            while not any(n == new.name for _, _, n in writer.log):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the writer never reached the new server")
+                time.sleep(0.05)
+        writer.stop()
+        load.wait(30)
+        have = {r[0] for r in new.sql("SELECT n FROM writes")}
+        lost_acked = len(set(writer.acked) - have)
+        hist_old = old.sql("SELECT count(*) FROM pgbench_history")[0][0]
+        hist_new = new.sql("SELECT count(*) FROM pgbench_history")[0][0]
+        return {
+            "downtime_s": round(_gap(writer, old, new), 3),
+            "lost_writes": lost_acked + int(hist_old) - int(hist_new),
+            "acked_writes": len(writer.acked),
+            "pgbench_txns_moved": int(hist_new),
+            **detail,
+        }
+    finally:
+        if writer is not None and writer.is_alive():
+            writer.stop()
+        if load is not None and load.poll() is None:
+            load.terminate()
+            load.wait(10)
+        destroy_cluster(new)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", type=int, default=70, help="pgbench scale (70 ≈ 1.05 GB)")
+    ap.add_argument("--rate", type=int, default=200, help="pgbench transactions/s")
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--warmup", type=float, default=5.0, help="seconds of load before the freeze")
+    ap.add_argument("--methods", default="seed,dump,replicate")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cutover.json")
+    args = ap.parse_args()
+    for var, val in (("AMIBAKE_SECRET_TEST_OLD_DB", SUPER_PASSWORD),
+                     ("AMIBAKE_SECRET_TEST_NEW_DB", SUPER_PASSWORD)):
+        os.environ[var] = val
+    template = make_template()
+    old = start_cluster(template, "old", BENCH_CONF)
+    results: dict[str, dict[str, Any]] = {}
+    try:
+        with knot_server() as knot, web_sites() as sites:
+            k = knot.key
+            os.environ["AMIBAKE_SECRET_TEST_TSIG"] = f"{k.name}:{k.algorithm}:{k.secret}"
+            setup = _prepare_old(old, args.scale)
+            print(f"old database: {setup['db_bytes'] / 2**30:.2f} GiB (pgbench scale "
+                  f"{args.scale}, init {setup['pgbench_init_s']} s)", flush=True)
+            for name in args.methods.split(","):
+                print(f"{name}: running …", flush=True)
+                results[name] = _method(name, old, template, knot, sites, args)
+                r = results[name]
+                print(f"{name}: downtime {r['downtime_s']} s, lost writes {r['lost_writes']}",
+                      flush=True)
+    finally:
+        destroy_cluster(old)
+        shutil.rmtree(template.parent, ignore_errors=True)
+    doc = {
+        "benchmark": "cutover", "scale": args.scale, "rate_tps": args.rate,
+        "clients": args.clients, "db_bytes": setup["db_bytes"], "methods": results,
+        "machine": {"cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg()},
+    }
+    seed = results.get("seed", {}).get("downtime_s")
+    rep = results.get("replicate", {}).get("downtime_s")
+    if seed and rep:
+        doc["seed_over_replicate"] = round(seed / rep, 1)
+        doc["targets"] = {"replicate_le_2s": rep <= 2.0, "ten_x_shorter": seed / rep >= 10,
+                          "zero_lost": all(r["lost_writes"] == 0 for r in results.values())}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    print(f"\n{'method':10} {'downtime s':>11} {'db window s':>12} {'lost':>5}")
+    for name, r in results.items():
+        print(f"{name:10} {r['downtime_s']:>11} {r['db_window_s']:>12} {r['lost_writes']:>5}")
+    if "seed_over_replicate" in doc:
+        print(f"seed / replicate: {doc['seed_over_replicate']}×")
+    print(f"written to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
