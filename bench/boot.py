@@ -30,7 +30,6 @@ import platform
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -149,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                         "or ./images)")
     parser.add_argument("--runs-baked", type=int, default=3)
     parser.add_argument("--runs-fried", type=int, default=1)
-    parser.add_argument("--timeout-baked", type=float, default=300)
+    parser.add_argument("--timeout-baked", type=float, default=600)
     parser.add_argument("--timeout-fried", type=float, default=2400)
     parser.add_argument("--fried-disk", type=Path,
                         help="an OS-only disk to use instead of building one")
@@ -166,20 +165,27 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     runs: dict[str, list[dict[str, object]]] = {"baked": [], "fried": []}
     errors: dict[str, str] = {}
-    with tempfile.TemporaryDirectory(prefix="amibake-bench-boot-") as tmp:
-        plan = [("baked", image.disk_path, args.timeout_baked)] * args.runs_baked + \
-               [("fried", fried_disk, args.timeout_fried)] * args.runs_fried
-        for kind, disk, timeout in plan:
-            print(f"{kind}: booting {args.role} from {disk} ...", flush=True)
-            try:
-                run = boot_to_200(Path(disk), manifest, args.role, baked=kind == "baked",
-                                  workdir=Path(tmp), timeout=timeout)
-            except UserError as exc:
-                errors[kind] = str(exc)
-                print(f"{kind}: FAILED: {exc}", flush=True)
-                continue
-            print(f"{kind}: HTTP 200 after {run['seconds']} s", flush=True)
-            runs[kind].append(run)
+    # a failed boot's serial log stays under here (its path is in the error)
+    runs_dir = args.cache / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    # interleaved (baked, fried, baked, ...): a shared host's load drifts
+    plan = []
+    for i in range(max(args.runs_baked, args.runs_fried)):
+        if i < args.runs_baked:
+            plan.append(("baked", image.disk_path, args.timeout_baked))
+        if i < args.runs_fried:
+            plan.append(("fried", fried_disk, args.timeout_fried))
+    for kind, disk, timeout in plan:
+        print(f"{kind}: booting {args.role} from {disk} ...", flush=True)
+        try:
+            run = boot_to_200(Path(disk), manifest, args.role, baked=kind == "baked",
+                              workdir=runs_dir, timeout=timeout)
+        except UserError as exc:
+            errors[kind] = str(exc)
+            print(f"{kind}: FAILED: {exc}", flush=True)
+            continue
+        print(f"{kind}: HTTP 200 after {run['seconds']} s", flush=True)
+        runs[kind].append(run)
 
     def median(kind: str) -> float | None:
         values = [float(r["seconds"]) for r in runs[kind]]  # type: ignore[arg-type]

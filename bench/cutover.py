@@ -154,6 +154,7 @@ def _method(name: str, old: Cluster, template: Path, knot: Any, sites: Any,
                                       catch_up_timeout=600))
         # back to the starting line: app may log in, site up, DNS on the old address
         set_login(cfg.old, "app", True)
+        old.sql("TRUNCATE writes")  # each method's writer counts from 1
         maintenance.switch(cfg, False)
         provider_for(cfg).set(OLD_ADDR, 300)
         load = _start_load(old, args.rate, args.clients)

@@ -181,3 +181,23 @@ def test_bake_cli_bump_writes_the_version_back(
     doc = json.loads(capsys.readouterr().out)
     assert doc["action"] == "unchanged" and doc["id"] == image.id
     assert doc["path"] == str(image.dir)
+
+
+def test_target_aws_hands_the_stored_image_to_the_publisher(
+    baked_image: StoredImage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # No AWS account: the publisher is reached and says it published nothing.
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                "AWS_PROFILE", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    store_root = baked_image.dir.parent.parent
+    assert main(["bake", str(SEED_MANIFEST), "--skip-boot-test", "--store", str(store_root),
+                 "--target", "aws", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["action"] == "unchanged" and doc["id"] == baked_image.id
+    assert doc["publish"]["published"] is False
+    assert doc["publish"]["image_dir"] == str(baked_image.dir)

@@ -5,6 +5,7 @@ that fails, and SIGINT (Ctrl-C) delivered to a running `amibake bake`."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -71,7 +72,11 @@ def test_boot_test_failure_leaves_nothing(
         seen.append(disk)
         assert disk.stat().st_size == 4 * 2**30  # a whole disk exists while it is tested...
         assert Store(tmp_path / "images").list() == []  # ...but is not stored yet
-        raise UserError("role web: nginx did not answer (serial log: /x/serial.log)")
+        log = workdir / "web-uefi" / "serial.log"
+        log.parent.mkdir(parents=True)
+        log.write_text("nginx: [emerg] injected\n")
+        seen.append(log)
+        raise UserError(f"role web: nginx did not answer (serial log: {log})")
 
     monkeypatch.setattr(pipeline, "run_boot_tests", failing_boot_test)
     before = _scratch_dirs()
@@ -79,8 +84,13 @@ def test_boot_test_failure_leaves_nothing(
     with pytest.raises(UserError, match="nginx did not answer"):
         pipeline.bake(load_manifest(_manifest(tmp_path)),
                       bake_options(store_root, skip_boot_test=False), say=print)
-    assert seen and not seen[0].exists()
+    disk, log = seen
+    assert not disk.exists()
     _assert_nothing_left(store_root, before)
+    # the failed boot's serial log is kept for reading (the error names it)
+    assert log.read_text() == "nginx: [emerg] injected\n"
+    assert log.parent.parent.parent == default_cache_dir() / "boot"
+    shutil.rmtree(log.parent.parent)
 
 
 def test_ctrl_c_during_the_bake_leaves_nothing(baked_image: StoredImage, tmp_path: Path) -> None:
@@ -112,3 +122,23 @@ def test_ctrl_c_during_the_bake_leaves_nothing(baked_image: StoredImage, tmp_pat
     assert proc.returncode == 130, err
     assert "interrupted" in err
     _assert_nothing_left(store_root, before)
+
+
+def test_a_half_built_tree_is_removed_without_going_through_its_mounts(tmp_path: Path) -> None:
+    """mmdebstrap mounts /dev, /proc, /sys in the tree while it runs: removing a
+    tree that still held one must unmount it, never delete through it."""
+    from builder.bake.rootfs import mounts_under, remove_build_tree
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious").write_text("host file")
+    tree = tmp_path / "tree"
+    (tree / "dev").mkdir(parents=True)
+    subprocess.run(["mount", "--bind", outside, tree / "dev"], check=True)
+    try:
+        assert mounts_under(tree) == [tree / "dev"]
+        remove_build_tree(tree)
+    finally:
+        subprocess.run(["umount", tree / "dev"], capture_output=True)
+    assert not tree.exists()
+    assert (outside / "precious").read_text() == "host file"

@@ -122,3 +122,22 @@ def test_cache_prune_keeps_recent_and_drops_dead_workdirs(tmp_path: Path) -> Non
     out = tmp_path / "out"
     cache.extract(new, out)
     assert (out / "etc/hostname").read_text() == "localhost\n"
+
+
+def test_cache_cli_list_and_prune(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from builder.cli import main
+
+    cache = LayerCache(tmp_path / "cache")
+    tree = tmp_path / "tree"
+    (tree / "boot").mkdir(parents=True)
+    cache.store("c" * 64, tree, {"created": "2026-11-25T00:00:00Z", "kernel": "6.1.0-x",
+                                 "packages_requested": ["systemd"]})
+    assert main(["cache", "--cache-dir", str(cache.root), "list", "--json"]) == 0
+    layers = json.loads(capsys.readouterr().out)["layers"]
+    assert [(entry["key"], entry["kernel"]) for entry in layers] == [("c" * 64, "6.1.0-x")]
+    assert main(["cache", "--cache-dir", str(cache.root), "prune", "--keep", "0"]) == 0
+    assert "removed" in capsys.readouterr().out
+    assert cache.entries() == []
+    assert list(cache.base_dir.iterdir()) == []

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from builder.errors import UserError
 from builder.vm.accel import TCG_ARGS, Accel
 from builder.vm.boottest import check_booted_vm
 from builder.vm.checks import RolePlan
@@ -121,3 +122,20 @@ def test_a_killed_parent_takes_its_vm_along(tmp_path: Path) -> None:
             break
         time.sleep(0.1)
     assert qemu_pids(iid) == []
+
+
+def test_a_taken_port_is_replaced_and_a_bad_disk_is_a_clear_error(tmp_path: Path) -> None:
+    import socket
+
+    from builder.vm.qemu import Ports
+    iid = new_instance_id()
+    spec = VmSpec(blank_disk(tmp_path), imds_port=free_port(), instance_id=iid, boot="bios")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        with Vm(spec, tmp_path / "vm", accel=TCG, ports=Ports(ssh=busy, http=free_port())) as vm:
+            assert vm.ports.ssh != busy and qemu_pids(iid) == [vm.pid]
+    assert qemu_pids(iid) == []
+    with pytest.raises(UserError, match="disk image not found"):
+        Vm(VmSpec(tmp_path / "none.raw", 1, new_instance_id()), tmp_path / "vm2").__enter__()

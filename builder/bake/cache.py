@@ -7,6 +7,8 @@
                                  the config layer replaces files, never edits one
     <cache>/work/<pid>-<rand>/   a bake's scratch space (removed by the bake;
                                  `cache prune` removes those of dead processes)
+    <cache>/boot/<name>-<version>-<pid>/  serial logs of a failed boot test,
+                                 kept for reading; `cache prune` removes them
 
 The key is the sha256 of every input of the layer (BaseSpec.key), so a hit
 is exact by construction; entries are written to a temp name and renamed.
@@ -53,6 +55,7 @@ class LayerCache:
         self.root = root
         self.base_dir = root / "base"
         self.work_root = root / "work"
+        self.boot_logs = root / "boot"
 
     # ------------------------------------------------------------- base layers
 
@@ -174,6 +177,12 @@ class LayerCache:
                     else:
                         tmp.unlink(missing_ok=True)
                     removed.append(tmp)
+        if self.boot_logs.is_dir():
+            for logs in self.boot_logs.iterdir():
+                pid = logs.name.rpartition("-")[2]
+                if not (pid.isdigit() and _alive(int(pid))):
+                    shutil.rmtree(logs, ignore_errors=True)
+                    removed.append(logs)
         if self.work_root.is_dir():
             for work in self.work_root.iterdir():
                 pid = work.name.partition("-")[0]
@@ -184,6 +193,8 @@ class LayerCache:
 
 
 def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

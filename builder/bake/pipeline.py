@@ -218,7 +218,7 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
         base_cached = entry is not None
         if entry is None:
             building = cache.staging_tree(key)
-            stack.callback(shutil.rmtree, building, ignore_errors=True)
+            stack.callback(rootfs.remove_build_tree, building)
             with timer.step("base", f"building the base layer {key[:12]} "
                             f"({len(plan.base.packages)} packages, mmdebstrap)"):
                 rootfs.build_base(plan.base, building, work / "hooks")
@@ -243,8 +243,12 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
         if options.skip_boot_test:
             boot_test: dict[str, Any] = {"skipped": True}
         else:
+            # Outside the scratch space: a failed boot's serial log is kept (the
+            # error names it); builder.vm removes a passing VM's directory.
+            boot_dir = cache.boot_logs / f"{plan.name}-{plan.version}-{os.getpid()}"
             with timer.step("boot_test", f"boot-testing roles {', '.join(plan.roles)}"):
-                results = run_boot_tests(disk_path, manifest, plan.roles, work / "boot")
+                results = run_boot_tests(disk_path, manifest, plan.roles, boot_dir)
+            shutil.rmtree(boot_dir, ignore_errors=True)
             boot_test = {"skipped": False, "results": results}
         with timer.step("store", "storing the image"):
             image = StoredImage(

@@ -120,6 +120,33 @@ def build_base(spec: BaseSpec, tree: Path, hookdir: Path) -> None:
     _scrub_identity(tree)
 
 
+def mounts_under(path: Path) -> list[Path]:
+    """Mount points at or below `path` (deepest first), from /proc/self/mountinfo."""
+    root = os.path.realpath(path)
+    found = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].encode().decode("unicode_escape")
+        if point == root or point.startswith(root + "/"):
+            found.append(Path(point))
+    return sorted(found, key=lambda p: len(p.parts), reverse=True)
+
+
+def remove_build_tree(tree: Path) -> None:
+    """Remove a (possibly half-built) mmdebstrap tree, never through a mount.
+
+    mmdebstrap mounts /proc, /sys and /dev inside the tree while it runs and
+    unmounts them when it ends, even when interrupted; should one remain,
+    it is unmounted first, and a tree that still holds a mount is left alone.
+    """
+    for point in mounts_under(tree):
+        run(["umount", "--recursive", point], check=False)
+    left = mounts_under(tree)
+    if left:
+        raise UserError(f"{tree} still has mounts ({', '.join(map(str, left))}); not removed",
+                        hint=f"unmount them (umount -R {left[-1]}) and remove {tree}")
+    shutil.rmtree(tree, ignore_errors=True)
+
+
 def _scrub_identity(tree: Path) -> None:
     """No SSH host keys, machine-id, random seed, resolver, hostname or cloud-init
     state: each instance makes its own at first boot."""

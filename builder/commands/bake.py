@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 from pathlib import Path
 from typing import Any
@@ -89,7 +88,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
         "seconds": result.seconds,
     }
     if args.target == "aws":
-        doc["publish"] = publish(args, image.version)
+        doc["publish"] = publish(args, manifest, image.dir, out)
     verb = {"unchanged": "unchanged, already stored", "built": "baked",
             "replaced": "rebaked (--force)"}[result.action]
     lines = [
@@ -109,24 +108,18 @@ def run(args: argparse.Namespace, out: Output) -> int:
     return 0
 
 
-def publish(args: argparse.Namespace, version: str) -> dict[str, Any]:
-    """--target aws: the one call into the publisher (H6's `amibake publish`)."""
+def publish(args: argparse.Namespace, manifest: Any, image_dir: Path,
+            out: Output) -> dict[str, Any]:
+    """--target aws: the one call into the publisher (builder.commands.publish)."""
     try:
-        from builder.commands import publish as publish_command
+        from builder.aws.clients import target_from_args
+        from builder.commands.publish import publish_stored_image, regions_for
     except ImportError as exc:
         raise UserError(
             "--target aws: publishing is not available in this amibake",
             hint="bake with --target local, then publish with `amibake publish`",
         ) from exc
-    from builder.store import default_store_root
-
-    pub_args = argparse.Namespace(
-        manifest=args.manifest, image_version=version,
-        images=args.store or default_store_root(), dry_run=False, concurrency=8,
-        profile=getattr(args, "profile", None), region=getattr(args, "region", None),
-        endpoint_url=getattr(args, "endpoint_url", None),
-    )
-    captured = io.StringIO()
-    publish_command.run(pub_args, Output(json_mode=True, stdout=captured))
-    result: dict[str, Any] = json.loads(captured.getvalue())
+    regions = regions_for(manifest, getattr(args, "region", None))
+    result: dict[str, Any] = publish_stored_image(
+        manifest, image_dir, target_from_args(args, regions[0]), out, regions=regions)
     return result

@@ -90,30 +90,31 @@ def wait_caught_up(cfg: CutoverConfig, final_lsn: str, *, timeout: float) -> str
         time.sleep(0.01)
 
 
-def detach(cfg: CutoverConfig) -> list[str]:
-    """Drop subscription, publication and slot. When the old server is down:
-    DISABLE, slot_name = NONE, DROP; return what is left to drop on it."""
-    pending: list[str] = []
-    if subscription_exists(cfg):
-        if pg.reachable(cfg.old):
-            pg.execute(cfg.new, f"DROP SUBSCRIPTION {NAME}")
-        else:
-            pg.execute(cfg.new, f"ALTER SUBSCRIPTION {NAME} DISABLE")
-            pg.execute(cfg.new, f"ALTER SUBSCRIPTION {NAME} SET (slot_name = NONE)")
-            pg.execute(cfg.new, f"DROP SUBSCRIPTION {NAME}")
-            pending.append(f"slot:{NAME}")
+def detach(cfg: CutoverConfig, *, then: str = "") -> list[str]:
+    """Drop subscription, publication and slot (`then`: more SQL for the new
+    server, same round trip). When the old server is down: DISABLE,
+    slot_name = NONE, DROP; return what is left to drop on it."""
     if pg.reachable(cfg.old):
-        pending.extend(cleanup_old(cfg))
-    else:
-        pending.extend([f"slot:{NAME}", f"publication:{NAME}"])
-    return sorted(set(pending))
+        # DROP SUBSCRIPTION drops the slot on the publisher too
+        pg.execute(cfg.new, f"DROP SUBSCRIPTION IF EXISTS {NAME};\n{then}")
+        return cleanup_old(cfg)
+    pg.execute(cfg.new, f"""
+        DO $$ BEGIN
+          IF EXISTS (SELECT 1 FROM pg_subscription WHERE subname = '{NAME}') THEN
+            ALTER SUBSCRIPTION {NAME} DISABLE;
+            ALTER SUBSCRIPTION {NAME} SET (slot_name = NONE);
+          END IF;
+        END $$;
+        DROP SUBSCRIPTION IF EXISTS {NAME};
+        {then}""")
+    return [f"publication:{NAME}", f"slot:{NAME}"]
 
 
 def cleanup_old(cfg: CutoverConfig) -> list[str]:
-    """Drop our slot and publication on the old server; [] when all gone."""
-    pg.execute(cfg.old, f"""
+    """Drop our slot and publication on the old server; what is left there."""
+    left = pg.query(cfg.old, f"""
         SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
          WHERE slot_name = '{NAME}' AND NOT active;
-        DROP PUBLICATION IF EXISTS {NAME};""")
-    left = pg.value(cfg.old, f"SELECT 1 FROM pg_replication_slots WHERE slot_name = '{NAME}'")
-    return [f"slot:{NAME}"] if left else []
+        DROP PUBLICATION IF EXISTS {NAME};
+        SELECT 'slot:' || slot_name FROM pg_replication_slots WHERE slot_name = '{NAME}';""")
+    return [r[0] for r in left if r and r[0].startswith("slot:")]

@@ -5,11 +5,9 @@ walsenders (the replication connections) are left alone."""
 from __future__ import annotations
 
 import re
-import time
 
 from builder.cutover import pg
 from builder.cutover.config import Conn, CutoverConfig
-from builder.errors import UserError
 
 _CREATE_ROLE = re.compile(r'^CREATE ROLE ("(?:[^"]|"")+"|[^\s;]+);$')
 _ALTER_ROLE = re.compile(r'^ALTER ROLE ("(?:[^"]|"")+"|[^\s;]+) ')
@@ -59,20 +57,29 @@ def freeze(cfg: CutoverConfig, *, timeout: float = 30.0) -> tuple[str, list[list
     and sequence values once no app session is left."""
     role = pg.ident(cfg.app_user)
     user = pg.literal(cfg.app_user)
-    pg.execute(cfg.old, f"""
+    # one round trip: the window is counted in these milliseconds
+    rows = pg.query(cfg.old, f"""
         ALTER ROLE {role} NOLOGIN;
-        SELECT pg_terminate_backend(pid) FROM pg_stat_activity
-         WHERE backend_type = 'client backend' AND usename = {user};
-    """)
-    deadline = time.monotonic() + timeout
-    while app_sessions(cfg.old, cfg.app_user):
-        if time.monotonic() > deadline:
-            raise UserError(f"sessions of {cfg.app_user} survived termination for {timeout:g} s")
-        time.sleep(0.01)
-    lsn = pg.value(cfg.old, "SELECT pg_current_wal_lsn()")
-    seqs = pg.query(cfg.old, "SELECT schemaname, sequencename, last_value FROM pg_sequences "
-                             "ORDER BY 1, 2")
-    sequences: list[list[object]] = [[s, n, int(v) if v else None] for s, n, v in seqs]
+        DO $$
+        DECLARE deadline timestamptz := clock_timestamp() + interval '{float(timeout)} s';
+        BEGIN
+          LOOP
+            PERFORM pg_terminate_backend(pid) FROM pg_stat_activity
+              WHERE backend_type = 'client backend' AND usename = {user};
+            PERFORM pg_stat_clear_snapshot();  -- activity is cached per transaction
+            EXIT WHEN NOT EXISTS (SELECT 1 FROM pg_stat_activity
+              WHERE backend_type = 'client backend' AND usename = {user});
+            IF clock_timestamp() > deadline THEN
+              RAISE EXCEPTION 'sessions of % survived termination', {user};
+            END IF;
+            PERFORM pg_sleep(0.005);
+          END LOOP;
+        END $$;
+        SELECT 'lsn', pg_current_wal_lsn()::text, NULL;
+        SELECT schemaname, sequencename, last_value FROM pg_sequences ORDER BY 1, 2;
+    """, timeout=timeout + 30)
+    lsn = rows[0][1]
+    sequences: list[list[object]] = [[s, n, int(v) if v else None] for s, n, v in rows[1:]]
     return lsn, sequences
 
 

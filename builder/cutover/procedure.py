@@ -74,7 +74,11 @@ def run_cutover(cfg: CutoverConfig, dns: DnsProvider, path: Path, *, say: Say,
         state.step("cleanup_old").status = "pending"  # retry what the old server still holds
     ctx = Ctx(cfg, state, dns, say, start_now, fix_replica_identity,
               checkpoint=lambda: state.save(path))
-    run_steps(forward_steps(cfg), state.steps, ctx, state, path, say=say, after_step=after_step)
+    try:
+        run_steps(forward_steps(cfg), state.steps, ctx, state, path, say=say,
+                  after_step=after_step)
+    finally:
+        ctx.close()
     return state
 
 

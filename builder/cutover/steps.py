@@ -5,6 +5,7 @@ or a rollback needs are kept in the persisted state."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
@@ -29,6 +30,24 @@ class Ctx:
     #: persist the state now: facts a rollback needs are saved before the
     #: change they describe is made, so a crash in between cannot lose them
     checkpoint: Callable[[], None] = lambda: None
+    #: the new database as it was before the DNS switch (checksum_when: after_switch)
+    snapshot: verify.Snapshot | None = None
+    #: the old server's row counts, taken in the background from the freeze on
+    old_counts: Future[dict[str, int]] | None = None
+    _pool: ThreadPoolExecutor | None = None
+
+    def pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="cutover-bg")
+        return self._pool
+
+    def close(self) -> None:
+        if self.snapshot is not None:
+            self.snapshot.close()
+            self.snapshot = None
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +123,9 @@ def _maintenance_on(ctx: Ctx) -> str:
 
 def _freeze(ctx: Ctx) -> str:
     lsn, seqs = freeze(ctx.cfg)
+    # the old server is frozen: count its rows for the gate while the window
+    # goes on (the count is the slow part of the gate on a big database)
+    ctx.old_counts = ctx.pool().submit(verify.row_counts, ctx.cfg.old)
     f = ctx.state.facts
     f.freeze_at = f.freeze_at or now_iso()
     f.final_lsn, f.sequences = lsn, seqs
@@ -126,9 +148,10 @@ def _writable(ctx: Ctx) -> None:
 
 
 def _detach(ctx: Ctx) -> str:
-    pending = db_replicate.detach(ctx.cfg)
+    pending = db_replicate.detach(
+        ctx.cfg, then=f"ALTER ROLE {verify.pg.ident(ctx.cfg.app_user)} LOGIN;")
     ctx.state.facts.pending_old_cleanup = pending
-    _writable(ctx)
+    ctx.state.facts.new_writable_at = ctx.state.facts.new_writable_at or now_iso()
     return ("subscription, publication and slot dropped" if not pending else
             "subscription dropped (old server down); left on the old server: "
             + ", ".join(pending))
@@ -148,14 +171,23 @@ def _files_sync(ctx: Ctx) -> str:
 def _verify_db(ctx: Ctx) -> str:
     cfg = ctx.cfg
     try:
-        old_counts, new_counts = verify.both(verify.row_counts, cfg.old, cfg.new)
+        if ctx.old_counts is not None:
+            new_counts = verify.row_counts(cfg.new)
+            old_counts = ctx.old_counts.result()
+            ctx.old_counts = None
+        else:
+            old_counts, new_counts = verify.both(verify.row_counts, cfg.old, cfg.new)
     except UserError as exc:
+        ctx.old_counts = None
         raise UserError(
             f"row counts: {exc}",
             hint="the old server must be up to compare; start it and run again") from exc
     counts = verify.compare("row counts", old_counts, new_counts)
     recorded = {f"{s}.{n}": v for s, n, v in ctx.state.facts.sequences}
     seqs = verify.compare("sequences", dict(recorded), dict(verify.sequences(cfg.new)))
+    if cfg.cutover.checksum_when == "after_switch":
+        ctx.close()
+        ctx.snapshot = verify.Snapshot(cfg.new)
     for c in (counts, seqs):
         if not c.ok:
             raise UserError(
@@ -165,12 +197,34 @@ def _verify_db(ctx: Ctx) -> str:
 
 
 def _verify_checksums(ctx: Ctx) -> str:
-    old, new = verify.both(verify.table_checksums, ctx.cfg.old, ctx.cfg.new)
+    try:
+        old, new = _checksums(ctx)
+    except UserError as exc:
+        raise UserError(
+            f"table checksums: {exc}",
+            hint="the old server must be up to compare; start it and run again") from exc
     c = verify.compare("table checksums", old, new)
     if not c.ok:
         raise UserError(f"gate failed: {c.summary()}",
                         hint="`amibake cutover rollback` restores the old site")
     return c.summary()
+
+
+def _checksums(ctx: Ctx) -> tuple[dict[str, str], dict[str, str]]:
+    if ctx.cfg.cutover.checksum_when == "after_switch":
+        if ctx.snapshot is None:
+            raise UserError(
+                "the snapshot of the new database taken before the DNS switch was lost when "
+                "the run stopped: its checksums would include the app's new writes",
+                hint="compare by hand, or use checksum_when: before_switch")
+        snap = ctx.snapshot
+        with ThreadPoolExecutor(2) as pool:
+            on_old = pool.submit(verify.table_checksums, ctx.cfg.old)
+            new = verify.table_checksums(ctx.cfg.new, snap)
+            old = on_old.result()
+        ctx.close()
+        return old, new
+    return verify.both(verify.table_checksums, ctx.cfg.old, ctx.cfg.new)
 
 
 def _verify_files(ctx: Ctx) -> str:

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 from urllib.parse import urlsplit
 
+import psycopg
+
 from builder.cutover import pg
 from builder.cutover.config import Conn
 from builder.errors import UserError
@@ -28,8 +30,11 @@ _USER_TABLES = """
        AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1"""
 
 
-def tables(conn: Conn) -> list[str]:
-    return [r[0] for r in pg.query(conn, _USER_TABLES)]
+Query = Callable[[str], list[list[str]]]
+
+
+def tables(conn: Conn, query: Query | None = None) -> list[str]:
+    return [r[0] for r in (query or (lambda sql: pg.query(conn, sql)))(_USER_TABLES)]
 
 
 def row_counts(conn: Conn) -> dict[str, int]:
@@ -47,8 +52,8 @@ def sequences(conn: Conn) -> dict[str, int | None]:
     return {n: int(v) if v else None for n, v in rows}
 
 
-def _order_by(conn: Conn, table: str) -> str:
-    cols = pg.query(conn, f"""
+def _order_by(query: Query, table: str) -> str:
+    cols = query(f"""
         SELECT quote_ident(a.attname) FROM pg_index i
           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
          WHERE i.indrelid = {pg.literal(table)}::regclass AND i.indisprimary
@@ -56,14 +61,36 @@ def _order_by(conn: Conn, table: str) -> str:
     return ", ".join("t." + c[0] for c in cols) or "t::text"
 
 
-def table_checksums(conn: Conn) -> dict[str, str]:
-    """Per table: md5 over the md5 of each row in primary-key order."""
+def table_checksums(conn: Conn, snapshot: Snapshot | None = None) -> dict[str, str]:
+    """Per table: md5 over the md5 of each row in primary-key order; inside
+    `snapshot` when given (the new server as it was before the DNS switch)."""
+    query: Query = snapshot.query if snapshot else (
+        lambda sql: pg.query(conn, sql, timeout=24 * 3600))
     out: dict[str, str] = {}
-    for t in tables(conn):
-        out[t] = pg.value(conn, (
-            f"SELECT md5(coalesce(string_agg(md5(t::text), '' ORDER BY {_order_by(conn, t)}), ''))"
-            f" FROM {t} t"), timeout=24 * 3600)
+    for t in tables(conn, query):
+        out[t] = query(
+            f"SELECT md5(coalesce(string_agg(md5(t::text), '' ORDER BY {_order_by(query, t)}),"
+            f" '')) FROM {t} t")[0][0]
     return out
+
+
+class Snapshot:
+    """A REPEATABLE READ transaction opened on the new server before the DNS
+    switch and held: checksums taken after the switch see the data as it was
+    then, not the app's first writes. Lives only as long as this run."""
+
+    def __init__(self, conn: Conn) -> None:
+        self._conn = psycopg.connect(conn.conninfo(), autocommit=True,
+                                     application_name="amibake-cutover")
+        self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        self._conn.execute("SELECT 1")  # the snapshot is taken here
+
+    def query(self, sql: str) -> list[list[str]]:
+        cur = self._conn.execute(sql.encode())
+        return [["" if v is None else str(v) for v in row] for row in cur.fetchall()]
+
+    def close(self) -> None:
+        self._conn.close()
 
 
 @dataclass(frozen=True)

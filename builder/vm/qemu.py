@@ -246,20 +246,38 @@ class Vm:
         with open(self.paths.instance_store, "wb") as f:
             f.truncate(self.spec.instance_store_gib << 30)
         self._firmware = prepare_firmware(self.spec.boot, self.paths.workdir)
+        for attempt in range(3):
+            self._spawn()
+            try:
+                self.check_running()
+                return
+            except VmError:
+                # another process took a "free" port between the probe and qemu's bind
+                if attempt == 2 or "host forwarding" not in self._qemu_output():
+                    raise
+                self.ports = Ports(ssh=free_port(), http=free_port())
+
+    def _spawn(self) -> None:
+        assert self._firmware is not None
         cmd = build_command(self.spec, self.paths, self.ports, self._firmware, self.accel)
         log.debug("+ %s", shlex.join(cmd))
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         with open(self.paths.qemu_log, "wb") as qlog:
-            self.proc = subprocess.Popen(
+            self.proc = subprocess.Popen(  # a background process: proc.run is for waiting
                 cmd, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT,
                 env=env, preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         self.started_at = time.monotonic()
         _live.add(self)
         time.sleep(0.3)
-        self.check_running()
+
+    def _qemu_output(self) -> str:
+        try:
+            return self.paths.qemu_log.read_text(errors="replace").strip()
+        except OSError:
+            return ""
 
     def kill(self) -> None:
         """Kill qemu (idempotent) and reap it."""
@@ -306,7 +324,7 @@ class Vm:
         assert self.proc is not None
         code = self.proc.poll()
         if code is not None:
-            qemu_out = self.paths.qemu_log.read_text(errors="replace").strip()
+            qemu_out = self._qemu_output()
             detail = qemu_out.splitlines()[-1] if qemu_out else "no output"
             raise VmError(
                 f"qemu exited with code {code} after {self.elapsed():.0f} s ({detail}); "

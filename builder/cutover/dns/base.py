@@ -107,7 +107,7 @@ class DnsProvider(ABC):
         return [query_a(h, p, self.spec.record) for h, p in self.nameservers()]
 
     def wait_authoritative(
-        self, expected: str, *, successes: int = 2, attempts: int = 60, interval: float = 0.5
+        self, expected: str, *, successes: int = 2, attempts: int = 300, interval: float = 0.1
     ) -> list[ServerAnswer]:
         """Every authoritative server answers `expected`, `successes` times in a
         row, within `attempts` rounds (the one waiter pattern)."""
