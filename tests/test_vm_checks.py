@@ -89,3 +89,12 @@ def test_http_get_to_nothing_is_an_oserror() -> None:
         port = s.getsockname()[1]
     with pytest.raises(OSError):
         http_get(port, "/")
+
+
+def test_a_guest_kernel_stuck_for_a_minute_counts_as_hung() -> None:
+    from builder.vm.boottest import guest_hung
+
+    line = "[  28.5] watchdog: BUG: soft lockup - CPU#0 stuck for {}s! [cryptomgr_test:50]"
+    assert not guest_hung("Debian GNU/Linux 12 ip-169-254-2-15 ttyS0\nlogin:")
+    assert not guest_hung(line.format(26))  # a slow moment on a loaded host
+    assert guest_hung(line.format(26) + "\n" + line.format(61))

@@ -139,3 +139,28 @@ def test_a_taken_port_is_replaced_and_a_bad_disk_is_a_clear_error(tmp_path: Path
     assert qemu_pids(iid) == []
     with pytest.raises(UserError, match="disk image not found"):
         Vm(VmSpec(tmp_path / "none.raw", 1, new_instance_id()), tmp_path / "vm2").__enter__()
+
+
+def test_a_vm_that_never_comes_up_gets_one_more_boot_then_fails(tmp_path: Path) -> None:
+    from builder.manifest import load_manifest
+    from builder.vm.boottest import NeverCameUp, boot_and_check
+
+    manifest = load_manifest(Path(__file__).resolve().parent.parent / "manifests/smallpayroll.yaml")
+    workdir = tmp_path / "web-bios"
+    with pytest.raises(NeverCameUp) as err:
+        boot_and_check(blank_disk(tmp_path), manifest, "web", "bios",
+                       key=generate_key(tmp_path / "k"), workdir=workdir, accel=TCG, timeout=6)
+    assert f"serial log: {workdir / 'serial.log'}" in str(err.value)
+    assert sorted(p.name for p in workdir.glob("serial*.log")) == [
+        "serial.attempt1.log", "serial.log"]
+    assert not list(workdir.glob("*.qcow2")) and not list(workdir.glob("*.raw"))
+    leftovers = [pid for pid in os.listdir("/proc") if pid.isdigit()
+                 and str(workdir).encode() in _cmdline(int(pid))]
+    assert leftovers == []
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""

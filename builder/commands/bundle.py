@@ -46,7 +46,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", metavar="NAME[:VERSION]",
-                     help="a stored image (newest version unless given)")
+                     help="a stored image (newest version unless given, or img-<id>)")
     src.add_argument("--disk", type=Path, metavar="PATH", help="a disk image file")
     src.add_argument("--volume", type=Path, metavar="DIR",
                      help="a directory tree, e.g. / for the running system (made into ext4)")
@@ -96,10 +96,9 @@ def run(args: argparse.Namespace, out: Output) -> int:
     arch = args.arch or ""
     transient: Path | None = None
     if args.image:
-        from builder.publish.context import find_stored_image
+        from builder.store import Store
 
-        name, _, version = args.image.partition(":")
-        stored = find_stored_image(args.images, name, version or None)
+        stored = Store(args.images).resolve(args.image)
         disk, prefix = stored.disk_path, f"{stored.name}-{stored.version}"
         arch = arch or stored.architecture
     elif args.disk:

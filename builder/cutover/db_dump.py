@@ -19,7 +19,7 @@ def dump_restore(cfg: CutoverConfig, *, workdir: Path | None = None) -> str:
     cut = cfg.cutover
     if cut.dump_format == "stream":
         pg.pipeline(
-            ["pg_dump", "-Fc", "-Z0", *_DUMP_FLAGS, "-d", cfg.old.conninfo(with_password=False)],
+            ["pg_dump", "-Fc", *_DUMP_FLAGS, "-d", cfg.old.conninfo(with_password=False)],
             ["pg_restore", *_RESTORE_FLAGS, "-d", cfg.new.conninfo(with_password=False)],
             cfg.old, cfg.new, timeout=24 * 3600,
         )
@@ -28,7 +28,7 @@ def dump_restore(cfg: CutoverConfig, *, workdir: Path | None = None) -> str:
     try:
         out = tmp / "dump"
         jobs = str(max(1, cut.dump_jobs))
-        pg.tool(["pg_dump", "-Fd", "-j", jobs, "-Z0", *_DUMP_FLAGS, "-f", str(out)],
+        pg.tool(["pg_dump", "-Fd", "-j", jobs, *_DUMP_FLAGS, "-f", str(out)],
                 cfg.old, timeout=24 * 3600)
         pg.tool(["pg_restore", "-j", jobs, *_RESTORE_FLAGS, "-d", cfg.new.dbname, str(out)],
                 cfg.new, timeout=24 * 3600)

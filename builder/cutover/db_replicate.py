@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psycopg
+
 from builder.cutover import pg
 from builder.cutover.config import CutoverConfig
 from builder.errors import UserError
@@ -69,35 +71,46 @@ def wait_caught_up(cfg: CutoverConfig, final_lsn: str, *, timeout: float) -> str
     applied and flushed everything committed before the freeze)."""
     start = time.monotonic()
     deadline = start + timeout
-    target = pg.literal(final_lsn)
-    while True:
-        try:
-            done = pg.value(cfg.old, (
-                f"SELECT confirmed_flush_lsn >= {target}::pg_lsn FROM pg_replication_slots "
-                f"WHERE slot_name = '{NAME}'"), timeout=10)
-        except UserError as exc:
-            raise UserError(
-                f"the old server is unreachable before the subscriber confirmed {final_lsn}: "
-                f"{exc}",
-                hint="start it again and re-run (the run resumes here), or `cutover rollback`",
-            ) from exc
-        if done == "t":
-            return f"caught up to {final_lsn} in {time.monotonic() - start:.2f} s"
-        if done == "":
-            raise UserError(f"replication slot {NAME} is missing on the old server")
-        if time.monotonic() > deadline:
-            raise UserError(f"the subscriber did not reach {final_lsn} within {timeout} s")
-        time.sleep(0.01)
+    sql = (f"SELECT confirmed_flush_lsn >= {pg.literal(final_lsn)}::pg_lsn "
+           f"FROM pg_replication_slots WHERE slot_name = '{NAME}'")
+    try:
+        # one connection polled every few ms: this wait is inside the window
+        with psycopg.connect(cfg.old.conninfo(), autocommit=True, connect_timeout=10,
+                             application_name="amibake-cutover") as conn:
+            while True:
+                row = conn.execute(sql.encode()).fetchone()
+                if row is None:
+                    raise UserError(f"replication slot {NAME} is missing on the old server")
+                if row[0]:
+                    return f"caught up to {final_lsn} in {time.monotonic() - start:.2f} s"
+                if time.monotonic() > deadline:
+                    raise UserError(f"the subscriber did not reach {final_lsn} within {timeout} s")
+                time.sleep(0.005)
+    except psycopg.Error as exc:
+        raise UserError(
+            f"the old server is unreachable before the subscriber confirmed {final_lsn}: "
+            f"{str(exc).strip()}",
+            hint="start it again and re-run (the run resumes here), or `cutover rollback`",
+        ) from exc
 
 
 def detach(cfg: CutoverConfig, *, then: str = "") -> list[str]:
     """Drop subscription, publication and slot (`then`: more SQL for the new
     server, same round trip). When the old server is down: DISABLE,
     slot_name = NONE, DROP; return what is left to drop on it."""
-    if pg.reachable(cfg.old):
+    try:
         # DROP SUBSCRIPTION drops the slot on the publisher too
         pg.execute(cfg.new, f"DROP SUBSCRIPTION IF EXISTS {NAME};\n{then}")
-        return cleanup_old(cfg)
+    except UserError as exc:
+        if "could not connect to publisher" not in str(exc) or pg.reachable(cfg.old):
+            raise
+    else:
+        try:
+            return cleanup_old(cfg)
+        except UserError:
+            if pg.reachable(cfg.old):
+                raise
+            return [f"publication:{NAME}", f"slot:{NAME}"]
     pg.execute(cfg.new, f"""
         DO $$ BEGIN
           IF EXISTS (SELECT 1 FROM pg_subscription WHERE subname = '{NAME}') THEN

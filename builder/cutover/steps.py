@@ -123,9 +123,11 @@ def _maintenance_on(ctx: Ctx) -> str:
 
 def _freeze(ctx: Ctx) -> str:
     lsn, seqs = freeze(ctx.cfg)
-    # the old server is frozen: count its rows for the gate while the window
-    # goes on (the count is the slow part of the gate on a big database)
-    ctx.old_counts = ctx.pool().submit(verify.row_counts, ctx.cfg.old)
+    if ctx.cfg.strategy == "replicate":
+        # the old server is frozen: count its rows for the gate while the
+        # replica catches up (the count is the slow part of the gate on a big
+        # database; with `dump` it would only compete with pg_dump)
+        ctx.old_counts = ctx.pool().submit(verify.row_counts, ctx.cfg.old)
     f = ctx.state.facts
     f.freeze_at = f.freeze_at or now_iso()
     f.final_lsn, f.sequences = lsn, seqs

@@ -9,7 +9,9 @@ log, which is kept; a passing VM's work directory is removed.
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import re
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from builder.vm.metadata import (
     new_instance_id,
     secret_values,
 )
-from builder.vm.qemu import Vm, VmError, VmSpec
+from builder.vm.qemu import Vm, VmError, VmPaths, VmSpec
 from builder.vm.ssh import Ssh, SshFailed, SshKey, generate_key
 from builder.wait import NotYet, Waiter, WaitTimeout, wait_for
 
@@ -47,6 +49,7 @@ class RoleBootResult:
     seconds_to_ssh: float
     seconds_to_ready: float
     checks: tuple[CheckResult, ...]
+    attempts: int = 1
 
     @property
     def ok(self) -> bool:
@@ -56,7 +59,7 @@ class RoleBootResult:
         return {
             "role": self.role, "boot": self.boot, "instance_id": self.instance_id,
             "accel": self.accel, "seconds_to_ssh": round(self.seconds_to_ssh, 1),
-            "seconds_to_ready": round(self.seconds_to_ready, 1),
+            "seconds_to_ready": round(self.seconds_to_ready, 1), "attempts": self.attempts,
             "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
         }
 
@@ -105,14 +108,41 @@ def render_identity(manifest: Manifest, role: str, key: SshKey, *,
     )
 
 
+class NeverCameUp(VmError):
+    """The VM never let the login user in: qemu exited, the guest kernel hung,
+    or SSH did not answer in time. The one failure worth a second boot."""
+
+
+#: A guest kernel stuck this long (TCG on a loaded host has been seen to hang
+#: in early boot, e.g. in the crypto self-tests) will not recover.
+_LOCKUP = re.compile(r"soft lockup - CPU#\d+ stuck for (\d+)s")
+LOCKUP_GIVE_UP_SECONDS = 60
+
+
+def guest_hung(serial_text: str) -> bool:
+    return any(int(s) >= LOCKUP_GIVE_UP_SECONDS for s in _LOCKUP.findall(serial_text))
+
+
 def wait_ssh(vm: Vm, ssh: Ssh) -> None:
-    """Until the login user gets a shell (the dispatcher installed the key)."""
+    """Until the login user gets a shell (the dispatcher installed the key).
+
+    Gives up within 60 % of the VM's time (SSH answers long before that even
+    on a loaded host), at once when qemu exits or the guest kernel hangs.
+    """
     def attempt() -> None:
-        vm.check_running()
+        try:
+            vm.check_running()
+        except VmError as exc:
+            raise NeverCameUp(str(exc), exc.hint) from exc
+        if guest_hung(vm.serial_tail(200)):
+            raise vm.failure("the guest kernel hung (soft lockup)", NeverCameUp)
         ssh.run("true", timeout=20)
-    wait_for(attempt, Waiter(f"SSH into {vm.spec.instance_id}", attempts=200, interval=3,
-                             timeout=max(vm.remaining(), 1)),
-             retry_on=(SshFailed,))
+    try:
+        wait_for(attempt, Waiter(f"SSH into {vm.spec.instance_id}", attempts=1000, interval=3,
+                                 timeout=max(0.6 * vm.remaining(), 1)),
+                 retry_on=(SshFailed,))
+    except WaitTimeout as exc:
+        raise vm.failure(str(exc), NeverCameUp) from exc
 
 
 def wait_boot_finished(vm: Vm, ssh: Ssh) -> str:
@@ -131,23 +161,37 @@ def wait_boot_finished(vm: Vm, ssh: Ssh) -> str:
 def boot_and_check(
     disk: Path, manifest: Manifest, role: str, boot: BootMode, *, key: SshKey,
     workdir: Path, accel: Accel | None = None, timeout: float = VM_TIMEOUT,
+    attempts: int = 2,
 ) -> RoleBootResult:
-    identity = render_identity(manifest, role, key)
-    with imds_server(identity) as imds:
-        spec = VmSpec(disk=disk, imds_port=imds.port, instance_id=identity.instance_id,
-                      boot=boot, instance_type=identity.instance_type, timeout=timeout)
-        with Vm(spec, workdir, accel=accel) as vm:
-            ssh = Ssh(key, vm.ports.ssh, manifest.image.login_user)
-            result = check_booted_vm(vm, ssh, plan_role(manifest, role), boot)
-    shutil.rmtree(workdir, ignore_errors=True)
-    return result
+    """Boot and check one role. A VM that never came up gets one more boot
+    (a new instance; the first serial log is kept as serial.attempt1.log); a
+    VM that came up and failed a check does not."""
+    for attempt in range(1, attempts + 1):
+        identity = render_identity(manifest, role, key)
+        try:
+            with imds_server(identity) as imds:
+                spec = VmSpec(disk=disk, imds_port=imds.port, instance_id=identity.instance_id,
+                              boot=boot, instance_type=identity.instance_type, timeout=timeout)
+                with Vm(spec, workdir, accel=accel) as vm:
+                    ssh = Ssh(key, vm.ports.ssh, manifest.image.login_user)
+                    result = check_booted_vm(vm, ssh, plan_role(manifest, role), boot)
+        except NeverCameUp:
+            if attempt == attempts:
+                raise
+            log = VmPaths(workdir).serial_log
+            if log.exists():
+                log.replace(workdir / f"serial.attempt{attempt}.log")
+            continue
+        shutil.rmtree(workdir, ignore_errors=True)
+        return dataclasses.replace(result, attempts=attempt)
+    raise AssertionError("unreachable")
 
 
 def check_booted_vm(vm: Vm, ssh: Ssh, plan: RolePlan, boot: BootMode) -> RoleBootResult:
     """Wait for the VM to come up, run the role's checks; VmError on any failure."""
+    wait_ssh(vm, ssh)
+    to_ssh = vm.elapsed()
     try:
-        wait_ssh(vm, ssh)
-        to_ssh = vm.elapsed()
         state = wait_boot_finished(vm, ssh)
         to_ready = vm.elapsed()
     except WaitTimeout as exc:

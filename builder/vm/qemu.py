@@ -334,9 +334,9 @@ class Vm:
         if self.remaining() <= 0:
             raise self.failure(f"VM timed out after {self.spec.timeout:.0f} s")
 
-    def failure(self, message: str) -> VmError:
-        """A VmError naming the serial log (to raise after a failed check)."""
-        return VmError(
+    def failure(self, message: str, kind: type[VmError] | None = None) -> VmError:
+        """A VmError (or `kind`) naming the serial log, to raise after a failed check."""
+        return (kind or VmError)(
             f"{message}; serial log: {self.paths.serial_log}",
             hint="read the serial log for what the guest did",
         )
