@@ -74,7 +74,10 @@ def run_inspect(args: argparse.Namespace, out: Output) -> int:
     doc["path"] = str(image.dir)
     if not args.packages and not out.json_mode:
         doc["packages"] = f"{len(image.packages)} packages (--packages to list)"
-    lines = [f"{k}: {v}" for k, v in doc.items() if k not in ("packages", "inputs", "disk")]
+    skip = ("packages", "inputs", "disk", "boot_test", "roles")
+    lines = [f"{k}: {v}" for k, v in doc.items() if k not in skip]
+    lines.append(f"roles: {', '.join(image.roles)}")
+    lines += _boot_test_lines(image.boot_test)
     lines.append(f"disk: {image.disk_path} sha256={image.disk.sha256} "
                  f"apparent={image.disk.apparent_size} used={image.disk.used_size}")
     lines += [f"input {k}: {v}" for k, v in sorted(image.inputs.items())]
@@ -84,6 +87,18 @@ def run_inspect(args: argparse.Namespace, out: Output) -> int:
         lines.append(str(doc["packages"]))
     out.result(doc, "\n".join(lines))
     return 0
+
+
+def _boot_test_lines(boot_test: dict[str, Any]) -> list[str]:
+    if boot_test.get("skipped"):
+        return ["boot test: skipped (--skip-boot-test)"]
+    lines = []
+    for r in boot_test.get("results", ()):
+        failed = [c["name"] for c in r.get("checks", ()) if not c.get("ok")]
+        verdict = "FAILED " + ", ".join(failed) if failed else "passed"
+        lines.append(f"boot test: {r.get('role')} ({r.get('boot')}, {r.get('accel')}) {verdict}, "
+                     f"ready after {r.get('seconds_to_ready')} s")
+    return lines
 
 
 def run_prune(args: argparse.Namespace, out: Output) -> int:

@@ -4,6 +4,7 @@ resolvers may still hand out the old address."""
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -98,16 +99,28 @@ class DnsProvider(ABC):
         """The zone's authoritative servers when the manifest names none."""
 
     def nameservers(self) -> list[tuple[str, int]]:
-        if self.spec.nameservers:
-            return [parse_hostport(s) for s in self.spec.nameservers]
-        return self.default_nameservers()
+        """Addresses to ask: names (Route53's ns-….awsdns-… servers) are resolved."""
+        servers = ([parse_hostport(s) for s in self.spec.nameservers] if self.spec.nameservers
+                   else self.default_nameservers())
+        out: list[tuple[str, int]] = []
+        for host, port in servers:
+            try:
+                ipaddress.ip_address(host)
+                out.append((host, port))
+            except ValueError:
+                try:
+                    answer = dns.resolver.resolve(host, "A", lifetime=5)
+                except dns.exception.DNSException as exc:
+                    raise UserError(f"cannot resolve name server {host}: {exc}") from exc
+                out.extend((r.address, port) for r in answer)
+        return out
 
     def check(self) -> list[ServerAnswer]:
         """What every authoritative server answers right now."""
         return [query_a(h, p, self.spec.record) for h, p in self.nameservers()]
 
     def wait_authoritative(
-        self, expected: str, *, successes: int = 2, attempts: int = 300, interval: float = 0.1
+        self, expected: str, *, successes: int = 2, attempts: int = 600, interval: float = 0.05
     ) -> list[ServerAnswer]:
         """Every authoritative server answers `expected`, `successes` times in a
         row, within `attempts` rounds (the one waiter pattern)."""

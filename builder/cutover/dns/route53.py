@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from botocore.exceptions import WaiterError
+from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
 from builder.cutover.dns.base import DnsProvider, Record
 from builder.errors import UserError
@@ -26,9 +26,13 @@ class Route53Dns(DnsProvider):
 
     def get(self) -> Record:
         name = _fqdn(self.spec.record)
-        resp = self.client.list_resource_record_sets(
-            HostedZoneId=self.zone_id, StartRecordName=name, StartRecordType="A", MaxItems="1"
-        )
+        try:
+            resp = self.client.list_resource_record_sets(
+                HostedZoneId=self.zone_id, StartRecordName=name, StartRecordType="A",
+                MaxItems="1")
+        except (BotoCoreError, ClientError) as exc:
+            raise UserError(f"Route53 zone {self.zone_id}: {exc}",
+                            hint="check AWS credentials and cutover.dns.hosted_zone_id") from exc
         for rrset in resp.get("ResourceRecordSets", []):
             if _fqdn(rrset["Name"]).lower() == name.lower() and rrset["Type"] == "A":
                 values = [r["Value"] for r in rrset.get("ResourceRecords", [])]
@@ -41,7 +45,15 @@ class Route53Dns(DnsProvider):
         )
 
     def set(self, address: str, ttl: int) -> None:
-        resp = self.client.change_resource_record_sets(
+        try:
+            resp = self._change(address, ttl)
+        except (BotoCoreError, ClientError) as exc:
+            raise UserError(f"Route53 change of {self.spec.record} failed: {exc}",
+                            hint="check AWS credentials and cutover.dns.hosted_zone_id") from exc
+        self._wait(resp["ChangeInfo"]["Id"])
+
+    def _change(self, address: str, ttl: int) -> Any:
+        return self.client.change_resource_record_sets(
             HostedZoneId=self.zone_id,
             ChangeBatch={
                 "Comment": "amibake cutover",
@@ -56,7 +68,8 @@ class Route53Dns(DnsProvider):
                 }],
             },
         )
-        change_id = resp["ChangeInfo"]["Id"]
+
+    def _wait(self, change_id: str) -> None:
         try:
             self.client.get_waiter("resource_record_sets_changed").wait(
                 Id=change_id,
@@ -70,5 +83,8 @@ class Route53Dns(DnsProvider):
             ) from exc
 
     def default_nameservers(self) -> list[tuple[str, int]]:
-        resp = self.client.get_hosted_zone(Id=self.zone_id)
+        try:
+            resp = self.client.get_hosted_zone(Id=self.zone_id)
+        except (BotoCoreError, ClientError) as exc:
+            raise UserError(f"Route53 zone {self.zone_id}: {exc}") from exc
         return [(ns, 53) for ns in resp.get("DelegationSet", {}).get("NameServers", [])]
