@@ -10,11 +10,11 @@ from pathlib import Path
 
 import boto3
 import pytest
-from aws_fixtures import AWS_ENV, make_stored_image
-from bundle_pki import Pki, make_pki
 from moto import mock_aws
 
 from builder.cli import main
+from tests.aws_fixtures import AWS_ENV, make_stored_image
+from tests.bundle_pki import Pki, make_pki
 
 MiB = 1024 * 1024
 

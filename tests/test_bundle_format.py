@@ -10,7 +10,6 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from bundle_pki import Pki, make_pki
 
 from builder.bundle import manifest_xml
 from builder.bundle.certs import BundleCredentials, load_private_key
@@ -19,6 +18,7 @@ from builder.bundle.tarstream import data_extents
 from builder.bundle.writer import PART_SIZE, BundleRequest, BundleResult, bundle_image
 from builder.errors import UserError
 from builder.store import Store
+from tests.bundle_pki import Pki, make_pki
 
 MiB = 1024 * 1024
 ROOT = Path(__file__).resolve().parent.parent

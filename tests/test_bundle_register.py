@@ -6,12 +6,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aws_fixtures import Aws, aws, error_response, quiet, store  # noqa: F401
-from bundle_pki import Pki, make_pki
 
 from builder.bundle import manifest_xml
 from builder.bundle.register import InstanceStoreOptions, publish_instance_store
 from builder.publish.context import PublishContext, PublishImage
+from tests.aws_fixtures import Aws, error_response, quiet
+from tests.bundle_pki import Pki, make_pki
+
+pytest_plugins = ("tests.aws_plugin",)  # fixtures: aws, store
 
 BUCKET = "amibake-test-bundles"
 
@@ -21,7 +23,7 @@ def pki(tmp_path: Path) -> Pki:
     return make_pki(tmp_path / "pki")
 
 
-def make_ctx(aws: Aws, store: Path, regions: tuple[str, ...] = ("us-east-1",)) -> PublishContext:  # noqa: F811
+def make_ctx(aws: Aws, store: Path, regions: tuple[str, ...] = ("us-east-1",)) -> PublishContext:
     image = PublishImage.from_dir(store / "smallpayroll" / "1.0.0")
     return PublishContext(clients=aws.clients, out=quiet(), image=image,
                           ami_name="smallpayroll-1.0.0", regions=regions)
@@ -34,7 +36,7 @@ def options(pki: Pki, workdir: Path) -> InstanceStoreOptions:
 
 
 def test_publish_instance_store_registers_manifest_location(
-    aws: Aws, store: Path, pki: Pki, tmp_path: Path  # noqa: F811
+    aws: Aws, store: Path, pki: Pki, tmp_path: Path
 ) -> None:
     ctx = make_ctx(aws, store, ("us-east-1", "eu-west-1"))
     doc = publish_instance_store(ctx, options(pki, tmp_path / "work"))
@@ -75,7 +77,7 @@ def test_publish_instance_store_registers_manifest_location(
 
 
 def test_failed_register_cleans_up_bundle_and_bucket(
-    aws: Aws, store: Path, pki: Pki, tmp_path: Path  # noqa: F811
+    aws: Aws, store: Path, pki: Pki, tmp_path: Path
 ) -> None:
     def fail(model: Any, **_: Any) -> Any:
         if model.name == "RegisterImage":
@@ -95,7 +97,7 @@ def test_failed_register_cleans_up_bundle_and_bucket(
 
 
 def test_failure_keeps_a_bucket_it_did_not_create(
-    aws: Aws, store: Path, pki: Pki, tmp_path: Path  # noqa: F811
+    aws: Aws, store: Path, pki: Pki, tmp_path: Path
 ) -> None:
     s3 = aws.clients.client("s3", "us-east-1")
     s3.create_bucket(Bucket=BUCKET)
@@ -109,7 +111,7 @@ def test_failure_keeps_a_bucket_it_did_not_create(
 
 
 def test_bad_certificate_fails_before_anything_is_created(
-    aws: Aws, store: Path, pki: Pki, tmp_path: Path  # noqa: F811
+    aws: Aws, store: Path, pki: Pki, tmp_path: Path
 ) -> None:
     bad = InstanceStoreOptions(cert=pki.cert, privatekey=pki.other_key, ec2cert=pki.ec2_cert,
                                bucket=BUCKET, workdir=tmp_path)

@@ -12,7 +12,6 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import EndpointConnectionError
-from bundle_pki import make_pki
 from moto import mock_aws
 
 from builder.bundle.certs import BundleCredentials
@@ -24,6 +23,7 @@ from builder.bundle.s3_upload import (
 )
 from builder.bundle.writer import BundleRequest, BundleResult, bundle_image
 from builder.errors import UserError
+from tests.bundle_pki import make_pki
 
 MiB = 1024 * 1024
 

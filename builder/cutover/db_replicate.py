@@ -28,7 +28,7 @@ def copy_schema(cfg: CutoverConfig) -> None:
         path = Path(tmp) / "schema.sql"
         pg.tool(["pg_dump", "--schema-only", "--clean", "--if-exists", "--no-publications",
                  "--no-subscriptions", "-f", str(path)], cfg.old, timeout=600)
-        pg.execute(cfg.new, path.read_text())
+        pg.run_script(cfg.new, path.read_text())
 
 
 def setup(cfg: CutoverConfig, say: Callable[[str], None], *, timeout: float = 3600) -> str:
@@ -104,11 +104,13 @@ def detach(cfg: CutoverConfig, *, then: str = "") -> list[str]:
     slot_name = NONE, DROP; return what is left to drop on it."""
     try:
         # DROP SUBSCRIPTION drops the slot on the publisher too
-        pg.execute(cfg.new, f"DROP SUBSCRIPTION IF EXISTS {NAME};\n{then}")
+        pg.execute(cfg.new, f"DROP SUBSCRIPTION IF EXISTS {NAME}")
     except UserError as exc:
         if "could not connect to publisher" not in str(exc) or pg.reachable(cfg.old):
             raise
     else:
+        if then:
+            pg.execute(cfg.new, then)
         try:
             return cleanup_old(cfg)
         except UserError:
@@ -121,9 +123,10 @@ def detach(cfg: CutoverConfig, *, then: str = "") -> list[str]:
             ALTER SUBSCRIPTION {NAME} DISABLE;
             ALTER SUBSCRIPTION {NAME} SET (slot_name = NONE);
           END IF;
-        END $$;
-        DROP SUBSCRIPTION IF EXISTS {NAME};
-        {then}""")
+        END $$""")
+    pg.execute(cfg.new, f"DROP SUBSCRIPTION IF EXISTS {NAME}")  # not in a transaction block
+    if then:
+        pg.execute(cfg.new, then)
     return [f"publication:{NAME}", f"slot:{NAME}"]
 
 

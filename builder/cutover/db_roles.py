@@ -41,7 +41,7 @@ def copy_roles(cfg: CutoverConfig) -> str:
         if m and _unquote(m.group(1)) in (cfg.new.user, cfg.old.user):
             continue
         keep.append(line)
-    pg.execute(cfg.new, "\n".join(keep) + "\n")
+    pg.run_script(cfg.new, "\n".join(keep) + "\n")
     return f"created {len(copied)} role(s)" + (f": {', '.join(sorted(copied))}" if copied else "")
 
 
@@ -57,9 +57,10 @@ def freeze(cfg: CutoverConfig, *, timeout: float = 30.0) -> tuple[str, list[list
     and sequence values once no app session is left."""
     role = pg.ident(cfg.app_user)
     user = pg.literal(cfg.app_user)
-    # one round trip: the window is counted in these milliseconds
+    # committed on its own: from here no new app session is admitted
+    pg.execute(cfg.old, f"ALTER ROLE {role} NOLOGIN")
+    # then one round trip: end the sessions, read the final position
     rows = pg.query(cfg.old, f"""
-        ALTER ROLE {role} NOLOGIN;
         DO $$
         DECLARE deadline timestamptz := clock_timestamp() + interval '{float(timeout)} s';
         BEGIN

@@ -1,5 +1,8 @@
-"""PostgreSQL through libpq's own tools (psql, pg_dump, pg_restore), run by
-builder.proc.run. Results come back as CSV rows."""
+"""PostgreSQL: SQL over a libpq session kept per server (psycopg; the window
+is counted in milliseconds, a psql process per statement costs 50-100 ms on
+a busy machine), scripts with psql meta-commands through psql, and libpq's
+own tools (pg_dump, pg_restore, pg_dumpall) run by builder.proc.run.
+Results are rows of strings as psql prints them ('t'/'f', '' for NULL)."""
 
 from __future__ import annotations
 
@@ -9,9 +12,14 @@ import os
 import shlex
 import subprocess
 import tempfile
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+
+import psycopg
+from psycopg.adapt import AdaptersMap
+from psycopg.types.string import TextLoader
 
 from builder.cutover.config import Conn
 from builder.errors import UserError
@@ -28,10 +36,68 @@ def literal(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+_TEXT = AdaptersMap()
+_TEXT.register_loader(0, TextLoader)  # every type comes back as its text form
+_local = threading.local()
+
+
+def _sessions() -> dict[Conn, psycopg.Connection[tuple[object, ...]]]:
+    if not hasattr(_local, "sessions"):
+        _local.sessions = {}
+    return _local.sessions  # type: ignore[no-any-return]
+
+
+def _connect(conn: Conn) -> psycopg.Connection[tuple[object, ...]]:
+    return psycopg.connect(conn.conninfo(), autocommit=True, connect_timeout=5,
+                           application_name="amibake-cutover", context=_TEXT)
+
+
+def close_sessions() -> None:
+    """Close this thread's sessions (the end of a run)."""
+    for c in _sessions().values():
+        c.close()
+    _sessions().clear()
+
+
+def _session_query(conn: Conn, sql: str) -> list[list[str]]:
+    sessions = _sessions()
+    for attempt in (0, 1):
+        reused = conn in sessions
+        try:
+            if not reused:
+                sessions[conn] = _connect(conn)
+            cur = sessions[conn].execute(sql.encode())
+            rows: list[list[str]] = []
+            while True:
+                if cur.description is not None:
+                    rows += [["" if v is None else str(v) for v in r] for r in cur.fetchall()]
+                if not cur.nextset():
+                    return rows
+        except psycopg.OperationalError as exc:
+            stale = sessions.pop(conn, None)
+            if stale is not None:
+                stale.close()
+            if reused and attempt == 0:
+                continue  # the server went away since: one fresh connection
+            raise UserError(f"{conn}: {_first_line(exc)}",
+                            hint="check the address, pg_hba.conf and the password") from exc
+        except psycopg.Error as exc:
+            raise UserError(f"{conn}: {_first_line(exc)}",
+                            hint="run with --debug for the SQL") from exc
+    raise AssertionError("unreachable")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def query(conn: Conn, sql: str, *, timeout: float | None = 120) -> list[list[str]]:
     """Run `sql` (one statement or a script) and return the rows of its results."""
-    proc = _psql(conn, sql, timeout=timeout)
-    return [row for row in csv.reader(io.StringIO(proc.stdout)) if row]
+    if any(line.lstrip().startswith("\\") for line in sql.splitlines()):
+        proc = _psql(conn, sql, timeout=timeout)  # psql meta-commands (pg_dump output)
+        return [row for row in csv.reader(io.StringIO(proc.stdout)) if row]
+    return _session_query(conn, sql)
 
 
 def value(conn: Conn, sql: str, *, timeout: float | None = 120) -> str:
@@ -41,6 +107,12 @@ def value(conn: Conn, sql: str, *, timeout: float | None = 120) -> str:
 
 
 def execute(conn: Conn, sql: str, *, timeout: float | None = 600) -> None:
+    query(conn, sql, timeout=timeout)
+
+
+def run_script(conn: Conn, sql: str, *, timeout: float | None = 3600) -> None:
+    """A dump's SQL (pg_dump, pg_dumpall) through psql in its own session:
+    it may hold meta-commands and sets search_path for itself."""
     _psql(conn, sql, timeout=timeout)
 
 

@@ -46,7 +46,7 @@ def tables_without_identity(conn: Conn) -> list[str]:
         SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
           JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-           AND n.nspname NOT LIKE 'pg_toast%' AND NOT c.relispartition
+           AND n.nspname NOT LIKE 'pg_toast%' AND c.relpersistence <> 't' AND NOT c.relispartition
            AND (c.relreplident = 'n'
                 OR (c.relreplident = 'd' AND NOT EXISTS (
                       SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary))
@@ -65,7 +65,8 @@ def _free_bytes(conn: Conn) -> int | None:
     itself (COPY FROM PROGRAM needs superuser, which the cutover has)."""
     datadir = pg.value(conn, "SHOW data_directory")
     rows = pg.query(conn, f"""
-        CREATE TEMP TABLE amibake_df (line text);
+        CREATE TEMP TABLE IF NOT EXISTS amibake_df (line text);
+        TRUNCATE amibake_df;
         COPY amibake_df FROM PROGRAM {pg.literal("df -Pk " + _sh_quote(datadir))};
         SELECT line FROM amibake_df;""")
     for (line,) in rows[1:]:

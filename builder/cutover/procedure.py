@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from builder.cutover import plan, preflight
+from builder.cutover import pg, plan, preflight
 from builder.cutover.config import CutoverConfig
 from builder.cutover.dns.base import DnsProvider, countdown
 from builder.cutover.state import AfterStep, CutoverState, StepRecord, now_iso, run_steps
@@ -79,6 +79,7 @@ def run_cutover(cfg: CutoverConfig, dns: DnsProvider, path: Path, *, say: Say,
                   after_step=after_step)
     finally:
         ctx.close()
+        pg.close_sessions()
     return state
 
 

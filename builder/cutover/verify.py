@@ -27,7 +27,7 @@ _USER_TABLES = """
       JOIN pg_namespace n ON n.oid = c.relnamespace
      WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
        AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-       AND n.nspname NOT LIKE 'pg_toast%' ORDER BY 1"""
+       AND n.nspname NOT LIKE 'pg_toast%' AND c.relpersistence <> 't' ORDER BY 1"""
 
 
 Query = Callable[[str], list[list[str]]]
