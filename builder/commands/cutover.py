@@ -29,13 +29,18 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
 
 
 def handle(args: argparse.Namespace, out: Output) -> int:
+    import boto3
+
     from builder.cutover import plan, procedure
     from builder.cutover.config import derive
     from builder.cutover.dns import provider_for
     from builder.manifest import load_manifest
 
     manifest = load_manifest(args.manifest)
-    cfg = derive(manifest)
+    region = manifest.publish.regions[0] if manifest.publish.regions else None
+    # clients are only called for secrets without an AMIBAKE_SECRET_<NAME> override
+    cfg = derive(manifest, ssm=boto3.client("ssm", region_name=region),
+                 secretsmanager=boto3.client("secretsmanager", region_name=region))
     dns = provider_for(cfg)
     path = args.state or procedure.default_state_path(cfg)
 

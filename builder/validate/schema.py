@@ -9,6 +9,7 @@ functions as `cloud-init schema --config-file`, so the verdict is the same.
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 import warnings
@@ -64,8 +65,17 @@ def _cloudinit() -> tuple[ModuleType, dict[str, Any]]:
         )
     if str(dist) not in sys.path:
         sys.path.insert(0, str(dist))
-    import cloudinit.version
-    from cloudinit.config import schema as ci_schema
+    # Importing cloud-init resets the root logger to NOTSET (its log module
+    # configures logging for a whole boot); put ours back, or every library's
+    # DEBUG records (botocore request bodies included) reach our handlers.
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        import cloudinit.version
+        from cloudinit.config import schema as ci_schema
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers
 
     version = cloudinit.version.version_string()
     if version != EXPECTED_VERSION:
