@@ -427,8 +427,12 @@ def _start_site(manifest: Manifest, address: str, port: int, name: str, *,
     (base / "nginx.conf").write_text(_rendered_conf(manifest, site, strict_host=strict_host))
     for p in base.iterdir():
         shutil.chown(p, "www-data", "www-data")
-    run(["nginx", "-p", base, "-c", base / "nginx.conf"], user="www-data", group="www-data",
-        capture=True)
+    try:
+        run(["nginx", "-p", base, "-c", base / "nginx.conf"], user="www-data",
+            group="www-data", capture=True)
+    except BaseException:
+        shutil.rmtree(base, ignore_errors=True)
+        raise
     for _ in range(200):
         if (base / "nginx.pid").exists() and (base / "nginx.pid").read_text().strip():
             site.pid = int((base / "nginx.pid").read_text())

@@ -48,6 +48,9 @@ from builder.publish.ebs_steps import (
 #: ephemeral0 on /dev/sdb
 BLOCK_DEVICE_MAPPING = {"ami": "sda1", "root": "/dev/sda1", "ephemeral0": "sdb"}
 
+#: EC2's size limit for an instance-store root device
+MAX_ROOT_BYTES = 10 * 1024**3
+
 
 @dataclass(frozen=True)
 class InstanceStoreOptions:
@@ -80,6 +83,25 @@ def bundle_prefix(ctx: PublishContext) -> str:
     return check_prefix(ctx.ami_name)
 
 
+def check_instance_store_image(ctx: PublishContext) -> None:
+    """What EC2 accepts for an instance-store root: at most 10 GiB, and a disk
+    that boots without UEFI (instance-store AMIs are registered without BootMode)."""
+    img = ctx.image
+    if img.apparent_size > MAX_ROOT_BYTES:
+        raise UserError(
+            f"{img.name} {img.version}: the disk is {img.apparent_size / 1024**3:.1f} GiB; "
+            "an instance-store root device holds at most 10 GiB",
+            hint="lower image.volume_size_gib, or publish with backing: ebs",
+        )
+    if img.boot_mode == "uefi" and img.architecture == "x86_64":
+        raise UserError(
+            f"{img.name} {img.version} boots only with UEFI; instance-store AMIs boot "
+            "x86_64 instances with legacy BIOS",
+            hint="use image.boot_mode uefi-preferred (the baked disk boots both ways), "
+            "or publish with backing: ebs",
+        )
+
+
 class PrevalidateInstanceStoreStep:
     """H6's prevalidation plus what a bundle needs, before anything exists."""
 
@@ -103,6 +125,7 @@ class PrevalidateInstanceStoreStep:
             self._check(ctx)
 
     def _check(self, ctx: PublishContext) -> None:
+        check_instance_store_image(ctx)
         self.state.creds = BundleCredentials.load(
             self.options.cert, self.options.privatekey, self.options.ec2cert
         )

@@ -36,9 +36,11 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
                    help="store the image without booting it (not for images you publish)")
     try:
         from builder.aws.clients import add_aws_options
+        from builder.commands.publish import add_backing_options
     except ImportError:  # publishing not installed: --target aws says so
         pass
     else:
+        add_backing_options(p)
         add_aws_options(p)
     p.set_defaults(func=run)
 
@@ -113,7 +115,7 @@ def publish(args: argparse.Namespace, manifest: Any, image_dir: Path,
     """--target aws: the one call into the publisher (builder.commands.publish)."""
     try:
         from builder.aws.clients import target_from_args
-        from builder.commands.publish import publish_stored_image, regions_for
+        from builder.commands.publish import bundle_args, publish_stored_image, regions_for
     except ImportError as exc:
         raise UserError(
             "--target aws: publishing is not available in this amibake",
@@ -121,5 +123,6 @@ def publish(args: argparse.Namespace, manifest: Any, image_dir: Path,
         ) from exc
     regions = regions_for(manifest, getattr(args, "region", None))
     result: dict[str, Any] = publish_stored_image(
-        manifest, image_dir, target_from_args(args, regions[0]), out, regions=regions)
+        manifest, image_dir, target_from_args(args, regions[0]), out, regions=regions,
+        backing=getattr(args, "backing", None), bundle=bundle_args(args))
     return result

@@ -66,9 +66,8 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
                    help="--volume: keep keys, histories and other secrets")
     p.add_argument("-s", "--size", type=int, default=0, metavar="MiB",
                    help="--volume: filesystem size (default: the tree's size + headroom)")
-    p.add_argument("--images", type=Path,
-                   default=Path(os.environ.get("AMIBAKE_IMAGES", "images")), metavar="DIR",
-                   help="local image store (default: images/)")
+    p.add_argument("--images", "--store", dest="images", type=Path, default=None,
+                   metavar="DIR", help="local image store (default: $AMIBAKE_STORE or ./images)")
     p.set_defaults(func=run)
 
 
@@ -96,9 +95,9 @@ def run(args: argparse.Namespace, out: Output) -> int:
     arch = args.arch or ""
     transient: Path | None = None
     if args.image:
-        from builder.store import Store
+        from builder.store import Store, default_store_root
 
-        stored = Store(args.images).resolve(args.image)
+        stored = Store(args.images or default_store_root()).resolve(args.image)
         disk, prefix = stored.disk_path, f"{stored.name}-{stored.version}"
         arch = arch or stored.architecture
     elif args.disk:

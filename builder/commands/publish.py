@@ -3,12 +3,64 @@
 from __future__ import annotations
 
 import argparse
-import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from builder.errors import UserError
 from builder.output import Output
+
+BACKINGS = ("ebs", "instance-store")
+
+
+@dataclass(frozen=True)
+class BundleArgs:
+    """The instance-store options as given (each may be missing until needed)."""
+
+    cert: Path | None = None
+    privatekey: Path | None = None
+    ec2cert: Path | None = None
+    bucket: str | None = None  # BUCKET[/PREFIX]; default: the manifest's publish.bucket
+    workdir: Path | None = None
+
+    def options(self, manifest: Any) -> Any:
+        """`InstanceStoreOptions` for builder.bundle.register; a UserError names
+        the first thing missing."""
+        from builder.bundle.register import InstanceStoreOptions
+        from builder.commands.bundle import require
+
+        bucket = self.bucket or manifest.publish.bucket
+        if not bucket:
+            raise UserError(
+                "an instance-store publish needs an S3 bucket for the bundle",
+                hint="set publish.bucket in the manifest or pass --bucket BUCKET[/PREFIX]",
+            )
+        return InstanceStoreOptions(
+            cert=require(self.cert, "--cert"), privatekey=require(self.privatekey, "--privatekey"),
+            ec2cert=require(self.ec2cert, "--ec2cert"), bucket=bucket, workdir=self.workdir,
+        )
+
+
+def add_backing_options(p: argparse.ArgumentParser) -> None:
+    """--backing, --bucket, --bundle-dir and the bundle key options (publish and bake)."""
+    from builder.commands.bundle import add_key_options
+
+    g = p.add_argument_group("instance-store backing")
+    g.add_argument("--backing", choices=BACKINGS, default=None,
+                   help="AMI root device type (default: the manifest's image.backing)")
+    g.add_argument("--bucket", metavar="BUCKET[/PREFIX]", default=None,
+                   help="S3 bucket for instance-store bundles (default: publish.bucket)")
+    g.add_argument("--bundle-dir", type=Path, default=None, metavar="DIR",
+                   help="where the transient bundle is written (default: a temp dir)")
+    add_key_options(p)
+
+
+def bundle_args(args: argparse.Namespace) -> BundleArgs:
+    return BundleArgs(
+        cert=getattr(args, "cert", None), privatekey=getattr(args, "privatekey", None),
+        ec2cert=getattr(args, "ec2cert", None), bucket=getattr(args, "bucket", None),
+        workdir=getattr(args, "bundle_dir", None),
+    )
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
@@ -16,9 +68,10 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
 
     p = subparsers.add_parser(
         "publish", parents=[parent], help="publish a stored image as AMIs",
-        description="Upload a boot-tested image from the local store to an EBS snapshot, "
-        "register it as an AMI, tag it, copy it to the manifest's regions and point SSM "
-        "parameters at it. Re-publishing the same version and disk changes nothing.",
+        description="Upload a boot-tested image from the local store to an EBS snapshot "
+        "(or, with backing instance-store, bundle it into S3), register it as an AMI, tag it, "
+        "copy it to the manifest's regions and point SSM parameters at it. Re-publishing the "
+        "same version and disk changes nothing.",
     )
     p.add_argument("manifest", type=Path, metavar="MANIFEST")
     p.add_argument("--version", dest="image_version", metavar="V",
@@ -29,6 +82,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
                    help="print what would be created; create nothing")
     p.add_argument("--concurrency", type=int, default=8, metavar="N",
                    help="blocks uploaded at once (default: 8)")
+    add_backing_options(p)
     add_aws_options(p)
     p.set_defaults(func=run)
 
@@ -46,17 +100,20 @@ def run(args: argparse.Namespace, out: Output) -> int:
     from builder.aws.clients import target_from_args
     from builder.manifest import load_manifest
     from builder.publish.context import find_stored_image
+    from builder.store import default_store_root
 
     if args.concurrency < 1:
         raise UserError("--concurrency must be at least 1")
     manifest = load_manifest(Path(args.manifest))
     version = args.image_version or str(manifest.version)
-    store_root = args.images or Path(os.environ.get("AMIBAKE_STORE") or "images")
+    store_root = args.images or default_store_root()
     image = find_stored_image(store_root, manifest.name, version)
     regions = regions_for(manifest, getattr(args, "region", None))
     target = target_from_args(args, regions[0])
     doc = publish_stored_image(manifest, image.dir, target, out, regions=regions,
-                               dry_run=args.dry_run, concurrency=args.concurrency)
+                               dry_run=args.dry_run, concurrency=args.concurrency,
+                               backing=getattr(args, "backing", None),
+                               bundle=bundle_args(args))
     if not doc["published"] and not args.dry_run:
         text = f"not published: {doc['reason']}"
     elif args.dry_run:
@@ -79,28 +136,32 @@ def publish_stored_image(
     regions: tuple[str, ...] | None = None,
     dry_run: bool = False,
     concurrency: int = 8,
+    backing: str | None = None,
+    bundle: BundleArgs | None = None,
 ) -> dict[str, Any]:
     """Publish the stored image in `image_dir` (for `publish` and `bake --target aws`).
 
     `target` is a `builder.aws.clients.AwsTarget`. Without AWS credentials it
     says so and returns `{"published": False, ...}`: the image stays local.
+    `backing` (default: the manifest's image.backing) picks the EBS snapshot
+    path or the instance-store bundle path (`bundle` gives its certificates and
+    bucket); both run the same register, tag, copy, SSM and finalize steps.
     """
     from builder.aws.clients import NO_CREDENTIALS, NO_CREDENTIALS_HINT, make_clients
     from builder.publish.context import PublishContext, PublishImage, ami_name
     from builder.publish.ebs_steps import publish
 
     image = PublishImage.from_dir(image_dir)
-    if manifest.image.backing != "ebs":
-        raise UserError(
-            f"image.backing is {manifest.image.backing!r}; this command publishes EBS-backed AMIs",
-            hint="instance-store images are published from an S3 bundle",
-        )
+    backing = backing or manifest.image.backing
+    if backing not in BACKINGS:
+        raise UserError(f"unknown backing {backing!r}", hint="ebs or instance-store")
     regions = regions or regions_for(manifest, None)
     clients = make_clients(target, max_pool_connections=max(16, concurrency))
     if clients is None:
         out.say(f"{NO_CREDENTIALS} ({image.dir}); {NO_CREDENTIALS_HINT}")
         return {"published": False, "reason": "no AWS credentials configured",
-                "image_dir": str(image.dir)}
+                "image_dir": str(image.dir), "backing": backing}
+    options = (bundle or BundleArgs()).options(manifest) if backing == "instance-store" else None
     ctx = PublishContext(
         clients=clients, out=out, image=image,
         ami_name=ami_name(manifest.image.name_template, image.name, image.version,
@@ -109,6 +170,12 @@ def publish_stored_image(
         kms_key_ids=dict(manifest.publish.kms_key_ids),
         upload_concurrency=concurrency, dry_run=dry_run,
     )
-    doc = publish(ctx)
+    if options is not None:
+        from builder.bundle.register import publish_instance_store
+
+        doc = publish_instance_store(ctx, options)
+    else:
+        doc = publish(ctx)
+        doc["backing"] = "ebs"
     doc["published"] = not dry_run
     return doc

@@ -22,6 +22,8 @@ TAG_INPUTS_DIGEST = "amibake:inputs-digest"
 TAG_ROLES = "amibake:roles"
 TAG_BUILDER = "amibake:builder-version"
 TAG_COMPLETE = "amibake:complete"
+#: on an instance-store AMI (home region): its bundle, `bucket/prefix/<prefix>.manifest.xml`
+TAG_BUNDLE = "amibake:bundle-location"
 
 
 @dataclass(frozen=True)

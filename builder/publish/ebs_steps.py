@@ -25,6 +25,7 @@ from builder.aws.progress import Progress
 from builder.errors import UserError
 from builder.publish.context import (
     TAG_BUILD_ID,
+    TAG_BUNDLE,
     TAG_COMPLETE,
     TAG_DISK_SHA256,
     TAG_VERSION,
@@ -274,9 +275,21 @@ def register_request(ctx: PublishContext) -> dict[str, Any]:
             },
         }]
     elif isinstance(ctx.root, BundleRoot):
+        # An instance-store AMI: the root device is the bundle in S3, so no Ebs
+        # mapping (and no volume size: the bundle's image size is the root's);
+        # RootDeviceName and the ephemeral0 mapping match the bundle manifest's
+        # block_device_mapping (ami=sda1, root=/dev/sda1, ephemeral0=sdb). No
+        # BootMode: UEFI needs an EBS root, and left out EC2 uses the
+        # architecture's default (legacy BIOS on x86_64), which the baked disk
+        # (GPT with BIOS and UEFI boot) supports.
+        del request["BootMode"]
         request["ImageLocation"] = ctx.root.image_location
         request["RootDeviceName"] = "/dev/sda1"
         request["BlockDeviceMappings"] = [{"DeviceName": "/dev/sdb", "VirtualName": "ephemeral0"}]
+        request["TagSpecifications"] = [{
+            "ResourceType": "image",
+            "Tags": ctx.tag_list({TAG_BUNDLE: ctx.root.image_location}),
+        }]
     else:
         raise RuntimeError("register step needs ctx.root (set by an upload step)")
     return request
@@ -313,6 +326,9 @@ class RegisterImageStep:
         self.waiter = waiter
 
     def plan(self, ctx: PublishContext) -> str:
+        if ctx.backing == "instance-store":
+            return (f"register {ctx.ami_name} in {ctx.home} ({ctx.image.architecture}, "
+                    "instance-store root from the S3 bundle, IMDSv2 only, ENA)")
         return (f"register {ctx.ami_name} in {ctx.home} ({ctx.image.architecture}, "
                 f"{ctx.image.boot_mode}, gp3 root, IMDSv2 only, ENA)")
 

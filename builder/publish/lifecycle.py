@@ -16,7 +16,13 @@ from packaging.version import InvalidVersion, Version
 
 from builder.aws.clients import Clients, error_code
 from builder.errors import UserError
-from builder.publish.context import TAG_BUILD_ID, TAG_COMPLETE, TAG_NAME, TAG_VERSION
+from builder.publish.context import (
+    TAG_BUILD_ID,
+    TAG_BUNDLE,
+    TAG_COMPLETE,
+    TAG_NAME,
+    TAG_VERSION,
+)
 from builder.publish.ebs_steps import _snapshots_of, _tags_of, delete_image_and_snapshots, ssm_name
 from builder.publish.plan import Plan
 
@@ -42,6 +48,32 @@ def parse_when(text: str) -> dt.datetime:
     except ValueError as exc:
         raise UserError(f"--at {text!r} is not a date", hint="use YYYY-MM-DD or ISO 8601") from exc
     return _utc(when)
+
+
+def bundle_location(image: dict[str, Any]) -> str | None:
+    """The S3 bundle an instance-store AMI was registered from: its
+    ImageLocation (what EC2 reports, also for region copies), else the
+    `amibake:bundle-location` tag the register step puts on the home AMI."""
+    location = image.get("ImageLocation")
+    if image.get("RootDeviceType") == "instance-store" and location:
+        return str(location)
+    return _tags_of(image).get(TAG_BUNDLE) or None
+
+
+def delete_bundle(clients: Clients, region: str, location: str) -> list[str]:
+    """Delete a deregistered AMI's bundle objects (idempotent); a failure says
+    exactly what is left to delete by hand."""
+    from builder.bundle.s3_upload import delete_bundle_at
+
+    try:
+        return delete_bundle_at(clients.client("s3", region), location)
+    except ClientError as exc:
+        folder = location.rpartition("/")[0]
+        raise UserError(
+            f"could not delete the bundle s3://{location} ({error_code(exc)}); "
+            "its AMI is already deregistered",
+            hint=f"delete it by hand: aws s3 rm --recursive s3://{folder}/",
+        ) from exc
 
 
 # ----------------------------------------------------------------- deprecate
@@ -136,7 +168,8 @@ def prune(
     ssm_prefix: str = "/amibake",
     dry_run: bool = False,
 ) -> Plan:
-    """Deregister all but the newest `keep` versions (and their snapshots) everywhere.
+    """Deregister all but the newest `keep` versions everywhere, deleting their
+    snapshots (EBS) or S3 bundles (instance-store).
 
     Never touches the version SSM `latest` points to, nor one an instance or a
     launch template uses (in any region: a version is kept or pruned as a whole).
@@ -179,6 +212,9 @@ def prune(
             plan.add("delete", "image", region, image["ImageId"], f"{ver}")
             for snap in _snapshots_of(image):
                 plan.add("delete", "snapshot", region, snap, f"{ver}")
+            location = bundle_location(image)
+            if location:
+                plan.add("delete", "s3-bundle", region, location, f"{ver}")
             param = ssm_name(ssm_prefix, name, str(ver))
             if _ssm_value(clients.ssm(region), param) == image["ImageId"]:
                 plan.add("delete", "ssm-parameter", region, param, f"{ver}")
@@ -204,6 +240,8 @@ def _execute_deletes(clients: Clients, plan: Plan) -> None:
             except ClientError as exc:
                 if "NotFound" not in error_code(exc):
                     raise
+        elif action.kind == "s3-bundle":  # after its image (planned in that order)
+            delete_bundle(clients, action.region, action.ident)
         elif action.kind == "ssm-parameter":
             clients.ssm(action.region).delete_parameter(Name=action.ident)
 
@@ -228,7 +266,7 @@ def gc(
     dry_run: bool = False,
     now: dt.datetime | None = None,
 ) -> Plan:
-    """Remove AMIs and snapshots of runs that never finished.
+    """Remove AMIs, snapshots and instance-store bundles of runs that never finished.
 
     A resource is a leftover when it carries an `amibake:build-id` tag but not
     `amibake:complete=true`, and is older than `min_age_seconds` (so a run in
@@ -255,6 +293,9 @@ def gc(
                 for snap in _snapshots_of(image):
                     plan.add("delete", "snapshot", region, snap, f"build {bid}")
                     doomed_snaps.add(snap)
+                location = bundle_location(image)
+                if location:
+                    plan.add("delete", "s3-bundle", region, location, f"build {bid}")
         doomed_images = {a.ident for a in plan.actions if a.region == region and a.kind == "image"}
         for image in all_images:
             if image["ImageId"] not in doomed_images:
@@ -271,6 +312,9 @@ def gc(
         for action in plan.of("delete"):
             if action.kind == "image":
                 delete_image_and_snapshots(clients.ec2(action.region), action.ident)
+        for action in plan.of("delete"):
+            if action.kind == "s3-bundle":
+                delete_bundle(clients, action.region, action.ident)
         for action in plan.of("delete"):
             if action.kind == "snapshot":
                 try:
