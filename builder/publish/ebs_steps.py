@@ -249,6 +249,14 @@ class UploadSnapshotStep:
 RequestBuilder = Callable[[PublishContext], dict[str, Any]]
 
 
+def bundle_tag(ctx: PublishContext) -> dict[str, str]:
+    """The home AMI of an instance-store publish names its bundle (prune and gc
+    delete it); nothing for EBS-backed AMIs."""
+    if isinstance(ctx.root, BundleRoot):
+        return {TAG_BUNDLE: ctx.root.image_location}
+    return {}
+
+
 def register_request(ctx: PublishContext) -> dict[str, Any]:
     """RegisterImage parameters for `ctx.root` (EBS snapshot or S3 bundle)."""
     img = ctx.image
@@ -286,10 +294,8 @@ def register_request(ctx: PublishContext) -> dict[str, Any]:
         request["ImageLocation"] = ctx.root.image_location
         request["RootDeviceName"] = "/dev/sda1"
         request["BlockDeviceMappings"] = [{"DeviceName": "/dev/sdb", "VirtualName": "ephemeral0"}]
-        request["TagSpecifications"] = [{
-            "ResourceType": "image",
-            "Tags": ctx.tag_list({TAG_BUNDLE: ctx.root.image_location}),
-        }]
+        request["TagSpecifications"] = [{"ResourceType": "image",
+                                         "Tags": ctx.tag_list(bundle_tag(ctx))}]
     else:
         raise RuntimeError("register step needs ctx.root (set by an upload step)")
     return request
@@ -376,7 +382,8 @@ class TagImageStep:
 
     def run(self, ctx: PublishContext) -> None:
         home = ctx.home
-        _tag(ctx.clients.ec2(home), [ctx.image_ids[home], *ctx.snapshot_ids.get(home, [])], ctx)
+        _tag(ctx.clients.ec2(home), [ctx.image_ids[home], *ctx.snapshot_ids.get(home, [])], ctx,
+             bundle_tag(ctx))
 
     def cleanup(self, ctx: PublishContext) -> None:
         return None
