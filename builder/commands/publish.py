@@ -147,6 +147,8 @@ def publish_stored_image(
     path or the instance-store bundle path (`bundle` gives its certificates and
     bucket); both run the same register, tag, copy, SSM and finalize steps.
     """
+    from botocore.exceptions import ClientError
+
     from builder.aws.clients import NO_CREDENTIALS, NO_CREDENTIALS_HINT, make_clients
     from builder.publish.context import PublishContext, PublishImage, ami_name
     from builder.publish.ebs_steps import publish
@@ -170,12 +172,18 @@ def publish_stored_image(
         kms_key_ids=dict(manifest.publish.kms_key_ids),
         upload_concurrency=concurrency, dry_run=dry_run,
     )
-    if options is not None:
-        from builder.bundle.register import publish_instance_store
+    try:
+        if options is not None:
+            from builder.bundle.register import publish_instance_store
 
-        doc = publish_instance_store(ctx, options)
-    else:
-        doc = publish(ctx)
-        doc["backing"] = "ebs"
+            doc = publish_instance_store(ctx, options)
+        else:
+            doc = publish(ctx)
+            doc["backing"] = "ebs"
+    except ClientError as exc:  # the steps' cleanups have run: say it in one line
+        raise UserError(
+            f"publishing {ctx.ami_name} failed: {exc}; what this run had created was removed",
+            hint=f"fix the cause and publish again (build {ctx.build_id})",
+        ) from exc
     doc["published"] = not dry_run
     return doc
