@@ -220,6 +220,27 @@ def test_postgresql_mounts_the_instance_store_from_imds(tmp_path: Path) -> None:
             run(["umount", mount], check=False)
 
 
+def test_postgresql_keeps_cloud_inits_entry_for_the_mount_point(tmp_path: Path) -> None:
+    """cloud-init's mounts module lists ephemeral0 at /mnt by default on EC2: the
+    setup script mounts the store but writes no second fstab line for /mnt."""
+    from builder.imds import ImdsConfig, ImdsServer
+
+    mount = tmp_path / "mnt"
+    theirs = f"/dev/vdb\t{mount}\tauto\tdefaults,nofail,comment=cloudconfig\t0\t2\n"
+    (tmp_path / "fstab").write_text(theirs)
+    with loop_device(tmp_path) as device:
+        bdm = {"ami": "/dev/xvda", "root": "/dev/xvda", "ephemeral0": device.removeprefix("/dev/")}
+        try:
+            with ImdsServer(ImdsConfig(block_device_mapping=bdm)) as imds:
+                result = mount_store(tmp_path, imds.url, mount)
+            assert result.returncode == 0, result.stderr
+            assert run(["findmnt", "-n", "-o", "SOURCE", mount], capture=True).stdout.strip() \
+                == device
+            assert (tmp_path / "fstab").read_text() == theirs
+        finally:
+            run(["umount", mount], check=False)
+
+
 def test_postgresql_refuses_a_missing_instance_store(tmp_path: Path) -> None:
     from builder.imds import ImdsConfig, ImdsServer
 
