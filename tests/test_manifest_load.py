@@ -91,7 +91,7 @@ def test_seed_2010_is_the_old_stack(seed2010: Manifest) -> None:
     assert ruby is not None and ruby.source == "tarball" and ruby.tarball is not None
     assert ruby.tarball.prefix == "/opt/ree"
     assert ruby.tarball.url.endswith("/ruby-enterprise-1.8.7-2010.02.tar.gz")
-    assert len(ruby.tarball.sha256) == 64
+    assert ruby.tarball.md5 == "4df7b09c01adfd711b0ab76837611542"
     app = m.components.appserver
     assert app is not None and app.kind == "mongrel_cluster" and app.ports == (8100, 8101)
     assert m.components.nginx is not None and m.components.nginx.balance == "fair"

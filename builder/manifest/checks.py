@@ -107,7 +107,10 @@ def check_ruby(m: Manifest, report: Report) -> None:
         return
     if ruby.source == "tarball" and ruby.tarball is None:
         report("components.ruby.source", "ruby source 'tarball' needs a `tarball:` section "
-                                         "(url, sha256, prefix)")
+                                         "(url, sha256 or md5, prefix)")
+    if ruby.tarball is not None and not (ruby.tarball.sha256 or ruby.tarball.md5):
+        report("components.ruby.tarball", "the tarball needs a checksum: sha256 (or md5 when "
+                                          "that is all its publisher gave)")
     if ruby.source == "debian" and ruby.tarball is not None:
         report("components.ruby.tarball", "ruby.tarball is set but ruby.source is 'debian'")
 

@@ -24,6 +24,7 @@ Check = Callable[[Any], "str | None"]
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 REGION = re.compile(r"[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d+")
 SHA256 = re.compile(r"[0-9a-f]{64}")
+MD5 = re.compile(r"[0-9a-f]{32}")
 SQL_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 UNIX_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 HBA_TOKEN = re.compile(r"\+?[A-Za-z0-9_.-]+(,\+?[A-Za-z0-9_.-]+)*")
@@ -83,7 +84,12 @@ instance_type = matches(re.compile(r"[a-z0-9-]+\.[a-z0-9]+"), "an EC2 instance t
 
 
 def sha256(value: str) -> str | None:
-    return None if SHA256.fullmatch(value) else "must be 64 lower-case hex digits"
+    """'' is allowed here: check_ruby requires sha256 or md5."""
+    return None if not value or SHA256.fullmatch(value) else "must be 64 lower-case hex digits"
+
+
+def md5(value: str) -> str | None:
+    return None if not value or MD5.fullmatch(value) else "must be 32 lower-case hex digits"
 
 
 def cidr(value: str) -> str | None:
@@ -144,6 +150,7 @@ FIELD_CHECKS: dict[tuple[type, str], Check] = {
     (m.Nginx, "retry_after"): between(0, 86400),
     (m.Nginx, "client_max_body_size"): size,
     (m.Tarball, "sha256"): sha256,
+    (m.Tarball, "md5"): md5,
     (m.Tarball, "prefix"): absolute,
     (m.AppServer, "count"): between(1, MAX_APP_SERVERS),
     (m.AppServer, "base_port"): port,

@@ -64,7 +64,10 @@ class Tarball:
     """A source tarball fetched and built at bake time, pinned by checksum."""
 
     url: str = setting(help="where the tarball is downloaded from")
-    sha256: str = setting(help="hex SHA-256 of the tarball; the build refuses any other")
+    sha256: str = setting("", help="hex SHA-256 of the tarball; the build refuses any other")
+    md5: str = setting(
+        "", help="hex MD5, for old tarballs whose publisher gave only that; checked too"
+    )
     prefix: str = setting(help="installation prefix, e.g. /opt/ree")
     version: str = setting("", help="upstream version, for tags and logs")
     configure_flags: tuple[str, ...] = setting((), help="extra flags for ./installer or configure")

@@ -29,6 +29,7 @@ def render(manifest: Manifest, role: Role) -> Fragment:
         "ruby/build.sh.j2",
         url=tarball.url,
         sha256=tarball.sha256.lower(),
+        md5=tarball.md5.lower(),
         prefix=prefix,
         version=tarball.version or "(unversioned)",
         stamp=f"{prefix}/.amibake-built",
