@@ -337,6 +337,7 @@ def test_bundle_location_prefers_what_ec2_reports() -> None:
 @pytest.mark.parametrize(("field", "value", "message"), [
     ("boot_mode", "uefi", "boots only with UEFI"),
     ("apparent_size", 11 * 1024**3, "at most 10 GiB"),
+    ("kms_key_ids", {"us-east-1": "alias/images"}, "encrypt EBS snapshots"),
 ])
 def test_images_an_instance_store_root_cannot_hold_are_refused_first(
     aws: Aws, store: Path, pki: Pki, tmp_path: Path, field: str, value: Any, message: str,
@@ -347,11 +348,12 @@ def test_images_an_instance_store_root_cannot_hold_are_refused_first(
     meta = json.loads((image_dir / "image.json").read_text())
     if field == "boot_mode":
         meta["boot_mode"] = value
-    else:
+    elif field == "apparent_size":
         meta["disk"][field] = value
     (image_dir / "image.json").write_text(json.dumps(meta))
     ctx = PublishContext(clients=aws.clients, out=quiet(), image=PublishImage.from_dir(image_dir),
-                         ami_name="smallpayroll-1.0.0", regions=("us-east-1",))
+                         ami_name="smallpayroll-1.0.0", regions=("us-east-1",),
+                         kms_key_ids=value if field == "kms_key_ids" else {})
     options = InstanceStoreOptions(cert=pki.cert, privatekey=pki.key, ec2cert=pki.ec2_cert,
                                    bucket=BUCKET, workdir=tmp_path)
     with pytest.raises(UserError, match=message):

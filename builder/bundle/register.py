@@ -84,14 +84,21 @@ def bundle_prefix(ctx: PublishContext) -> str:
 
 
 def check_instance_store_image(ctx: PublishContext) -> None:
-    """What EC2 accepts for an instance-store root: at most 10 GiB, and a disk
-    that boots without UEFI (instance-store AMIs are registered without BootMode)."""
+    """What EC2 accepts for an instance-store root: at most 10 GiB, a disk that
+    boots without UEFI (instance-store AMIs are registered without BootMode),
+    and no snapshot encryption keys (there are no snapshots)."""
     img = ctx.image
     if img.apparent_size > MAX_ROOT_BYTES:
         raise UserError(
             f"{img.name} {img.version}: the disk is {img.apparent_size / 1024**3:.1f} GiB; "
             "an instance-store root device holds at most 10 GiB",
             hint="lower image.volume_size_gib, or publish with backing: ebs",
+        )
+    if ctx.kms_key_ids:
+        raise UserError(
+            "publish.kms_key_ids encrypt EBS snapshots; an instance-store AMI has none "
+            "(its bundle is already AES-encrypted for EC2)",
+            hint="remove publish.kms_key_ids, or publish with backing: ebs",
         )
     if img.boot_mode == "uefi" and img.architecture == "x86_64":
         raise UserError(
