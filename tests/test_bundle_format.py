@@ -14,9 +14,9 @@ import pytest
 from builder.bundle import manifest_xml
 from builder.bundle.certs import BundleCredentials, load_private_key
 from builder.bundle.reader import unbundle
-from builder.bundle.tarstream import data_extents
 from builder.bundle.writer import PART_SIZE, BundleRequest, BundleResult, bundle_image
 from builder.errors import UserError
+from builder.sparse import data_extents
 from builder.store import Store
 from tests.bundle_pki import Pki, make_pki
 

@@ -9,7 +9,8 @@ import pytest
 
 from builder.bundle import manifest_xml
 from builder.bundle.register import InstanceStoreOptions, publish_instance_store
-from builder.publish.context import PublishContext, PublishImage
+from builder.publish.context import PublishContext
+from builder.store import StoredImage
 from tests.aws_fixtures import Aws, error_response, quiet
 from tests.bundle_pki import Pki, make_pki
 
@@ -24,7 +25,7 @@ def pki(tmp_path: Path) -> Pki:
 
 
 def make_ctx(aws: Aws, store: Path, regions: tuple[str, ...] = ("us-east-1",)) -> PublishContext:
-    image = PublishImage.from_dir(store / "smallpayroll" / "1.0.0")
+    image = StoredImage.load(store / "smallpayroll" / "1.0.0")
     return PublishContext(clients=aws.clients, out=quiet(), image=image,
                           ami_name="smallpayroll-1.0.0", regions=regions)
 
@@ -61,7 +62,7 @@ def test_publish_instance_store_registers_manifest_location(
     key = location.split("/", 1)[1]
     data = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
     parsed = manifest_xml.parse(data, key)
-    assert parsed.user == ctx.account and parsed.size == ctx.image.apparent_size
+    assert parsed.user == ctx.account and parsed.size == ctx.image.disk.apparent_size
     assert parsed.block_device_mapping == {"ami": "sda1", "root": "/dev/sda1",
                                            "ephemeral0": "sdb"}
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET)["Contents"]}

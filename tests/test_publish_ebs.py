@@ -12,7 +12,7 @@ import pytest
 from builder.errors import UserError
 from builder.manifest import Manifest
 from builder.output import Output
-from builder.publish.context import PublishContext, PublishImage, Resource, ami_name
+from builder.publish.context import PublishContext, Resource, ami_name
 from builder.publish.ebs_steps import (
     CopyToRegionsStep,
     RegisterImageStep,
@@ -21,6 +21,7 @@ from builder.publish.ebs_steps import (
     publish,
 )
 from builder.publish.steps import CleanupFailed, run_steps
+from builder.store import StoredImage
 from tests.aws_fixtures import (
     Aws,
     error_response,
@@ -37,7 +38,7 @@ pytest_plugins = ("tests.aws_plugin",)  # fixtures: aws, store, manifest
 def make_ctx(aws: Aws, store: Path, manifest: Manifest, *, version: str = "1.0.0",
              regions: tuple[str, ...] = REGIONS, out: Output | None = None,
              kms: dict[str, str] | None = None, dry_run: bool = False) -> PublishContext:
-    image = PublishImage.from_dir(store / "smallpayroll" / version)
+    image = StoredImage.load(store / "smallpayroll" / version)
     return PublishContext(
         clients=aws.clients, out=out or quiet(), image=image,
         ami_name=ami_name(manifest.image.name_template, image.name, image.version,
@@ -84,7 +85,7 @@ def test_publish_registers_tags_copies_and_sets_ssm(aws: Aws, store: Path,
     assert tags["Name"] == "smallpayroll-1.0.0" and tags["Version"] == "1.0.0"
     assert tags["Role"] == "web,app,db,all-in-one"
     assert tags["amibake:build-id"] == ctx.build_id
-    assert tags["amibake:disk-sha256"] == ctx.image.disk_sha256
+    assert tags["amibake:disk-sha256"] == ctx.image.disk.sha256
     assert tags["amibake:inputs-digest"].startswith("sha256:")
     assert tags["amibake:builder-version"] == "0.1.0"
 

@@ -29,9 +29,10 @@ from builder.cli import main
 from builder.errors import UserError
 from builder.manifest import load_manifest
 from builder.output import Output
-from builder.publish.context import TAG_BUNDLE, PublishContext, PublishImage
+from builder.publish.context import TAG_BUNDLE, PublishContext
 from builder.publish.ebs_steps import publish
 from builder.publish.lifecycle import bundle_location, gc
+from builder.store import StoredImage
 from tests.aws_fixtures import (
     AWS_ENV,
     DISK_BLOCKS,
@@ -173,7 +174,7 @@ def test_manifest_backing_publishes_bundle_registers_tags_and_is_idempotent(
     key = location("1.0.0").split("/", 1)[1]
     data = cli.s3().get_object(Bucket=BUCKET, Key=key)["Body"].read()
     parsed = manifest_xml.parse(data, key)
-    assert parsed.size == PublishImage.from_dir(store / "smallpayroll" / "1.0.0").apparent_size
+    assert parsed.size == StoredImage.load(store / "smallpayroll" / "1.0.0").disk.apparent_size
     folder = f"{PREFIX}/smallpayroll/1.0.0/"
     assert cli.keys() == {key, *(folder + p.filename for p in parsed.parts)}
     assert len(parsed.parts) >= 1
@@ -293,7 +294,7 @@ def test_prune_deletes_the_bundles_of_pruned_versions(
 
 def test_gc_deletes_the_bundle_of_a_crashed_run(aws: Aws, store: Path, pki: Pki,
                                                 tmp_path: Path) -> None:
-    image = PublishImage.from_dir(store / "smallpayroll" / "1.0.0")
+    image = StoredImage.load(store / "smallpayroll" / "1.0.0")
     ctx = PublishContext(clients=aws.clients, out=quiet(), image=image,
                          ami_name="smallpayroll-1.0.0", regions=("us-east-1",))
     options = InstanceStoreOptions(cert=pki.cert, privatekey=pki.key, ec2cert=pki.ec2_cert,
@@ -351,7 +352,7 @@ def test_images_an_instance_store_root_cannot_hold_are_refused_first(
     elif field == "apparent_size":
         meta["disk"][field] = value
     (image_dir / "image.json").write_text(json.dumps(meta))
-    ctx = PublishContext(clients=aws.clients, out=quiet(), image=PublishImage.from_dir(image_dir),
+    ctx = PublishContext(clients=aws.clients, out=quiet(), image=StoredImage.load(image_dir),
                          ami_name="smallpayroll-1.0.0", regions=("us-east-1",),
                          kms_key_ids=value if field == "kms_key_ids" else {})
     options = InstanceStoreOptions(cert=pki.cert, privatekey=pki.key, ec2cert=pki.ec2_cert,

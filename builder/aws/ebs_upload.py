@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import base64
-import errno
 import hashlib
 import json
 import logging
@@ -27,7 +26,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from botocore.exceptions import (
 )
 
 from builder.errors import UserError
+from builder.sparse import data_extents
 from builder.wait import NotYet, Waiter, wait_for
 
 log = logging.getLogger("amibake.ebs")
@@ -83,29 +83,13 @@ class UploadResult:
     seconds: float
 
 
-def data_extents(path: Path) -> Iterator[tuple[int, int]]:
-    """(start, end) byte ranges holding data, from SEEK_DATA/SEEK_HOLE."""
-    size = path.stat().st_size
-    with path.open("rb") as fh:
-        fd = fh.fileno()
-        pos = 0
-        while pos < size:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError as exc:
-                if exc.errno == errno.ENXIO:  # only a hole remains
-                    return
-                raise
-            end = os.lseek(fd, start, os.SEEK_HOLE)
-            yield start, end
-            pos = end
-
-
 def candidate_blocks(path: Path, block_size: int = BLOCK_SIZE) -> list[int]:
     """Indexes of blocks touched by a data extent (may still be all zeros)."""
     found: set[int] = set()
-    for start, end in data_extents(path):
-        found.update(range(start // block_size, (end - 1) // block_size + 1))
+    with path.open("rb") as fh:
+        extents = data_extents(fh.fileno(), os.fstat(fh.fileno()).st_size)
+    for ext in extents:
+        found.update(range(ext.offset // block_size, (ext.end - 1) // block_size + 1))
     return sorted(found)
 
 

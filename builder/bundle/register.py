@@ -88,9 +88,9 @@ def check_instance_store_image(ctx: PublishContext) -> None:
     boots without UEFI (instance-store AMIs are registered without BootMode),
     and no snapshot encryption keys (there are no snapshots)."""
     img = ctx.image
-    if img.apparent_size > MAX_ROOT_BYTES:
+    if img.disk.apparent_size > MAX_ROOT_BYTES:
         raise UserError(
-            f"{img.name} {img.version}: the disk is {img.apparent_size / 1024**3:.1f} GiB; "
+            f"{img.name} {img.version}: the disk is {img.disk.apparent_size / 1024**3:.1f} GiB; "
             "an instance-store root device holds at most 10 GiB",
             hint="lower image.volume_size_gib, or publish with backing: ebs",
         )

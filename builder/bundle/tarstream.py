@@ -18,40 +18,14 @@ from __future__ import annotations
 import errno
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+
+from builder.sparse import Extent, data_extents
 
 BLOCK = 512
 RECORD = 20 * BLOCK  # GNU tar's default blocking factor
 READ_SIZE = 1 << 20
 _HEADER_SPARSE_SLOTS = 4
 _EXT_SPARSE_SLOTS = 21
-
-
-@dataclass(frozen=True)
-class Extent:
-    offset: int
-    length: int
-
-
-def data_extents(fd: int, size: int) -> list[Extent]:
-    """The file's data regions (everything else is a hole)."""
-    extents: list[Extent] = []
-    pos = 0
-    while pos < size:
-        try:
-            start = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # only a hole remains
-                break
-            if exc.errno == errno.EINVAL:  # filesystem without SEEK_DATA
-                return [Extent(pos, size - pos)]
-            raise
-        if start >= size:
-            break
-        end = min(os.lseek(fd, start, os.SEEK_HOLE), size)
-        extents.append(Extent(start, end - start))
-        pos = end
-    return extents
 
 
 # ------------------------------------------------------------------ writing

@@ -99,15 +99,14 @@ def regions_for(manifest: Any, override: str | None) -> tuple[str, ...]:
 def run(args: argparse.Namespace, out: Output) -> int:
     from builder.aws.clients import target_from_args
     from builder.manifest import load_manifest
-    from builder.publish.context import find_stored_image
-    from builder.store import default_store_root
+    from builder.store import Store, default_store_root
 
     if args.concurrency < 1:
         raise UserError("--concurrency must be at least 1")
     manifest = load_manifest(Path(args.manifest))
     version = args.image_version or str(manifest.version)
     store_root = args.images or default_store_root()
-    image = find_stored_image(store_root, manifest.name, version)
+    image = Store(store_root).get(manifest.name, version)
     regions = regions_for(manifest, getattr(args, "region", None))
     target = target_from_args(args, regions[0])
     doc = publish_stored_image(manifest, image.dir, target, out, regions=regions,
@@ -150,10 +149,11 @@ def publish_stored_image(
     from botocore.exceptions import ClientError
 
     from builder.aws.clients import NO_CREDENTIALS, NO_CREDENTIALS_HINT, make_clients
-    from builder.publish.context import PublishContext, PublishImage, ami_name
+    from builder.publish.context import PublishContext, ami_name
     from builder.publish.ebs_steps import publish
+    from builder.store import StoredImage
 
-    image = PublishImage.from_dir(image_dir)
+    image = StoredImage.load(image_dir)
     backing = backing or manifest.image.backing
     if backing not in BACKINGS:
         raise UserError(f"unknown backing {backing!r}", hint="ebs or instance-store")

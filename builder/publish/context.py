@@ -1,17 +1,16 @@
-"""The typed context publishing steps share, and the image they publish."""
+"""The typed context publishing steps share (the image is the store's StoredImage)."""
 
 from __future__ import annotations
 
-import json
 import secrets
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from builder.aws.clients import Clients
 from builder.errors import UserError
 from builder.output import Output
+from builder.store import StoredImage
 
 TAG_PREFIX = "amibake:"
 TAG_NAME = "amibake:name"
@@ -24,81 +23,6 @@ TAG_BUILDER = "amibake:builder-version"
 TAG_COMPLETE = "amibake:complete"
 #: on an instance-store AMI (home region): its bundle, `bucket/prefix/<prefix>.manifest.xml`
 TAG_BUNDLE = "amibake:bundle-location"
-
-
-@dataclass(frozen=True)
-class PublishImage:
-    """The fields of a stored image (image.json, see CONTRACTS.md) publishing needs."""
-
-    dir: Path
-    id: str
-    name: str
-    version: str
-    roles: tuple[str, ...]
-    architecture: str
-    boot_mode: str
-    volume_size_gib: int
-    inputs_digest: str
-    disk_file: str
-    disk_sha256: str
-    apparent_size: int
-    used_size: int
-    builder_version: str
-
-    @property
-    def disk_path(self) -> Path:
-        return self.dir / self.disk_file
-
-    @classmethod
-    def from_dir(cls, image_dir: Path) -> PublishImage:
-        meta = image_dir / "image.json"
-        try:
-            doc: dict[str, Any] = json.loads(meta.read_text())
-            disk = doc["disk"]
-            return cls(
-                dir=image_dir,
-                id=str(doc["id"]),
-                name=str(doc["name"]),
-                version=str(doc["version"]),
-                roles=tuple(str(r) for r in doc.get("roles", ())),
-                architecture=str(doc.get("architecture", "x86_64")),
-                boot_mode=str(doc.get("boot_mode", "uefi-preferred")),
-                volume_size_gib=int(doc.get("volume_size_gib", 4)),
-                inputs_digest=str(doc.get("inputs_digest", "")),
-                disk_file=str(disk.get("file", "disk.raw")),
-                disk_sha256=str(disk["sha256"]),
-                apparent_size=int(disk.get("apparent_size", 0)),
-                used_size=int(disk.get("used_size", 0)),
-                builder_version=str(doc.get("builder_version", "")),
-            )
-        except FileNotFoundError as exc:
-            raise UserError(
-                f"no stored image at {image_dir}",
-                hint="bake it first: amibake bake MANIFEST",
-            ) from exc
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"{meta}: not a valid image.json ({exc})") from exc
-
-
-def find_stored_image(store_root: Path, name: str, version: str | None) -> PublishImage:
-    """The image `name` (at `version`, or the newest) in the local store."""
-    base = store_root / name
-    if version is not None:
-        return PublishImage.from_dir(base / version)
-    from packaging.version import InvalidVersion, Version
-
-    candidates = []
-    for child in base.glob("*/image.json"):
-        try:
-            candidates.append((Version(child.parent.name), child.parent))
-        except InvalidVersion:
-            continue
-    if not candidates:
-        raise UserError(
-            f"no stored image named {name!r} under {store_root}",
-            hint="bake it first: amibake bake MANIFEST",
-        )
-    return PublishImage.from_dir(max(candidates)[1])
 
 
 @dataclass(frozen=True)
@@ -146,7 +70,7 @@ class PublishContext:
 
     clients: Clients
     out: Output
-    image: PublishImage
+    image: StoredImage
     ami_name: str
     regions: tuple[str, ...]  # first is home
     ssm_prefix: str = "/amibake"
@@ -193,7 +117,7 @@ class PublishContext:
             TAG_VERSION: img.version,
             TAG_ROLES: ",".join(img.roles),
             TAG_INPUTS_DIGEST: img.inputs_digest,
-            TAG_DISK_SHA256: img.disk_sha256,
+            TAG_DISK_SHA256: img.disk.sha256,
             TAG_BUILD_ID: self.build_id,
             TAG_BUILDER: img.builder_version,
         }

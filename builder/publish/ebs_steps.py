@@ -167,11 +167,11 @@ class PrevalidateStep:
                     "which amibake did not publish",
                     hint="change image.name_template or the version",
                 )
-            if digest != ctx.image.disk_sha256:
+            if digest != ctx.image.disk.sha256:
                 raise UserError(
                     f"{ctx.image.name} {ctx.image.version} is already published as "
                     f"{image['ImageId']} in {region} with a different disk "
-                    f"(sha256 {digest[:12]}…, this one {ctx.image.disk_sha256[:12]}…)",
+                    f"(sha256 {digest[:12]}…, this one {ctx.image.disk.sha256[:12]}…)",
                     hint="bump the manifest's version: a published version never changes",
                 )
             if tags.get(TAG_COMPLETE) != "true":
@@ -205,7 +205,7 @@ class UploadSnapshotStep:
     def plan(self, ctx: PublishContext) -> str:
         img = ctx.image
         return (f"create snapshot in {ctx.home} from {img.disk_path} "
-                f"({img.apparent_size} bytes apparent, ~{img.used_size} bytes used, "
+                f"({img.disk.apparent_size} bytes apparent, ~{img.disk.used_size} bytes used, "
                 f"{BLOCK_SIZE // 1024} KiB blocks, zero blocks skipped)")
 
     def run(self, ctx: PublishContext) -> None:
@@ -215,7 +215,7 @@ class UploadSnapshotStep:
             description=f"{ctx.ami_name} root volume",
             tags={t["Key"]: t["Value"] for t in ctx.tag_list()},
         )
-        progress = Progress(ctx.out, max(ctx.image.used_size, 1), "upload")
+        progress = Progress(ctx.out, max(ctx.image.disk.used_size, 1), "upload")
 
         def on_snapshot(snapshot_id: str) -> None:
             ctx.track(self.name, "snapshot", ctx.home, snapshot_id)
@@ -224,7 +224,7 @@ class UploadSnapshotStep:
         extra = {"sleep": self.sleep} if self.sleep else {}
         result = upload_disk(
             ctx.clients.ebs(ctx.home), ctx.clients.ec2(ctx.home), ctx.image.disk_path,
-            disk_sha256=ctx.image.disk_sha256, requested_gib=ctx.image.volume_size_gib,
+            disk_sha256=ctx.image.disk.sha256, requested_gib=ctx.image.volume_size_gib,
             options=options, on_snapshot=on_snapshot, on_progress=progress.advance,
             on_total=progress.set_total, **extra,
         )
