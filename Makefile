@@ -16,7 +16,7 @@ APT_PACKAGES := \
 	grub-efi-amd64-bin grub-pc-bin \
 	qemu-system-x86 qemu-utils ovmf genisoimage \
 	postgresql postgresql-client postgresql-contrib \
-	knot knot-dnsutils rsync nginx-light openssh-client openssl curl \
+	knot knot-dnsutils rsync nginx-light openssh-client openssh-server openssl curl \
 	libnginx-mod-http-upstream-fair ruby ruby-rack puma ruby-pg shellcheck
 
 .PHONY: setup system venv test check lint render image bench clean

@@ -1,7 +1,8 @@
 """Real servers on loopback for the cutover tests: two PostgreSQL 15 clusters
 (initdb once as the unprivileged `postgres` user, then a copied template data
-directory per test), Knot DNS with a per-test TSIG key, and nginx running the
-web role's real rendered config. Everything is stopped in finalizers.
+directory per test), Knot DNS with a per-test TSIG key, nginx running the
+web role's real rendered config, and an OpenSSH server with its own host key
+and a per-test client key. Everything is stopped in finalizers.
 
 Import the fixtures in a test module with `from tests.cutover_fixtures import *`.
 """
@@ -15,6 +16,7 @@ import secrets
 import shutil
 import signal
 import socket
+import subprocess
 import tempfile
 import threading
 import time
@@ -50,10 +52,10 @@ SERVER_NAME = "payroll.example.com"
 OLD_ADDR, NEW_ADDR = "127.0.0.1", "127.0.0.2"
 
 __all__ = [
-    "APP_PASSWORD", "NEW_ADDR", "OLD_ADDR", "SERVER_NAME", "Cluster", "Knot", "Site",
+    "APP_PASSWORD", "NEW_ADDR", "OLD_ADDR", "SERVER_NAME", "Cluster", "Knot", "Site", "Sshd",
     "Writer", "app_schema", "cutover_manifest", "destroy_cluster", "free_port", "knot",
     "knot_server", "make_template", "pg_pair", "pg_template", "secret_env", "sites",
-    "start_cluster", "uploads", "web_sites",
+    "ssh_server", "sshd", "start_cluster", "uploads", "web_sites",
 ]
 
 
@@ -474,6 +476,100 @@ def uploads() -> Iterator[tuple[Path, Path]]:
     (src / "avatars" / "pat.png").write_bytes(b"\x89PNG" + secrets.token_bytes(500))
     yield src, dst
     shutil.rmtree(base, ignore_errors=True)
+
+
+# ------------------------------------------------------------------ OpenSSH
+
+
+@dataclass(frozen=True)
+class Sshd:
+    """A real sshd on loopback; `options` are what a client needs to reach it."""
+
+    base: Path
+    port: int
+    identity: Path
+    user: str = "root"
+    host: str = OLD_ADDR
+
+    @property
+    def options(self) -> tuple[str, ...]:
+        return ("-p", str(self.port), "-i", str(self.identity), "-o", "IdentitiesOnly=yes",
+                "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                "-o", "LogLevel=ERROR")
+
+    @property
+    def login(self) -> str:
+        return f"{self.user}@{self.host}"
+
+    def remote(self, path: Path | str) -> str:
+        """`user@host:/path`, the remote side as rsync spells it."""
+        return f"{self.login}:{path}"
+
+    @property
+    def log(self) -> str:
+        return (self.base / "sshd.log").read_text(errors="replace")
+
+
+@pytest.fixture
+def sshd() -> Iterator[Sshd]:
+    with ssh_server() as s:
+        yield s
+
+
+@contextlib.contextmanager
+def ssh_server() -> Iterator[Sshd]:
+    """/usr/sbin/sshd -D on 127.0.0.1 at a free port from a generated config:
+    its own host key, only the per-test ed25519 client key authorized (as
+    root, key only), no PAM. Killed and its directory removed on exit."""
+    base = Path(tempfile.mkdtemp(prefix="amibake-sshd-"))
+    proc: subprocess.Popen[bytes] | None = None
+    try:
+        for name, kind in (("host_key", "ed25519"), ("client_key", "ed25519")):
+            run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-C", f"amibake-test-{name}",
+                 "-f", base / name], capture=True)
+        (base / "authorized_keys").write_text((base / "client_key.pub").read_text())
+        port = free_port()
+        (base / "sshd_config").write_text(f"""ListenAddress {OLD_ADDR}:{port}
+HostKey {base}/host_key
+PidFile {base}/sshd.pid
+AuthorizedKeysFile {base}/authorized_keys
+PermitRootLogin prohibit-password
+PubkeyAuthentication yes
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+UseDNS no
+X11Forwarding no
+PrintMotd no
+""")
+        # the privilege separation directory Debian's service unit creates
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+        server = Sshd(base, port, base / "client_key")
+        with open(base / "sshd.log", "wb") as log:
+            proc = subprocess.Popen(["/usr/sbin/sshd", "-D", "-e", "-f", str(base / "sshd_config")],
+                                    stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        for _ in range(500):
+            if proc.poll() is not None:
+                raise RuntimeError(f"sshd exited with {proc.returncode}: {server.log}")
+            with socket.socket() as s, contextlib.suppress(OSError):
+                s.settimeout(0.2)
+                s.connect((OLD_ADDR, port))
+                if s.recv(4).startswith(b"SSH-"):
+                    break
+            time.sleep(0.01)
+        else:
+            raise RuntimeError(f"sshd did not listen on {OLD_ADDR}:{port}: {server.log}")
+        yield server
+    finally:
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ manifest

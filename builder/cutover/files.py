@@ -25,8 +25,17 @@ def _rsync(cmd: list[str]) -> str:
     try:
         return run(cmd, capture=True, timeout=24 * 3600).stdout
     except CommandError as err:
-        raise UserError(f"rsync failed: {err.stderr.strip().splitlines()[-1:] or err.message}",
+        raise UserError(f"rsync failed: {_reason(err.stderr) or err.message}",
                         hint="check the paths and SSH access in cutover.files") from err
+
+
+def _reason(stderr: str) -> str:
+    """The line that says why (ssh's complaint, rsync's first error), not
+    rsync's generic closing summary."""
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(
+        ("rsync error:", "rsync: connection unexpectedly closed"))]
+    return (useful or lines or [""])[0]
 
 
 def sync(spec: FilesSync, *, checksum: bool = False) -> str:

@@ -44,10 +44,11 @@ def _write_local(path: Path, content: str) -> None:
     os.replace(tmp, path)
 
 
-def _ssh(target: str, script: str, input: str | None = None) -> None:
+def _ssh(target: str, options: tuple[str, ...], script: str, input: str | None = None) -> None:
     host = target.removeprefix("ssh:")
     try:
-        run(["ssh", "-o", "BatchMode=yes", host, script], input=input, capture=True, timeout=60)
+        run(["ssh", "-o", "BatchMode=yes", *options, host, script], input=input, capture=True,
+            timeout=60)
     except CommandError as err:
         raise UserError(f"maintenance switch on {host} failed: {err.message}",
                         hint="check SSH access (cutover.old_web) and sudo rights") from err
@@ -69,9 +70,9 @@ def switch(cfg: CutoverConfig, on: bool) -> str:
         if on:
             script = (f"mkdir -p {q(os.path.dirname(page))} {q(os.path.dirname(flag))} && "
                       f"cat > {q(page)}.tmp && mv {q(page)}.tmp {q(page)} && touch {q(flag)}")
-            _ssh(target, script, input=render_page(cfg))
+            _ssh(target, cfg.cutover.old_web_ssh_options, script, input=render_page(cfg))
         else:
-            _ssh(target, f"rm -f {q(flag)}")
+            _ssh(target, cfg.cutover.old_web_ssh_options, f"rm -f {q(flag)}")
     else:
         raise UserError(f"cutover.old_web must be `local` or `ssh:user@host`, not {target!r}")
     return f"maintenance {'on' if on else 'off'} ({flag} on {target})"

@@ -317,6 +317,7 @@ class Cutover:
     old_site: str = setting(help="URL of the old site (maintenance switch, rollback)")
     new_site: str = setting(help="URL of the new site for smoke tests")
     old_web: str = setting("local", help="`local` or `ssh:user@host` where the old nginx runs")
+    old_web_ssh_options: tuple[str, ...] = setting((), help="extra ssh options for old_web")
     checksum_when: Literal["before_switch", "after_switch"] = setting(
         "before_switch", help="when per-table content checksums run"
     )
