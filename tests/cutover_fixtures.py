@@ -105,6 +105,21 @@ def make_template() -> Path:
     return data
 
 
+
+def stop_daemon(pid: int, sig: int, *, seconds: float) -> None:
+    """Signal a daemon we started (no-op for pid 0) and wait until it is gone."""
+    if not pid:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.01)
+
 @dataclass
 class Cluster:
     name: str
@@ -264,16 +279,8 @@ class Knot:
         return (), None
 
     def stop(self) -> None:
-        if self.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
-            for _ in range(200):
-                try:
-                    os.kill(self.pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.01)
-            self.pid = 0
+        stop_daemon(self.pid, signal.SIGTERM, seconds=2.0)
+        self.pid = 0
 
 
 @pytest.fixture
@@ -367,16 +374,8 @@ class Site:
         return f"http://{self.address}:{self.port}/"
 
     def stop(self) -> None:
-        if self.pid:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGQUIT)
-            for _ in range(300):
-                try:
-                    os.kill(self.pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.01)
-            self.pid = 0
+        stop_daemon(self.pid, signal.SIGQUIT, seconds=3.0)
+        self.pid = 0
 
 
 def _rendered_conf(manifest: Manifest, site: Site, *, strict_host: bool) -> str:
