@@ -24,6 +24,7 @@ baked ≤ 0.5 × fried.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -95,21 +96,23 @@ def fried_base_disk(manifest: Manifest, cache: Path) -> Path:
     """A disk with only the OS and cloud-init, built once and cached by its inputs.
 
     Built from the baker's own pieces: the base layer with the base packages
-    only (no role packages), the image's cloud-init settings (login user),
-    GRUB for UEFI and BIOS. No amibake file, no role: the fried user-data
-    brings all of that at boot.
+    only (no role packages), the baker's own files (the login user and the
+    image's cloud-init settings), GRUB for UEFI and BIOS. No amibake file, no
+    role: the fried user-data brings all of that at boot.
     """
     import dataclasses
 
     from builder.bake import bootloader, rootfs
     from builder.bake.cache import LayerCache, default_cache_dir
-    from builder.bake.pipeline import _base_meta, build_disk, image_cloud_config, plan_bake
+    from builder.bake.pipeline import _base_meta, build_disk, image_own_files, plan_bake
     from builder.bake.sources import host_sources
 
     img = manifest.image
     spec = rootfs.base_spec(img.distro, img.release, img.architecture, (), (),
                             host_sources(img.release))
-    disk = cache / f"fried-base-{spec.key()[:16]}" / "disk.raw"
+    own = image_own_files(manifest)
+    key = hashlib.sha256(f"{spec.key()}\0{rootfs.config_key(own, ())}".encode()).hexdigest()
+    disk = cache / f"fried-base-{key[:16]}" / "disk.raw"
     if disk.is_file():
         return disk
     plan = dataclasses.replace(plan_bake(manifest), base=spec,
@@ -128,7 +131,7 @@ def fried_base_disk(manifest: Manifest, cache: Path) -> Path:
                       flush=True)
                 rootfs.build_base(spec, tree, work / "hooks")
                 layers.store(spec.key(), tree, _base_meta(spec, tree))
-            rootfs.write_config_layer(tree, [image_cloud_config(manifest)], ())
+            rootfs.write_config_layer(tree, own, ())
             root_uuid = spec.root_uuid()
             kernel = rootfs.kernel_version(tree)
             (tree / "boot/grub").mkdir(parents=True, exist_ok=True)

@@ -110,6 +110,28 @@ def test_rendered_files_and_units(baked_image: StoredImage) -> None:
     assert "app:" in _cat(baked_image, "/etc/passwd")  # sysusers.d ran at bake time
     cfg = _cat(baked_image, "/etc/cloud/cloud.cfg.d/91_amibake-image.cfg")
     assert "name: admin" in cfg
+    # cloud-init leaves the instance store to the PostgreSQL setup script
+    assert "mounts:\n  - [ephemeral0, null]" in _cat(
+        baked_image, "/etc/cloud/cloud.cfg.d/90_amibake.cfg")
+
+
+def test_login_user_is_baked_with_its_home(baked_image: StoredImage) -> None:
+    """The dispatcher runs beside cloud-init.service at first boot: the login
+    user it gives the instance's key to is in the image, not made by cloud-init."""
+    passwd = {line.split(":")[0]: line.split(":") for line in
+              _cat(baked_image, "/etc/passwd").splitlines()}
+    assert passwd["admin"][2:4] == ["1000", "1000"]
+    assert passwd["admin"][5:7] == ["/home/admin", "/bin/bash"]
+    groups = {line.split(":")[0]: line.split(":")[3].split(",") for line in
+              _cat(baked_image, "/etc/group").splitlines()}
+    assert "admin" in groups["sudo"] and "admin" in groups["adm"]
+    shadow = {line.split(":")[0]: line.split(":")[1] for line in
+              _cat(baked_image, "/etc/shadow").splitlines()}
+    assert shadow["admin"].startswith("!")  # no password login
+    home = _debugfs(baked_image, "stat /home/admin")
+    assert "User:  1000" in home and "Mode:  0700" in home
+    assert ".bashrc" in _debugfs(baked_image, "ls /home/admin")
+    assert not _exists(baked_image, "/home/admin/.ssh")  # no key until an instance boots
 
 
 def test_the_bake_never_writes_into_the_cached_layer(baked_image: StoredImage) -> None:
@@ -123,6 +145,8 @@ def test_the_bake_never_writes_into_the_cached_layer(baked_image: StoredImage) -
     assert not (cached / "boot/grub/grub.cfg").exists()
     assert not (cached / "etc/amibake").exists()
     assert "\napp:" not in "\n" + (cached / "etc/passwd").read_text()
+    assert "\nadmin:" not in "\n" + (cached / "etc/passwd").read_text()
+    assert not (cached / "home/admin").exists()
     assert (cached / "etc/systemd/system/multi-user.target.wants/nginx.service").is_symlink()
     assert not (cached / "etc/systemd/system/amibake-dispatch.service").exists()
     packaged = (cached / "etc/nginx/nginx.conf").read_text()

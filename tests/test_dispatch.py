@@ -28,14 +28,15 @@ ROOT = Path(__file__).resolve().parent.parent
 BOOT = ROOT / "cloudinit" / "boot"
 DISPATCH = BOOT / "amibake-dispatch"
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAmibakeTestKey admin@example"
+SETUP_DIR = "/usr/lib/amibake/setup"
 ROLES = {
-    "web": {"services": ["nginx.service"], "setup": ["/usr/lib/amibake/setup/web.sh"]},
-    "app": {"services": ["amibake-app@8000.service", "amibake-app@8001.service"],
-            "setup": ["/usr/lib/amibake/setup/app.sh"]},
-    "db": {"services": ["postgresql@15-main.service"],
-           "setup": ["/usr/lib/amibake/setup/db.sh", "/usr/lib/amibake/setup/db-2.sh"]},
+    "web": {"steps": [{"setup": [f"{SETUP_DIR}/web.sh"], "services": ["nginx.service"]}]},
+    "app": {"steps": [{"setup": [f"{SETUP_DIR}/app.sh"],
+                       "services": ["amibake-app@8000.service", "amibake-app@8001.service"]}]},
+    "db": {"steps": [{"setup": [f"{SETUP_DIR}/db.sh", f"{SETUP_DIR}/db-2.sh"],
+                      "services": ["postgresql@15-main.service"]}]},
 }
-ALL_SERVICES = sorted({s for r in ROLES.values() for s in r["services"]})
+ALL_SERVICES = sorted({s for r in ROLES.values() for step in r["steps"] for s in step["services"]})
 OTHERS_OF_WEB = ["amibake-app@8000.service", "amibake-app@8001.service",
                  "postgresql@15-main.service"]
 
@@ -125,6 +126,13 @@ def inst(tmp_path: Path) -> Instance:
     return Instance(root=root, systemctl_log=tmp_path / "systemctl.log", bin_dir=bin_dir)
 
 
+def started(*services: str) -> list[list[str]]:
+    """The systemctl calls that start a role's services (one step): queued,
+    waited for, then enabled."""
+    return [["start", "--no-block", *services], ["start", *services],
+            ["--no-reload", "enable", *services]]
+
+
 def md(**changes: object) -> ImdsConfig:
     base = ImdsConfig(instance_id="i-0aaa000000000001", public_keys=(KEY,))
     return replace(base, **changes)  # type: ignore[arg-type]
@@ -144,8 +152,7 @@ def test_role_from_tag(inst: Instance) -> None:
     with ImdsServer(md(tags={"Role": "web"})) as imds:
         proc = inst.run(imds.url)
     assert proc.returncode == 0, proc.stderr
-    assert inst.calls() == [["disable", "--now", *OTHERS_OF_WEB],
-                            ["enable", "--now", "nginx.service"]]
+    assert inst.calls() == [["disable", "--now", *OTHERS_OF_WEB], *started("nginx.service")]
     assert inst.setup_log() == ["web.sh web i-0aaa000000000001"]
     assert inst.state("dispatched") == "i-0aaa000000000001"
     assert inst.state("role") == "web"
@@ -160,7 +167,7 @@ def test_role_from_user_data(inst: Instance) -> None:
     assert inst.calls() == [
         ["disable", "--now", "amibake-app@8000.service", "amibake-app@8001.service",
          "nginx.service"],
-        ["enable", "--now", "postgresql@15-main.service"]]
+        *started("postgresql@15-main.service")]
     # setup scripts run in the order roles.json lists them
     assert inst.setup_log() == ["db.sh db i-0aaa000000000001", "db-2.sh db i-0aaa000000000001"]
     assert "user-data line '# amibake-role: db'" in proc.stderr
@@ -186,8 +193,7 @@ def test_role_from_gzipped_or_multipart_user_data(inst: Instance, encoding: str)
     with ImdsServer(md(user_data=ud)) as imds:
         proc = inst.run(imds.url)
     assert proc.returncode == 0, proc.stderr
-    assert inst.calls()[-1] == ["enable", "--now", "amibake-app@8000.service",
-                                "amibake-app@8001.service"]
+    assert inst.calls()[-3:] == started("amibake-app@8000.service", "amibake-app@8001.service")
     assert inst.state("role") == "app"
 
 
@@ -296,8 +302,38 @@ def test_failing_setup_script_stops_before_services_start(inst: Instance) -> Non
     assert proc.returncode == 1
     assert "setup script /usr/lib/amibake/setup/web.sh of role 'web' failed with exit code 3" \
         in proc.stderr
-    assert ["enable", "--now", "nginx.service"] not in inst.calls()
+    assert not [c for c in inst.calls() if "nginx.service" in c and "disable" not in c]
     assert inst.state("dispatched") is None
+
+
+def test_failing_later_step_stops_the_services_this_run_started(inst: Instance) -> None:
+    roles_json = inst.root / "etc/amibake/roles.json"
+    doc = json.loads(roles_json.read_text())
+    doc["roles"]["all"] = {"steps": [
+        {"setup": [f"{SETUP_DIR}/app.sh"], "services": ["amibake-app@8000.service"]},
+        {"setup": [f"{SETUP_DIR}/db.sh"], "services": ["postgresql@15-main.service"]}]}
+    roles_json.write_text(json.dumps(doc))
+    (inst.root / "usr/lib/amibake/setup/db.sh").write_text("#!/bin/sh\nexit 4\n")
+    with ImdsServer(md(tags={"Role": "all"})) as imds:
+        proc = inst.run(imds.url)
+    assert proc.returncode == 1
+    assert "setup script /usr/lib/amibake/setup/db.sh of role 'all' failed with exit code 4" \
+        in proc.stderr
+    assert inst.calls()[-2:] == [["start", "--no-block", "amibake-app@8000.service"],
+                                 ["stop", "amibake-app@8000.service"]]
+    assert inst.state("dispatched") is None
+
+
+def test_steps_must_be_lists_of_strings(inst: Instance) -> None:
+    roles_json = inst.root / "etc/amibake/roles.json"
+    doc = json.loads(roles_json.read_text())
+    doc["roles"]["web"] = {"steps": [{"setup": "/usr/lib/amibake/setup/web.sh"}]}
+    roles_json.write_text(json.dumps(doc))
+    with ImdsServer(md(tags={"Role": "web"})) as imds:
+        proc = inst.run(imds.url)
+    assert proc.returncode == 1
+    assert "role 'web' needs \"steps\"" in proc.stderr
+    assert_nothing_changed(inst)
 
 
 def test_failing_systemctl_is_a_failure(inst: Instance) -> None:
@@ -399,9 +435,9 @@ def test_a_new_instance_id_reapplies(inst: Instance) -> None:
     assert proc.returncode == 0, proc.stderr
     assert inst.state("dispatched") == "i-0bbb000000000002"
     assert inst.state("role") == "app"
-    assert inst.calls()[-2:] == [
+    assert inst.calls()[-4:] == [
         ["disable", "--now", "nginx.service", "postgresql@15-main.service"],
-        ["enable", "--now", "amibake-app@8000.service", "amibake-app@8001.service"]]
+        *started("amibake-app@8000.service", "amibake-app@8001.service")]
     assert inst.setup_log()[-1] == "app.sh app i-0bbb000000000002"
     # the same key is not added twice
     assert inst.authorized_keys.read_text() == KEY + "\n"
@@ -523,15 +559,36 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
 
 
+def _unit_settings(path: Path) -> dict[str, dict[str, str]]:
+    """section → key → value; a key given on several lines (After=, Before=)
+    has its values joined with spaces, as systemd reads list settings."""
+    sections: dict[str, dict[str, str]] = {}
+    current: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        key, _, value = line.partition("=")
+        current[key] = f"{current[key]} {value}".strip() if key in current else value
+    return sections
+
+
 def test_unit_file_orders_the_dispatcher_for_first_boot() -> None:
-    import configparser
-    unit = configparser.ConfigParser(strict=False, interpolation=None)
-    unit.optionxform = str  # type: ignore[assignment,method-assign]
-    unit.read(BOOT / "amibake-dispatch.service")
-    after = unit["Unit"]["After"].split()
-    assert {"network-online.target", "cloud-init.service"} <= set(after)
-    assert "network-online.target" in unit["Unit"]["Wants"].split()
-    assert "multi-user.target" in unit["Unit"]["Before"].split()
+    unit = _unit_settings(BOOT / "amibake-dispatch.service")
+    after = set(unit["Unit"]["After"].split())
+    # early: once cloud-init's local stage has configured the network, in
+    # parallel with cloud-init.service (not after it, nor after sysinit.target,
+    # which cloud-init.service precedes: hence no default dependencies)
+    assert {"local-fs.target", "cloud-init-local.service", "networking.service"} <= after
+    assert not after & {"cloud-init.service", "network-online.target", "sysinit.target",
+                        "basic.target"}
+    assert "Wants" not in unit["Unit"] and "Requires" not in unit["Unit"]
+    assert unit["Unit"]["DefaultDependencies"] == "no"
+    assert {"multi-user.target", "shutdown.target"} <= set(unit["Unit"]["Before"].split())
+    assert unit["Unit"]["Conflicts"] == "shutdown.target"
     assert unit["Service"]["Type"] == "oneshot"
     assert unit["Service"]["RemainAfterExit"] == "yes"
     assert unit["Service"]["ExecStart"] == "/usr/lib/amibake/amibake-dispatch"
@@ -557,3 +614,14 @@ def test_setup_script_reads_a_secret_with_amibake_secret(inst: Instance) -> None
     assert proc.returncode == 0, proc.stderr
     assert (inst.root / "var/log/db-password").read_text() == "pg-Secret-1"
     assert inst.state("role") == "db"
+
+
+def test_metadata_mode_prints_one_value_for_setup_scripts(inst: Instance) -> None:
+    bdm = {"ami": "/dev/xvda", "ephemeral0": "sdb"}
+    with ImdsServer(replace(md(), block_device_mapping=bdm)) as imds:
+        found = inst.run(imds.url, "--metadata", "block-device-mapping/ephemeral0")
+        absent = inst.run(imds.url, "--metadata", "block-device-mapping/ephemeral1")
+        assert all(r.token for r in imds.requests if r.method == "GET")
+    assert (found.returncode, found.stdout) == (0, "sdb\n")
+    assert (absent.returncode, absent.stdout) == (1, "")
+    assert_nothing_changed(inst)

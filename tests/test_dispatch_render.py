@@ -23,10 +23,11 @@ from builder.render import image_content, render_role
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "manifests" / "smallpayroll.yaml"
 RECORDER = '#!/bin/sh\necho "$0" >> "$AMIBAKE_ROOT/var/log/setup.log"\n'
+# The setup recorders and systemctl write one event log, in the order they ran.
 FAKE_SYSTEMCTL = """#!/usr/bin/python3
-import json, os, sys
-with open(os.environ["FAKE_SYSTEMCTL_LOG"], "a") as log:
-    log.write(json.dumps(sys.argv[1:]) + "\\n")
+import os, sys
+with open(os.environ["AMIBAKE_ROOT"] + "/var/log/setup.log", "a") as log:
+    log.write("systemctl " + " ".join(sys.argv[1:]) + "\\n")
 """
 PACKAGE_UNITS = ("nginx.service", "postgresql@.service")  # shipped by Debian packages
 
@@ -41,7 +42,7 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, obj
         path.chmod(file.mode)
     doc = json.loads((root / "etc/amibake/roles.json").read_text())
     for role in doc["roles"].values():
-        for script in role["setup"]:
+        for script in (s for step in role["steps"] for s in step["setup"]):
             (root / script.lstrip("/")).write_text(RECORDER)
     units = root / "lib/systemd/system"
     units.mkdir(parents=True, exist_ok=True)
@@ -68,22 +69,25 @@ def test_dispatcher_applies_each_rendered_role(
     systemctl = tmp_path / "systemctl"
     systemctl.write_text(FAKE_SYSTEMCTL)
     systemctl.chmod(0o755)
-    log = tmp_path / "systemctl.log"
     user_data = render_role(load_manifest(MANIFEST), role, baked=baked).user_data
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AMIBAKE_", "JOURNAL"))}
     with ImdsServer(ImdsConfig(instance_id=f"i-0{role.replace('-', '')}", user_data=user_data,
                                public_keys=("ssh-ed25519 AAAAtest admin@example",))) as imds:
         env.update(AMIBAKE_IMDS_URL=imds.url, AMIBAKE_ROOT=str(root),
-                   AMIBAKE_SYSTEMCTL=str(systemctl), FAKE_SYSTEMCTL_LOG=str(log))
+                   AMIBAKE_SYSTEMCTL=str(systemctl))
         proc = subprocess.run([str(ROOT / "cloudinit/boot/amibake-dispatch")], env=env,
                               capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     services = roles[role]["services"]
     others = [s for s in all_services if s not in services]
-    calls = [json.loads(line) for line in log.read_text().splitlines()]
-    expected = ([["disable", "--now", *others]] if others else []) + [
-        ["enable", "--now", *services]]
-    assert calls == expected
-    ran = (root / "var/log/setup.log").read_text().split()
-    assert ran == [str(root / s.lstrip("/")) for s in roles[role]["setup"]]
+    # other roles' services off; per step: its setup, then its services queued;
+    # then every service waited for, then enabled
+    expected = [f"systemctl disable --now {' '.join(others)}"] if others else []
+    for step in roles[role]["steps"]:
+        expected += [str(root / s.lstrip("/")) for s in step["setup"]]
+        if step["services"]:
+            expected.append(f"systemctl start --no-block {' '.join(step['services'])}")
+    expected += [f"systemctl start {' '.join(services)}",
+                 f"systemctl --no-reload enable {' '.join(services)}"]
+    assert (root / "var/log/setup.log").read_text().splitlines() == expected
     assert (root / "var/lib/amibake/role").read_text().strip() == role

@@ -182,6 +182,8 @@ def mount_store(tmp_path: Path, imds_url: str, mount: Path) -> subprocess.Comple
         **os.environ,
         "AMIBAKE_PG_STEPS": "mount_store",
         "AMIBAKE_IMDS_URL": imds_url,
+        "AMIBAKE_IMDS_TIMEOUT": "10",
+        "AMIBAKE_DISPATCH": str(ROOT / "cloudinit/boot/amibake-dispatch"),
         "AMIBAKE_PG_MOUNT": str(mount),
         "AMIBAKE_FSTAB": str(tmp_path / "fstab"),
     })

@@ -61,7 +61,7 @@ def grub_cfg(kernel: str, root_uuid: str) -> str:
 serial --unit=0 --speed=115200 --word=8 --parity=no --stop=1
 terminal_input serial console
 terminal_output serial console
-set timeout=1
+set timeout=0
 set default=0
 menuentry "Debian GNU/Linux (amibake), {kernel}" {{
     search --no-floppy --fs-uuid --set=root {root_uuid}

@@ -38,7 +38,7 @@ from builder.manifest.model import Manifest
 from builder.store import DISK_FILE, DiskInfo, Store, StoredImage
 
 #: Part of the disk input digest: bump when the disk layout or GRUB setup changes.
-DISK_CODE_VERSION = "disk-1"
+DISK_CODE_VERSION = "disk-2"
 
 Say = Callable[[str], None]
 
@@ -100,10 +100,20 @@ def with_roles(manifest: Manifest, roles: Sequence[str] | None) -> Manifest:
     return dataclasses.replace(manifest, image=image)
 
 
-def image_cloud_config(manifest: Manifest) -> rootfs.LayerFile:
-    """cloud-init settings of the image itself: the login user, no grub-dpkg."""
+LOGIN_USER_UID = 1000
+
+
+def image_own_files(manifest: Manifest) -> tuple[rootfs.LayerFile, ...]:
+    """What the baker itself adds to an image (the renderers write the rest).
+
+    The login user is baked (a sysusers.d entry; the config layer creates it
+    and its home): it is static, and the dispatcher, which runs in parallel
+    with cloud-init.service at first boot, installs the instance's key for it.
+    cloud-init's users module finds it there, leaves it, locks its password
+    and writes its sudo rule. The cloud-init settings name it the default user.
+    """
     user = manifest.image.login_user
-    text = f"""\
+    cloud_cfg = f"""\
 # amibake: the image's login user (gets the instance's SSH key) and modules
 # this image has no use for.
 system_info:
@@ -117,7 +127,17 @@ system_info:
 grub_dpkg:
   enabled: false
 """
-    return rootfs.LayerFile("/etc/cloud/cloud.cfg.d/91_amibake-image.cfg", text.encode())
+    sysusers = f"""\
+# amibake: the image's login user, baked so that it exists from the first
+# moment of the first boot; cloud-init gives it the sudo rule.
+u {user} {LOGIN_USER_UID} "{user}" /home/{user} /bin/bash
+m {user} adm
+m {user} sudo
+"""
+    return (
+        rootfs.LayerFile("/etc/cloud/cloud.cfg.d/91_amibake-image.cfg", cloud_cfg.encode()),
+        rootfs.LayerFile("/usr/lib/sysusers.d/amibake-login.conf", sysusers.encode()),
+    )
 
 
 def _roles_json_services(files: Sequence[rootfs.LayerFile]) -> tuple[str, ...]:
@@ -137,10 +157,10 @@ def plan_bake(manifest: Manifest, apt_dir: Path = DEFAULT_APT_DIR) -> BakePlan:
 
     content = image_content(manifest)
     files = [rootfs.LayerFile(f.path, f.content, f.mode, f.owner) for f in content.files]
-    own = image_cloud_config(manifest)
-    if any(f.path == own.path for f in files):
-        raise UserError(f"the renderer and the baker both write {own.path}")
-    files.append(own)
+    for own in image_own_files(manifest):
+        if any(f.path == own.path for f in files):
+            raise UserError(f"the renderer and the baker both write {own.path}")
+        files.append(own)
     spec = manifest.image
     base = rootfs.base_spec(
         spec.distro, spec.release, spec.architecture,

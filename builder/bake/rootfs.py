@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import uuid
 from collections.abc import Iterable, Sequence
@@ -230,9 +231,12 @@ def write_config_layer(tree: Path, files: Sequence[LayerFile], services: Sequenc
     targets = [(f, _inside(tree, f.path)) for f in files]
     for f, target in targets:
         replace_file(target, f.content)
-    if any(f.path.startswith(("/usr/lib/sysusers.d/", "/etc/sysusers.d/")) for f in files):
+    sysusers = [f for f in files if f.path.startswith(("/usr/lib/sysusers.d/", "/etc/sysusers.d/"))]
+    if sysusers:
         run(["systemd-sysusers", f"--root={tree}"], capture=True)
     users, groups = _ids(tree, "passwd"), _ids(tree, "group")
+    for user, home in _login_homes(sysusers):
+        _make_home(tree, home, users[user], _primary_gid(tree, user))
     for f, target in targets:
         user, _, group = f.owner.partition(":")
         group = group or user
@@ -245,6 +249,44 @@ def write_config_layer(tree: Path, files: Sequence[LayerFile], services: Sequenc
         target.chmod(f.mode)
     dispatch = any(f.path.endswith("/" + DISPATCH_UNIT) for f in files)
     _switch_units(tree, services, enable_dispatch=dispatch)
+
+
+def _login_homes(files: Sequence[LayerFile]) -> list[tuple[str, str]]:
+    """(user, home) of each sysusers.d `u` entry whose home is under /home:
+    systemd-sysusers does not create home directories, useradd -m would."""
+    homes = []
+    for f in files:
+        for line in f.content.decode().splitlines():
+            fields = shlex.split(line, comments=True)
+            if len(fields) >= 5 and fields[0] == "u" and fields[4].startswith("/home/"):
+                homes.append((fields[1], fields[4]))
+    return homes
+
+
+def _primary_gid(tree: Path, user: str) -> int:
+    for line in (tree / "etc/passwd").read_text().splitlines():
+        parts = line.split(":")
+        if parts[0] == user:
+            return int(parts[3])
+    raise UserError(f"systemd-sysusers did not create user {user}")
+
+
+def _make_home(tree: Path, home: str, uid: int, gid: int) -> None:
+    """`home` with a copy of /etc/skel, owned by the user, 0700 (Debian's HOME_MODE)."""
+    target = _inside(tree, home)
+    if target.exists():
+        return
+    skel = tree / "etc/skel"
+    target.mkdir(parents=True, mode=0o700)
+    os.chown(target, uid, gid)
+    for src in sorted(skel.rglob("*")) if skel.is_dir() else ():
+        dest = target / src.relative_to(skel)
+        if src.is_dir():
+            dest.mkdir(mode=0o700)
+        else:
+            replace_file(dest, src.read_bytes())
+            dest.chmod(src.stat().st_mode & 0o777)
+        os.chown(dest, uid, gid)
 
 
 def _switch_units(tree: Path, services: Sequence[str], *, enable_dispatch: bool) -> None:

@@ -143,6 +143,24 @@ def check_database(m: Manifest, report: Report) -> None:
                f"data_dir {pg.data_dir!r} must be under mount_point {pg.mount_point!r}")
 
 
+#: Accounts a Debian image already has (base-passwd) or its packages create.
+SYSTEM_USERS = frozenset({
+    "root", "daemon", "bin", "sys", "sync", "games", "man", "lp", "mail", "news", "uucp",
+    "proxy", "www-data", "backup", "list", "irc", "gnats", "nobody", "_apt", "messagebus",
+    "systemd-network", "systemd-timesync", "sshd", "postgres",
+})
+
+
+def check_login_user(m: Manifest, report: Report) -> None:
+    user = m.image.login_user
+    if user in SYSTEM_USERS:
+        report("image.login_user", f"login_user {user!r} is a system account of the image; "
+               "pick a name of your own, such as admin")
+    elif user == m.app.user:
+        report("image.login_user", f"login_user {user!r} is also app.user: the login user "
+               "gets sudo, the app's user must not")
+
+
 def check_publish(m: Manifest, report: Report) -> None:
     if not m.publish.regions:
         report("publish.regions", "at least one region is needed")
@@ -161,7 +179,7 @@ def check_publish(m: Manifest, report: Report) -> None:
 
 CHECKS: tuple[Callable[[Manifest, Report], None], ...] = (
     check_roles, check_references, check_ports, check_ruby, check_web, check_database,
-    check_publish,
+    check_login_user, check_publish,
 )
 
 

@@ -80,6 +80,8 @@ hostname = matches(HOSTNAME, "a lower-case DNS name such as payroll.example.com"
 deb_package = matches(DEB_PACKAGE, "a Debian package name")
 size = matches(SIZE, "an nginx size such as 20m")
 pg_version = matches(re.compile(r"[0-9]+(\.[0-9]+)?"), "a PostgreSQL major version such as 15")
+instance_store = matches(re.compile(r"ephemeral[0-9]{1,2}"),
+                         "an instance store name such as ephemeral0")
 instance_type = matches(re.compile(r"[a-z0-9-]+\.[a-z0-9]+"), "an EC2 instance type")
 
 
@@ -158,6 +160,7 @@ FIELD_CHECKS: dict[tuple[type, str], Check] = {
     (m.PostgreSQL, "version"): pg_version,
     (m.PostgreSQL, "port"): port,
     (m.PostgreSQL, "mount_point"): absolute,
+    (m.PostgreSQL, "instance_store"): instance_store,
     (m.PostgreSQL, "data_dir"): absolute,
     (m.HbaRule, "database"): hba_token,
     (m.HbaRule, "user"): hba_token,

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import builder
 from builder.manifest.model import Manifest
 from builder.render.common import ETC_DIR, LIB_DIR, UNIT_DIR
+from builder.render.docstrings import is_python_script, strip_docstrings
 from builder.render.fragment import File, Fragment
 
-DISPATCHER = f"{LIB_DIR}/amibake-dispatch"
 ROLES_JSON = f"{ETC_DIR}/roles.json"
 DATASOURCE_CFG = "/etc/cloud/cloud.cfg.d/90_amibake.cfg"
 UNIT_SUFFIXES = (".service", ".timer", ".socket", ".path", ".target", ".mount")
@@ -30,8 +31,31 @@ DATASOURCE_TEXT = (
 )
 
 
+def image_cloud_settings(
+    manifest: Manifest, role_fragments: Mapping[str, Sequence[Fragment]]
+) -> bytes:
+    """90_amibake.cfg: the datasource settings, and, when the image carries
+    PostgreSQL, the instance store left to its setup script.
+
+    At first boot the dispatcher runs in parallel with cloud-init.service;
+    cloud-init's mounts module would otherwise write its own fstab line for
+    ephemeral0 and `mount -a` while the setup script makes the filesystem.
+    """
+    text = DATASOURCE_TEXT
+    pg = manifest.components.postgresql
+    carried = {f.component for fragments in role_fragments.values() for f in fragments}
+    if pg is not None and "postgresql" in carried:
+        text += (
+            f"# The instance store {pg.instance_store} is mounted at {pg.mount_point} by\n"
+            "# amibake's PostgreSQL setup (mkfs when blank), not by cloud-init.\n"
+            f"mounts:\n  - [{pg.instance_store}, null]\n"
+        )
+    return text.encode()
+
+
 def boot_files() -> tuple[File, ...]:
-    """Every file in cloudinit/boot/ (H3's dispatcher, secret resolver, units)."""
+    """Every file in cloudinit/boot/ (the dispatcher, secret resolver, units);
+    the Python scripts without their docstrings (see builder.render.docstrings)."""
     boot = builder.TEMPLATES_DIR / "boot"
     if not boot.is_dir():
         return ()
@@ -45,21 +69,31 @@ def boot_files() -> tuple[File, ...]:
             or path.name.upper().startswith("README")
         ):
             continue
+        content = path.read_bytes()
         if path.name.endswith(UNIT_SUFFIXES):
-            files.append(File(f"{UNIT_DIR}/{path.name}", path.read_bytes()))
-        else:
-            files.append(File(f"{LIB_DIR}/{rel.as_posix()}", path.read_bytes(), mode=0o755))
+            files.append(File(f"{UNIT_DIR}/{path.name}", content))
+            continue
+        if is_python_script(content):  # user-data is capped at 16 KiB
+            origin = f"cloudinit/boot/{rel.as_posix()}"
+            content = strip_docstrings(content.decode(), origin).encode()
+        files.append(File(f"{LIB_DIR}/{rel.as_posix()}", content, mode=0o755))
     return tuple(files)
 
 
 def roles_json(manifest: Manifest, role_fragments: Mapping[str, Sequence[Fragment]]) -> bytes:
     """/etc/amibake/roles.json: each role's services and setup scripts, for the dispatcher."""
-    roles = {}
+    roles: dict[str, dict[str, list[Any]]] = {}
     for name, fragments in role_fragments.items():
         roles[name] = {
             "components": [f.component for f in fragments],
             "services": [s for f in fragments for s in f.services],
-            "setup": [s for f in fragments for s in f.setup],
+            # per component, in order: its setup scripts, then its services
+            # (queued at once, so one component's services start while the
+            # next component is being set up)
+            "steps": [
+                {"component": f.component, "setup": list(f.setup), "services": list(f.services)}
+                for f in fragments if f.setup or f.services
+            ],
         }
     all_services = sorted({s for r in roles.values() for s in r["services"]})
     secret = manifest.app.database.password
@@ -87,5 +121,5 @@ def render(
     files = [f for f in boot_files() if image or not f.path.startswith(UNIT_DIR + "/")]
     files.append(File(ROLES_JSON, roles_json(manifest, role_fragments)))
     if image:
-        files.append(File(DATASOURCE_CFG, DATASOURCE_TEXT.encode()))
+        files.append(File(DATASOURCE_CFG, image_cloud_settings(manifest, role_fragments)))
     return Fragment(component="base", packages=("python3",), files=tuple(files))

@@ -13,6 +13,7 @@ UNIT_DIR = "/etc/systemd/system"
 ETC_DIR = "/etc/amibake"
 HOSTS_ENV = "/etc/amibake/hosts.env"
 SECRET_TOOL = "/usr/lib/amibake/amibake-secret"
+DISPATCHER = "/usr/lib/amibake/amibake-dispatch"
 
 
 def hosts_var(role: str) -> str:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import posixpath
 
 from builder.manifest.model import Manifest, Role
-from builder.render.common import SECRET_TOOL, SETUP_DIR, UNIT_DIR, manifest_error, source_name
+from builder.render.common import (
+    DISPATCHER,
+    SECRET_TOOL,
+    SETUP_DIR,
+    UNIT_DIR,
+    manifest_error,
+    source_name,
+)
 from builder.render.fragment import File, Fragment
 from builder.render.templates import pg_literal, render_template
 
@@ -62,6 +69,7 @@ def render(manifest: Manifest, role: Role) -> Fragment:
         db_user=db.user,
         db_name=db.name,
         secret_tool=SECRET_TOOL,
+        dispatcher=DISPATCHER,
         **common,
     )
     return Fragment(

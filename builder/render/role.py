@@ -13,19 +13,22 @@ from collections.abc import Callable, Mapping, Sequence
 from builder.errors import UserError
 from builder.manifest.model import Manifest, Role
 from builder.render import app, appserver, assemble, base, nginx, postgresql, ruby
-from builder.render.common import HOSTS_ENV, hosts_var, manifest_error
+from builder.render.common import DISPATCHER, HOSTS_ENV, hosts_var, manifest_error
 from builder.render.fragment import File, Fragment, ImageContent, Part, RenderedRole
 
 Renderer = Callable[[Manifest, Role], Fragment]
 
-#: Component → renderer, in the order their boot setup runs (the database
-#: first, then Ruby, the app's user and env, the app servers, nginx).
+#: Component → renderer, in the order their boot setup runs: Ruby, the app's
+#: user and env, the app servers, nginx, then the database. The dispatcher
+#: queues each component's services as soon as its setup is done, so the app
+#: servers boot while the database's setup (mkfs, initdb) runs; none of the
+#: earlier setups needs the database (the app connects per request).
 RENDERERS: dict[str, Renderer] = {
-    "postgresql": postgresql.render,
     "ruby": ruby.render,
     "app": app.render,
     "appserver": appserver.render,
     "nginx": nginx.render,
+    "postgresql": postgresql.render,
 }
 #: `app` is not named in roles: it comes with nginx (static pages) or app servers.
 IMPLIED_BY = {"app": ("nginx", "appserver")}
@@ -110,7 +113,7 @@ def render_role(
         write_files += [
             _write_file(f, defer=True) for f in _merge_files([base_fragment, *fragments])
         ]
-        config["runcmd"] = [["systemctl", "daemon-reload"], [base.DISPATCHER]]
+        config["runcmd"] = [["systemctl", "daemon-reload"], [DISPATCHER]]
     if write_files:
         config["write_files"] = write_files
     parts = (
