@@ -27,3 +27,22 @@ def test_every_verb_takes_json_and_debug() -> None:
     for name, verb_parser in sub.choices.items():  # type: ignore[attr-defined]
         opts = {o for a in verb_parser._actions for o in a.option_strings}
         assert {"--json", "--debug"} <= opts, name
+
+
+def test_a_reader_that_goes_away_gets_no_traceback() -> None:
+    """`amibake schema | head -1`: the pipe closes early; no traceback."""
+    import fcntl
+    import os
+    import subprocess
+    import sys
+
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 4096)  # smaller than the output
+    entry = "import sys; from builder.cli import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.Popen([sys.executable, "-c", entry, "schema"], stdout=write_end,
+                            stderr=subprocess.PIPE)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        assert reader.readline()
+    err = proc.communicate(timeout=60)[1].decode()
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
