@@ -104,7 +104,7 @@ def fried_base_disk(manifest: Manifest, cache: Path) -> Path:
 
     from builder.bake import bootloader, rootfs
     from builder.bake.cache import LayerCache, default_cache_dir
-    from builder.bake.pipeline import _base_meta, build_disk, image_own_files, plan_bake
+    from builder.bake.pipeline import base_meta, build_disk, image_own_files, plan_bake
     from builder.bake.sources import host_sources
 
     img = manifest.image
@@ -130,7 +130,7 @@ def fried_base_disk(manifest: Manifest, cache: Path) -> Path:
                 print(f"building the OS-only base layer ({len(spec.packages)} packages) ...",
                       flush=True)
                 rootfs.build_base(spec, tree, work / "hooks")
-                layers.store(spec.key(), tree, _base_meta(spec, tree))
+                layers.store(spec.key(), tree, base_meta(spec, tree))
             rootfs.write_config_layer(tree, own, ())
             root_uuid = spec.root_uuid()
             kernel = rootfs.kernel_version(tree)

@@ -54,7 +54,7 @@ def test_every_role_boots_with_uefi_and_one_with_bios(
 
 def test_checks_run_per_role(boot_results: list[RoleBootResult]) -> None:
     names = {key: {c.name for c in r.checks} for key, r in _by_boot(boot_results).items()}
-    base = {"role applied", "services"}
+    base = {"role applied", "services", "cloud-init config valid, sudo quiet"}
     assert names[("web", "uefi")] == base | {"http", "maintenance 503"}
     assert names[("app", "uefi")] == base | {"app servers listening"}
     assert names[("db", "uefi")] == base | {"postgresql data on instance storage"}

@@ -330,3 +330,22 @@ def test_render_verb_prints_user_data(tmp_path: Path) -> None:
         cwd=ROOT, capture_output=True, check=True,
     )
     assert fried.stdout[:2] == b"\x1f\x8b"  # as EC2 gets it
+
+
+@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.stem)
+def test_images_cloud_init_settings_pass_cloud_init_cli(path: Path, tmp_path: Path) -> None:
+    """The cloud.cfg.d files a baked image carries (the renderers' and the
+    baker's own) are cloud-config too: cloud-init warns at boot otherwise."""
+    from builder.bake.pipeline import image_own_files
+    from builder.render import image_content
+
+    manifest = load_manifest(path)
+    files = [*image_content(manifest).files, *image_own_files(manifest)]
+    settings = [f for f in files if f.path.startswith("/etc/cloud/cloud.cfg.d/")]
+    assert len(settings) >= 2
+    for f in settings:
+        target = tmp_path / Path(f.path).name
+        target.write_bytes(b"#cloud-config\n" + f.content)
+        ok, output = cli_verdict(target)
+        assert ok, f"{f.path}: {output}"
+        assert schema_problems(target.read_bytes()) == [], f.path

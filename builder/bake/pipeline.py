@@ -243,7 +243,7 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
                             f"({len(plan.base.packages)} packages, mmdebstrap)"):
                 rootfs.build_base(plan.base, building, work / "hooks")
             with timer.step("cache", "caching the base layer"):
-                entry = cache.store(key, building, _base_meta(plan.base, building))
+                entry = cache.store(key, building, base_meta(plan.base, building))
         with timer.step("checkout", f"base layer {key[:12]} from the cache"):
             cache.checkout(entry, tree)
         with timer.step("config", f"writing {len(plan.files)} rendered files "
@@ -317,7 +317,8 @@ def build_disk(disk_path: Path, tree: Path, work: Path, plan: BakePlan, root_uui
                             layout.bios.size // disk.SECTOR)
 
 
-def _base_meta(spec: rootfs.BaseSpec, tree: Path) -> dict[str, Any]:
+def base_meta(spec: rootfs.BaseSpec, tree: Path) -> dict[str, Any]:
+    """What the layer cache records beside a freshly built base layer."""
     return {
         "key": spec.key(),
         "distro": spec.distro,

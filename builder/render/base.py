@@ -23,11 +23,13 @@ UNIT_SUFFIXES = (".service", ".timer", ".socket", ".path", ".target", ".mount")
 _SKIP_SUFFIXES = (".md", ".txt", ".pyc", ".orig", ".rej", "~")
 
 #: cloud-init settings baked into images: metadata from EC2 (or the local
-#: emulator), a NoCloud seed as fallback; C.UTF-8 as the images have no `locales`.
+#: emulator), a NoCloud seed as fallback; C.UTF-8 as the images have no `locales`;
+#: the instance's hostname in /etc/hosts (127.0.1.1), so sudo can resolve it.
 DATASOURCE_TEXT = (
     "# amibake: where cloud-init looks for instance metadata.\n"
     "datasource_list: [Ec2, NoCloud, None]\n"
     "locale: C.UTF-8\n"
+    "manage_etc_hosts: localhost\n"
 )
 
 
@@ -48,7 +50,7 @@ def image_cloud_settings(
         text += (
             f"# The instance store {pg.instance_store} is mounted at {pg.mount_point} by\n"
             "# amibake's PostgreSQL setup (mkfs when blank), not by cloud-init.\n"
-            f"mounts:\n  - [{pg.instance_store}, null]\n"
+            f"mounts:\n  - [{pg.instance_store}]  # no mount point: cloud-init skips it\n"
         )
     return text.encode()
 

@@ -128,7 +128,8 @@ class RoleChecker:
 
     def run_all(self) -> list[CheckResult]:
         results = [self._guard("role applied", self.check_role_marker),
-                   self._guard("services", self.check_services)]
+                   self._guard("services", self.check_services),
+                   self._guard("cloud-init config valid, sudo quiet", self.check_instance_basics)]
         if self.plan.app_ports:
             results.append(self._guard("app servers listening", self.check_app_ports))
         if self.plan.postgresql:
@@ -170,6 +171,18 @@ class RoleChecker:
             raise CheckFailed("; ".join(wrong))
         return f"active: {', '.join(sorted(active)) or 'none'}; inactive: " \
                f"{', '.join(sorted(inactive)) or 'none'}"
+
+    def check_instance_basics(self) -> str:
+        """cloud-init accepted every cloud-config (the image's cloud.cfg.d too)
+        and the instance resolves its own hostname (sudo warns otherwise)."""
+        invalid = self.ssh.output(  # grep: 1 = no match, 2 = could not read
+            "sudo -n grep -h 'Invalid cloud-config' /var/log/cloud-init.log; [ $? -le 1 ]").strip()
+        if invalid:
+            raise CheckFailed(f"cloud-init: {invalid.splitlines()[0]}")
+        noise = self.ssh.output("sudo -n true 2>&1").strip()
+        if noise:
+            raise CheckFailed(f"sudo printed: {noise}")
+        return "no schema warning in /var/log/cloud-init.log; sudo -n true is silent"
 
     def check_app_ports(self) -> str:
         def listening() -> str:
