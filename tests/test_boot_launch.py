@@ -64,8 +64,15 @@ def test_launch_list_stop_a_local_instance(
             return ans.status
         wait_for(nginx_up, Waiter("nginx in the launched VM", attempts=150, interval=2,
                                   timeout=400), retry_on=(OSError,))
-        # the console log is kept beside the instance while it runs
-        assert "login:" in Path(launched["serial_log"]).read_text(errors="replace")
+        # the console log is kept beside the instance while it runs (the role's
+        # services start in parallel with the rest of the boot: the login
+        # prompt may come a little after nginx)
+        def login_prompt() -> bool:
+            if "login:" not in Path(launched["serial_log"]).read_text(errors="replace"):
+                raise NotYet("no login prompt on the serial console yet")
+            return True
+        wait_for(login_prompt, Waiter("the login prompt", attempts=60, interval=2,
+                                      timeout=120))
     finally:
         stopped = _json(capsys, ["instances", "stop", iid])
     assert stopped == {"stopped": [iid]}
