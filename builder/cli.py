@@ -13,10 +13,8 @@ from collections.abc import Sequence
 
 import builder.commands
 from builder import __version__
-from builder.errors import UserError
+from builder.errors import EXIT_PROBLEMS, UserError
 from builder.output import Output
-
-EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
 
 def _common_options() -> argparse.ArgumentParser:

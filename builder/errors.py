@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+#: Every verb's exit status: done, problems found (one line each), bad usage.
+EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
+
 
 @dataclass(frozen=True)
 class Location:

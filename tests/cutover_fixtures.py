@@ -41,6 +41,7 @@ from builder.manifest.model import (
     Notice,
     SecretRef,
 )
+from builder.ports import free_port
 from builder.proc import run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -57,12 +58,6 @@ __all__ = [
     "knot_server", "make_template", "pg_pair", "pg_template", "secret_env", "sites",
     "ssh_server", "sshd", "start_cluster", "uploads", "web_sites",
 ]
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _own_tmpdir(prefix: str, owner: str) -> Path:

@@ -24,18 +24,13 @@ from pathlib import Path
 import pytest
 
 from builder.manifest import load_manifest
+from builder.ports import free_port
 from builder.render import image_content
 from builder.render.nginx import UPSTREAM_FILE
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = sorted((ROOT / "manifests").glob("*.yaml"))
 MOVED = ("/etc/nginx/amibake", "/srv", "/var/www", "/var/log/nginx", "/run/nginx.pid")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def install(manifest_path: Path, root: Path, *, listen: int, backend: int) -> Path:

@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from builder.manifest import load_manifest
+from builder.ports import free_port
 from builder.proc import run
 from builder.render import File, image_content
 
@@ -46,12 +47,6 @@ def write_script(directory: Path, file: File) -> Path:
     path.write_bytes(file.content)
     path.chmod(0o755)
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def fake_secret_tool(directory: Path, value: str) -> Path:

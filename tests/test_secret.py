@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
 
 from builder.imds import Credentials, ImdsConfig, ImdsServer, secrets_api
+from builder.ports import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = ROOT / "cloudinit" / "boot" / "amibake-secret"
@@ -200,16 +200,10 @@ def test_signature_check_unit() -> None:
 # ------------------------------------------------------- moto, IAM auth on
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def moto_url() -> Iterator[str]:
     """moto's server with IAM authentication after the first 3 (set-up) calls."""
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
     proc = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"),
                              "-H", "127.0.0.1", "-p", str(port)], env=env,

@@ -83,12 +83,9 @@ def test_http_get_sends_the_host_and_reads_headers(server: int) -> None:
 
 
 def test_http_get_to_nothing_is_an_oserror() -> None:
-    import socket
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from builder.ports import free_port
     with pytest.raises(OSError):
-        http_get(port, "/")
+        http_get(free_port(), "/")
 
 
 def test_a_guest_kernel_stuck_for_a_minute_counts_as_hung() -> None:

@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 
 from builder.errors import UserError
+from builder.ports import free_port
 from builder.vm.accel import TCG_ARGS, Accel
 from builder.vm.boottest import check_booted_vm
 from builder.vm.checks import RolePlan
 from builder.vm.metadata import new_instance_id
-from builder.vm.qemu import Vm, VmError, VmSpec, free_port
+from builder.vm.qemu import Vm, VmError, VmSpec
 from builder.vm.ssh import Ssh, generate_key
 
 TCG = Accel("tcg", TCG_ARGS, "test")
@@ -91,7 +92,8 @@ def _start_vm_in_child(tmp_path: Path, iid: str, tail: str) -> subprocess.Popen[
         import sys, time
         from pathlib import Path
         from builder.vm.accel import TCG_ARGS, Accel
-        from builder.vm.qemu import Vm, VmSpec, free_port
+        from builder.ports import free_port
+        from builder.vm.qemu import Vm, VmSpec
         spec = VmSpec(Path({str(blank_disk(tmp_path))!r}), free_port(), {iid!r})
         vm = Vm(spec, Path({str(tmp_path / 'vm')!r}), accel=Accel("tcg", TCG_ARGS, "t"))
         vm.start()

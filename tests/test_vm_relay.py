@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
 import subprocess
 import threading
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from builder.ports import free_port
 from builder.vm.qemu import relay_command
 from builder.vm.relay import relay
 
@@ -78,10 +78,7 @@ def test_many_connections_each_get_their_own_relay_process(
 
 
 def test_relay_to_a_closed_port_fails_fast() -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    p = subprocess.run(shlex.split(relay_command(port)),
+    p = subprocess.run(shlex.split(relay_command(free_port())),
                        input=b"GET / HTTP/1.0\r\n\r\n", capture_output=True, timeout=20)
     assert p.returncode != 0 and p.stdout == b""
     assert b"ConnectionRefusedError" in p.stderr

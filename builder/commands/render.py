@@ -7,10 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from builder.errors import UserError
+from builder.errors import EXIT_OK, EXIT_USAGE, UserError
 from builder.output import Output
-
-EXIT_OK, EXIT_USAGE = 0, 2
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:

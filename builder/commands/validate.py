@@ -8,10 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import builder
-from builder.errors import Location, Problem, UserError
+from builder.errors import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, Location, Problem, UserError
 from builder.output import Output
-
-EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE = 0, 1, 2
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:

@@ -25,7 +25,6 @@ import logging
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 from types import TracebackType
 
 from builder.errors import UserError
+from builder.ports import free_port
 from builder.proc import run
 from builder.vm.accel import Accel, detect_accel
 from builder.vm.firmware import BootMode, Firmware, prepare_firmware
@@ -117,13 +117,6 @@ class Ports:
 
     ssh: int
     http: int
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _opt(value: str) -> str:
