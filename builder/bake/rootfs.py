@@ -201,15 +201,12 @@ def _inside(tree: Path, path: str) -> Path:
     return tree.joinpath(*pure.parts[1:])
 
 
-def _ids(tree: Path, db: str) -> dict[str, int]:
-    table: dict[str, int] = {}
+def _entries(tree: Path, db: str) -> dict[str, list[str]]:
+    """name → fields of the tree's /etc/<db> (passwd or group)."""
     path = tree / "etc" / db
-    if path.exists():
-        for line in path.read_text().splitlines():
-            parts = line.split(":")
-            if len(parts) >= 3 and parts[2].isdigit():
-                table[parts[0]] = int(parts[2])
-    return table
+    lines = path.read_text().splitlines() if path.exists() else []
+    return {fields[0]: fields for fields in (line.split(":") for line in lines)
+            if len(fields) >= 3 and fields[2].isdigit()}
 
 
 def replace_file(target: Path, content: bytes) -> None:
@@ -234,9 +231,11 @@ def write_config_layer(tree: Path, files: Sequence[LayerFile], services: Sequenc
     sysusers = [f for f in files if f.path.startswith(("/usr/lib/sysusers.d/", "/etc/sysusers.d/"))]
     if sysusers:
         run(["systemd-sysusers", f"--root={tree}"], capture=True)
-    users, groups = _ids(tree, "passwd"), _ids(tree, "group")
+    passwd = _entries(tree, "passwd")
+    users = {name: int(fields[2]) for name, fields in passwd.items()}
+    groups = {name: int(fields[2]) for name, fields in _entries(tree, "group").items()}
     for user, home in _login_homes(sysusers):
-        _make_home(tree, home, users[user], _primary_gid(tree, user))
+        _make_home(tree, home, users[user], int(passwd[user][3]))
     for f, target in targets:
         user, _, group = f.owner.partition(":")
         group = group or user
@@ -261,14 +260,6 @@ def _login_homes(files: Sequence[LayerFile]) -> list[tuple[str, str]]:
             if len(fields) >= 5 and fields[0] == "u" and fields[4].startswith("/home/"):
                 homes.append((fields[1], fields[4]))
     return homes
-
-
-def _primary_gid(tree: Path, user: str) -> int:
-    for line in (tree / "etc/passwd").read_text().splitlines():
-        parts = line.split(":")
-        if parts[0] == user:
-            return int(parts[3])
-    raise UserError(f"systemd-sysusers did not create user {user}")
 
 
 def _make_home(tree: Path, home: str, uid: int, gid: int) -> None:
