@@ -54,7 +54,8 @@ OLD_ADDR, NEW_ADDR = "127.0.0.1", "127.0.0.2"
 
 __all__ = [
     "APP_PASSWORD", "NEW_ADDR", "OLD_ADDR", "SERVER_NAME", "Cluster", "Knot", "Site", "Sshd",
-    "Writer", "app_schema", "cutover_manifest", "destroy_cluster", "free_port", "knot",
+    "Writer", "app_schema", "cutover_manifest", "destroy_cluster", "edit_keeping_size_and_mtime",
+    "free_port", "knot",
     "knot_server", "make_template", "pg_pair", "pg_template", "secret_env", "sites",
     "ssh_server", "sshd", "start_cluster", "uploads", "web_sites",
 ]
@@ -114,6 +115,7 @@ def stop_daemon(pid: int, sig: int, *, seconds: float) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.01)
+
 
 @dataclass
 class Cluster:
@@ -470,6 +472,17 @@ def uploads() -> Iterator[tuple[Path, Path]]:
     (src / "avatars" / "pat.png").write_bytes(b"\x89PNG" + secrets.token_bytes(500))
     yield src, dst
     shutil.rmtree(base, ignore_errors=True)
+
+
+
+def edit_keeping_size_and_mtime(path: Path) -> None:
+    """Flip one byte of `path` and put its mtime back: rsync's quick check
+    (size + mtime) cannot see this edit; a checksum pass can."""
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    data[100] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
 # ------------------------------------------------------------------ OpenSSH

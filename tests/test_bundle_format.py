@@ -128,6 +128,13 @@ def test_last_part_exactly_full_has_no_empty_part(tmp_path: Path, creds: BundleC
     assert (tmp_path / "back.raw").read_bytes() == image.read_bytes()
 
 
+def assert_gnu_tar_extracts(stream: bytes, image: Path, into: Path) -> None:
+    """GNU tar extracts the bundle's tar stream to the same bytes as `image`."""
+    into.mkdir()
+    subprocess.run(["tar", "-xSf", "-"], input=stream, cwd=into, check=True)
+    assert sha1_file(into / image.name) == sha1_file(image)
+
+
 def test_sparse_image_keeps_holes_and_gnu_tar_agrees(tmp_path: Path, creds: BundleCredentials,
                                                      pki: Pki) -> None:
     image = tmp_path / "disk.raw"
@@ -143,10 +150,7 @@ def test_sparse_image_keeps_holes_and_gnu_tar_agrees(tmp_path: Path, creds: Bund
     assert stream[156:157] == b"S"  # an old-GNU sparse member, like `tar --sparse`
     assert len(stream) % 10240 == 0  # GNU tar's record size
     # GNU tar extracts it to the same bytes
-    gnu = tmp_path / "gnu"
-    gnu.mkdir()
-    subprocess.run(["tar", "-xSf", "-"], input=stream, cwd=gnu, check=True)
-    assert sha1_file(gnu / "disk.raw") == sha1_file(image)
+    assert_gnu_tar_extracts(stream, image, tmp_path / "gnu")
     back = unbundle(result.manifest_path, pki.key, output=tmp_path / "back.raw")
     assert sha1_file(back.image_path) == sha1_file(image)
     assert back.image_path.stat().st_size == 64 * MiB
@@ -164,10 +168,7 @@ def test_many_holes_use_sparse_extension_blocks(tmp_path: Path, creds: BundleCre
     result = make_bundle(image, tmp_path / "out", creds)
     stream = openssl_decrypt_stream(result, pki.key)
     assert stream[482] == 1  # isextended
-    gnu = tmp_path / "gnu"
-    gnu.mkdir()
-    subprocess.run(["tar", "-xSf", "-"], input=stream, cwd=gnu, check=True)
-    assert sha1_file(gnu / "disk.raw") == sha1_file(image)
+    assert_gnu_tar_extracts(stream, image, tmp_path / "gnu")
     back = unbundle(result.manifest_path, pki.key, output=tmp_path / "back.raw")
     assert sha1_file(back.image_path) == sha1_file(image)
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 import shlex
 from pathlib import Path
 
 from builder.cutover import files
 from builder.manifest.model import FilesSync
 from tests.cutover_fixtures import *  # noqa: F403
+from tests.cutover_fixtures import edit_keeping_size_and_mtime
 
 
 def test_sync_delete_and_checksum_verify(uploads: tuple[Path, Path]) -> None:
@@ -32,11 +32,7 @@ def test_verify_catches_same_size_same_mtime_edit(uploads: tuple[Path, Path]) ->
     spec = FilesSync(source=str(src), destination=str(dst))
     files.sync(spec)
     target = dst / "slip-005.pdf"
-    st = target.stat()
-    data = bytearray(target.read_bytes())
-    data[100] ^= 0xFF
-    target.write_bytes(bytes(data))
-    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    edit_keeping_size_and_mtime(target)
     check = files.verify(spec)
     assert not check.ok
     assert any("slip-005.pdf" in d for d in check.differences)

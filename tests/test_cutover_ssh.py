@@ -4,7 +4,6 @@ and the maintenance switch on the old web server over SSH (cutover.old_web)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tests.cutover_fixtures import (
     Site,
     Sshd,
     cutover_manifest,
+    edit_keeping_size_and_mtime,
 )
 
 
@@ -56,11 +56,7 @@ def test_presync_final_sync_and_checksum_pass_over_ssh(uploads: tuple[Path, Path
     assert files.verify(spec).ok
     # a same-size, same-mtime edit: only the checksum pass sees it
     target = dst / "slip-005.pdf"
-    st = target.stat()
-    data = bytearray(target.read_bytes())
-    data[100] ^= 0xFF
-    target.write_bytes(bytes(data))
-    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    edit_keeping_size_and_mtime(target)
     check = files.verify(spec)
     assert not check.ok and [d for d in check.differences if "slip-005.pdf" in d]
     files.sync(spec)

@@ -13,10 +13,8 @@ import http.server
 import json
 import os
 import signal
-import socket
 import subprocess
 import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,6 +25,7 @@ from builder.manifest import load_manifest
 from builder.ports import free_port
 from builder.render import image_content
 from builder.render.nginx import UPSTREAM_FILE
+from tests.servers import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = sorted((ROOT / "manifests").glob("*.yaml"))
@@ -117,31 +116,9 @@ def backend() -> Iterator[int]:
 
 @contextmanager
 def running_nginx(conf: Path, root: Path, port: int) -> Iterator[None]:
-    proc = subprocess.Popen(
-        ["nginx", "-p", str(root), "-c", str(conf), "-e", str(root / "error.log"),
-         "-g", "daemon off;"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if proc.poll() is not None:
-                    raise AssertionError(
-                        proc.stderr.read().decode() if proc.stderr else "") from None
-                time.sleep(0.05)
+    with serving(["nginx", "-p", str(root), "-c", str(conf), "-e", str(root / "error.log"),
+                  "-g", "daemon off;"], port, root / "nginx.stderr", stop=signal.SIGQUIT):
         yield
-    finally:
-        proc.send_signal(signal.SIGQUIT)
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        if proc.stderr:
-            proc.stderr.close()
 
 
 def get(port: int, path: str, headers: dict[str, str] | None = None) -> http.client.HTTPResponse:

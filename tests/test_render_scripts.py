@@ -13,12 +13,9 @@ import http.client
 import json
 import os
 import shutil
-import signal
-import socket
 import stat
 import subprocess
 import tempfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +27,7 @@ from builder.manifest import load_manifest
 from builder.ports import free_port
 from builder.proc import run
 from builder.render import File, image_content
+from tests.servers import serving
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = sorted((ROOT / "manifests").glob("*.yaml"))
@@ -394,33 +392,12 @@ def app(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     uploads = work / "uploads"
     uploads.mkdir()
     port = free_port()
-    log = open(work / "puma.log", "wb")  # noqa: SIM115 (closed below)
-    proc = subprocess.Popen(
-        ["puma", "--bind", f"tcp://127.0.0.1:{port}", "--threads", "2:2",
-         "--environment", "production", str(work / "srv/app/config.ru")],
-        cwd=work / "srv/app", stdout=subprocess.DEVNULL, stderr=log,
-        env={**os.environ, "DATABASE_URL": url, "UPLOADS_DIR": str(uploads),
-             "RACK_ENV": "production"},
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert proc.poll() is None, (work / "puma.log").read_text()
-                assert time.monotonic() < deadline, "puma did not start"
-                time.sleep(0.2)
+    with serving(["puma", "--bind", f"tcp://127.0.0.1:{port}", "--threads", "2:2",
+                  "--environment", "production", str(work / "srv/app/config.ru")],
+                 port, work / "puma.log", cwd=work / "srv/app",
+                 env={**os.environ, "DATABASE_URL": url, "UPLOADS_DIR": str(uploads),
+                      "RACK_ENV": "production"}):
         yield port, uploads
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def request(port: int, method: str, path: str, body: bytes = b"",

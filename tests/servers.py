@@ -1,0 +1,39 @@
+"""Servers the tests run as child processes (nginx, puma): started, waited for
+until their port accepts, and always stopped."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from builder.wait import Waiter, wait_for
+
+
+@contextmanager
+def serving(argv: Sequence[str], port: int, log: Path, *, stop: int = signal.SIGTERM,
+            timeout: float = 60, **popen: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `argv` (stderr into `log`) until 127.0.0.1:`port` accepts; on the way
+    out send `stop`, then kill it if it is still there after 20 s."""
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(list(argv), stdout=subprocess.DEVNULL, stderr=err, **popen)
+    try:
+        def listening() -> None:
+            if proc.poll() is not None:
+                raise AssertionError(f"{argv[0]} exited with {proc.returncode}: "
+                                     f"{log.read_text(errors='replace')}")
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+        wait_for(listening, Waiter(f"{argv[0]} to listen on {port}", attempts=100_000,
+                                   interval=0.05, timeout=timeout), retry_on=(OSError,))
+        yield proc
+    finally:
+        proc.send_signal(stop)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
