@@ -1,8 +1,9 @@
 """The boot dispatcher (cloudinit/boot/amibake-dispatch) against the IMDS emulator.
 
-The script runs as the instance runs it (its own #!/usr/bin/python3, stdlib
-only) with a root prefix for its files and a fake `systemctl` that records
-its argv: the one stand-in, since the qemu boot tests exercise real systemd.
+The script runs as the instance runs it (as shipped: amibake_imds.py inlined,
+docstrings stripped; its own #!/usr/bin/python3, stdlib only) with a root prefix
+for its files and a fake `systemctl` that records its argv: the one stand-in,
+since the qemu boot tests exercise real systemd.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ from pathlib import Path
 import pytest
 
 from builder.imds import ImdsConfig, ImdsServer, Outage
+from tests.shipped_boot import shipped
 
 ROOT = Path(__file__).resolve().parent.parent
 BOOT = ROOT / "cloudinit" / "boot"
-DISPATCH = BOOT / "amibake-dispatch"
+DISPATCH = shipped("amibake-dispatch")
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAmibakeTestKey admin@example"
 SETUP_DIR = "/usr/lib/amibake/setup"
 ROLES = {
@@ -506,10 +508,10 @@ def test_plain_lines_when_stderr_is_not_the_journal(inst: Instance) -> None:
 
 def test_scripts_use_only_the_standard_library() -> None:
     for script in ("amibake-dispatch", "amibake-secret"):
-        path = BOOT / script
-        assert os.access(path, os.X_OK), f"{script} must be executable"
-        assert path.read_text().startswith("#!/usr/bin/python3\n")
-        tree = ast.parse(path.read_text())
+        for path in (BOOT / script, shipped(script)):
+            assert os.access(path, os.X_OK), f"{script} must be executable"
+            assert path.read_text().startswith("#!/usr/bin/python3\n")
+        tree = ast.parse(shipped(script).read_text())  # as shipped: one self-contained file
         modules = {alias.name.split(".")[0] for node in ast.walk(tree)
                    if isinstance(node, ast.Import) for alias in node.names}
         modules |= {node.module.split(".")[0] for node in ast.walk(tree)
@@ -517,11 +519,28 @@ def test_scripts_use_only_the_standard_library() -> None:
         assert modules <= set(sys.stdlib_module_names), modules - set(sys.stdlib_module_names)
 
 
-def test_shared_imds_client_is_identical_in_both_scripts() -> None:
-    def shared(script: str) -> str:
-        text = (BOOT / script).read_text()
-        return text[text.index("# ---- shared: begin"):text.index("# ---- shared: end")]
-    assert shared("amibake-dispatch") == shared("amibake-secret")
+def _defined(source: str) -> list[str]:
+    """Top-level functions and classes."""
+    return [n.name for n in ast.parse(source).body
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+
+
+def test_the_imds_client_has_one_home_and_ships_in_both_scripts() -> None:
+    """amibake_imds.py is the one IMDS client: the scripts' sources import it,
+    each shipped script carries it once (inlined), and both run."""
+    module = _defined((BOOT / "amibake_imds.py").read_text())
+    assert {"Imds", "Log", "user_data_markers", "load_roles_json"} <= set(module)
+    for script in ("amibake-dispatch", "amibake-secret"):
+        source = (BOOT / script).read_text()
+        assert not set(_defined(source)) & set(module), "a second copy of the IMDS client"
+        assert "from amibake_imds import" in source
+        shipped_text = shipped(script).read_text()
+        assert "amibake_imds import" not in shipped_text
+        defined = _defined(shipped_text)
+        assert all(defined.count(name) == 1 for name in module), defined
+        proc = subprocess.run([str(shipped(script)), "--help"], capture_output=True, text=True,
+                              timeout=60, cwd="/")
+        assert proc.returncode == 0 and "usage:" in proc.stdout, proc.stderr
 
 
 def _cloud_init_units() -> Path:
@@ -550,7 +569,7 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
         shutil.copy2(unit, root / "usr/lib/systemd/system" / unit.name)
     (root / "usr/bin/cloud-init").write_text("#!/bin/sh\n")
     (root / "usr/bin/cloud-init").chmod(0o755)
-    shutil.copy2(DISPATCH, root / "usr/lib/amibake/amibake-dispatch")
+    shutil.copy2(DISPATCH, root / "usr/lib/amibake/amibake-dispatch")  # as shipped
     shutil.copy2(BOOT / "amibake-dispatch.service", root / "etc/systemd/system")
     proc = subprocess.run(["systemd-analyze", "verify", "--man=no", f"--root={root}",
                            "amibake-dispatch.service", "cloud-init.service",
@@ -602,7 +621,7 @@ def test_setup_script_reads_a_secret_with_amibake_secret(inst: Instance) -> None
     doc = json.loads(roles_json.read_text())
     doc["secrets"] = {"db_password": {"store": "ssm", "name": "/smallpayroll/db-password"}}
     roles_json.write_text(json.dumps(doc))
-    shutil.copy2(BOOT / "amibake-secret", inst.root / "usr/lib/amibake/amibake-secret")
+    shutil.copy2(shipped("amibake-secret"), inst.root / "usr/lib/amibake/amibake-secret")
     (inst.root / "usr/lib/amibake/setup/db.sh").write_text(
         '#!/bin/sh\nset -e\numask 077\n'
         '"$AMIBAKE_ROOT/usr/lib/amibake/amibake-secret" db_password'

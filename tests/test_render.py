@@ -257,6 +257,9 @@ def test_boot_files_are_included() -> None:
     sources = [p for p in sorted(boot.iterdir()) if p.is_file() and not p.name.endswith(".md")]
     assert sources, "cloudinit/boot/ is empty"
     for source in sources:
+        if source.suffix == ".py":  # a shared module: inlined into the scripts, not shipped
+            assert f"/usr/lib/amibake/{source.name}" not in content
+            continue
         if source.suffix == ".service":
             file = content[f"/etc/systemd/system/{source.name}"]
             assert file.mode == 0o644

@@ -28,9 +28,10 @@ from botocore.credentials import Credentials as BotoCredentials
 
 from builder.imds import Credentials, ImdsConfig, ImdsServer, secrets_api
 from builder.ports import free_port
+from tests.shipped_boot import shipped
 
 ROOT = Path(__file__).resolve().parent.parent
-SECRET = ROOT / "cloudinit" / "boot" / "amibake-secret"
+SECRET = shipped("amibake-secret")  # amibake_imds.py inlined, as instances get it
 PASSWORD = "s3cr3t-Passw0rd!"
 SECRETS = {
     "db_password": {"store": "ssm", "name": "/smallpayroll/db-password"},

@@ -1,8 +1,8 @@
 """What every role carries: the boot dispatcher, roles.json, cloud-init settings.
 
-The dispatcher, the secret resolver and their units are H3's files in
-cloudinit/boot/, included verbatim: scripts go to /usr/lib/amibake/ (0755),
-systemd units to /etc/systemd/system/.
+The dispatcher, the secret resolver and their units are the files in
+cloudinit/boot/: scripts go to /usr/lib/amibake/ (0755), with the modules
+they share (`*.py`) inlined, systemd units to /etc/systemd/system/.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from builder.manifest.model import Manifest
 from builder.render.common import ETC_DIR, LIB_DIR, UNIT_DIR
 from builder.render.docstrings import is_python_script, strip_docstrings
 from builder.render.fragment import File, Fragment
+from builder.render.inline import inline_modules
 
 ROLES_JSON = f"{ETC_DIR}/roles.json"
 DATASOURCE_CFG = "/etc/cloud/cloud.cfg.d/90_amibake.cfg"
@@ -57,7 +58,8 @@ def image_cloud_settings(
 
 def boot_files() -> tuple[File, ...]:
     """Every file in cloudinit/boot/ (the dispatcher, secret resolver, units);
-    the Python scripts without their docstrings (see builder.render.docstrings)."""
+    the Python scripts with the modules they share inlined (builder.render.inline)
+    and without their docstrings (builder.render.docstrings)."""
     boot = builder.TEMPLATES_DIR / "boot"
     if not boot.is_dir():
         return ()
@@ -71,13 +73,16 @@ def boot_files() -> tuple[File, ...]:
             or path.name.upper().startswith("README")
         ):
             continue
+        if path.suffix == ".py":  # a module the scripts share: inlined into them
+            continue
         content = path.read_bytes()
         if path.name.endswith(UNIT_SUFFIXES):
             files.append(File(f"{UNIT_DIR}/{path.name}", content))
             continue
         if is_python_script(content):  # user-data is capped at 16 KiB
             origin = f"cloudinit/boot/{rel.as_posix()}"
-            content = strip_docstrings(content.decode(), origin).encode()
+            source = inline_modules(content.decode(), path.parent, origin)
+            content = strip_docstrings(source, origin).encode()
         files.append(File(f"{LIB_DIR}/{rel.as_posix()}", content, mode=0o755))
     return tuple(files)
 
