@@ -24,7 +24,8 @@ def render(manifest: Manifest, role: Role) -> Fragment:
     db = app.database
     files = [
         File(SYSUSERS, render_template(
-            "app/sysusers.conf.j2", app_name=app.name, user=app.user, root=app.root)),
+            "app/sysusers.conf.j2", app_name=app.name, user=app.user, root=app.root,
+            gecos=f"{app.name} app")),
         File(TMPFILES, render_template(
             "app/tmpfiles.conf.j2", app_name=app.name, user=app.user,
             uploads_dir=app.uploads_dir)),

@@ -6,6 +6,7 @@ from builder.manifest.model import AppServer, Manifest, Role, Ruby
 from builder.render.app import ENV_SETUP
 from builder.render.common import UNIT_DIR, manifest_error, source_name
 from builder.render.fragment import File, Fragment
+from builder.render.quoting import Raw, integer, systemd_env, systemd_exec
 from builder.render.templates import render_template
 
 UNIT = "amibake-app@.service"
@@ -29,18 +30,21 @@ def render(manifest: Manifest, role: Role) -> Fragment:
         )
     app = manifest.app
     bin_dir = ruby_bin_dir(manifest.components.ruby)
+    root = app.root.rstrip("/") or "/"
+    port = Raw("%i")
     if appserver.kind == "puma":
-        exec_start = (
-            f"{bin_dir}/puma --environment {appserver.environment}"
-            f" --bind tcp://{appserver.bind}:%i"
-            f" --threads {appserver.threads}:{appserver.threads} {app.root}/config.ru"
-        )
+        argv: list[str | tuple[str, ...]] = [
+            f"{bin_dir}/puma", "--environment", appserver.environment,
+            "--bind", ("tcp://", appserver.bind, ":", port),
+            "--threads", f"{integer(appserver.threads)}:{integer(appserver.threads)}",
+            f"{root}/config.ru",
+        ]
     else:
-        exec_start = (
-            f"{bin_dir}/mongrel_rails start --environment {appserver.environment}"
-            f" --address {appserver.bind} --port %i --chdir {app.root}"
-            " --pid /run/amibake-app-%i/mongrel.pid"
-        )
+        argv = [
+            f"{bin_dir}/mongrel_rails", "start", "--environment", appserver.environment,
+            "--address", appserver.bind, "--port", (port,), "--chdir", app.root,
+            "--pid", ("/run/amibake-app-", port, "/mongrel.pid"),
+        ]
     unit = render_template(
         "appserver/amibake-app@.service.j2",
         app_name=app.name,
@@ -49,9 +53,14 @@ def render(manifest: Manifest, role: Role) -> Fragment:
         env_setup=ENV_SETUP,
         user=app.user,
         root=app.root,
-        environment=appserver.environment,
-        uploads_dir=app.uploads_dir,
-        exec_start=exec_start,
+        environment_lines=(
+            " ".join([systemd_env("RACK_ENV", appserver.environment),
+                      systemd_env("RAILS_ENV", appserver.environment),
+                      systemd_env("PORT", port)]),
+            " ".join([systemd_env("UPLOADS_DIR", app.uploads_dir),
+                      systemd_env("APP_NAME", app.name)]),
+        ),
+        exec_start=systemd_exec(argv),
     )
     files = [File(f"{UNIT_DIR}/{UNIT}", unit)]
     if appserver.kind == "mongrel_cluster":

@@ -17,6 +17,7 @@ from builder.render.common import ETC_DIR, LIB_DIR, UNIT_DIR
 from builder.render.docstrings import is_python_script, strip_docstrings
 from builder.render.fragment import File, Fragment
 from builder.render.inline import inline_modules
+from builder.render.quoting import comment, yaml_flow
 
 ROLES_JSON = f"{ETC_DIR}/roles.json"
 DATASOURCE_CFG = "/etc/cloud/cloud.cfg.d/90_amibake.cfg"
@@ -48,10 +49,12 @@ def image_cloud_settings(
     pg = manifest.components.postgresql
     carried = {f.component for fragments in role_fragments.values() for f in fragments}
     if pg is not None and "postgresql" in carried:
+        store, mount = comment(pg.instance_store), comment(pg.mount_point)
         text += (
-            f"# The instance store {pg.instance_store} is mounted at {pg.mount_point} by\n"
+            f"# The instance store {store} is mounted at {mount} by\n"
             "# amibake's PostgreSQL setup (mkfs when blank), not by cloud-init.\n"
-            f"mounts:\n  - [{pg.instance_store}]  # no mount point: cloud-init skips it\n"
+            f"mounts:\n  - {yaml_flow([pg.instance_store])}"
+            "  # no mount point: cloud-init skips it\n"
         )
     return text.encode()
 

@@ -6,6 +6,7 @@ import re
 
 from builder.errors import Problem, UserError
 from builder.manifest.model import Manifest
+from builder.render.quoting import file_name
 
 SETUP_DIR = "/usr/lib/amibake/setup"
 LIB_DIR = "/usr/lib/amibake"
@@ -28,4 +29,6 @@ def manifest_error(manifest: Manifest, path: str, message: str, hint: str = "") 
 
 
 def source_name(manifest: Manifest) -> str:
-    return manifest.source.name
+    """The manifest's file name as rendered comments show it: its base name with
+    anything outside [A-Za-z0-9._-] replaced (a file name is not trusted)."""
+    return file_name(manifest.source.name)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import posixpath
+import re
 
 from builder.manifest.model import Manifest, Role
+from builder.render import quoting
 from builder.render.common import SETUP_DIR, hosts_var, manifest_error, source_name
 from builder.render.fragment import File, Fragment
+from builder.render.quoting import Unquotable
 from builder.render.templates import read_static, render_template
 
 UPSTREAM_NAME = "app_servers"
@@ -37,7 +40,7 @@ def render(manifest: Manifest, role: Role) -> Fragment:
         server_name=manifest.app.server_name,
         upstream_name=UPSTREAM_NAME,
         upstream_file=UPSTREAM_FILE,
-        balance_directive=_BALANCE[nginx.balance],
+        balance_directive=_balance(nginx.balance),
         maintenance_root=maintenance_root,
         maintenance_file=maintenance_file,
         error_page_lines=error_page_lines,
@@ -74,12 +77,20 @@ def render(manifest: Manifest, role: Role) -> Fragment:
     )
 
 
+def _balance(balance: str) -> str:
+    if balance not in _BALANCE:
+        raise Unquotable(f"{balance!r} is not an upstream balancing method")
+    return _BALANCE[balance]
+
+
 def _error_pages(pages: dict[str, str]) -> list[str]:
     """`error_page` lines; the 500 page also covers a down upstream (502, 504)."""
     lines = []
     for code, page in sorted(pages.items()):
+        if not re.fullmatch(r"[345][0-9][0-9]", code):
+            raise Unquotable(f"{code!r} is not an HTTP status code (300-599)")
         codes = [code]
         if code == "500":
             codes += [c for c in ("502", "504") if c not in pages]
-        lines.append(f"error_page {' '.join(codes)} {page};")
+        lines.append(f"error_page {' '.join(codes)} {quoting.nginx(page)};")
     return lines

@@ -14,7 +14,8 @@ from builder.render.common import (
     source_name,
 )
 from builder.render.fragment import File, Fragment
-from builder.render.templates import pg_literal, render_template
+from builder.render.quoting import Unquotable, hba_token
+from builder.render.templates import render_template
 
 SETUP = f"{SETUP_DIR}/postgresql.sh"
 CLUSTER = "main"
@@ -31,8 +32,11 @@ def render(manifest: Manifest, role: Role) -> Fragment:
         raise manifest_error(
             manifest, f"roles.{role.name}.components", "postgresql is not configured"
         )
-    mount = pg.mount_point.rstrip("/") or "/"
-    if not (pg.data_dir == mount or pg.data_dir.startswith(mount + "/")):
+    mount = posixpath.normpath(pg.mount_point) if pg.mount_point else ""
+    data_dir = posixpath.normpath(pg.data_dir) if pg.data_dir else ""
+    # normalised first: /mnt/../etc is not under /mnt
+    if not (mount.startswith("/") and data_dir.startswith("/")
+            and (data_dir == mount or data_dir.startswith(mount.rstrip("/") + "/"))):
         raise manifest_error(
             manifest, "components.postgresql.data_dir",
             f"data_dir {pg.data_dir} is not under mount_point {pg.mount_point}",
@@ -41,8 +45,10 @@ def render(manifest: Manifest, role: Role) -> Fragment:
     app = manifest.app
     db = app.database
     rules = [
-        _hba_line(r.type, r.database, r.user, r.address, r.method) for r in pg.hba
+        _hba_line(r.type, r.database, r.user, r.address, r.method, keywords=True)
+        for r in pg.hba
     ]
+    # The app's own database and role are names, even if called `all`.
     app_rule = _hba_line("host", db.name, db.user, db.network, "scram-sha-256")
     if app_rule not in rules:  # the app's network, unless the manifest already lists it
         rules.append(app_rule)
@@ -50,13 +56,13 @@ def render(manifest: Manifest, role: Role) -> Fragment:
     hba = render_template("postgresql/pg_hba.conf.j2", rules=rules, **common)
     conf = render_template(
         "postgresql/amibake.conf.j2",
-        listen_addresses=pg_literal(pg.listen_addresses),
+        listen_addresses=pg.listen_addresses,
         port=pg.port,
-        settings=[(k, _conf_value(v)) for k, v in sorted(pg.settings.items())],
+        settings=sorted(pg.settings.items()),
         **common,
     )
     dropin = render_template(
-        "postgresql/mnt.conf.j2", mount_point=mount, data_dir=posixpath.normpath(pg.data_dir)
+        "postgresql/mnt.conf.j2", mount_point=mount, data_dir=data_dir
     )
     setup = render_template(
         "postgresql/setup.sh.j2",
@@ -65,7 +71,7 @@ def render(manifest: Manifest, role: Role) -> Fragment:
         port=pg.port,
         mount_point=mount,
         instance_store=pg.instance_store,
-        data_dir=pg.data_dir,
+        data_dir=data_dir,
         db_user=db.user,
         db_name=db.name,
         secret_tool=SECRET_TOOL,
@@ -86,13 +92,15 @@ def render(manifest: Manifest, role: Role) -> Fragment:
     )
 
 
-def _hba_line(kind: str, database: str, user: str, address: str, method: str) -> str:
-    fields = [kind, database, user] + ([address] if kind != "local" else []) + [method]
-    return "  ".join(fields)
+def _hba_line(kind: str, database: str, user: str, address: str, method: str,
+              *, keywords: bool = False) -> str:
+    if kind not in _HBA_TYPES or method not in _HBA_METHODS:
+        raise Unquotable(f"pg_hba rule {kind!r} ... {method!r}: unknown type or method")
+    fields = [kind, hba_token(database, keyword=keywords), hba_token(user, keyword=keywords)]
+    if kind != "local":
+        fields.append(hba_token(address, keyword=keywords))
+    return "  ".join(fields + [method])
 
 
-def _conf_value(value: str) -> str:
-    """postgresql.conf value: numbers and plain words bare, anything else quoted."""
-    if value.replace(".", "", 1).isdigit() or value.isidentifier():
-        return value
-    return pg_literal(value)
+_HBA_TYPES = ("local", "host", "hostssl", "hostnossl")
+_HBA_METHODS = ("scram-sha-256", "md5", "peer", "trust", "reject")

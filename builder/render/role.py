@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from builder.errors import UserError
 from builder.manifest.model import Manifest, Role
 from builder.render import app, appserver, assemble, base, nginx, postgresql, ruby
 from builder.render.common import DISPATCHER, HOSTS_ENV, hosts_var, manifest_error
 from builder.render.fragment import File, Fragment, ImageContent, Part, RenderedRole
+from builder.render.quoting import Unquotable, comment, file_name
+
+T = TypeVar("T")
 
 Renderer = Callable[[Manifest, Role], Fragment]
 
@@ -32,8 +36,11 @@ RENDERERS: dict[str, Renderer] = {
 }
 #: `app` is not named in roles: it comes with nginx (static pages) or app servers.
 IMPLIED_BY = {"app": ("nginx", "appserver")}
+#: Where a component's values live in the manifest (for errors).
+SECTIONS = {"app": "app", "base": "components"}
 LOCALE = "C.UTF-8"
 _MARKER_KEY = re.compile(r"^[a-z0-9][a-z0-9-]*$")
+_ROLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
 
 
 def role_fragments(manifest: Manifest, role_name: str) -> tuple[Fragment, ...]:
@@ -50,7 +57,22 @@ def role_fragments(manifest: Manifest, role_name: str) -> tuple[Fragment, ...]:
     for implied, by in IMPLIED_BY.items():
         if active.intersection(by):
             active.add(implied)
-    return tuple(render(manifest, role) for name, render in RENDERERS.items() if name in active)
+    return tuple(guarded(manifest, name, render, manifest, role)
+                 for name, render in RENDERERS.items() if name in active)
+
+
+def guarded(manifest: Manifest, component: str, render: Callable[..., T], *args: Any,
+            **kwargs: Any) -> T:
+    """`render(*args)`; a value its output format cannot carry (Unquotable)
+    becomes a UserError pointing at the component's section of the manifest."""
+    try:
+        return render(*args, **kwargs)
+    except Unquotable as exc:
+        section = SECTIONS.get(component, f"components.{component}")
+        raise manifest_error(
+            manifest, section, f"{component}: {exc}",
+            hint="amibake refuses to write a value its target file cannot hold as is",
+        ) from None
 
 
 def all_role_fragments(
@@ -63,7 +85,7 @@ def all_role_fragments(
 def image_content(manifest: Manifest) -> ImageContent:
     """Every file and package a baked image carries for all its roles."""
     fragments = all_role_fragments(manifest, manifest.baked_roles)
-    base_fragment = base.render(manifest, fragments, image=True)
+    base_fragment = guarded(manifest, "base", base.render, manifest, fragments, image=True)
     everything = [base_fragment] + [f for frs in fragments.values() for f in frs]
     packages = set(manifest.image.packages)
     for fragment in everything:
@@ -91,22 +113,27 @@ def render_role(
     `extra_parts` are appended as MIME parts.
     """
     fragments = role_fragments(manifest, role_name)
+    if not _ROLE_NAME.match(role_name):  # the dispatcher reads it back with this grammar
+        raise manifest_error(manifest, f"roles.{role_name}",
+                             f"role name {role_name!r} cannot be written to user-data",
+                             hint="role names are [A-Za-z0-9][A-Za-z0-9._-]*")
     comments = [f"amibake-role: {role_name}"]
     for key, value in sorted((markers or {}).items()):
-        if not _MARKER_KEY.match(key) or "\n" in value or key == "role":
+        if not _MARKER_KEY.match(key) or comment(value) != value or key == "role":
             raise UserError(f"bad user-data marker {key!r}: {value!r}",
                             hint="keys are [a-z0-9-], values one line")
         comments.append(f"amibake-{key}: {value}")
-    comments.append(
+    comments.append(comment(
         f"{manifest.name} {manifest.version}, {'baked image' if baked else 'fried'}; "
-        f"rendered by amibake from {manifest.source.name}"
-    )
+        f"rendered by amibake from {file_name(manifest.source.name)}"
+    ))
     config: dict[str, object] = {"locale": LOCALE}
     write_files: list[dict[str, object]] = []
     if hosts:
         write_files.append(_write_file(File(HOSTS_ENV, hosts_env(hosts)), defer=False))
     if not baked:
-        base_fragment = base.render(manifest, {role_name: fragments}, image=False)
+        base_fragment = guarded(manifest, "base", base.render, manifest,
+                                {role_name: fragments}, image=False)
         packages = sorted({p for f in (base_fragment, *fragments) for p in f.packages}
                           | set(manifest.image.packages))
         config["packages"] = packages
@@ -177,9 +204,12 @@ def _write_file(file: File, *, defer: bool) -> dict[str, object]:
     if file.mode != 0o644:
         entry["permissions"] = f"0{file.mode:o}"
     try:
-        entry["content"] = file.content.decode("utf-8")
-        if "\t" in entry["content"] or "\r" in entry["content"]:  # type: ignore[operator]
+        text = file.content.decode("utf-8")
+        # A block literal keeps plain lines only: tabs, CR, NEL, U+2028/9 and
+        # other controls go base64 so that cloud-init writes exactly these bytes.
+        if any(not ch.isprintable() and ch != "\n" for ch in text):
             raise UnicodeDecodeError("utf-8", b"", 0, 1, "not plain text")
+        entry["content"] = text
     except UnicodeDecodeError:
         import base64
 

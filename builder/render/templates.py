@@ -10,6 +10,7 @@ import jinja2
 
 import builder
 from builder.errors import UserError
+from builder.render import quoting
 
 
 @functools.lru_cache(maxsize=4)
@@ -22,21 +23,22 @@ def _environment(templates: Path) -> jinja2.Environment:
         lstrip_blocks=True,
         autoescape=False,
     )
-    env.filters["shquote"] = _shquote
-    env.filters["psqlquote"] = pg_literal
+    # One filter per target format (builder/render/quoting.py): a template says
+    # where each value lands, `{{ path | sh }}`, `{{ page | nginx }}`.
+    env.filters.update({
+        "sh": quoting.sh,
+        "systemd": quoting.systemd_word,
+        "systemd_value": quoting.systemd_value,
+        "systemd_path": quoting.systemd_path,
+        "unix_name": quoting.unix_name,
+        "nginx": quoting.nginx,
+        "pg_literal": quoting.pg_literal,
+        "pg_name": quoting.pg_conf_name,
+        "yaml": quoting.yaml_flow,
+        "comment": quoting.comment,
+        "integer": quoting.integer,
+    })
     return env
-
-
-def pg_literal(value: object) -> str:
-    """A single-quoted PostgreSQL / psql literal: ' doubled, backslash escaped."""
-    text = str(value).replace("\\", "\\\\").replace("'", "''")
-    return f"'{text}'"
-
-
-def _shquote(value: object) -> str:
-    import shlex
-
-    return shlex.quote(str(value))
 
 
 def render_template(name: str, **context: Any) -> bytes:
