@@ -46,8 +46,9 @@ def test_ssh_transport_command() -> None:
     spec = FilesSync(source="deploy@192.0.2.10:/var/uploads", destination="/var/uploads/",
                      transport="ssh", ssh_options=("-o", "StrictHostKeyChecking=yes", "-p", "2222"))
     cmd = files.rsync_cmd(spec, "--checksum")
-    assert cmd[:5] == ["rsync", "-aH", "--numeric-ids", "--delete", "--checksum"]
+    assert cmd[:6] == ["rsync", "-aH", "--numeric-ids", "--delete", "--protect-args",
+                       "--checksum"]
     e = cmd[cmd.index("-e") + 1]
     assert shlex.split(e) == ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
                               "-p", "2222"]
-    assert cmd[-2:] == ["deploy@192.0.2.10:/var/uploads/", "/var/uploads/"]
+    assert cmd[-3:] == ["--", "deploy@192.0.2.10:/var/uploads/", "/var/uploads/"]

@@ -1,5 +1,14 @@
 """Uploaded files: rsync pre-sync and final sync with --delete, locally or
-over SSH, and a verification pass that compares checksums of every file."""
+over SSH, and a verification pass that compares checksums of every file.
+
+Every rsync command is built by `rsync_cmd`, which checks the settings again
+at run time with the manifest's own rules (builder.manifest.paths and
+builder.manifest.ssh_options), whatever the loader let through: a source or
+destination that is empty, `/`, a system directory or not absolute never
+reaches `rsync --delete`, and ssh options outside the allow-list (ProxyCommand
+and friends run local commands) never reach ssh. rsync gets --protect-args
+(paths are not split or expanded by the remote shell) and `--` before them.
+"""
 
 from __future__ import annotations
 
@@ -9,16 +18,33 @@ from dataclasses import dataclass
 
 from builder.errors import UserError
 from builder.manifest.model import FilesSync
+from builder.manifest.paths import remote_path_reason
+from builder.manifest.ssh_options import ssh_options_problem
 from builder.proc import CommandError, run
 
 _ITEM = re.compile(r"^(\*deleting|[<>ch.*][fdLDS][.+?cstpoguax]*)\s")
 
 
+def check_spec(spec: FilesSync) -> None:
+    """Refuse settings that must never reach rsync --delete or ssh."""
+    for field, value in (("source", spec.source), ("destination", spec.destination)):
+        reason = remote_path_reason(value)
+        if reason:
+            raise UserError(f"cutover.files.{field} {value[:80]!r}: {reason}",
+                            hint="name the uploads directory itself, e.g. /srv/app/uploads "
+                                 "or deploy@old-host:/srv/app/uploads")
+    problem = ssh_options_problem(spec.ssh_options)
+    if problem:
+        raise UserError(f"cutover.files.ssh_options: {problem}",
+                        hint="reach the host with -p/-i/-l and -o settings only")
+
+
 def rsync_cmd(spec: FilesSync, *extra: str) -> list[str]:
-    cmd = ["rsync", "-aH", "--numeric-ids", "--delete", *extra]
+    check_spec(spec)
+    cmd = ["rsync", "-aH", "--numeric-ids", "--delete", "--protect-args", *extra]
     if spec.transport == "ssh":
         cmd += ["-e", shlex.join(["ssh", "-o", "BatchMode=yes", *spec.ssh_options])]
-    return [*cmd, spec.source.rstrip("/") + "/", spec.destination.rstrip("/") + "/"]
+    return [*cmd, "--", spec.source.rstrip("/") + "/", spec.destination.rstrip("/") + "/"]
 
 
 def _rsync(cmd: list[str]) -> str:
