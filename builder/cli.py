@@ -72,6 +72,55 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # no second error when Python flushes at exit
         return EXIT_PROBLEMS
+    except Exception as exc:  # re-raised below unless one_line knows it
+        said = one_line(exc)
+        if debug or said is None:
+            raise
+        _report(said, out)
+        return EXIT_PROBLEMS
+
+
+def one_line(exc: BaseException) -> UserError | None:
+    """What the CLI says instead of a traceback for errors of the machine and
+    its input (files, memory, AWS); None for anything else (a bug: traceback)."""
+    hint = "run with --debug to see where it happened"
+    if isinstance(exc, OSError):
+        what = exc.strerror or str(exc) or type(exc).__name__
+        where = f"{_printable(exc.filename)}: " if exc.filename is not None else ""
+        return UserError(f"{where}{what}", hint=hint)
+    if isinstance(exc, MemoryError):
+        return UserError("out of memory", hint="is an input far larger than expected?")
+    if isinstance(exc, UnicodeError):
+        return UserError(f"text that is not valid UTF-8 or ASCII: {_short(exc)}", hint=hint)
+    if isinstance(exc, ValueError):
+        return UserError(f"invalid value: {_short(exc)}", hint=hint)
+    if "botocore" in sys.modules:  # an AWS error can only come from a loaded botocore
+        import botocore.exceptions as bx
+
+        if isinstance(exc, bx.NoCredentialsError):
+            return UserError("no AWS credentials found",
+                             hint="set AWS_PROFILE or --profile, or run where an instance "
+                                  "role provides them")
+        if isinstance(exc, bx.ClientError):
+            error = exc.response.get("Error", {})
+            code, message = error.get("Code", "?"), error.get("Message", "")
+            op = exc.operation_name
+            return UserError(f"AWS {op}: {code}: {_short(message)}",
+                             hint="check the credentials' permissions (`amibake iam-policy`) "
+                                  "and the region")
+        if isinstance(exc, bx.BotoCoreError):
+            return UserError(f"AWS: {_short(exc)}", hint="check the endpoint and the network")
+    return None
+
+
+def _printable(value: object) -> str:
+    text = str(value)  # a file name may hold a newline: it must not forge a second line
+    return text if text.isprintable() else repr(text)
+
+
+def _short(value: object) -> str:
+    text = " ".join(str(value).split())  # one line, whatever the message held
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _report(err: UserError, out: Output) -> None:

@@ -46,3 +46,72 @@ def test_a_reader_that_goes_away_gets_no_traceback() -> None:
         assert reader.readline()
     err = proc.communicate(timeout=60)[1].decode()
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def _raising(exc: BaseException) -> object:
+    def run(args: object, out: object) -> int:
+        raise exc
+    return run
+
+
+def _client_error() -> BaseException:
+    from botocore.exceptions import ClientError
+
+    return ClientError({"Error": {"Code": "AccessDenied", "Message": "not\nallowed"}},
+                       "RegisterImage")
+
+
+def _no_credentials() -> BaseException:
+    from botocore.exceptions import NoCredentialsError
+
+    return NoCredentialsError()
+
+
+@pytest.mark.parametrize(("make", "says"), [
+    (lambda: PermissionError(13, "Permission denied", "/etc/x\nforged line"),
+     "'/etc/x\\nforged line': Permission denied"),
+    (lambda: IsADirectoryError(21, "Is a directory", "/tmp"), "/tmp: Is a directory"),
+    (lambda: "é".encode("ascii"), "not valid UTF-8 or ASCII"),
+    (lambda: b"\xff".decode(), "not valid UTF-8 or ASCII"),
+    (lambda: ValueError("bad\nvalue"), "invalid value: bad value"),
+    (lambda: MemoryError(), "out of memory"),
+    (_client_error, "AWS RegisterImage: AccessDenied: not allowed"),
+    (_no_credentials, "no AWS credentials found"),
+])
+def test_machine_and_input_errors_are_one_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+        make: object, says: str) -> None:
+    import builder.commands.schema as schema
+
+    try:
+        exc = make()  # type: ignore[operator]
+    except Exception as raised:  # the encode/decode cases raise while being made
+        exc = raised
+    monkeypatch.setattr(schema, "run", _raising(exc))
+    assert main(["schema"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("amibake: error: ") and says in err, err
+    # --debug shows the traceback instead
+    monkeypatch.setattr(schema, "run", _raising(exc))
+    with pytest.raises(type(exc)):
+        main(["schema", "--debug"])
+
+
+def test_a_bug_still_shows_its_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    import builder.commands.schema as schema
+
+    monkeypatch.setattr(schema, "run", _raising(KeyError("bug")))
+    with pytest.raises(KeyError):
+        main(["schema"])
+
+
+def test_json_mode_reports_the_error_as_json(monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import builder.commands.schema as schema
+
+    monkeypatch.setattr(schema, "run", _raising(FileNotFoundError(2, "No such file", "/x")))
+    assert main(["schema", "--json"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is False and doc["error"] == "/x: No such file"

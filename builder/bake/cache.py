@@ -69,11 +69,27 @@ class LayerCache:
         return self.base_dir / f"{key}.tree"
 
     def lookup(self, key: str) -> CacheEntry | None:
+        """The entry `key`; None when absent or unreadable (a miss: a bake
+        rebuilds it, `cache prune` removes it)."""
         archive, meta_path = self.archive(key), self._meta_path(key)
         if not (archive.is_file() and meta_path.is_file()):
             return None
-        meta = json.loads(meta_path.read_text())
-        return CacheEntry(key, archive, meta, archive.stat().st_size, meta_path.stat().st_mtime)
+        try:
+            meta = json.loads(meta_path.read_text())
+            size, used = archive.stat().st_size, meta_path.stat().st_mtime
+        except (OSError, ValueError):
+            return None
+        if not isinstance(meta, dict):
+            return None
+        return CacheEntry(key, archive, meta, size, used)
+
+    def corrupt(self) -> list[Path]:
+        """Archives whose description is missing or unreadable."""
+        if not self.base_dir.is_dir():
+            return []
+        return sorted(p for p in self.base_dir.glob("*.tar.zst")
+                      if not p.name.startswith(".")
+                      and self.lookup(p.name.removesuffix(".tar.zst")) is None)
 
     def staging_tree(self, key: str) -> Path:
         """An empty directory to build the layer `key` in (then `store` it)."""
@@ -162,34 +178,50 @@ class LayerCache:
     # -------------------------------------------------------------- prune
 
     def prune(self, keep: int) -> list[Path]:
-        """Keep the `keep` most recently used layers; drop leftovers of dead bakes."""
+        """Keep the `keep` most recently used layers; drop corrupt entries and
+        leftovers of dead bakes (whatever they are: files, dirs, dangling links)."""
         removed: list[Path] = []
         for entry in self.entries()[keep:]:
             self._drop_tree(entry.key)
             for path in (entry.archive, self._meta_path(entry.key)):
                 path.unlink(missing_ok=True)
             removed.append(entry.archive)
+        for archive in self.corrupt():
+            key = archive.name.removesuffix(".tar.zst")
+            self._drop_tree(key)
+            _remove(self._meta_path(key))
+            _remove(archive)
+            removed.append(archive)
         if self.base_dir.is_dir():
             for tmp in self.base_dir.glob(".tmp-*"):
-                if time.time() - tmp.stat().st_mtime > 3600:
-                    if tmp.is_dir():
-                        shutil.rmtree(tmp, ignore_errors=True)
-                    else:
-                        tmp.unlink(missing_ok=True)
+                try:
+                    age = time.time() - tmp.lstat().st_mtime
+                except FileNotFoundError:
+                    continue
+                if age > 3600:
+                    _remove(tmp)
                     removed.append(tmp)
         if self.boot_logs.is_dir():
             for logs in self.boot_logs.iterdir():
                 pid = logs.name.rpartition("-")[2]
                 if not (pid.isdigit() and _alive(int(pid))):
-                    shutil.rmtree(logs, ignore_errors=True)
+                    _remove(logs)
                     removed.append(logs)
         if self.work_root.is_dir():
             for work in self.work_root.iterdir():
                 pid = work.name.partition("-")[0]
                 if not (pid.isdigit() and _alive(int(pid))):
-                    shutil.rmtree(work, ignore_errors=True)
+                    _remove(work)
                     removed.append(work)
         return removed
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, a symlink (never what it points to) or a directory tree."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _alive(pid: int) -> bool:

@@ -39,11 +39,13 @@ def run_list(args: argparse.Namespace, out: Output) -> int:
              "created": e.meta.get("created"),
              "packages": len(e.meta.get("packages_requested", ()))}
             for e in cache.entries()]
-    text = "\n".join(
-        f"base {r['key'][:16]}  {r['size'] / 2**20:6.0f} MiB  {r['created']}  "
-        f"{r['packages']} packages, kernel {r['kernel']}" for r in rows
-    ) or f"no cached layers in {cache.root}"
-    out.result({"cache_dir": str(cache.root), "layers": rows}, text)
+    corrupt = [str(p) for p in cache.corrupt()]
+    lines = [f"base {r['key'][:16]}  {r['size'] / 2**20:6.0f} MiB  {r['created']}  "
+             f"{r['packages']} packages, kernel {r['kernel']}" for r in rows]
+    lines += [f"corrupt {p} (unreadable description; `amibake cache prune` removes it)"
+              for p in corrupt]
+    text = "\n".join(lines) or f"no cached layers in {cache.root}"
+    out.result({"cache_dir": str(cache.root), "layers": rows, "corrupt": corrupt}, text)
     return 0
 
 

@@ -1,0 +1,60 @@
+"""`amibake cache list|prune` on a damaged cache: one line each, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from builder.cli import main
+
+
+def _damaged(root: Path) -> Path:
+    base = root / "base"
+    base.mkdir(parents=True)
+    (base / "bad.json").write_text("{not json")
+    (base / "bad.tar.zst").write_bytes(b"\x28\xb5\x2f\xfd")
+    (base / "list.json").write_text("[1, 2]")  # valid JSON, not a description
+    (base / "list.tar.zst").write_bytes(b"")
+    (base / "good.json").write_text(json.dumps({"kernel": "6.1", "created": "now"}))
+    (base / "good.tar.zst").write_bytes(b"x" * 10)
+    dangling = base / ".tmp-dangling"
+    dangling.symlink_to(root / "gone")
+    stale = time.time() - 7200
+    os.utime(dangling, (stale, stale), follow_symlinks=False)
+    (root / "work").mkdir()
+    (root / "work" / "999999999-x").write_text("a file where a directory was expected")
+    return base
+
+
+def test_list_names_corrupt_entries(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _damaged(tmp_path)
+    assert main(["cache", "--cache-dir", str(tmp_path), "list", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["key"] for r in doc["layers"]] == ["good"]
+    assert sorted(Path(p).name for p in doc["corrupt"]) == ["bad.tar.zst", "list.tar.zst"]
+
+
+def test_prune_removes_corrupt_entries_and_dangling_leftovers(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = _damaged(tmp_path)
+    target = tmp_path / "gone"
+    assert main(["cache", "--cache-dir", str(tmp_path), "prune"]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in base.iterdir()) == ["good.json", "good.tar.zst"]
+    assert not (tmp_path / "work" / "999999999-x").exists()
+    assert not target.exists()
+
+
+def test_unreadable_cache_dir_is_one_line(tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "base").write_text("a file where the layer directory should be")
+    (tmp_path / "work").write_text("")
+    code = main(["cache", "--cache-dir", str(tmp_path), "prune"])
+    err = capsys.readouterr().err
+    assert code in (0, 1) and "Traceback" not in err
+    assert len(err.strip().splitlines()) <= 1
