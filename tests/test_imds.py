@@ -93,12 +93,26 @@ def test_get_on_token_route_is_405(server: ImdsServer) -> None:
     assert call(f"{server.url}/latest/api/token")[0] == 405
 
 
-def test_token_expires_after_its_ttl(server: ImdsServer) -> None:
-    tok = token(server, "1")
-    assert get(server, "/latest/meta-data/ami-id", tok) == (200, "ami-0def")
-    time.sleep(1.2)
-    assert get(server, "/latest/meta-data/ami-id", tok)[0] == 401
-    assert get(server, "/latest/meta-data/ami-id", token(server))[0] == 200
+class FakeClock:
+    """The server's clock, moved by the test instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_expires_after_its_ttl(config: ImdsConfig) -> None:
+    clock = FakeClock()
+    with ImdsServer(config, clock=clock) as server:
+        tok = token(server, "1")
+        assert get(server, "/latest/meta-data/ami-id", tok) == (200, "ami-0def")
+        clock.now += 0.999
+        assert get(server, "/latest/meta-data/ami-id", tok) == (200, "ami-0def")
+        clock.now += 0.001
+        assert get(server, "/latest/meta-data/ami-id", tok)[0] == 401
+        assert get(server, "/latest/meta-data/ami-id", token(server))[0] == 200
 
 
 def test_token_ttl_cap_and_use_limit_faults(config: ImdsConfig) -> None:
@@ -106,9 +120,12 @@ def test_token_ttl_cap_and_use_limit_faults(config: ImdsConfig) -> None:
         tok = token(imds, "21600")
         assert [get(imds, "/latest/meta-data/ami-id", tok)[0] for _ in range(3)] == [
             200, 200, 401]
-    with ImdsServer(replace(config, token_ttl_cap=0.5)) as imds:
+    clock = FakeClock()
+    with ImdsServer(replace(config, token_ttl_cap=0.5), clock=clock) as imds:
         tok = token(imds, "21600")
-        time.sleep(0.7)
+        clock.now += 0.4
+        assert get(imds, "/latest/meta-data/ami-id", tok)[0] == 200
+        clock.now += 0.1
         assert get(imds, "/latest/meta-data/ami-id", tok)[0] == 401
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from builder.cli import main
 
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAmibakeTestKey admin@example"
+KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOOOJQ7DzLFEXWFN+g+1k5bcJLiEuwCv1LdbA9Eo/x/z admin@example"
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -48,12 +48,31 @@ def _token(url: str) -> str:
         return str(resp.read().decode())
 
 
-def _serve(*args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+def _serve(*args: str, stdin: str | None = None) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
         [sys.executable, "-m", "builder", "imds", "serve", *args],
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         cwd=Path(__file__).resolve().parent.parent,
     )
+    if stdin is not None:
+        assert proc.stdin is not None
+        proc.stdin.write(stdin)
+        proc.stdin.close()
+    return proc
+
+
+def _ssm_value(url: str, name: str) -> str:
+    import boto3
+
+    from builder.imds import ImdsConfig
+
+    creds = ImdsConfig().credentials
+    ssm = boto3.client(  # type: ignore[call-overload]
+        "ssm", endpoint_url=url, region_name=ImdsConfig().region,
+        aws_access_key_id=creds.access_key_id, aws_secret_access_key=creds.secret_access_key,
+        aws_session_token=creds.token)
+    return str(ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"])
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
@@ -62,8 +81,11 @@ def test_serve_prints_url_and_stops_cleanly(tmp_path: Path, stop: signal.Signals
     user_data.write_bytes(b"#cloud-config\n# amibake-role: db\n")
     key = tmp_path / "id.pub"
     key.write_text(KEY + "\n")
+    secrets = tmp_path / "secrets"
+    secrets.touch(mode=0o600)
+    secrets.write_text("# the app's\n/app/pw=hunter2=x\n\n")
     proc = _serve("--json", "--role", "web", "--tag", "Name=web-1", "--user-data",
-                  str(user_data), "--public-key", str(key), "--secret", "/app/pw=hunter2",
+                  str(user_data), "--public-key", str(key), "--secrets-file", str(secrets),
                   "--instance-id", "i-0cli")
     try:
         assert proc.stdout is not None
@@ -78,6 +100,7 @@ def test_serve_prints_url_and_stops_cleanly(tmp_path: Path, stop: signal.Signals
         assert _get(f"{url}/latest/meta-data/tags/instance/Role", tok) == (200, "web")
         assert _get(f"{url}/latest/user-data", tok) == (200, "#cloud-config\n# amibake-role: db\n")
         assert _get(f"{url}/latest/meta-data/public-keys/0/openssh-key", tok) == (200, KEY)
+        assert _ssm_value(url, "/app/pw") == "hunter2=x"
         proc.send_signal(stop)
         assert proc.wait(timeout=30) == 0
     finally:
@@ -124,3 +147,76 @@ def test_port_in_use(capsys: pytest.CaptureFixture[str]) -> None:
         port = sock.getsockname()[1]
         assert main(["imds", "serve", "--port", str(port)]) == 1
     assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+def test_secrets_from_stdin_never_in_argv() -> None:
+    proc = _serve("--secrets-stdin", stdin="/db/password=s3cret\n")
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        url = line.split(" at ")[1].split()[0]
+        argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert b"s3cret" not in argv
+        assert _ssm_value(url, "/db/password") == "s3cret"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_secret_on_the_command_line_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["imds", "serve", "--secret", "/app/pw=hunter2"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--secret is not accepted" in err[0]
+    assert "--secrets-file" in err[0] and "hunter2" not in err[0]
+
+
+def test_secrets_file_readable_by_others_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.write_text("/app/pw=hunter2\n")
+    secrets.chmod(0o644)
+    assert main(["imds", "serve", "--secrets-file", str(secrets)]) == 1
+    err = capsys.readouterr().err
+    assert "may be read by others (mode 0644)" in err and "chmod 600" in err
+    assert "hunter2" not in err
+
+
+def test_bad_secrets_lines_are_named_without_their_values(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    secrets = tmp_path / "secrets"
+    secrets.touch(mode=0o600)
+    secrets.write_text("ok=1\nno equals sign hunter2\nok=2\n")
+    assert main(["imds", "serve", "--secrets-file", str(secrets)]) == 1
+    err = capsys.readouterr().err
+    assert f"{secrets}:2:1: expected NAME=VALUE" in err
+    assert f"{secrets}:3:1: secret ok is given twice" in err
+    assert "hunter2" not in err
+
+
+PRIVATE = """-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gtZW
+-----END OPENSSH PRIVATE KEY-----
+"""
+
+
+@pytest.mark.parametrize(("content", "says"), [
+    (PRIVATE, "this is a private key"),
+    ("", "found 0 lines"),
+    (KEY + "\n" + KEY + "\n", "found 2 lines"),
+    ("ssh-ed25519 not-base64! x", "not valid base64"),
+    ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAmibakeTestKey admin@example", "not valid base64"),
+    ("ssh-rsa " + KEY.split()[1], "does not hold a ssh-rsa public key"),
+    ('command="sh" ' + KEY, "not an OpenSSH public key"),
+    ("\xff\xfe", "not an OpenSSH public key"),
+])
+def test_public_key_that_is_not_one_is_refused(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, says: str) -> None:
+    key = tmp_path / "key"
+    key.write_bytes(content.encode("latin-1"))
+    assert main(["imds", "serve", "--public-key", str(key)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and says in err[0], err
+    assert "b3BlbnNzaC1rZXkt" not in err[0]  # never quotes the key material

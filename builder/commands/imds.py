@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
+import sys
 import threading
 from pathlib import Path
 from types import FrameType
@@ -12,7 +13,13 @@ from typing import Any
 
 from builder.errors import UserError
 from builder.imds import ImdsConfig, ImdsServer
+from builder.imds.secrets_file import read_secrets_file, read_secrets_stream
+from builder.inputs import read_input
 from builder.output import Output
+from builder.ssh_keys import read_public_key
+
+#: EC2 caps user-data at 16 KiB (base64 of it at 25 KiB); served raw, so allow slack
+USER_DATA_LIMIT = 64 * 1024
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
@@ -33,8 +40,14 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
                        help="an instance tag (repeatable)")
     serve.add_argument("--public-key", action="append", default=[], type=Path, metavar="FILE",
                        help="an OpenSSH public key file (repeatable; the first is key 0)")
-    serve.add_argument("--secret", action="append", default=[], metavar="NAME=VALUE",
-                       help="a secret the SSM / Secrets Manager API answers (repeatable)")
+    secrets = serve.add_mutually_exclusive_group()
+    secrets.add_argument("--secrets-file", type=Path, metavar="FILE",
+                         help="secrets the SSM / Secrets Manager API answers: NAME=VALUE "
+                              "lines in a file only its owner may read (chmod 600)")
+    secrets.add_argument("--secrets-stdin", action="store_true",
+                         help="read the NAME=VALUE secret lines from standard input")
+    # refused: a secret on the command line is visible in `ps` and shell history
+    serve.add_argument("--secret", action="append", default=[], help=argparse.SUPPRESS)
     serve.add_argument("--instance-id", default=ImdsConfig.instance_id)
     serve.add_argument("--ami-id", default=ImdsConfig.ami_id)
     serve.add_argument("--instance-type", default=ImdsConfig.instance_type)
@@ -57,24 +70,31 @@ def _pairs(values: list[str], option: str) -> dict[str, str]:
     return pairs
 
 
-def _read(path: Path, what: str) -> bytes:
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise UserError(f"cannot read {what} {path}: {exc.strerror}",
-                        hint="check the path") from exc
+def _secrets(args: argparse.Namespace) -> dict[str, str]:
+    if args.secret:
+        raise UserError("--secret is not accepted: a secret on the command line is visible "
+                        "to every user in `ps` and stays in shell history",
+                        hint="put NAME=VALUE lines in a file (chmod 600) and pass "
+                             "--secrets-file FILE, or pipe them in with --secrets-stdin")
+    if args.secrets_file:
+        return read_secrets_file(args.secrets_file)
+    if args.secrets_stdin:
+        return read_secrets_stream(sys.stdin.buffer)
+    return {}
 
 
 def config_from_args(args: argparse.Namespace) -> ImdsConfig:
+    secrets = _secrets(args)
     tags = _pairs(args.tag, "--tag")
     if args.role:
         tags["Role"] = args.role
-    keys = tuple(_read(p, "public key").decode().strip() for p in args.public_key)
-    user_data = _read(args.user_data, "user-data") if args.user_data else b""
+    keys = tuple(read_public_key(p) for p in args.public_key)
+    user_data = read_input(args.user_data, USER_DATA_LIMIT, "user-data") if args.user_data \
+        else b""
     return ImdsConfig(
         instance_id=args.instance_id, ami_id=args.ami_id, instance_type=args.instance_type,
         region=args.region, iam_role=args.iam_role, public_keys=keys, tags=tags,
-        user_data=user_data, secrets=_pairs(args.secret, "--secret"),
+        user_data=user_data, secrets=secrets,
         require_token=not args.optional_token,
     )
 

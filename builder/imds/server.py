@@ -11,18 +11,27 @@ What it does, as AWS documents IMDS:
   listings; unknown paths 404; `/<version>/user-data` 404 when there is none.
 - POST / answers the SSM / Secrets Manager calls of `secrets_api`.
 
+Malformed requests (a bad request line, a TTL that is not ASCII digits, a
+Content-Length that is not a small non-negative number, a chunked body) get
+400, and an answer that fails half-way gets 500: the connection is never
+dropped without a response.
+
 Faults for tests come from the config (outages, token TTL cap, token use
 limit) and from `expire_tokens()`. Every request is recorded in `requests`.
+Token lifetimes are measured with the `clock` given to the server (tests
+pass a fake one instead of sleeping).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import re
 import secrets
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
@@ -37,6 +46,13 @@ log = logging.getLogger("amibake.imds")
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
 TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
 MAX_TTL = 21600
+#: the largest request body read (the secrets API's JSON calls are tiny)
+MAX_BODY = 64 * 1024
+_DIGITS = re.compile(r"[0-9]{1,10}", re.ASCII)
+
+
+class _BadRequest(Exception):
+    """The request cannot be read; answered 400 and the connection closed."""
 
 
 @dataclass(frozen=True)
@@ -52,7 +68,7 @@ class RequestRecord:
 
 @dataclass
 class _Token:
-    expires: float  # time.monotonic()
+    expires: float  # the server's clock
     uses: int = 0
 
 
@@ -68,13 +84,28 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "EC2ws"
     sys_version = ""
     timeout = 60  # close idle keep-alive connections
+    # a request line that cannot be parsed is answered with a status line and
+    # headers (the standard library's default, HTTP/0.9, sends a bare body)
+    default_request_version = "HTTP/1.0"
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
 
     def _body(self) -> bytes:
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
+        if self.headers.get("Transfer-Encoding") is not None:
+            raise _BadRequest("Transfer-Encoding is not supported")
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths:
+            return b""
+        if len(lengths) > 1 or not _DIGITS.fullmatch(lengths[0].strip()):
+            raise _BadRequest("Content-Length must be one non-negative decimal number")
+        length = int(lengths[0])
+        if length > MAX_BODY:
+            raise _BadRequest(f"a body of more than {MAX_BODY} bytes")
+        body = self.rfile.read(length) if length else b""
+        if len(body) != length:
+            raise _BadRequest("the body ended before Content-Length")
+        return body
 
     def _send(self, status: int, body: bytes = b"", headers: dict[str, str] | None = None,
               content_type: str = "text/plain") -> None:
@@ -94,6 +125,31 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _handle(self) -> None:
+        self._answered = False
+        try:
+            self._answer()
+        except _BadRequest as exc:
+            log.debug("400 %s: %s", self.requestline[:200], exc)
+            self.close_connection = True  # the stream's framing is unknown from here
+            self._send(400, b"Bad Request")
+        except Exception:
+            # a bug or a client that went away: answer if anything can still be
+            # sent, never leave the client without a response
+            log.exception("IMDS request failed: %s", self.requestline[:200])
+            self.close_connection = True
+            if not self._answered:
+                try:
+                    self._send(500, b"Internal Server Error")
+                except OSError:
+                    pass
+
+    _answered = False
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        self._answered = True
+        super().send_response(code, message)
+
+    def _answer(self) -> None:
         imds = self.server.imds
         body = self._body()
         if imds._in_503_outage():
@@ -128,7 +184,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(403, b"Forbidden")
             return
         raw = (self.headers.get(TTL_HEADER) or "").strip()
-        if not raw.isdigit() or not 1 <= int(raw) <= MAX_TTL:
+        # ASCII digits only: str.isdigit() also takes "²" and "٦", which int() refuses
+        if not _DIGITS.fullmatch(raw) or not 1 <= int(raw) <= MAX_TTL:
             self._send(400, b"Bad Request")
             return
         token = imds._new_token(int(raw))
@@ -140,8 +197,10 @@ class _Handler(BaseHTTPRequestHandler):
 class ImdsServer:
     """`with ImdsServer(config) as imds:` serves `config` at `imds.url`."""
 
-    def __init__(self, config: ImdsConfig, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, config: ImdsConfig, host: str = "127.0.0.1", port: int = 0,
+                 *, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
+        self.clock = clock
         self.host = host
         self._requested_port = port
         self._httpd: _HTTPServer | None = None
@@ -167,7 +226,7 @@ class ImdsServer:
             httpd.server_close()
             raise
         self._httpd = httpd
-        self._started = time.monotonic()
+        self._started = self.clock()
         refuse = max((o.seconds for o in self.config.outages if o.mode == "refuse"),
                      default=0.0)
         if refuse <= 0:
@@ -248,7 +307,7 @@ class ImdsServer:
         with self._lock:
             index = self._count
             self._count += 1
-            elapsed = time.monotonic() - self._started
+            elapsed = self.clock() - self._started
             return any(
                 o.mode == "503" and (index < o.requests or elapsed < o.seconds)
                 for o in self.config.outages
@@ -260,7 +319,7 @@ class ImdsServer:
             life = min(life, self.config.token_ttl_cap)
         token = secrets.token_urlsafe(42)
         with self._lock:
-            self._tokens[token] = _Token(expires=time.monotonic() + life)
+            self._tokens[token] = _Token(expires=self.clock() + life)
         return token
 
     def _check_token(self, token: str | None) -> bool:
@@ -271,7 +330,7 @@ class ImdsServer:
             state = self._tokens.get(token)
             if state is None:
                 return True
-            if time.monotonic() >= state.expires:
+            if self.clock() >= state.expires:
                 del self._tokens[token]
                 return True
             limit = self.config.token_max_uses
