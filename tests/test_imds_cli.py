@@ -15,7 +15,8 @@ import pytest
 
 from builder.cli import main
 
-KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOOOJQ7DzLFEXWFN+g+1k5bcJLiEuwCv1LdbA9Eo/x/z admin@example"
+KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOOOJQ7DzLFEXWFN+g+1k5bcJLiEuwCv1LdbA9Eo/x/z "
+       "admin@example")
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 

@@ -24,6 +24,7 @@ pass a fake one instead of sleeping).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import re
@@ -138,10 +139,8 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("IMDS request failed: %s", self.requestline[:200])
             self.close_connection = True
             if not self._answered:
-                try:
+                with contextlib.suppress(OSError):
                     self._send(500, b"Internal Server Error")
-                except OSError:
-                    pass
 
     _answered = False
 
