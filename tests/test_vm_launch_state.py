@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -128,3 +129,79 @@ def test_launch_on_aws_goes_through_launch_aws(
             "Reservations"][0]["Instances"]
         assert inst["ImageId"] == ami
         assert {"Key": "Role", "Value": "web"} in inst["Tags"]
+
+
+@pytest.mark.parametrize("hostile", ["../../victim", "../victim", "/tmp", ".", "",
+                                     "i-00000000000000001/..", "i-0000000000000000\n1"])
+def test_stop_refuses_ids_it_did_not_create(tmp_path: Path, hostile: str,
+                                            capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """`instances stop ../../victim` once deleted a directory outside the state dir."""
+    root = tmp_path / "a" / "state"
+    root.mkdir(parents=True)
+    victim = _fake_instance(tmp_path, "victim", _dead_pid())
+    (victim / "instance.json").write_text((victim / "instance.json").read_text().replace(
+        '"victim"', json.dumps(hostile)))
+    mine = _fake_instance(root, "i-00000000000000001", _dead_pid())
+    monkeypatch.setenv("AMIBAKE_STATE_DIR", str(root))
+    assert main(["instances", "stop", hostile]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("amibake: error: no local instance") and err.count("\n") == 1
+    assert (victim / "instance.json").exists() and (mine / "instance.json").exists()
+    assert (tmp_path / "a").is_dir()
+
+
+def test_stop_refuses_a_link_or_a_foreign_directory(tmp_path: Path) -> None:
+    root = tmp_path / "state"
+    victim = _fake_instance(tmp_path, "i-00000000000000009", _dead_pid())
+    root.mkdir()
+    (root / "i-00000000000000009").symlink_to(victim)
+    # a directory of the right name whose instance.json names another instance
+    other = _fake_instance(root, "i-0000000000000000a", _dead_pid())
+    (other / "instance.json").write_text((other / "instance.json").read_text().replace(
+        "i-0000000000000000a", "i-0000000000000000b"))
+    assert list_instances(root) == []
+    for iid in ("i-00000000000000009", "i-0000000000000000a"):
+        with pytest.raises(UserError, match=f"no local instance {iid}"):
+            stop_instance(iid, root)
+    assert (victim / "instance.json").exists() and (other / "instance.json").exists()
+
+
+def test_launch_state_is_private_from_the_start(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """launch.json (it holds the instance's secrets) and the logs are created
+    0600 in a 0700 directory: seen at the moment the supervisor would start."""
+    import builder.vm.launch as launch
+
+    disk = tmp_path / "disk.raw"
+    disk.write_bytes(b"\0" * 512)
+    seen: dict[str, int] = {}
+    real_popen = launch.subprocess.Popen
+
+    def popen(argv: list[str], **kw: object) -> object:
+        if launch.SUPERVISOR_MODULE not in argv:
+            return real_popen(argv, **kw)  # type: ignore[call-overload]
+        idir = Path(argv[-1])
+        for path in (idir.parent, idir, idir / "launch.json", idir / "supervisor.log",
+                     idir / "id_ed25519"):
+            seen[path.name] = path.stat().st_mode & 0o777
+        raise OSError("the test stops the launch here")
+
+    monkeypatch.setattr(launch.subprocess, "Popen", popen)
+    real_chmod = os.chmod
+
+    def chmod(path: object, mode: int, **kw: object) -> None:
+        # only write_atomically's private temp file (created 0600) may be chmodded
+        assert Path(str(path)).name.startswith("."), f"chmod after writing: {path}"
+        real_chmod(path, mode, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "chmod", chmod)
+
+    class Image:
+        disk_path = disk
+
+    with pytest.raises(OSError, match="the test stops"):
+        launch_local(Image(), load_manifest(MANIFEST), "web", root=tmp_path / "state")
+    assert seen.pop("state") == 0o700
+    assert set(seen.values()) <= {0o700, 0o600} and len(seen) == 4, seen
+    assert list((tmp_path / "state").iterdir()) == []  # nothing left behind

@@ -9,6 +9,12 @@ the state root ($AMIBAKE_STATE_DIR, else ~/.local/state/amibake/instances):
     <instance-id>/instance.json  what runs: pids, ports (written by the supervisor)
     <instance-id>/id_ed25519     the SSH key the instance trusts
     <instance-id>/serial.log     the console
+
+Only amibake's own instances are touched: `stop_instance` takes an id of the
+form `launch` gives (`i-` and 17 hex digits), naming a real directory (not a
+link) directly under the state root that holds the supervisor's
+instance.json for that same id. State files are created 0600 (the launch
+file holds the instance's secrets) and directories 0700, from the start.
 """
 
 from __future__ import annotations
@@ -16,21 +22,26 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from builder.atomic import open_private, write_atomically
 from builder.errors import UserError
 from builder.manifest.model import Manifest
 from builder.vm.firmware import BootMode
 from builder.vm.ssh import generate_key
+from builder.wait import NotYet, Waiter, WaitTimeout, wait_for
 
 SUPERVISOR_MODULE = "builder.vm.supervise"
+#: the ids `launch` gives (builder.vm.metadata.new_instance_id)
+INSTANCE_ID = re.compile(r"i-[0-9a-f]{17}", re.ASCII)
 
 
 class ImageLike(Protocol):
@@ -102,10 +113,31 @@ def _pid_is_supervisor(pid: int, instance_dir: Path) -> bool:
         and str(instance_dir).encode() in args
 
 
-def read_instance(instance_dir: Path) -> LocalInstance | None:
-    """The instance in `instance_dir`, or None when it never got running."""
+def _own_dir(root: Path, instance_id: str) -> Path | None:
+    """`root/instance_id` when the id has launch's form and names a real
+    directory (not a link) directly under `root`; else None."""
+    if not INSTANCE_ID.fullmatch(instance_id):
+        return None
+    idir = root / instance_id
     try:
-        doc = json.loads((instance_dir / "instance.json").read_text())
+        mode = os.lstat(idir).st_mode
+    except OSError:
+        return None
+    return idir if stat.S_ISDIR(mode) else None
+
+
+def read_instance(instance_dir: Path) -> LocalInstance | None:
+    """The instance in `instance_dir`, or None when it never got running
+    (or the directory is not one amibake's supervisor wrote)."""
+    try:
+        fd = os.open(instance_dir / "instance.json", os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as fh:
+            doc = json.loads(fh.read(64 * 1024))
+        if not isinstance(doc, dict) or doc.get("instance_id") != instance_dir.name:
+            return None
+        for key in ("supervisor_pid", "qemu_pid", "ssh_port", "http_port", "imds_port"):
+            if not isinstance(doc.get(key), int):
+                return None
     except (OSError, ValueError):
         return None
     return LocalInstance(
@@ -121,7 +153,8 @@ def list_instances(root: Path | None = None) -> list[LocalInstance]:
     root = root or state_root()
     if not root.is_dir():
         return []
-    found = [read_instance(d) for d in sorted(root.iterdir()) if d.is_dir()]
+    dirs = [_own_dir(root, d.name) for d in sorted(root.iterdir())]
+    found = [read_instance(d) for d in dirs if d is not None]
     return [i for i in found if i is not None]
 
 
@@ -144,8 +177,9 @@ def launch_local(
         raise UserError(f"image disk not found: {disk}", hint="run `make image` first")
     root = root or state_root()
     instance_id = new_instance_id()
+    root.mkdir(parents=True, exist_ok=True, mode=0o700)
     idir = root / instance_id
-    idir.mkdir(parents=True)
+    idir.mkdir(mode=0o700)
     try:
         key = generate_key(idir / "id_ed25519", comment=f"amibake-{instance_id}")
         user_data = local_user_data(manifest, role, baked=True)
@@ -157,30 +191,37 @@ def launch_local(
             "user_data_b64": base64.b64encode(user_data).decode(),
             "secrets": secret_values(manifest),
         }
-        (idir / "launch.json").write_text(json.dumps(launch, indent=2))
-        os.chmod(idir / "launch.json", 0o600)
-        with open(idir / "supervisor.log", "wb") as log:
+        write_atomically(idir / "launch.json", json.dumps(launch, indent=2), mode=0o600)
+        with os.fdopen(open_private(idir / "supervisor.log"), "wb") as log:
             proc = subprocess.Popen(
                 [sys.executable, "-m", SUPERVISOR_MODULE, str(idir)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True, env=_env_with_project_path(),
             )
-        deadline = time.monotonic() + start_timeout
-        while time.monotonic() < deadline:
+
+        def started() -> LocalInstance:
             inst = read_instance(idir)
             if inst is not None:
                 return inst
-            if proc.poll() is not None:
+            if proc.poll() is not None:  # raised at once: it will not start now
                 tail = (idir / "supervisor.log").read_text(errors="replace").strip()
                 raise UserError(
                     f"local instance {instance_id} did not start: "
                     f"{tail.splitlines()[-1] if tail else 'no output'}",
                     hint=f"see {idir / 'supervisor.log'}",
                 )
-            time.sleep(0.2)
-        _terminate(proc.pid, idir)
-        raise UserError(f"local instance {instance_id} did not start within "
-                        f"{start_timeout:g} s", hint=f"see {idir / 'supervisor.log'}")
+            raise NotYet("the supervisor has not written instance.json yet")
+
+        interval = 0.2
+        try:
+            return wait_for(started, Waiter(
+                f"local instance {instance_id} to start", interval=interval,
+                attempts=max(1, int(start_timeout / interval) + 1), timeout=start_timeout))
+        except WaitTimeout:
+            _terminate(proc.pid, idir)
+            raise UserError(f"local instance {instance_id} did not start within "
+                            f"{start_timeout:g} s", hint=f"see {idir / 'supervisor.log'}"
+                            ) from None
     except BaseException:
         shutil.rmtree(idir, ignore_errors=True)
         raise
@@ -197,23 +238,31 @@ def _terminate(pid: int, idir: Path, timeout: float = 30) -> None:
     """SIGTERM the supervisor (it kills qemu), SIGKILL after `timeout`."""
     if not _pid_is_supervisor(pid, idir):
         return
+
+    def gone() -> None:
+        if _pid_is_supervisor(pid, idir):
+            raise NotYet(f"supervisor {pid} still running")
+
     os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _pid_is_supervisor(pid, idir):
-            return
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)  # qemu follows: it dies with its parent
+    try:
+        wait_for(gone, Waiter(f"supervisor {pid} to stop", interval=0.1,
+                              attempts=int(timeout / 0.1) + 1, timeout=timeout))
+    except WaitTimeout:
+        os.kill(pid, signal.SIGKILL)  # qemu follows: it dies with its parent
 
 
 def stop_instance(instance_id: str, root: Path | None = None) -> LocalInstance:
     """Stop a local instance and remove its state directory."""
     root = root or state_root()
-    idir = root / instance_id
-    inst = read_instance(idir)
-    if inst is None:
+    idir = _own_dir(root, instance_id)
+    inst = read_instance(idir) if idir is not None else None
+    if idir is None or inst is None:
         known = ", ".join(i.instance_id for i in list_instances(root)) or "none"
-        raise UserError(f"no local instance {instance_id}", hint=f"known instances: {known}")
+        shown = instance_id if instance_id.isprintable() else repr(instance_id)
+        raise UserError(f"no local instance {shown[:80]}"
+                        + ("" if INSTANCE_ID.fullmatch(instance_id)
+                           else " (ids look like i- and 17 hex digits)"),
+                        hint=f"known instances: {known}")
     _terminate(inst.supervisor_pid, idir)
     shutil.rmtree(idir, ignore_errors=True)
     return inst

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
+from builder.atomic import write_atomically
 from builder.vm.imds import imds_server
 from builder.vm.metadata import LocalInstanceIdentity
 from builder.vm.qemu import Vm, VmSpec
@@ -49,9 +50,7 @@ def supervise(idir: Path) -> int:
                 "login_user": launch["login_user"],
                 "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             }
-            tmp = idir / "instance.json.tmp"
-            tmp.write_text(json.dumps(doc, indent=2))
-            tmp.replace(idir / "instance.json")
+            write_atomically(idir / "instance.json", json.dumps(doc, indent=2), mode=0o600)
             assert vm.proc is not None
             code = vm.proc.wait()
             print(f"qemu exited with code {code}", flush=True)
