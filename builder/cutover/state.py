@@ -16,9 +16,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from builder.errors import UserError
+from builder.steps import Journal, Step
+from builder.steps import run_steps as shared_run_steps
 
 STATE_VERSION = 1
 Status = Literal["pending", "running", "waiting", "done", "failed"]
@@ -158,15 +160,6 @@ class NotYet(UserError):
     cleanly with the step `waiting`; running again resumes there."""
 
 
-class Step(Protocol):
-    @property
-    def name(self) -> str: ...
-
-    def describe(self, ctx: Any) -> str: ...
-
-    def run(self, ctx: Any) -> str: ...
-
-
 AfterStep = Callable[[str], None]
 
 
@@ -180,44 +173,58 @@ def run_steps(
     say: Callable[[str], None],
     after_step: AfterStep | None = None,
 ) -> None:
-    """Run every step not yet done, in order, saving the state around each.
+    """Run every step not yet done, in order, saving the state around each
+    (builder/steps.py's runner, with this state as its journal).
 
     `after_step(name)` is called after a step's work and before it is
     recorded as done: an exception there is a crash at the worst moment
     (tests inject one to prove each step is idempotent).
     """
-    by_name = {r.name: r for r in records}
-    for step in steps:
-        rec = by_name[step.name]
-        if rec.status == "done":
-            continue
+    journal = _StateJournal(records, state, path, say, after_step)
+    journal.ctx = ctx
+    shared_run_steps(steps, ctx, journal=journal)
+
+
+class _StateJournal(Journal):
+    """Skips the steps recorded done; records and saves every transition."""
+
+    def __init__(self, records: list[StepRecord], state: CutoverState, path: Path,
+                 say: Callable[[str], None], after_step: AfterStep | None) -> None:
+        self.by_name = {r.name: r for r in records}
+        self.state, self.path, self.say, self.after_step = state, path, say, after_step
+        self.ctx: Any = None
+
+    def skip(self, step: Any) -> bool:
+        return self.by_name[step.name].status == "done"
+
+    def started(self, step: Any) -> None:
+        rec = self.by_name[step.name]
         if rec.status == "running":
-            say(f"{step.name}: resuming (the previous run stopped inside this step)")
+            self.say(f"{step.name}: resuming (the previous run stopped inside this step)")
         rec.status = "running"
         rec.started = now_iso()
         rec.error = ""
-        state.record(step.name, "start")
-        state.save(path)
-        say(f"{step.name}: {step.describe(ctx)}")
-        try:
-            detail = step.run(ctx)
-        except NotYet as exc:
-            rec.status = "waiting"
-            rec.error = exc.message
-            state.record(step.name, "waiting", exc.message)
-            state.save(path)
-            raise
-        except Exception as exc:
-            rec.status = "failed"
-            rec.error = str(exc)
-            state.record(step.name, "failed", str(exc))
-            state.save(path)
-            raise
-        if after_step is not None:
-            after_step(step.name)
+        self.state.record(step.name, "start")
+        self.state.save(self.path)
+        self.say(f"{step.name}: {step.describe(self.ctx)}")
+
+    def failed(self, step: Any, exc: BaseException) -> None:
+        if not isinstance(exc, Exception):
+            return  # Ctrl-C: the step stays "running" and the next run repeats it
+        rec = self.by_name[step.name]
+        waiting = isinstance(exc, NotYet)
+        rec.status = "waiting" if waiting else "failed"
+        rec.error = exc.message if isinstance(exc, NotYet) else str(exc)
+        self.state.record(step.name, rec.status, rec.error)
+        self.state.save(self.path)
+
+    def finished(self, step: Any, detail: str | None) -> None:
+        if self.after_step is not None:
+            self.after_step(step.name)
+        rec = self.by_name[step.name]
         rec.status = "done"
         rec.finished = now_iso()
-        rec.detail = detail
-        state.record(step.name, "done", detail)
-        state.save(path)
-        say(f"{step.name}: done{': ' + detail if detail else ''}")
+        rec.detail = detail or ""
+        self.state.record(step.name, "done", rec.detail)
+        self.state.save(self.path)
+        self.say(f"{step.name}: done{': ' + rec.detail if rec.detail else ''}")
