@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-from botocore.awsrequest import AWSResponse
+from botocore.awsrequest import AWSPreparedRequest, AWSResponse
+from moto.core.botocore_stubber import MockRawResponse
+from moto.core.models import botocore_stubber
 
 from builder.aws.clients import Clients
-from builder.aws.ebs_upload import BLOCK_SIZE
 from builder.output import Output
+from builder.publish.snapshot_upload import BLOCK_SIZE
 
 ROOT = Path(__file__).resolve().parent.parent
 MIB = 1024 * 1024
@@ -124,6 +126,57 @@ def fake_response(parsed: dict[str, Any], status: int = 200) -> tuple[AWSRespons
     return AWSResponse("https://fake", status, {}, None), parsed
 
 
+def http_error(service: str, code: str, status: int = 400) -> AWSResponse:
+    """An error answer as AWS would send it over HTTP (a `before-send` answer:
+    botocore parses it and the retry policy sees it, as with a real one)."""
+    if service in ("ebs", "ssm", "sts-json"):
+        body = json.dumps({"__type": code, "message": f"injected {code}"}).encode()
+        headers = {"x-amzn-ErrorType": code, "Content-Type": "application/json"}
+    elif service == "s3":
+        body = (f"<Error><Code>{code}</Code><Message>injected {code}</Message>"
+                "</Error>").encode()
+        headers = {"Content-Type": "application/xml"}
+    else:  # ec2 query protocol
+        body = (f"<Response><Errors><Error><Code>{code}</Code><Message>injected {code}"
+                "</Message></Error></Errors><RequestID>r-1</RequestID></Response>").encode()
+        headers = {"Content-Type": "text/xml"}
+    return AWSResponse("https://injected", status, headers, MockRawResponse(body))
+
+
+@dataclass
+class Sends:
+    """The HTTP requests botocore sends (every attempt, retries included).
+    It stands in front of moto: `fail` may answer a request instead, and then
+    moto never sees it (as AWS never acts on a request it throttled)."""
+
+    requests: list[tuple[str, AWSPreparedRequest]] = field(default_factory=list)
+    fail: Callable[[str, AWSPreparedRequest], AWSResponse | None] = lambda _op, _r: None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def handler(self, request: AWSPreparedRequest, event_name: str, **_: Any
+                ) -> AWSResponse | None:
+        operation = event_name.rsplit(".", 1)[-1]
+        with self.lock:
+            self.requests.append((operation, request))
+        answer = self.fail(operation, request)
+        if answer is not None:
+            return answer
+        return botocore_stubber(event_name=event_name, request=request)  # type: ignore[no-any-return]
+
+    def of(self, operation: str) -> list[AWSPreparedRequest]:
+        with self.lock:
+            return [r for op, r in self.requests if op == operation]
+
+    def clear(self) -> None:
+        with self.lock:
+            self.requests.clear()
+
+
+def block_index(request: AWSPreparedRequest) -> int:
+    """The block of an EBS PutSnapshotBlock request (…/blocks/<index>)."""
+    return int(str(request.url).split("?")[0].rstrip("/").rsplit("/", 1)[-1])
+
+
 def is_dry_run(context: dict[str, Any]) -> bool:
     return bool(context.get("amibake_params", {}).get("DryRun"))
 
@@ -140,12 +193,21 @@ class Aws:
     session: boto3.Session
     clients: Clients
     recorder: Recorder
+    sends: Sends = field(default_factory=Sends)
+    #: what the retry policy slept (the fake clock: nothing really waits)
+    sleeps: list[float] = field(default_factory=list)
 
     def on(self, event: str, handler: Callable[..., Any]) -> None:
         """Register a botocore hook for every client (made before or after)."""
         self.session.events.register(event, handler)
         for client in self.clients._cache.values():
             client.meta.events.register(event, handler)
+
+    def on_send(self, event: str, handler: Callable[..., Any]) -> None:
+        """A `before-send` hook that runs before moto answers (every client)."""
+        self.session.events.register_first(event, handler)
+        for client in self.clients._cache.values():
+            client.meta.events.register_first(event, handler)
 
     def own_snapshots(self, region: str) -> list[str]:
         snaps = self.clients.ec2(region).describe_snapshots(OwnerIds=["self"])["Snapshots"]

@@ -9,8 +9,10 @@ from pathlib import Path
 import boto3
 import pytest
 from moto import mock_aws
+from moto.core.models import botocore_stubber
 
 from builder.aws.clients import Clients
+from builder.aws.retry import Retries
 from builder.manifest import Manifest, load_manifest
 from tests.aws_fixtures import AWS_ENV, ROOT, Aws, Recorder, make_stored_image
 
@@ -24,7 +26,12 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[Aws]:
         session = boto3.Session(region_name="us-east-1")
         recorder = Recorder()
         session.events.register("provide-client-params", recorder.handler)
-        yield Aws(session, Clients(session, home_region="us-east-1"), recorder)
+        sleeps: list[float] = []
+        clients = Clients(session, home_region="us-east-1", retries=Retries(sleep=sleeps.append))
+        aws = Aws(session, clients, recorder, sleeps=sleeps)
+        session.events.unregister("before-send", botocore_stubber)  # aws.sends calls it
+        aws.on_send("before-send", aws.sends.handler)
+        yield aws
 
 
 @pytest.fixture

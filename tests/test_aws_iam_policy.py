@@ -42,7 +42,7 @@ def recorded(aws: Aws) -> set[str]:
 
 def test_publish_policy_equals_the_calls_made(aws: Aws, store: Path, manifest: Manifest,
                                               tmp_path: Path) -> None:
-    from builder.publish.ebs_steps import publish
+    from builder.publish.run import publish
 
     # resume path (ListSnapshotBlocks): crash once, then publish
     def crash(context: dict[str, Any], **_: Any) -> Any:
@@ -50,7 +50,7 @@ def test_publish_policy_equals_the_calls_made(aws: Aws, store: Path, manifest: M
             raise RuntimeError("crash")
         return None
 
-    from builder.aws.ebs_upload import UploadOptions, upload_disk
+    from builder.publish.snapshot_upload import UploadOptions, upload_disk
     image_dir = store / "smallpayroll" / "1.0.0"
     ebs = aws.clients.ebs()
     ebs.meta.events.register("before-call.ebs.PutSnapshotBlock", crash)

@@ -13,18 +13,22 @@ from builder.errors import UserError
 from builder.manifest import Manifest
 from builder.output import Output
 from builder.publish.context import PublishContext, Resource, ami_name
-from builder.publish.ebs_steps import (
-    CopyToRegionsStep,
-    RegisterImageStep,
-    UploadSnapshotStep,
-    ebs_steps,
-    publish,
-)
+from builder.publish.run import ebs_steps, publish
+from builder.publish.snapshot_upload import UploadOptions
+from builder.publish.step_copy import CopyToRegionsStep
+from builder.publish.step_register import RegisterImageStep
+from builder.publish.step_snapshot import UploadSnapshotStep
 from builder.publish.steps import CleanupFailed, run_steps
+from builder.publish.upload_journal import UploadJournal, journal_path
+from builder.steps import Resumable
 from builder.store import StoredImage
 from tests.aws_fixtures import (
+    DATA_BLOCKS,
+    PARTIAL_BLOCK,
     Aws,
+    block_index,
     error_response,
+    http_error,
     is_dry_run,
     make_stored_image,
     quiet,
@@ -278,7 +282,7 @@ def test_runner_cleans_up_in_reverse_including_the_failing_step(aws: Aws, store:
 def test_register_step_builds_instance_store_requests(aws: Aws, store: Path,
                                                       manifest: Manifest) -> None:
     from builder.publish.context import BundleRoot
-    from builder.publish.ebs_steps import register_request
+    from builder.publish.step_register import register_request
 
     ctx = make_ctx(aws, store, manifest)
     ctx.root = BundleRoot("bucket/smallpayroll/1.0.0/image.manifest.xml")
@@ -286,3 +290,68 @@ def test_register_step_builds_instance_store_requests(aws: Aws, store: Path,
     assert req["ImageLocation"] == "bucket/smallpayroll/1.0.0/image.manifest.xml"
     assert "Ebs" not in str(req["BlockDeviceMappings"])
     assert RegisterImageStep().name == "register"
+
+
+def _stuck_block(index: int) -> Any:
+    """Throttle every send of EBS block `index`, for ever (retries run out)."""
+    return lambda op, request: (http_error("ebs", "ThrottlingException")
+                                if op == "PutSnapshotBlock" and block_index(request) == index
+                                else None)
+
+
+def test_failed_upload_keeps_snapshot_and_journal_and_the_rerun_resumes(
+        aws: Aws, store: Path, manifest: Manifest) -> None:
+    """Through the step runner: a failure worth resuming keeps the snapshot and
+    the journal (the hint is true), and the same publish again sends only the
+    blocks still missing."""
+    disk = store / "smallpayroll" / "1.0.0" / "disk.raw"
+    stuck = 41
+    aws.sends.fail = _stuck_block(stuck)
+    steps = ebs_steps(UploadSnapshotStep(UploadOptions(concurrency=1), sleep=lambda _s: None))
+    with pytest.raises(Resumable, match="ThrottlingException") as err:
+        publish(make_ctx(aws, store, manifest), steps)
+    assert "run the same command again to resume" in err.value.hint
+    (kept,) = aws.own_snapshots("us-east-1")
+    assert journal_path(disk).exists()
+    assert aws.own_images("us-east-1") == []
+    first = {block_index(r) for r in aws.sends.of("PutSnapshotBlock")}
+    acked = UploadJournal.load(journal_path(disk))
+    assert acked is not None and stuck not in acked.acknowledged
+    assert acked.acknowledged == {i for i in first if i != stuck}
+
+    aws.sends.fail = lambda _op, _r: None
+    aws.sends.clear()
+    aws.recorder.clear()
+    doc = publish(make_ctx(aws, store, manifest), fast_steps())
+    assert not aws.recorder.of("StartSnapshot")
+    resent = [block_index(r) for r in aws.sends.of("PutSnapshotBlock")]
+    nonzero = {*DATA_BLOCKS, PARTIAL_BLOCK}
+    assert sorted(resent) == sorted(nonzero - acked.acknowledged)  # each missing block once
+    assert doc["upload"]["snapshot_id"] == kept
+    assert doc["upload"]["blocks_resumed"] == len(acked.acknowledged)
+    (register,) = aws.recorder.of("RegisterImage")
+    assert register.params["BlockDeviceMappings"][0]["Ebs"]["SnapshotId"] == kept
+    assert not journal_path(disk).exists()  # finalize removes it
+
+
+@pytest.mark.parametrize("abort", ["interrupt", "refused"])
+def test_aborted_upload_deletes_snapshot_and_journal(aws: Aws, store: Path,
+                                                     manifest: Manifest, abort: str) -> None:
+    """Ctrl-C or an error nobody can retry past is an abort: nothing is kept."""
+    disk = store / "smallpayroll" / "1.0.0" / "disk.raw"
+
+    def fail(op: str, request: Any) -> Any:
+        if op == "PutSnapshotBlock" and block_index(request) == 41:
+            if abort == "interrupt":
+                raise KeyboardInterrupt
+            return http_error("ebs", "AccessDeniedException", 403)
+        return None
+
+    aws.sends.fail = fail
+    steps = ebs_steps(UploadSnapshotStep(UploadOptions(concurrency=1), sleep=lambda _s: None))
+    with pytest.raises(KeyboardInterrupt if abort == "interrupt" else UserError) as err:
+        publish(make_ctx(aws, store, manifest), steps)
+    assert not isinstance(err.value, Resumable)
+    assert aws.own_snapshots("us-east-1") == []
+    assert not journal_path(disk).exists()
+    nothing_left(aws)

@@ -22,7 +22,6 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 import builder.aws.clients as aws_clients
-from builder.aws.ebs_upload import BLOCK_SIZE
 from builder.bundle import manifest_xml
 from builder.bundle.register import InstanceStoreOptions, instance_store_steps
 from builder.cli import main
@@ -30,8 +29,9 @@ from builder.errors import UserError
 from builder.manifest import load_manifest
 from builder.output import Output
 from builder.publish.context import TAG_BUNDLE, PublishContext
-from builder.publish.ebs_steps import publish
 from builder.publish.lifecycle import bundle_location, gc
+from builder.publish.run import publish
+from builder.publish.snapshot_upload import BLOCK_SIZE
 from builder.store import StoredImage
 from tests.aws_fixtures import (
     AWS_ENV,

@@ -11,8 +11,11 @@ import pytest
 
 from builder.errors import UserError
 from builder.manifest import Manifest
-from builder.publish.ebs_steps import PrevalidateStep, RegisterImageStep, TagImageStep, publish
 from builder.publish.lifecycle import deprecate, gc, parse_when, prune
+from builder.publish.run import publish
+from builder.publish.step_prevalidate import PrevalidateStep
+from builder.publish.step_register import RegisterImageStep
+from builder.publish.step_tag import TagImageStep
 from tests.aws_fixtures import (
     Aws,
     fake_response,

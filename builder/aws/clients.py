@@ -11,13 +11,21 @@ from __future__ import annotations
 import argparse
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 
+from builder.aws.retry import Retries
 from builder.errors import UserError
+
+if TYPE_CHECKING:
+    from mypy_boto3_ebs import EBSClient
+    from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_ssm import SSMClient
+    from mypy_boto3_sts import STSClient
 
 DEFAULT_REGION = "us-east-1"
 
@@ -34,8 +42,9 @@ class AwsTarget:
 class Clients:
     """Creates (and caches) boto3 clients of one session, per service and region.
 
-    `max_pool_connections` bounds HTTP connections per client; the EBS client
-    has botocore's own retries off (the uploader retries each block itself).
+    `max_pool_connections` bounds HTTP connections per client. Every client
+    has botocore's own retries off and `retries` (the one retry policy,
+    builder/aws/retry.py) installed instead.
     """
 
     def __init__(
@@ -45,8 +54,10 @@ class Clients:
         home_region: str | None = None,
         endpoint_url: str | None = None,
         max_pool_connections: int = 16,
+        retries: Retries | None = None,
     ) -> None:
         self.session = session
+        self.retries = retries or Retries()
         self.home_region = home_region or session.region_name or DEFAULT_REGION
         self.endpoint_url = endpoint_url
         self.max_pool_connections = max_pool_connections
@@ -58,32 +69,34 @@ class Clients:
         key = (service, region)
         with self._lock:
             if key not in self._cache:
-                retries: dict[str, Any] = {"mode": "standard", "max_attempts": 5}
-                if service == "ebs":
-                    retries = {"mode": "standard", "total_max_attempts": 1}
                 config = Config(
-                    retries=retries,  # type: ignore[arg-type]
+                    retries={"mode": "standard", "total_max_attempts": 1},
                     max_pool_connections=self.max_pool_connections,
                 )
-                self._cache[key] = self.session.client(
+                made = self.session.client(
                     service,  # type: ignore[call-overload]
                     region_name=region,
                     endpoint_url=self.endpoint_url,
                     config=config,
                 )
+                self.retries.install(made)
+                self._cache[key] = made
             return self._cache[key]
 
-    def ec2(self, region: str | None = None) -> Any:
-        return self.client("ec2", region)
+    def ec2(self, region: str | None = None) -> EC2Client:
+        return self.client("ec2", region)  # type: ignore[no-any-return]
 
-    def ebs(self, region: str | None = None) -> Any:
-        return self.client("ebs", region)
+    def ebs(self, region: str | None = None) -> EBSClient:
+        return self.client("ebs", region)  # type: ignore[no-any-return]
 
-    def ssm(self, region: str | None = None) -> Any:
-        return self.client("ssm", region)
+    def s3(self, region: str | None = None) -> S3Client:
+        return self.client("s3", region)  # type: ignore[no-any-return]
 
-    def sts(self) -> Any:
-        return self.client("sts")
+    def ssm(self, region: str | None = None) -> SSMClient:
+        return self.client("ssm", region)  # type: ignore[no-any-return]
+
+    def sts(self) -> STSClient:
+        return self.client("sts")  # type: ignore[no-any-return]
 
 
 def add_aws_options(parser: argparse.ArgumentParser) -> None:

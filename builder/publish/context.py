@@ -5,12 +5,15 @@ from __future__ import annotations
 import secrets
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from builder.aws.clients import Clients
 from builder.errors import UserError
 from builder.output import Output
 from builder.store import StoredImage
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2.type_defs import TagTypeDef
 
 TAG_PREFIX = "amibake:"
 TAG_NAME = "amibake:name"
@@ -88,8 +91,10 @@ class PublishContext:
     ssm_parameters: list[str] = field(default_factory=list)
     existing: dict[str, str] = field(default_factory=dict)  # already published: region → AMI
     ledger: list[Resource] = field(default_factory=list)
-    upload: Any = None  # ebs_upload.UploadResult when the EBS upload ran
+    upload: Any = None  # snapshot_upload.UploadResult when the EBS upload ran
     stop: bool = False
+    #: why the run ended, for the cleanups: "halted" or "resumable" (builder/steps.py)
+    outcome: str = "halted"
 
     @property
     def home(self) -> str:
@@ -122,7 +127,7 @@ class PublishContext:
             TAG_BUILDER: img.builder_version,
         }
 
-    def tag_list(self, extra: dict[str, str] | None = None) -> list[dict[str, str]]:
+    def tag_list(self, extra: dict[str, str] | None = None) -> list[TagTypeDef]:
         tags = dict(self.tags())
         tags.update(extra or {})
         return [{"Key": k, "Value": v} for k, v in tags.items() if v != ""]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 from packaging.version import InvalidVersion, Version
@@ -23,10 +23,20 @@ from builder.publish.context import (
     TAG_NAME,
     TAG_VERSION,
 )
-from builder.publish.ebs_steps import _snapshots_of, _tags_of, delete_image_and_snapshots, ssm_name
+from builder.publish.images import (
+    delete_image_and_snapshots,
+    delete_snapshot,
+    snapshots_of,
+    tags_of,
+)
 from builder.publish.plan import Plan
+from builder.publish.step_ssm import ssm_name
 
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
+
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2.type_defs import FilterTypeDef
 
 
 def find_images(ec2: Any, name: str, version: str | None = None) -> list[dict[str, Any]]:
@@ -50,14 +60,14 @@ def parse_when(text: str) -> dt.datetime:
     return _utc(when)
 
 
-def bundle_location(image: dict[str, Any]) -> str | None:
+def bundle_location(image: Any) -> str | None:
     """The S3 bundle an instance-store AMI was registered from: its
     ImageLocation (what EC2 reports, also for region copies), else the
     `amibake:bundle-location` tag the register step puts on the home AMI."""
     location = image.get("ImageLocation")
     if image.get("RootDeviceType") == "instance-store" and location:
         return str(location)
-    return _tags_of(image).get(TAG_BUNDLE) or None
+    return tags_of(image).get(TAG_BUNDLE) or None
 
 
 def delete_bundle(clients: Clients, region: str, location: str) -> list[str]:
@@ -115,7 +125,7 @@ def deprecate(
 
 def _version(image: dict[str, Any]) -> Version | None:
     try:
-        return Version(_tags_of(image).get(TAG_VERSION, ""))
+        return Version(tags_of(image).get(TAG_VERSION, ""))
     except InvalidVersion:
         return None
 
@@ -210,7 +220,7 @@ def prune(
             continue
         for region, image in entries:
             plan.add("delete", "image", region, image["ImageId"], f"{ver}")
-            for snap in _snapshots_of(image):
+            for snap in snapshots_of(image):
                 plan.add("delete", "snapshot", region, snap, f"{ver}")
             location = bundle_location(image)
             if location:
@@ -235,11 +245,7 @@ def _execute_deletes(clients: Clients, plan: Plan) -> None:
             a.kind == "image" and a.region == action.region and a.reason == action.reason
             for a in images
         ):
-            try:
-                clients.ec2(action.region).delete_snapshot(SnapshotId=action.ident)
-            except ClientError as exc:
-                if "NotFound" not in error_code(exc):
-                    raise
+            delete_snapshot(clients.ec2(action.region), action.ident)
         elif action.kind == "s3-bundle":  # after its image (planned in that order)
             delete_bundle(clients, action.region, action.ident)
         elif action.kind == "ssm-parameter":
@@ -274,7 +280,7 @@ def gc(
     are never touched.
     """
     now = _utc(now or dt.datetime.now(dt.UTC))
-    tag_filter = ({"Name": f"tag:{TAG_BUILD_ID}", "Values": [build_id]} if build_id
+    tag_filter: FilterTypeDef = ({"Name": f"tag:{TAG_BUILD_ID}", "Values": [build_id]} if build_id
                   else {"Name": "tag-key", "Values": [TAG_BUILD_ID]})
     plan = Plan()
     for region in regions:
@@ -284,13 +290,13 @@ def gc(
         kept_snaps: set[str] = set()
         doomed_snaps: set[str] = set()
         for image in images:
-            tags = _tags_of(image)
+            tags = tags_of(image)
             old = _age(image.get("CreationDate"), now) >= min_age_seconds
             leftover = tags.get(TAG_COMPLETE) != "true" and old
             if leftover:
                 bid = tags.get(TAG_BUILD_ID, "")
                 plan.add("delete", "image", region, image["ImageId"], f"build {bid}")
-                for snap in _snapshots_of(image):
+                for snap in snapshots_of(image):
                     plan.add("delete", "snapshot", region, snap, f"build {bid}")
                     doomed_snaps.add(snap)
                 location = bundle_location(image)
@@ -299,14 +305,14 @@ def gc(
         doomed_images = {a.ident for a in plan.actions if a.region == region and a.kind == "image"}
         for image in all_images:
             if image["ImageId"] not in doomed_images:
-                kept_snaps.update(_snapshots_of(image))
+                kept_snaps.update(snapshots_of(image))
         snaps = ec2.describe_snapshots(OwnerIds=["self"], Filters=[tag_filter])["Snapshots"]
-        for snap in snaps:
-            sid = snap["SnapshotId"]
-            tags = _tags_of(snap)
+        for found in snaps:
+            sid = found["SnapshotId"]
+            tags = tags_of(found)
             if sid in kept_snaps or sid in doomed_snaps or tags.get(TAG_COMPLETE) == "true":
                 continue
-            if _age(snap.get("StartTime"), now) >= min_age_seconds:
+            if _age(found.get("StartTime"), now) >= min_age_seconds:
                 plan.add("delete", "snapshot", region, sid, f"build {tags.get(TAG_BUILD_ID, '')}")
     if not dry_run:
         for action in plan.of("delete"):
@@ -317,9 +323,5 @@ def gc(
                 delete_bundle(clients, action.region, action.ident)
         for action in plan.of("delete"):
             if action.kind == "snapshot":
-                try:
-                    clients.ec2(action.region).delete_snapshot(SnapshotId=action.ident)
-                except ClientError as exc:
-                    if "NotFound" not in error_code(exc):
-                        raise
+                delete_snapshot(clients.ec2(action.region), action.ident)
     return plan

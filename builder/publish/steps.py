@@ -1,26 +1,17 @@
-"""The Step protocol and its runner (after Packer's multistep).
+"""Publishing runs its steps with the one step runner (builder/steps.py).
 
-A step has a `name`, `plan(ctx) -> str` (what it would do, for --dry-run),
-`run(ctx)` and `cleanup(ctx)`. `run_steps` runs the steps in order; when one
-fails (or the user interrupts) it runs the cleanups of every step that
-started, the failing one included, in reverse order, then re-raises. A
-cleanup must undo only what its own step recorded in the context, and must
-be a no-op when nothing was created.
+A publish step has a `name`, `plan(ctx) -> str` (what it would do, for
+--dry-run), `run(ctx)` and `cleanup(ctx)`. A cleanup must undo only what its
+own step recorded in the context, and must be a no-op when nothing was
+created. As in Packer, a cleanup reads why the run ended from the context:
+`ctx.outcome` is "halted" (an abort: undo everything) or "resumable" (a
+`builder.steps.Resumable` failure: keep what the same command, run again,
+resumes from, e.g. a half-uploaded snapshot and its journal).
 
 Every resource a step creates is recorded in `ctx.ledger` (`track`) the
-moment it exists and dropped (`untrack`) when its cleanup deleted it. When a
-cleanup itself fails, the runner prints, for each resource that step still
-holds, the exact command that deletes it by hand.
-
-Composing steps (how H7's instance-store publisher reuses these):
-
-    steps = [
-        PrevalidateStep(),                       # checks, creates nothing
-        UploadBundleStep(),                      # yours: sets ctx.root = BundleRoot(...)
-        RegisterImageStep(),                     # reads ctx.root: EBS snapshot or S3 manifest
-        TagImageStep(), CopyToRegionsStep(), SsmParametersStep(), FinalizeStep(),
-    ]
-    run_steps(steps, ctx)
+moment it exists and dropped (`untrack`) when its cleanup deleted it or kept
+it on purpose. When a cleanup itself fails, the run prints, for each resource
+that step still holds, the exact command that deletes it by hand.
 
 Register/tag/copy/SSM never look at how the root was made: they use
 `ctx.root` (`EbsRoot` or `BundleRoot`, see `context`) and `ctx.image_ids`.
@@ -29,8 +20,9 @@ Register/tag/copy/SSM never look at how the root was made: they use
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
+from builder import steps as runner
 from builder.errors import UserError
 from builder.publish.context import PublishContext, Resource
 
@@ -58,48 +50,61 @@ class CleanupFailed(UserError):
         self.leftovers = tuple(leftovers)
 
 
+class _LedgerJournal(runner.Journal):
+    """Says each step; on a failed cleanup, the resources that step still holds."""
+
+    def __init__(self, ctx: PublishContext) -> None:
+        self.ctx = ctx
+        self.leftovers: list[Resource] = []
+
+    def started(self, step: Any) -> None:
+        self.ctx.out.say(f"==> {step.name}")
+
+    def failed(self, step: Any, exc: BaseException) -> None:
+        self.ctx.outcome = runner.outcome_of(exc)
+
+    def cleanup_failed(self, step: Any, exc: Exception) -> None:
+        mine = [r for r in self.ctx.ledger if r.step == step.name]
+        self.ctx.out.say(f"cleanup of step {step.name!r} failed: {exc}")
+        for res in mine:
+            self.ctx.out.say(f"  delete by hand: {res.delete_command()}")
+        self.leftovers.extend(mine)
+
+
+class _Adapter:
+    """A publish step as the shared runner sees it (cleanup reads ctx.outcome)."""
+
+    def __init__(self, step: Step) -> None:
+        self.step = step
+        self.name = step.name
+
+    def describe(self, ctx: PublishContext) -> str:
+        return self.step.plan(ctx)
+
+    def run(self, ctx: PublishContext) -> None:
+        self.step.run(ctx)
+
+    def cleanup(self, ctx: PublishContext, outcome: runner.Outcome) -> None:
+        ctx.outcome = outcome
+        self.step.cleanup(ctx)
+
+
 def run_steps(steps: Sequence[Step], ctx: PublishContext) -> None:
     """Run `steps`; on any failure run the started steps' cleanups in reverse.
 
     A step may set `ctx.stop = True` (e.g. the image is already published):
     the remaining steps are skipped and nothing is cleaned up.
     """
-    started: list[Step] = []
+    journal = _LedgerJournal(ctx)
     try:
-        for step in steps:
-            if ctx.stop:
-                break
-            started.append(step)
-            ctx.out.say(f"==> {step.name}")
-            step.run(ctx)
+        runner.run_steps([_Adapter(s) for s in steps], ctx, journal=journal,
+                         stop=lambda: ctx.stop)
     except BaseException as exc:
-        leftovers = _clean_up(started, ctx)
-        if leftovers:
-            raise CleanupFailed(exc, leftovers) from exc
+        if journal.leftovers:
+            raise CleanupFailed(exc, journal.leftovers) from exc
         raise
-
-
-def _clean_up(started: Sequence[Step], ctx: PublishContext) -> list[Resource]:
-    leftovers: list[Resource] = []
-    for step in reversed(started):
-        try:
-            step.cleanup(ctx)
-        except Exception as err:  # a cleanup failure must not hide the others
-            mine = [r for r in ctx.ledger if r.step == step.name]
-            ctx.out.say(f"cleanup of step {step.name!r} failed: {err}")
-            for res in mine:
-                ctx.out.say(f"  delete by hand: {res.delete_command()}")
-            leftovers.extend(mine)
-    return leftovers
 
 
 def plan_steps(steps: Sequence[Step], ctx: PublishContext) -> list[str]:
     """Each step's plan line (for --dry-run); the prevalidation still runs."""
-    lines = []
-    for step in steps:
-        line = step.plan(ctx)
-        if line:
-            lines.append(f"{step.name}: {line}")
-        if ctx.stop:
-            break
-    return lines
+    return runner.describe_steps([_Adapter(s) for s in steps], ctx, stop=lambda: ctx.stop)

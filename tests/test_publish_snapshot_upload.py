@@ -1,31 +1,32 @@
-"""The EBS direct uploader against moto: blocks, checksums, retries, resume."""
+"""The EBS direct uploader against moto: blocks, checksums, retries, resume, journal."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from builder.aws.ebs_upload import (
+from builder.errors import UserError
+from builder.publish.snapshot_upload import (
     BLOCK_SIZE,
     UploadOptions,
     aggregate_checksum,
     candidate_blocks,
-    progress_path,
     scan_blocks,
     upload_disk,
 )
-from builder.errors import UserError
+from builder.publish.upload_journal import UploadJournal, journal_path
+from builder.steps import Resumable
 from tests.aws_fixtures import (
     DATA_BLOCKS,
     PARTIAL_BLOCK,
     ZERO_DATA_BLOCKS,
     Aws,
-    error_response,
+    block_index,
+    http_error,
     sha256_file,
     write_sparse_disk,
 )
@@ -114,45 +115,67 @@ def test_upload_sends_only_nonzero_blocks_with_checksums(aws: Aws, disk: Path) -
     assert hashlib.sha256(rebuilt).hexdigest() == digest
     state = aws.clients.ec2().describe_snapshots(SnapshotIds=[result.snapshot_id])["Snapshots"]
     assert state[0]["State"] == "completed"
-    assert json.loads(progress_path(disk).read_text())["completed"] is True
+    journal = UploadJournal.load(journal_path(disk))
+    assert journal is not None and journal.completed and journal.acknowledged == NONZERO
 
 
-def test_throttled_blocks_are_retried(aws: Aws, disk: Path) -> None:
+def test_throttled_blocks_are_retried_by_the_one_policy(aws: Aws, disk: Path) -> None:
+    """Throttling and 5xx answers are re-sent by the clients' retry policy:
+    counted at the HTTP level, slept on the fake clock."""
     throttled = {0, 7, 41}
     seen: dict[int, int] = {}
-    sleeps: list[float] = []
 
-    def throttle(params: Any, context: dict[str, Any], **_: Any) -> Any:
-        index = context["amibake_params"]["BlockIndex"]
+    def throttle(operation: str, request: Any) -> Any:
+        if operation != "PutSnapshotBlock":
+            return None
+        index = block_index(request)
         seen[index] = seen.get(index, 0) + 1
         if index in throttled and seen[index] <= 2:
-            code, status = (("ThrottlingException", 400) if index != 41
-                            else ("InternalServerException", 500))
-            return error_response(code, status)
+            if index == 41:
+                return http_error("ebs", "InternalServerException", 500)
+            return http_error("ebs", "ThrottlingException", 400)
         return None
 
+    aws.sends.fail = throttle
     ebs = aws.clients.ebs()
-    ebs.meta.events.register("before-call.ebs.PutSnapshotBlock", throttle)
     result = upload_disk(ebs, aws.clients.ec2(), disk, disk_sha256=sha256_file(disk),
                          requested_gib=1, options=UploadOptions(concurrency=3),
-                         sleep=sleeps.append)
+                         retries=aws.clients.retries, **NO_SLEEP)
     assert result.retries == 2 * len(throttled)
-    assert len(sleeps) == 6 and all(0 <= s <= 20 for s in sleeps)
+    assert len(aws.sleeps) == 6 and all(0 <= s <= 20 for s in aws.sleeps)
+    # one send per block, plus the two retries of each throttled one
+    assert len(aws.sends.of("PutSnapshotBlock")) == len(NONZERO) + 2 * len(throttled)
     assert {i for i, n in seen.items() if n == 3} == throttled
     listed = ebs.list_snapshot_blocks(SnapshotId=result.snapshot_id)["Blocks"]
     assert {b["BlockIndex"] for b in listed} == NONZERO
 
 
-def test_non_retryable_error_stops_with_a_user_error(aws: Aws, disk: Path) -> None:
-    def deny(**_: Any) -> Any:
-        return error_response("AccessDeniedException", 403)
+def test_throttling_past_the_attempts_is_resumable(aws: Aws, disk: Path) -> None:
+    """Bounded: a block throttled for ever is sent max_attempts times, then the
+    upload stops with an error that says to resume (and the journal stays)."""
+    stuck = sorted(NONZERO)[2]
+    aws.sends.fail = lambda op, req: (http_error("ebs", "ThrottlingException")
+                                      if op == "PutSnapshotBlock" and block_index(req) == stuck
+                                      else None)
+    with pytest.raises(Resumable, match="ThrottlingException") as err:
+        upload_disk(aws.clients.ebs(), aws.clients.ec2(), disk, disk_sha256=sha256_file(disk),
+                    requested_gib=1, options=UploadOptions(concurrency=1), **NO_SLEEP)
+    assert "resume" in err.value.hint
+    sent = [r for r in aws.sends.of("PutSnapshotBlock") if block_index(r) == stuck]
+    assert len(sent) == aws.clients.retries.policy.max_attempts
+    assert len(aws.sleeps) == aws.clients.retries.policy.max_attempts - 1
+    assert journal_path(disk).exists()
 
-    ebs = aws.clients.ebs()
-    ebs.meta.events.register("before-call.ebs.PutSnapshotBlock", deny)
-    with pytest.raises(UserError, match="AccessDeniedException"):
-        upload_disk(ebs, aws.clients.ec2(), disk, disk_sha256=sha256_file(disk),
+
+def test_non_retryable_error_stops_with_a_user_error(aws: Aws, disk: Path) -> None:
+    aws.sends.fail = lambda op, _r: (http_error("ebs", "AccessDeniedException", 403)
+                                     if op == "PutSnapshotBlock" else None)
+    with pytest.raises(UserError, match="AccessDeniedException") as err:
+        upload_disk(aws.clients.ebs(), aws.clients.ec2(), disk, disk_sha256=sha256_file(disk),
                     requested_gib=1, **NO_SLEEP)
-    assert len(aws.recorder.of("PutSnapshotBlock")) <= 8  # no retries: at most one per block
+    assert not isinstance(err.value, Resumable)
+    assert len(aws.sends.of("PutSnapshotBlock")) <= 8  # no retries: at most one per block
+    assert aws.sleeps == []
 
 
 class Crash(Exception):
@@ -162,7 +185,6 @@ class Crash(Exception):
 def test_crash_mid_upload_then_resume(aws: Aws, disk: Path) -> None:
     digest = sha256_file(disk)
     ebs = aws.clients.ebs()
-    acked_first: set[int] = set()
 
     def crash_on_fourth(params: Any, context: dict[str, Any], **_: Any) -> Any:
         index = context["amibake_params"]["BlockIndex"]
@@ -174,14 +196,20 @@ def test_crash_mid_upload_then_resume(aws: Aws, disk: Path) -> None:
     with pytest.raises(Crash):
         upload_disk(ebs, aws.clients.ec2(), disk, disk_sha256=digest, requested_gib=1,
                     options=UploadOptions(concurrency=1), **NO_SLEEP)
-    state = json.loads(progress_path(disk).read_text())
-    acked_first = set(state["acknowledged"])
+    journal = UploadJournal.load(journal_path(disk))
+    assert journal is not None
+    acked_first = set(journal.acknowledged)
     # everything before the crash is acknowledged; the crashed block is not
     assert set(sorted(NONZERO)[:4]) <= acked_first and sorted(NONZERO)[4] not in acked_first
-    snapshot_id = state["snapshot_id"]
-    # lose one acknowledgement from the file: ListSnapshotBlocks must still know it
-    state["acknowledged"] = sorted(acked_first)[1:]
-    progress_path(disk).write_text(json.dumps(state))
+    snapshot_id = journal.snapshot_id
+    # lose one acknowledgement (never synced), and the process died mid-line:
+    # ListSnapshotBlocks must still know the block, the torn line is ignored
+    lines = journal_path(disk).read_text().splitlines()
+    lost = sorted(acked_first)[0]
+    kept = [line for line in lines if line != str(lost)]
+    journal_path(disk).write_text("\n".join(kept) + "\n" + "9")  # torn: no newline
+    reread = UploadJournal.load(journal_path(disk))
+    assert reread is not None and 9 not in reread.acknowledged and lost not in reread.acknowledged
 
     ebs.meta.events.unregister("before-call.ebs.PutSnapshotBlock", crash_on_fourth)
     aws.recorder.clear()
@@ -198,10 +226,32 @@ def test_crash_mid_upload_then_resume(aws: Aws, disk: Path) -> None:
     assert hashlib.sha256(_snapshot_bytes(aws, snapshot_id, 128)).hexdigest() == digest
 
 
-def test_progress_for_another_disk_starts_over(aws: Aws, disk: Path) -> None:
-    progress_path(disk).write_text(json.dumps({
-        "snapshot_id": "snap-0123456789abcdef0", "disk_sha256": "0" * 64,
-        "volume_size_gib": 1, "acknowledged": [0, 1, 2]}))
+def test_journal_appends_one_line_per_block_and_syncs_in_batches(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                 ) -> None:
+    import os
+
+    syncs: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (syncs.append(fd), real_fsync(fd))[1])
+    path = tmp_path / "d.ebs-upload.journal"
+    journal = UploadJournal.create(path, "snap-1", "a" * 64, 1, BLOCK_SIZE)
+    syncs.clear()
+    journal.sync_every = 10
+    for index in range(25):
+        journal.acknowledge(index)
+    assert len(syncs) == 2  # after 10 and 20 blocks, not 25 times
+    journal.close()
+    assert len(syncs) == 3
+    lines = path.read_text().splitlines()
+    assert len(lines) == 1 + 25 and lines[1:] == [str(i) for i in range(25)]
+    again = UploadJournal.load(path)
+    assert again is not None and again.acknowledged == set(range(25))
+
+
+def test_journal_of_another_disk_starts_over(aws: Aws, disk: Path) -> None:
+    UploadJournal.create(journal_path(disk), "snap-0123456789abcdef0", "0" * 64, 1, BLOCK_SIZE,
+                         [0, 1, 2]).close()
     result = upload_disk(aws.clients.ebs(), aws.clients.ec2(), disk,
                          disk_sha256=sha256_file(disk), requested_gib=1, **NO_SLEEP)
     assert result.snapshot_id != "snap-0123456789abcdef0"

@@ -1,0 +1,132 @@
+"""Checks everything before anything is created (Packer's StepPreValidate)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
+
+from botocore.exceptions import ClientError
+
+from builder.aws.clients import check_credentials, error_code
+from builder.errors import UserError
+from builder.publish.context import TAG_BUILD_ID, TAG_COMPLETE, TAG_DISK_SHA256, PublishContext
+from builder.publish.images import tags_of
+from builder.publish.step_register import ROOT_DEVICE
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2.literals import ArchitectureValuesType
+    from mypy_boto3_ec2.type_defs import ImageTypeDef
+
+log = logging.getLogger("amibake.publish")
+
+PLACEHOLDER_AMI = "ami-00000000000000000"
+
+
+def _dry_run(call: Callable[[], Any], what: str, denied: list[str]) -> None:
+    """A DryRun call: DryRunOperation means allowed, UnauthorizedOperation not."""
+    try:
+        call()
+    except ClientError as exc:
+        code = error_code(exc)
+        if code == "DryRunOperation":
+            return
+        if code in ("UnauthorizedOperation", "AccessDenied", "AccessDeniedException"):
+            denied.append(what)
+            return
+        log.debug("dry run of %s inconclusive: %s", what, code)
+
+
+# --------------------------------------------------------------------- steps
+
+
+class PrevalidateStep:
+    """Checks everything before anything is created; creates nothing."""
+
+    name = "prevalidate"
+
+    def plan(self, ctx: PublishContext) -> str:
+        self.run(ctx)
+        if ctx.stop:
+            return f"{ctx.ami_name} already published with this disk: " + ", ".join(
+                f"{r}={i}" for r, i in ctx.existing.items()
+            ) + "; nothing to do"
+        return (f"credentials ok (account {ctx.account}), regions {', '.join(ctx.regions)} "
+                f"exist, name {ctx.ami_name} free")
+
+    def run(self, ctx: PublishContext) -> None:
+        ctx.account = check_credentials(ctx.clients)["account"]
+        home = ctx.clients.ec2(ctx.home)
+        known = {r["RegionName"]: r.get("OptInStatus", "")
+                 for r in home.describe_regions(AllRegions=True)["Regions"]}
+        missing = [r for r in ctx.regions if r not in known]
+        if missing:
+            raise UserError(
+                f"unknown region(s): {', '.join(missing)}",
+                hint="fix publish.regions in the manifest",
+            )
+        closed = [r for r in ctx.regions if known[r] == "not-opted-in"]
+        if closed:
+            raise UserError(f"region(s) not enabled for this account: {', '.join(closed)}",
+                            hint="opt in to the region, or remove it from publish.regions")
+        self._check_name(ctx)
+        if ctx.stop:
+            return
+        denied: list[str] = []
+        _dry_run(lambda: home.register_image(
+            DryRun=True, Name=ctx.ami_name,
+            Architecture=cast("ArchitectureValuesType", ctx.image.architecture),
+            RootDeviceName=ROOT_DEVICE, VirtualizationType="hvm"),
+            f"ec2:RegisterImage in {ctx.home}", denied)
+        for region in ctx.regions[1:]:
+            _dry_run(lambda region=region: ctx.clients.ec2(region).copy_image(  # type: ignore[misc]
+                DryRun=True, Name=ctx.ami_name, SourceImageId=PLACEHOLDER_AMI,
+                SourceRegion=ctx.home), f"ec2:CopyImage in {region}", denied)
+        if denied:
+            raise UserError(
+                f"not allowed: {', '.join(denied)}",
+                hint="attach the policy printed by `amibake iam-policy --publish`",
+            )
+
+    def _check_name(self, ctx: PublishContext) -> None:
+        found: dict[str, ImageTypeDef] = {}
+        for region in ctx.regions:
+            images = ctx.clients.ec2(region).describe_images(
+                Owners=["self"], Filters=[{"Name": "name", "Values": [ctx.ami_name]}]
+            )["Images"]
+            if images:
+                found[region] = images[0]
+        if not found:
+            return
+        for region, image in found.items():
+            tags = tags_of(image)
+            digest = tags.get(TAG_DISK_SHA256)
+            if digest is None:
+                raise UserError(
+                    f"AMI name {ctx.ami_name} is taken in {region} by {image['ImageId']}, "
+                    "which amibake did not publish",
+                    hint="change image.name_template or the version",
+                )
+            if digest != ctx.image.disk.sha256:
+                raise UserError(
+                    f"{ctx.image.name} {ctx.image.version} is already published as "
+                    f"{image['ImageId']} in {region} with a different disk "
+                    f"(sha256 {digest[:12]}…, this one {ctx.image.disk.sha256[:12]}…)",
+                    hint="bump the manifest's version: a published version never changes",
+                )
+            if tags.get(TAG_COMPLETE) != "true":
+                raise UserError(
+                    f"{image['ImageId']} in {region} is left over from an unfinished publish "
+                    f"of {ctx.image.name} {ctx.image.version}",
+                    hint=f"remove them with `amibake gc --build-id "
+                    f"{tags.get(TAG_BUILD_ID, '?')} --min-age 0`, then publish again",
+                )
+        ctx.existing = {r: img["ImageId"] for r, img in found.items()}
+        ctx.image_ids = dict(ctx.existing)
+        ctx.stop = True
+        absent = [r for r in ctx.regions if r not in found]
+        if absent:
+            ctx.out.say(f"note: {ctx.ami_name} is not in {', '.join(absent)}; nothing changed")
+
+    def cleanup(self, ctx: PublishContext) -> None:
+        return None
