@@ -126,7 +126,8 @@ def test_bundle_volume_tree(tmp_path: Path, pki: Pki,
     files = {str(p.relative_to(out)) for p in out.rglob("*") if not p.is_dir()}
     files.discard("lost+found")
     assert files == {"etc/hostname", "srv/app/config.ru", "srv/app/big.bin",
-                     "srv/app/hardlink.ru", "srv/app/current", "var/log/syslog"}
+                     "srv/app/hardlink.ru", "srv/app/current"}  # var/log/syslog: logs stay out
+    assert (out / "var/log").is_dir()  # ... but their directory stays
     assert (out / "srv/app/big.bin").read_bytes() == (tree / "srv/app/big.bin").read_bytes()
     for mount_point in ("proc", "sys", "dev", "tmp", "run", "mnt", "var/cache"):
         assert (out / mount_point).is_dir() or mount_point == "var/cache"
@@ -153,11 +154,11 @@ def test_upload_bundle_verb(tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixt
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     with mock_aws():
         up = run_json(["upload-bundle", "-m", doc["manifest"], "-b", "my-bundles/web/1.0",
-                       "--region", "eu-west-1"], capsys)
+                       "--region", "eu-west-1", "--cert", str(pki.cert)], capsys)
         assert up["image_location"] == "my-bundles/web/1.0/d.img.manifest.xml"
         assert up["created_bucket"] and len(up["uploaded"]) == 3
         again = run_json(["upload-bundle", "-m", doc["manifest"], "-b", "my-bundles/web/1.0",
-                          "--region", "eu-west-1"], capsys)
+                          "--region", "eu-west-1", "--privatekey", str(pki.key)], capsys)
         assert again["uploaded"] == [] and len(again["skipped"]) == 3
         s3 = boto3.client("s3", region_name="eu-west-1")
         assert s3.get_bucket_location(Bucket="my-bundles")["LocationConstraint"] == "eu-west-1"
@@ -170,11 +171,13 @@ def test_live_root_excludes() -> None:
     request = VolumeRequest(source=Path("/"), image=Path("/var/bundles/img/image"),
                             excludes=("/srv/cache", "*.log"))
     args = rsync_filters(Path("/"), request)
-    excluded = [args[i + 1] for i in range(0, len(args), 2)]
-    assert args[::2] == ["--exclude"] * len(excluded)
+    excluded = [args[i + 1] for i in range(0, len(args), 2) if args[i] == "--exclude"]
+    assert set(args[::2]) == {"--exclude", "--include"}
     for path in ("/mnt/*", "/proc/*", "/sys/*", "/dev/*", "/tmp/*", "/run/*",
                  "/var/bundles/img", "/srv/cache", "*.log", "*.pem", ".ssh/authorized_keys"):
         assert path in excluded
+    # the user's excludes come first: rsync's first matching rule wins
+    assert args[:4] == ["--exclude", "/srv/cache", "--exclude", "*.log"]
     unfiltered = rsync_filters(Path("/"), VolumeRequest(source=Path("/"), image=Path("/mnt/x"),
                                                         filter_sensitive=False))
     assert "*.pem" not in unfiltered

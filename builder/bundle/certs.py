@@ -12,10 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from builder.bundle.inputs import read_small
 from builder.errors import UserError
+
+MAX_PEM_BYTES = 1 << 20
 
 
 def load_certificate(path: Path, what: str) -> x509.Certificate:
@@ -26,9 +30,9 @@ def load_certificate(path: Path, what: str) -> x509.Certificate:
             cert = x509.load_pem_x509_certificate(data)
         else:
             cert = x509.load_der_x509_certificate(data)
-    except ValueError as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise UserError(
-            f"{path}: not an X.509 certificate ({what}): {exc}",
+            f"{path}: not an X.509 certificate ({what}): {_first_line(exc)}",
             hint="give a PEM file that starts with -----BEGIN CERTIFICATE-----",
         ) from exc
     if not isinstance(cert.public_key(), rsa.RSAPublicKey):
@@ -53,9 +57,9 @@ def load_private_key(path: Path, what: str = "private key") -> rsa.RSAPrivateKey
             key = serialization.load_pem_private_key(data, password=None)
         else:
             key = serialization.load_der_private_key(data, password=None)
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise UserError(
-            f"{path}: not an unencrypted RSA private key ({what}): {exc}",
+            f"{path}: not an unencrypted RSA private key ({what}): {_first_line(exc)}",
             hint="give the PEM key file that goes with your certificate (no passphrase)",
         ) from exc
     if not isinstance(key, rsa.RSAPrivateKey):
@@ -89,11 +93,8 @@ def keys_match(cert: x509.Certificate, key: rsa.RSAPrivateKey) -> bool:
 
 
 def _read(path: Path, what: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError as exc:
-        raise UserError(f"{what} not found: {path}", hint="check the path") from exc
-    except IsADirectoryError as exc:
-        raise UserError(f"{what} is a directory: {path}", hint="give the file") from exc
-    except PermissionError as exc:
-        raise UserError(f"cannot read the {what}: {path}", hint="check permissions") from exc
+    return read_small(path, what, MAX_PEM_BYTES, hint="give the PEM file")
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]

@@ -1,27 +1,40 @@
 """Unbundle: verify a bundle and reassemble its image, byte for byte.
 
 Checks, in order, each failure a UserError naming what is wrong: the
-manifest parses (a truncated one does not), its signature verifies (with the
-user's certificate, or the public half of the private key given), the
-private key decrypts the AES key and IV, every part listed exists, each
-part's SHA-1 matches before its bytes are used, then the decrypted,
-decompressed tar stream's SHA-1 and the image size match the manifest. The
-image is written to `<output>.partial` and renamed only when all is well;
-holes in a sparse member stay holes.
+manifest parses under manifest_xml's strict rules (a truncated, crafted or
+oversized one does not), its signature verifies (with the user's
+certificate, or the public half of the user's private key), the private key
+decrypts the AES key and IV, every part listed is a regular file (not a
+symlink) in the parts' directory, each part's SHA-1
+matches before its bytes are used, then the decrypted, decompressed tar
+stream's SHA-1 and the image size match the manifest.
+
+EC2's private key also decrypts a bundle (its own copy of the AES key), as
+`euca-unbundle -k` allows, but cannot check the signature, which only the
+bundler's certificate can: that needs the certificate, or an explicit
+`trust_unsigned`.
+
+The image is written to a private temporary file beside the output
+(O_EXCL|O_NOFOLLOW, mode 0600: a planted symlink is never followed) and
+renamed onto the output only when all is well; holes in a sparse member
+stay holes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from builder.atomic import fsync_dir, open_private, temp_beside
 from builder.bundle import manifest_xml
 from builder.bundle.certs import (
     certificate_public_key,
@@ -29,6 +42,7 @@ from builder.bundle.certs import (
     load_certificate,
     load_private_key,
 )
+from builder.bundle.inputs import read_small
 from builder.bundle.tarstream import TarFormatError, TarReceiver
 from builder.errors import UserError
 
@@ -42,14 +56,57 @@ class UnbundleResult:
     size: int
     digest: str
     parts: int
+    signature_checked: bool = True
 
 
 def read_manifest(path: Path) -> tuple[bytes, manifest_xml.ParsedManifest]:
-    try:
-        data = Path(path).read_bytes()
-    except FileNotFoundError as exc:
-        raise UserError(f"manifest not found: {path}", hint="give <prefix>.manifest.xml") from exc
+    """Read (size-checked first) and parse a bundle manifest file."""
+    data = read_small(Path(path), "manifest", manifest_xml.MAX_MANIFEST_BYTES,
+                      hint="give <prefix>.manifest.xml")
     return data, manifest_xml.parse(data, str(path))
+
+
+def verified_manifest(path: Path, cert: Path | None = None,
+                      privatekey: Path | None = None) -> manifest_xml.ParsedManifest:
+    """A manifest whose signature verifies with the user's certificate (or the
+    public half of the user's private key)."""
+    _, parsed = read_manifest(path)
+    if cert is not None:
+        public = certificate_public_key(load_certificate(cert, "user certificate"))
+    elif privatekey is not None:
+        public = load_private_key(privatekey).public_key()
+    else:
+        raise UserError("the manifest's signature cannot be checked without the bundler's"
+                        " certificate", hint="pass --cert (default: $EC2_CERT)")
+    manifest_xml.verify_signature(parsed, public, str(path))
+    return parsed
+
+
+def part_paths(parsed: manifest_xml.ParsedManifest, directory: Path) -> list[Path]:
+    """The parts' files: regular files (not symlinks) in `directory`; the
+    parser has already held their names to `<name>.part.<index>`."""
+    try:
+        base = Path(directory).resolve(strict=True)
+    except OSError:
+        raise UserError(f"the parts' directory {directory} does not exist",
+                        hint="give the directory holding the parts") from None
+    paths = []
+    for index, part in enumerate(parsed.parts):
+        path = base / part.filename
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:
+            raise UserError(
+                f"part {index} of {len(parsed.parts)} is missing: {path}",
+                hint="copy or download every part listed in the manifest",
+            ) from None
+        if stat.S_ISLNK(mode):
+            raise UserError(f"part {index} ({path}) is a symlink to {os.readlink(path)}",
+                            hint="parts are files in the manifest's directory: copy them there")
+        if not stat.S_ISREG(mode):
+            raise UserError(f"part {index} ({path}) is not a regular file")
+        paths.append(path)
+    return paths
 
 
 def unbundle(
@@ -60,6 +117,7 @@ def unbundle(
     destination: Path | None = None,
     cert: Path | None = None,
     parts_dir: Path | None = None,
+    trust_unsigned: bool = False,
 ) -> UnbundleResult:
     """Verify and unpack a bundle; the image goes to `output` (or
     `destination/<image name>`)."""
@@ -67,65 +125,81 @@ def unbundle(
     _, parsed = read_manifest(manifest_path)
     source = str(manifest_path)
     key = load_private_key(privatekey)
+    checked = True
     if cert is not None:
+        # The certificate is independent of the key: check the manifest first.
         user_cert = load_certificate(cert, "user certificate")
-        if not keys_match(user_cert, key):
+        manifest_xml.verify_signature(parsed, certificate_public_key(user_cert), source)
+        found = manifest_xml.decrypt_copy(parsed, key)
+        if found is None and not keys_match(user_cert, key):
             raise UserError(
                 f"{privatekey} is not the private key of the certificate {cert}",
-                hint="pass the matching --cert and --privatekey",
+                hint="pass the matching --cert and --privatekey (or EC2's key for the bundle)",
             )
-        # The certificate is independent of the key: check the manifest first.
-        manifest_xml.verify_signature(parsed, certificate_public_key(user_cert), source)
-        aes_key, aes_iv = manifest_xml.decrypt_key_iv(parsed, key, source)
     else:
         # Only the key: a key that cannot decrypt is the clearer message.
-        aes_key, aes_iv = manifest_xml.decrypt_key_iv(parsed, key, source)
-        manifest_xml.verify_signature(parsed, key.public_key(), source)
-    if parsed.cipher_algorithm.upper() != manifest_xml.CIPHER_ALGORITHM:
-        raise UserError(f"{source}: unsupported cipher {parsed.cipher_algorithm!r}")
-    if parsed.digest_algorithm.upper() != manifest_xml.DIGEST_ALGORITHM:
-        raise UserError(f"{source}: unsupported digest {parsed.digest_algorithm!r}")
-
-    parts_dir = Path(parts_dir) if parts_dir is not None else manifest_path.parent
-    part_paths = []
-    for index, part in enumerate(parsed.parts):
-        if "/" in part.filename or part.filename in ("", ".", ".."):
-            raise UserError(f"{source}: part {index} has an unsafe file name {part.filename!r}")
-        path = parts_dir / part.filename
-        if not path.is_file():
-            raise UserError(
-                f"part {index} of {len(parsed.parts)} is missing: {path}",
-                hint="copy or download every part listed in the manifest",
-            )
-        part_paths.append(path)
-    bundled = sum(p.stat().st_size for p in part_paths)
-    if bundled != parsed.bundled_size:
-        _check_parts_digests(parsed, part_paths)  # names the altered part
+        found = manifest_xml.decrypt_copy(parsed, key)
+        if found is not None and found[0] == "user":
+            manifest_xml.verify_signature(parsed, key.public_key(), source)
+        elif found is not None:
+            if not trust_unsigned:
+                raise UserError(
+                    f"{privatekey} is EC2's key for this bundle: it decrypts the image but"
+                    " cannot check the manifest's signature (only the bundler's certificate"
+                    " can)",
+                    hint="give the bundler's certificate with --cert, or --no-verify-signature"
+                    " to unbundle without checking who made the manifest",
+                )
+            checked = False
+    if found is None:
         raise UserError(
-            f"{source}: the parts hold {bundled} bytes, the manifest says {parsed.bundled_size}"
+            f"{source}: the private key does not decrypt this bundle's key (wrong key)",
+            hint="use the private key of the certificate given at bundle time",
         )
+    _, aes_key, aes_iv = found
+
+    paths = part_paths(parsed, Path(parts_dir) if parts_dir is not None
+                       else manifest_path.parent)
+    _check_bundled_size(parsed, paths, source)
 
     if output is None:
-        name = os.path.basename(parsed.name)
-        if not name or name in (".", ".."):
-            raise UserError(f"{source}: unsafe image name {parsed.name!r}", hint="use --output")
-        output = Path(destination or ".") / name
+        output = Path(destination or ".") / parsed.name  # a plain file name (manifest_xml.NAME)
     output = Path(output)
+    if output.is_dir():
+        raise UserError(f"--output {output} is a directory",
+                        hint="give a file name, or use --destination DIR")
     output.parent.mkdir(parents=True, exist_ok=True)
-    partial = output.with_name(output.name + ".partial")
-    fd = os.open(partial, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+    tmp = temp_beside(output)
+    fd = open_private(tmp)
     try:
-        digest = _decode(parsed, part_paths, aes_key, aes_iv, fd, source)
+        digest = _decode(parsed, paths, aes_key, aes_iv, fd, source)
         os.fsync(fd)
         os.close(fd)
         fd = -1
-        os.replace(partial, output)
+        os.replace(tmp, output)
     except BaseException:
         if fd >= 0:
             os.close(fd)
-        partial.unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return UnbundleResult(output, parsed.size, digest, len(part_paths))
+    fsync_dir(output.parent)
+    return UnbundleResult(output, parsed.size, digest, len(paths), checked)
+
+
+def check_parts(parsed: manifest_xml.ParsedManifest, paths: list[Path], source: str) -> None:
+    """Every part holds the bytes the manifest lists (its SHA-1), and no more."""
+    _check_bundled_size(parsed, paths, source)
+    _check_parts_digests(parsed, paths)
+
+
+def _check_bundled_size(parsed: manifest_xml.ParsedManifest, paths: list[Path],
+                        source: str) -> None:
+    bundled = sum(p.stat().st_size for p in paths)
+    if bundled != parsed.bundled_size:
+        _check_parts_digests(parsed, paths)  # names the altered part
+        raise UserError(
+            f"{source}: the parts hold {bundled} bytes, the manifest says {parsed.bundled_size}"
+        )
 
 
 def _check_parts_digests(parsed: manifest_xml.ParsedManifest, paths: list[Path]) -> None:
@@ -136,7 +210,7 @@ def _check_parts_digests(parsed: manifest_xml.ParsedManifest, paths: list[Path])
 def _check_part(index: int, part: manifest_xml.Part, path: Path, count: int) -> None:
     sha1 = hashlib.sha1()
     size = 0
-    with open(path, "rb", buffering=0) as f:
+    with _open_part(path) as f:
         while block := f.read(READ_SIZE):
             sha1.update(block)
             size += len(block)
@@ -146,6 +220,15 @@ def _check_part(index: int, part: manifest_xml.Part, path: Path, count: int) -> 
             f" {sha1.hexdigest()} ({size} bytes), the manifest says {part.sha1}",
             hint="copy or download this part again",
         )
+
+
+def _open_part(path: Path) -> BinaryIO:
+    """A part checked by part_paths, opened without following a symlink."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise UserError(f"{path} is not a regular file")
+    return os.fdopen(fd, "rb", buffering=0)
 
 
 def _decode(
@@ -177,7 +260,7 @@ def _decode(
     try:
         for index, (part, path) in enumerate(zip(parsed.parts, part_paths, strict=True)):
             _check_part(index, part, path, len(part_paths))
-            with open(path, "rb", buffering=0) as f:
+            with _open_part(path) as f:
                 while block := f.read(READ_SIZE):
                     push(unpadder.update(decryptor.update(block)))
         try:

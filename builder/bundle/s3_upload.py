@@ -38,7 +38,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from builder.bundle.reader import read_manifest
+from builder.bundle.reader import part_paths, read_manifest
 from builder.errors import UserError
 
 log = logging.getLogger("amibake.bundle.s3")
@@ -107,13 +107,7 @@ def upload_bundle(
     manifest_path = Path(manifest_path)
     _, parsed = read_manifest(manifest_path)
     bucket, prefix = split_location(location)
-    files = [manifest_path.parent / p.filename for p in parsed.parts]
-    for index, path in enumerate(files):
-        if not path.is_file():
-            raise UserError(
-                f"part {index} of {len(files)} is missing: {path}",
-                hint="bundle again, or copy every part next to the manifest",
-            )
+    files = part_paths(parsed, manifest_path.parent)  # files beside it, never a symlink out
     region = s3.meta.region_name or "us-east-1"
     created = ensure_bucket(s3, bucket, region, sleep=sleep, settings=settings)
     uploader = _Uploader(s3, bucket, settings, sleep)

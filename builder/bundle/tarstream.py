@@ -68,9 +68,9 @@ def member_header(name: str, size: int, mtime: int, extents: list[Extent] | None
     header[297:301] = b"root"
     ext_blocks: list[bytes] = []
     if extents is not None:
-        entries = list(extents)
-        if not entries or entries[-1].offset + entries[-1].length < size:
-            entries.append(Extent(size, 0))  # as GNU tar: the last entry ends the file
+        # as GNU tar: a final (size, 0) entry ends the map, whether or not the
+        # file ends in a hole
+        entries = [*extents, Extent(size, 0)]
         head, rest = entries[:_HEADER_SPARSE_SLOTS], entries[_HEADER_SPARSE_SLOTS:]
         header[386 : 386 + 24 * len(head)] = _sparse_entries(head)
         header[482] = 1 if rest else 0
@@ -242,6 +242,11 @@ class TarReceiver:
     def _start_data(self) -> None:
         if sum(e.length for e in self._map) != self._stored_left:
             raise TarFormatError("the sparse map does not add up to the stored size")
+        end = 0
+        for extent in self._map:
+            if extent.offset < end or extent.offset + extent.length > self.size:
+                raise TarFormatError("the sparse map overlaps itself or runs past the file's end")
+            end = extent.offset + extent.length
         self._map_index = 0
         self._in_extent = 0
         self._state = "data" if self._stored_left + self._pad_left else "header"

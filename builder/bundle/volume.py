@@ -1,12 +1,14 @@
 """`bundle --volume DIR`: a filesystem image of a running system's tree.
 
 Like ec2-bundle-vol: the tree (usually `/`) is copied with rsync, leaving
-out the contents of /mnt, /proc, /sys, /dev, /tmp and /run (their
-directories stay, as mount points), the bundle's own destination, files that
-hold secrets (keys, shell histories; `filter_sensitive`) and the user's
-excludes; then `mkfs.ext4 -d` turns the copy into an ext4 image without any
-mount or loop device. The copy lives next to the image, in the destination,
-and is removed whatever happens; a failed run removes the image too.
+out the user's excludes, the contents of /mnt, /proc, /sys, /dev, /tmp and
+/run (their directories stay, as mount points), the bundle's own
+destination, and files that hold secrets (`SENSITIVE_RULES`: password
+hashes, private keys, credentials, histories, cloud-init's instance data,
+logs, amibake's own env files; `filter_sensitive`); then `mkfs.ext4 -d`
+turns the copy into an ext4 image without any mount or loop device. The
+copy lives next to the image, in the destination, and is removed whatever
+happens; a failed run removes the image too.
 """
 
 from __future__ import annotations
@@ -23,11 +25,29 @@ from builder.errors import UserError
 from builder.proc import run
 
 SYSTEM_EXCLUDES = ("/mnt", "/proc", "/sys", "/dev", "/tmp", "/run")
-# what ec2-bundle-vol filters unless --no-filter (secrets must not ship in an AMI)
-SENSITIVE_PATTERNS = (
-    "*.pem", "*.priv", "*.gpg", "*.jks", "*id_rsa*", "*id_dsa*", "*id_ecdsa*", "*id_ed25519*",
-    ".bash_history", ".zsh_history", ".gnupg/", ".ssh/authorized_keys",
-    "/etc/ssh/ssh_host_*_key", "/etc/udev/rules.d/*-persistent-net.rules",
+#: Secrets must not ship in an AMI (left out unless --no-filter), as rsync
+#: filter rules in order, first match wins: ("-", pattern) leaves out, ("+",
+#: pattern) keeps what a later rule would leave out. A pattern starting with
+#: '/' is anchored at the tree's root; one without matches at any depth.
+SENSITIVE_RULES: tuple[tuple[str, str], ...] = (
+    # amibake's own environment (database password, secrets) and state
+    ("-", "/etc/amibake/*.env"), ("-", "/var/lib/amibake"),
+    # the system's password hashes and private keys
+    ("-", "/etc/shadow*"), ("-", "/etc/gshadow*"), ("-", "/etc/ssl/private/*"),
+    ("-", "/etc/ssh/ssh_host_*key"),
+    # cloud-init's stored user-data, metadata and per-instance state
+    ("-", "/var/lib/cloud/instance*"),
+    # logs: the directories stay (services expect them), their contents go
+    ("+", "/var/log/**/"), ("-", "/var/log/**"),
+    # users' credentials and histories, wherever their home is
+    ("-", ".aws/"), ("-", ".netrc"), ("-", ".pgpass"), ("-", ".docker/config.json"),
+    ("-", ".gnupg/"), ("-", ".ssh/authorized_keys"),
+    ("-", ".*history"), ("-", ".lesshst"), ("-", ".viminfo"),
+    # private keys by name (what ec2-bundle-vol filters); public halves stay
+    ("+", "*.pub"), ("-", ".ssh/id_*"),
+    ("-", "*.pem"), ("-", "*.priv"), ("-", "*.gpg"), ("-", "*.jks"), ("-", "*id_rsa*"),
+    ("-", "*id_dsa*"), ("-", "*id_ecdsa*"), ("-", "*id_ed25519*"),
+    ("-", "/etc/udev/rules.d/*-persistent-net.rules"),
 )
 MiB = 1024 * 1024
 
@@ -42,30 +62,38 @@ class VolumeRequest:
     filter_sensitive: bool = True
 
 
-def rsync_filters(source: Path, request: VolumeRequest) -> list[str]:
-    """rsync --exclude arguments, anchored at the tree's root."""
-    args: list[str] = []
-    for system in SYSTEM_EXCLUDES:
-        args += ["--exclude", f"{system}/*"]
+def filter_rules(source: Path, request: VolumeRequest) -> list[tuple[str, str]]:
+    """(rule, pattern) pairs, "-" leaves out and "+" keeps, first match wins:
+    the user's excludes, the mount points' contents, the bundle's own
+    destination, then the secrets (SENSITIVE_RULES)."""
+    rules: list[tuple[str, str]] = []
     source = source.resolve()
-    inside = [request.image.parent.resolve()]
-    for path in inside:
-        if path == source:
-            raise UserError(
-                f"the destination {path} is the volume itself",
-                hint="put the bundle in a directory that is excluded, e.g. /mnt",
-            )
-        if path.is_relative_to(source):
-            args += ["--exclude", "/" + str(path.relative_to(source))]
     for pattern in request.excludes:
         if pattern.startswith("/"):
             p = Path(pattern)
             if p.is_relative_to(source) and source != Path("/"):
                 pattern = "/" + str(p.relative_to(source))
-        args += ["--exclude", pattern]
+        rules.append(("-", pattern))
+    for system in SYSTEM_EXCLUDES:
+        rules.append(("-", f"{system}/*"))
+    destination = request.image.parent.resolve()
+    if destination == source:
+        raise UserError(
+            f"the destination {destination} is the volume itself",
+            hint="put the bundle in a directory that is excluded, e.g. /mnt",
+        )
+    if destination.is_relative_to(source):
+        rules.append(("-", "/" + str(destination.relative_to(source))))
     if request.filter_sensitive:
-        for pattern in SENSITIVE_PATTERNS:
-            args += ["--exclude", pattern]
+        rules += SENSITIVE_RULES
+    return rules
+
+
+def rsync_filters(source: Path, request: VolumeRequest) -> list[str]:
+    """`filter_rules` as rsync --include/--exclude arguments, in order."""
+    args: list[str] = []
+    for rule, pattern in filter_rules(source, request):
+        args += ["--exclude" if rule == "-" else "--include", pattern]
     return args
 
 

@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from builder import __version__
+from builder.atomic import open_private, write_atomically
 from builder.bundle import manifest_xml
 from builder.bundle.certs import BundleCredentials, certificate_public_key
 from builder.bundle.gzip_parallel import Engine, choose_engine, parallel_gzip
@@ -63,10 +64,11 @@ class BundleResult:
 
 
 def check_prefix(prefix: str) -> str:
-    if not prefix or "/" in prefix or prefix.startswith(".") or len(prefix.encode()) > 99:
+    """A prefix the manifest's <name> grammar admits, short enough for a tar name."""
+    if not manifest_xml.NAME.pattern.fullmatch(prefix) or len(prefix) > 99:
         raise UserError(
             f"invalid bundle prefix {prefix!r}",
-            hint="a file name of 1-99 bytes, without '/', not starting with '.'",
+            hint="1-99 letters, digits and _.+=,@:~()[]- (no '/', no leading '.')",
         )
     return prefix
 
@@ -129,12 +131,9 @@ def bundle_image(request: BundleRequest, creds: BundleCredentials) -> BundleResu
             certificate_public_key(creds.user_cert),
             certificate_public_key(creds.ec2_cert),
         )
-        tmp = manifest_path.with_name(manifest_path.name + ".tmp")
-        tmp.write_bytes(document)
-        os.replace(tmp, manifest_path)
+        write_atomically(manifest_path, document, mode=0o644)
     except BaseException:
         parts.remove()
-        manifest_path.with_name(manifest_path.name + ".tmp").unlink(missing_ok=True)
         raise
     return BundleResult(manifest_path, tuple(destination / p.filename for p in written), manifest)
 
@@ -177,8 +176,9 @@ class _PartWriter:
 
     def _open_next(self) -> None:
         path = self._dir / self._name(len(self._parts))
+        path.unlink(missing_ok=True)  # a new file, never through a planted symlink
+        self._fd = open_private(path, 0o644)
         self._created.append(path)
-        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         self._sha1 = hashlib.sha1()
         self._written = 0
 

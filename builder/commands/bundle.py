@@ -63,7 +63,11 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("-e", "--exclude", action="append", default=[], metavar="PATH[,PATH]",
                    help="--volume: paths or rsync patterns to leave out (repeatable)")
     p.add_argument("--no-filter", action="store_true",
-                   help="--volume: keep keys, histories and other secrets")
+                   help="--volume: keep password hashes, keys, credentials, histories, "
+                   "logs and cloud-init's instance data (left out by default)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what would be bundled (with --volume: every rule of what is "
+                   "left out) and write nothing")
     p.add_argument("-s", "--size", type=int, default=0, metavar="MiB",
                    help="--volume: filesystem size (default: the tree's size + headroom)")
     p.add_argument("--images", "--store", dest="images", type=Path, default=None,
@@ -83,21 +87,40 @@ def parse_mapping(text: str | None) -> dict[str, str] | None:
     return mapping
 
 
+def resolve_stored(store: Any, ref: str) -> Any:
+    """The stored image `ref` names; a path or a bad version is one line, not a traceback."""
+    from packaging.version import InvalidVersion
+
+    name, _, version = ref.replace("/", ":").partition(":")
+    if not name or ref.startswith((".", "~")) or ref.count("/") + ref.count(":") > 1:
+        raise UserError(f"--image {ref!r} is not a stored image NAME[:VERSION]",
+                        hint="for a disk image file use --disk PATH")
+    try:
+        return store.resolve(ref)
+    except InvalidVersion:
+        raise UserError(f"--image {ref!r}: {version!r} is not a version",
+                        hint="NAME, NAME:VERSION (e.g. smallpayroll:1.2.0) or img-<id>;"
+                        " for a disk image file use --disk PATH") from None
+
+
 def run(args: argparse.Namespace, out: Output) -> int:
     from builder.bundle.certs import BundleCredentials
-    from builder.bundle.volume import VolumeRequest, make_volume_image, parse_excludes
+    from builder.bundle.volume import (
+        VolumeRequest,
+        filter_rules,
+        make_volume_image,
+        parse_excludes,
+    )
     from builder.bundle.writer import BundleRequest, bundle_image, check_prefix, check_user
 
-    creds = BundleCredentials.load(require(args.cert, "--cert"),
-                                   require(args.privatekey, "--privatekey"),
-                                   require(args.ec2cert, "--ec2cert"))
-    user = check_user(require(args.user, "--user"))
+    if not args.volume and (args.exclude or args.no_filter or args.size):
+        raise UserError("--exclude, --no-filter and --size go with --volume")
     arch = args.arch or ""
     transient: Path | None = None
     if args.image:
         from builder.store import Store, default_store_root
 
-        stored = Store(args.images or default_store_root()).resolve(args.image)
+        stored = resolve_stored(Store(args.images or default_store_root()), args.image)
         disk, prefix = stored.disk_path, f"{stored.name}-{stored.version}"
         arch = arch or stored.architecture
     elif args.disk:
@@ -106,14 +129,32 @@ def run(args: argparse.Namespace, out: Output) -> int:
         prefix = "image"
     prefix = check_prefix(args.prefix or prefix)
     destination = args.destination or Path("bundles") / prefix
+    volume = None
     if args.volume:
-        transient = disk = destination / prefix
+        disk = destination / prefix
+        volume = VolumeRequest(source=args.volume, image=disk,
+                               excludes=parse_excludes(args.exclude), size_mib=args.size,
+                               filter_sensitive=not args.no_filter)
+    if args.dry_run:
+        rules = filter_rules(Path(args.volume), volume) if volume else []
+        out.result(
+            {"dry_run": True, "source": str(args.volume or disk), "prefix": prefix,
+             "destination": str(destination),
+             "filters": [{"rule": "include" if r == "+" else "exclude", "pattern": p}
+                          for r, p in rules]},
+            text="\n".join([f"would bundle {args.volume or disk} as {prefix} into {destination}",
+                            *(f"  {'keep' if r == '+' else 'leave out'} {p}"
+                              for r, p in rules)]),
+        )
+        return 0
+    creds = BundleCredentials.load(require(args.cert, "--cert"),
+                                   require(args.privatekey, "--privatekey"),
+                                   require(args.ec2cert, "--ec2cert"))
+    user = check_user(require(args.user, "--user"))
+    if volume is not None:
+        transient = disk
         out.say(f"imaging {args.volume} into {disk} ...")
-        make_volume_image(VolumeRequest(
-            source=args.volume, image=disk, excludes=parse_excludes(args.exclude),
-            size_mib=args.size, filter_sensitive=not args.no_filter))
-    elif args.exclude or args.no_filter or args.size:
-        raise UserError("--exclude, --no-filter and --size go with --volume")
+        make_volume_image(volume)
     request = BundleRequest(image=disk, destination=destination, prefix=prefix, user=user,
                             architecture=arch or "x86_64")
     mapping = parse_mapping(args.block_device_mapping)

@@ -15,7 +15,9 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
         "unbundle", parents=[parent], help="verify a bundle and reassemble its image",
         description="Check the manifest's signature, every part's SHA-1 and the image "
-        "digest, decrypt with your private key and write the image, byte for byte.",
+        "digest, decrypt with your private key and write the image, byte for byte. "
+        "EC2's private key decrypts a bundle too (as euca-unbundle -k), but only the "
+        "bundler's --cert can check the signature then.",
     )
     p.add_argument("-m", "--manifest", type=Path, required=True, metavar="FILE",
                    help="<prefix>.manifest.xml")
@@ -26,6 +28,9 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     where.add_argument("-o", "--output", type=Path, metavar="FILE", help="the image file")
     p.add_argument("-s", "--source", type=Path, metavar="DIR",
                    help="directory holding the parts (default: the manifest's)")
+    p.add_argument("--no-verify-signature", action="store_true",
+                   help="with EC2's private key and no --cert: unbundle although the "
+                   "manifest's signature cannot be checked (a warning says so)")
     p.set_defaults(func=run)
 
 
@@ -35,10 +40,15 @@ def run(args: argparse.Namespace, out: Output) -> int:
 
     result = unbundle(args.manifest, require(args.privatekey, "--privatekey"),
                       output=args.output, destination=args.destination, cert=args.cert,
-                      parts_dir=args.source)
+                      parts_dir=args.source, trust_unsigned=args.no_verify_signature)
+    if not result.signature_checked:  # shown with --json too: it is a warning, not progress
+        print(f"amibake: warning: the signature of {args.manifest} was NOT checked (EC2's key"
+              " cannot check it): the image is intact as the manifest describes it, but"
+              " nothing shows who made the manifest", file=out.stderr, flush=True)
     out.result(
         {"image": str(result.image_path), "size": result.size, "digest": result.digest,
-         "parts": result.parts, "verified": True},
-        text=f"verified {result.parts} parts; wrote {result.image_path} ({result.size} bytes)",
+         "parts": result.parts, "verified": result.signature_checked},
+        text=f"{'verified' if result.signature_checked else 'UNSIGNED, checked'}"
+        f" {result.parts} parts; wrote {result.image_path} ({result.size} bytes)",
     )
     return 0

@@ -12,15 +12,19 @@ from builder.output import Output
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     from builder.aws.clients import add_aws_options
+    from builder.commands.bundle import add_key_options
 
     p = subparsers.add_parser(
         "upload-bundle", parents=[parent], help="upload a bundle to S3",
-        description="Upload the parts listed in a bundle manifest, then the manifest, to "
-        "s3://BUCKET/PREFIX/. The bucket is created (public access blocked) if missing. "
+        description="Check the manifest's signature and every part (named <image>.part.N, "
+        "a file beside the manifest), then upload the parts, then the manifest, to "
+        "s3://BUCKET/PREFIX/. Nothing is sent unless all of that holds (each part's SHA-1 "
+        "too). The bucket is created (public access blocked) if missing. "
         "Files already there with the same SHA-256 are skipped, so a failed upload resumes.",
     )
     p.add_argument("-m", "--manifest", type=Path, required=True, metavar="FILE",
                    help="<prefix>.manifest.xml (the parts are beside it)")
+    add_key_options(p, ec2cert=False)  # the signature is checked before anything is sent
     p.add_argument("-b", "--bucket", required=True, metavar="BUCKET[/PREFIX]",
                    help="where the bundle goes")
     p.add_argument("--acl", default="aws-exec-read",
@@ -37,10 +41,15 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, out: Output) -> int:
     from builder.aws.clients import NO_CREDENTIALS_HINT, make_clients, target_from_args
+    from builder.bundle.reader import check_parts, part_paths, verified_manifest
     from builder.bundle.s3_upload import UploadSettings, upload_bundle
 
     if args.retry < 1 or args.concurrency < 1:
         raise UserError("--retry and --concurrency must be at least 1")
+    # Before any client exists: a forged or altered manifest, a part name that
+    # points anywhere but beside the manifest, or an altered part sends nothing.
+    parsed = verified_manifest(args.manifest, cert=args.cert, privatekey=args.privatekey)
+    check_parts(parsed, part_paths(parsed, args.manifest.parent), str(args.manifest))
     clients = make_clients(target_from_args(args))
     if clients is None:
         raise UserError("no AWS credentials configured: nothing was uploaded",
