@@ -8,7 +8,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 
 
@@ -70,3 +70,23 @@ def make_pki(dir: Path) -> Pki:
         out.append(_write(dir, stem, cert, key))
     (cert, key), (ec2_cert, ec2_key), (other_cert, other_key) = out
     return Pki(cert, key, ec2_cert, ec2_key, other_cert, other_key)
+
+
+def signed_section(data: bytes, tag: str) -> bytes:
+    """The first `<tag>…</tag>` of a manifest, found as the AMI tools do
+    (XMLUtil.get_xml: a plain search of the re-serialised document)."""
+    start = data.index(b"<%s>" % tag.encode())
+    end = data.index(b"</%s>" % tag.encode()) + len(tag) + 3
+    return data[start:end]
+
+
+def resign(data: bytes, key_path: Path) -> bytes:
+    """`data` (a compact manifest, as amibake writes it) signed again with
+    `key_path`: what a careless user, or a stolen key, could produce."""
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    assert isinstance(key, rsa.RSAPrivateKey)
+
+    signed = signed_section(data, "machine_configuration") + signed_section(data, "image")
+    signature = key.sign(signed, padding.PKCS1v15(), hashes.SHA1()).hex().encode()
+    head, _, rest = data.partition(b"<signature>")
+    return head + b"<signature>" + signature + b"</signature>" + rest.partition(b"</signature>")[2]

@@ -6,7 +6,9 @@ import hashlib
 import json
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import boto3
 import pytest
@@ -14,7 +16,7 @@ from moto import mock_aws
 
 from builder.cli import main
 from tests.aws_fixtures import AWS_ENV, make_stored_image
-from tests.bundle_pki import Pki, make_pki
+from tests.bundle_pki import Pki, make_pki, resign
 
 MiB = 1024 * 1024
 
@@ -183,3 +185,172 @@ def test_live_root_excludes() -> None:
     assert "*.pem" not in unfiltered
     with pytest.raises(UserError, match="is the volume itself"):
         rsync_filters(Path("/srv"), VolumeRequest(source=Path("/srv"), image=Path("/srv/img")))
+
+
+# ------------------------------------------ secrets stay out of --volume images
+
+SECRETS = (  # every file here holds the marker; none may reach the image
+    "etc/amibake/app.env", "etc/amibake/db.env", "var/lib/amibake/state.json",
+    "etc/shadow", "etc/shadow-", "etc/gshadow", "etc/gshadow-",
+    "etc/ssl/private/ssl-cert-snakeoil.key",
+    "etc/ssh/ssh_host_ed25519_key", "etc/ssh/ssh_host_rsa_key",
+    "root/.ssh/id_ed25519", "home/admin/.ssh/id_rsa", "home/admin/.ssh/authorized_keys",
+    "root/.aws/credentials", "root/.aws/config", "home/admin/.netrc", "home/admin/.pgpass",
+    "home/admin/.docker/config.json", "root/.bash_history", "home/admin/.zsh_history",
+    "home/admin/.psql_history", "home/admin/.mysql_history",
+    "var/lib/cloud/instances/i-0123/user-data.txt", "var/lib/cloud/instances/i-0123/obj.pkl",
+    "var/log/syslog", "var/log/nginx/access.log", "srv/cache/session.db",
+)
+KEPT = ("etc/hostname", "etc/passwd", "etc/amibake/roles.yaml", "etc/ssh/sshd_config",
+        "etc/ssh/ssh_host_ed25519_key.pub", "root/.ssh/id_ed25519.pub",
+        "home/admin/.bashrc", "home/admin/.docker/readme.txt", "var/lib/cloud/data/ok.txt")
+MARKER = b"SECRET-c0ffee-MARKER"
+
+
+def test_volume_leaves_every_secret_out(tmp_path: Path, pki: Pki,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    tree = tmp_path / "root"
+    for rel in SECRETS:
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_bytes(MARKER + b" " + rel.encode() + b"\n")
+    for rel in KEPT:
+        (tree / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel).write_text(f"harmless {rel}\n")
+    (tree / "var/lib/cloud/instance").symlink_to("instances/i-0123")
+    dest = tmp_path / "out"
+    argv = ["bundle", "--volume", str(tree), "-d", str(dest), "-p", "vol.img",
+            "-e", "/srv/cache", *keys(pki)]
+    plan = run_json([*argv, "--dry-run"], capsys)
+    shown = {f["pattern"] for f in plan["filters"] if f["rule"] == "exclude"}
+    assert {"/etc/shadow*", "/etc/gshadow*", "/etc/ssl/private/*", "/etc/ssh/ssh_host_*key",
+            ".ssh/id_*", ".aws/", ".netrc", ".pgpass", ".docker/config.json", ".*history",
+            "/var/lib/cloud/instance*", "/var/log/**", "/etc/amibake/*.env",
+            "/var/lib/amibake", "/srv/cache"} <= shown
+    assert not dest.exists()  # a dry run writes nothing
+    doc = run_json(argv, capsys)
+    image = tmp_path / "vol.img"
+    run_json(["unbundle", "-m", doc["manifest"], "-k", str(pki.key), "-c", str(pki.cert),
+              "-o", str(image)], capsys)
+    with open(image, "rb") as f:  # not in any file, directory entry or free block
+        while block := f.read(MiB):
+            assert MARKER not in block
+    out = tmp_path / "extracted"
+    out.mkdir()
+    subprocess.run(["debugfs", "-R", f"rdump / {out}", str(image)], check=True,
+                   capture_output=True)
+    files = {str(p.relative_to(out)) for p in out.rglob("*")
+             if not p.is_dir() or p.is_symlink()}
+    assert files == set(KEPT)
+    for kept_dir in ("etc/ssl/private", "var/log", "var/log/nginx", "var/lib/cloud",
+                     "srv"):
+        assert (out / kept_dir).is_dir(), kept_dir
+
+
+# ------------------------------------- upload-bundle checks before it sends anything
+
+
+@pytest.fixture
+def upload_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    with mock_aws():
+        yield boto3.client("s3", region_name="eu-west-1")
+
+
+def _small_bundle(tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]) -> Path:
+    disk = tmp_path / "d.img"
+    disk.write_bytes(os.urandom(15 * MiB))
+    doc = run_json(["bundle", "--disk", str(disk), "-d", str(tmp_path / "b"), *keys(pki)],
+                   capsys)
+    return Path(doc["manifest"])
+
+
+def _refused_upload(manifest: Path, pki: Pki, capsys: pytest.CaptureFixture[str],
+                    s3: Any, cert: Path | None = None) -> str:
+    code = main(["upload-bundle", "-m", str(manifest), "-b", "my-bundles/x",
+                 "--region", "eu-west-1", "--cert", str(cert or pki.cert)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert s3.list_buckets()["Buckets"] == []  # nothing was sent: not even a bucket
+    return err[0]
+
+
+def test_upload_bundle_refuses_a_tampered_part(tmp_path: Path, pki: Pki, upload_env: Any,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = _small_bundle(tmp_path, pki, capsys)
+    part = manifest.parent / "d.img.part.01"
+    data = bytearray(part.read_bytes())
+    data[1000] ^= 1
+    part.write_bytes(bytes(data))
+    assert "part 1 of 2" in _refused_upload(manifest, pki, capsys, upload_env)
+
+
+def test_upload_bundle_refuses_a_path_traversal(tmp_path: Path, pki: Pki, upload_env: Any,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """`<filename>../../etc/shadow</filename>`, even signed with the user's own key."""
+    manifest = _small_bundle(tmp_path, pki, capsys)
+    data = manifest.read_bytes().replace(b"<filename>d.img.part.00<",
+                                         b"<filename>../../etc/shadow<")
+    manifest.write_bytes(resign(data, pki.key))
+    line = _refused_upload(manifest, pki, capsys, upload_env)
+    assert "part 0 is named '../../etc/shadow', not d.img.part.0" in line
+
+
+def test_upload_bundle_refuses_symlinked_part_and_wrong_signer(
+        tmp_path: Path, pki: Pki, upload_env: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = _small_bundle(tmp_path, pki, capsys)
+    assert "signature does not verify" in _refused_upload(manifest, pki, capsys, upload_env,
+                                                          cert=pki.other_cert)
+    secret = tmp_path / "secret"
+    secret.write_text("not for S3\n")
+    part = manifest.parent / "d.img.part.00"
+    part.unlink()
+    part.symlink_to(secret)
+    assert "is a symlink" in _refused_upload(manifest, pki, capsys, upload_env)
+
+
+# ------------------------------------------------------------ one line, no traceback
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path: Path, pki: Pki,
+                                        capsys: pytest.CaptureFixture[str]) -> None:
+    huge = tmp_path / "huge.xml"
+    with open(huge, "wb") as f:
+        f.truncate(64 * MiB)
+    binary = tmp_path / "binary.xml"
+    binary.write_bytes(os.urandom(4096))
+    latin1 = tmp_path / "latin1.xml"
+    latin1.write_bytes("<?xml version='1.0'?><manifest>caf\xe9</manifest>".encode("latin-1"))
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    key = ["-k", str(pki.key)]
+    disk = tmp_path / "one.img"
+    disk.write_bytes(b"x")
+    good = run_json(["bundle", "--disk", str(disk), "-d", str(tmp_path / "b"), *keys(pki)],
+                    capsys)["manifest"]
+    cases = {
+        ("unbundle", "-m", str(tmp_path), *key): "is a directory",
+        ("unbundle", "-m", "/dev/zero", *key): "not a regular file",
+        ("unbundle", "-m", str(fifo), *key): "not a regular file",
+        ("unbundle", "-m", str(huge), *key): "more than a manifest can be",
+        ("unbundle", "-m", str(binary), *key): "not UTF-8",
+        ("unbundle", "-m", str(latin1), *key): "not UTF-8",
+        ("unbundle", "-m", str(tmp_path / "none.xml"), *key): "manifest not found",
+        ("unbundle", "-m", good, "-k", str(binary)): "not an unencrypted RSA private key",
+        ("unbundle", "-m", good, "-k", "/dev/zero"): "not a regular file",
+        ("unbundle", "-m", good, "-k", str(pki.cert)): "not an unencrypted RSA",
+        ("unbundle", "-m", good, *key, "-c", str(huge)): "more than a user certificate can be",
+        ("unbundle", "-m", good, *key, "-o", str(tmp_path)): "is a directory",
+        ("bundle", "--image", "/a/path", *keys(pki)): "is not a stored image NAME[:VERSION]",
+        ("bundle", "--image", "smallpayroll:x.y", "--images", str(tmp_path), *keys(pki)):
+            "is not a version",
+        ("bundle", "--disk", str(binary), "--cert", str(binary), "--privatekey",
+         str(pki.key), "--ec2cert", str(pki.ec2_cert), "--user", "123456789012"):
+            "not an X.509 certificate",
+    }
+    for argv, message in cases.items():
+        assert main(list(argv)) == 1, argv
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (argv, err)
+        assert "Traceback" not in err[0]

@@ -10,6 +10,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding
 
 from builder.bundle import manifest_xml
 from builder.bundle.certs import BundleCredentials, load_private_key
@@ -472,3 +474,109 @@ def test_tar_receiver_rejects_malformed_streams() -> None:
     ok = receiver()
     ok.feed(header + b"hello" + bytes(507 + 1024))
     assert ok.done and ok.name == "disk.raw" and ok.size == 5
+
+
+# ------------------------------------------- canonical form: what REXML writes
+
+# What ec2-migrate-manifest (ec2-ami-tools 1.5) does before it checks a
+# manifest: parse it with REXML, write it back (to_s), take the first
+# <machine_configuration>…</…> and <image>…</…> of that text and verify the
+# signature over the two with the user's certificate. Run with bookworm's Ruby.
+REXML_CHECK = r"""
+require "rexml/document"
+require "openssl"
+manifest, cert = ARGV
+text = File.read(manifest)
+written = REXML::Document.new(text).to_s
+section = lambda do |tag|
+  first = written.index("<#{tag}>")
+  last = written.index("</#{tag}>") + "</#{tag}>".size
+  written[first...last]
+end
+signed = section.call("machine_configuration") + section.call("image")
+signature = [REXML::Document.new(text).root.elements["signature"].text].pack("H*")
+key = OpenSSL::X509::Certificate.new(File.read(cert)).public_key
+puts "same=#{written == text}"
+puts "verified=#{key.verify(OpenSSL::Digest::SHA1.new, signature, signed)}"
+STDOUT.write(signed)
+"""
+
+
+def rexml_check(manifest: Path, cert: Path) -> tuple[bool, bool, bytes]:
+    """(REXML writes the file back unchanged, the signature verifies, signed bytes)."""
+    proc = subprocess.run(["ruby", "-e", REXML_CHECK, str(manifest), str(cert)],
+                          capture_output=True, check=True)
+    same, verified, signed = proc.stdout.split(b"\n", 2)
+    return same == b"same=true", verified == b"verified=true", signed
+
+
+def test_rexml_round_trip_verifies_amibake_manifest(sample: BundleResult, pki: Pki) -> None:
+    """Byte for byte the form the AMI tools re-serialise to: their check passes."""
+    data = sample.manifest_path.read_bytes()
+    assert b"<digest algorithm='SHA1'>" in data and b'"' not in data
+    same, verified, signed = rexml_check(sample.manifest_path, pki.cert)
+    assert same and verified
+    assert signed == manifest_xml.parse(data, "m").signed_bytes
+
+
+def test_canonical_bytes_are_rexmls_for_other_writers(sample: BundleResult, pki: Pki,
+                                                      tmp_path: Path) -> None:
+    """A manifest written another way (double quotes, indented) is checked over
+    REXML's bytes of it, so a signature the AMI tools accept verifies here."""
+    data = sample.manifest_path.read_bytes()
+    other = re.sub(rb"='([^']*)'", rb'="\1"', data)  # attributes in double quotes
+    other = other.replace(b"><", b">\n  <")  # and indented
+    path = tmp_path / "other.manifest.xml"
+    path.write_bytes(other)
+    same, verified, rexml_signed = rexml_check(path, pki.cert)
+    assert not same and not verified  # REXML's bytes differ from what was signed
+    parsed = manifest_xml.parse(other, "other")
+    assert parsed.signed_bytes == rexml_signed  # amibake checks exactly REXML's bytes
+    # signed over REXML's bytes (as the AMI tools sign), it verifies in both
+    key = load_private_key(pki.key)
+    signature = key.sign(rexml_signed, padding.PKCS1v15(), hashes.SHA1()).hex().encode()
+    path.write_bytes(re.sub(rb"<signature>[0-9a-f]+</signature>",
+                            b"<signature>" + signature + b"</signature>", other))
+    assert rexml_check(path, pki.cert)[1]
+    manifest_xml.verify_signature(manifest_xml.parse(path.read_bytes(), "other"),
+                                  load_private_key(pki.key).public_key(), "other")
+
+
+# --------------------------------------------- the sparse map, as GNU tar has it
+
+
+@pytest.mark.parametrize("layout", ["ends-in-data", "ends-in-hole", "many-extents",
+                                    "starts-with-hole"])
+def test_sparse_map_is_gnu_tars(tmp_path: Path, layout: str) -> None:
+    """The sparse header (map, real size, extension blocks) equals GNU tar's."""
+    from builder.bundle.tarstream import member_header
+
+    image = tmp_path / "disk.raw"
+    with open(image, "wb") as f:
+        if layout == "ends-in-data":
+            f.write(b"a" * 4096)
+            f.seek(1 * MiB)
+            f.write(b"b" * 8192)
+        elif layout == "ends-in-hole":
+            f.write(b"a" * 4096)
+            f.truncate(2 * MiB)
+        elif layout == "many-extents":
+            for i in range(30):
+                f.seek(i * 64 * 1024)
+                f.write(b"x" * 4096)
+        else:
+            f.seek(1 * MiB)
+            f.write(b"b" * 4096)
+    gnu = subprocess.run(["tar", "-cS", "--format=gnu", "-f", "-", image.name],
+                         cwd=tmp_path, capture_output=True, check=True).stdout
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        extents = data_extents(fd, image.stat().st_size)
+    finally:
+        os.close(fd)
+    ours = member_header(image.name, image.stat().st_size, 0, extents)
+    assert gnu[156:157] == ours[156:157] == b"S"
+    assert ours[386:495] == gnu[386:495]  # map, isextended, realsize
+    blocks = len(ours) // 512 - 1
+    assert gnu[512 : 512 * (1 + blocks)] == ours[512:]  # extension blocks
+    assert (layout == "many-extents") == (blocks > 0)
