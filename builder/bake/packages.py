@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from builder.bake.tree import in_tree
 from builder.proc import run
 
 
@@ -11,7 +12,7 @@ def dpkg_packages(tree: Path) -> dict[str, str]:
     """Installed packages (status `ii`) → version, sorted by name."""
     proc = run(
         [
-            "dpkg-query", f"--admindir={tree / 'var/lib/dpkg'}", "-W",
+            "dpkg-query", f"--admindir={in_tree(tree, '/var/lib/dpkg')}", "-W",
             "-f=${db:Status-Abbrev}\t${Package}\t${Version}\n",
         ],
         capture=True,

@@ -33,6 +33,7 @@ from builder.bake import bootloader, disk, rootfs
 from builder.bake.cache import LayerCache
 from builder.bake.packages import dpkg_packages
 from builder.bake.sources import DEFAULT_APT_DIR, host_sources
+from builder.bake.tree import replace_file, set_owner_mode
 from builder.errors import UserError
 from builder.manifest.model import Manifest
 from builder.store import DISK_FILE, DiskInfo, Store, StoredImage
@@ -251,10 +252,9 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
             rootfs.write_config_layer(tree, plan.files, plan.services)
             root_uuid = plan.base.root_uuid()
             kernel = rootfs.kernel_version(tree)
-            grub_dir = tree / "boot/grub"
-            grub_dir.mkdir(parents=True, exist_ok=True)
-            rootfs.replace_file(grub_dir / "grub.cfg",
-                                bootloader.grub_cfg(kernel, root_uuid).encode())
+            replace_file(tree, "/boot/grub/grub.cfg",
+                         bootloader.grub_cfg(kernel, root_uuid).encode())
+            set_owner_mode(tree, "/boot/grub/grub.cfg", 0, 0, 0o644)
             packages = dpkg_packages(tree)
         disk_path = staged / DISK_FILE
         with timer.step("disk", "writing the disk (root ext4, ESP, GPT, GRUB)"):

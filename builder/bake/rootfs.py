@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from builder.bake.tree import copy_tree, in_tree, make_dirs, replace_file, set_owner_mode
 from builder.errors import UserError
 from builder.proc import run
 
@@ -151,18 +152,19 @@ def remove_build_tree(tree: Path) -> None:
 def _scrub_identity(tree: Path) -> None:
     """No SSH host keys, machine-id, random seed, resolver, hostname or cloud-init
     state: each instance makes its own at first boot."""
-    for key in (tree / "etc/ssh").glob("ssh_host_*"):
+    for key in in_tree(tree, "/etc/ssh").glob("ssh_host_*"):
         key.unlink()
-    (tree / "etc/machine-id").write_text("")
-    for rel in ("var/lib/dbus/machine-id", "var/lib/systemd/random-seed", "etc/resolv.conf"):
-        path = tree / rel
-        if path.is_symlink() or path.exists():
-            path.unlink()
-    (tree / "etc/resolv.conf").write_text("")
-    (tree / "etc/resolv.conf").chmod(0o644)
-    (tree / "etc/hostname").write_text("localhost\n")
-    shutil.rmtree(tree / "var/lib/cloud", ignore_errors=True)
-    for log in (tree / "var/log").glob("cloud-init*"):
+    for rel in ("/var/lib/dbus/machine-id", "/var/lib/systemd/random-seed"):
+        in_tree(tree, rel, follow_last=False).unlink(missing_ok=True)
+    for rel, content in (("/etc/machine-id", b""), ("/etc/resolv.conf", b""),
+                         ("/etc/hostname", b"localhost\n")):
+        replace_file(tree, rel, content)
+        in_tree(tree, rel, follow_last=False).chmod(0o644)
+    cloud = in_tree(tree, "/var/lib/cloud", follow_last=False)
+    if cloud.is_symlink():
+        cloud.unlink()
+    shutil.rmtree(cloud, ignore_errors=True)
+    for log in in_tree(tree, "/var/log").glob("cloud-init*"):
         log.unlink()
 
 
@@ -194,40 +196,31 @@ def config_key(files: Sequence[LayerFile], packages: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def _inside(tree: Path, path: str) -> Path:
+def _image_path(path: str) -> str:
     pure = PurePosixPath(path)
     if not pure.is_absolute() or ".." in pure.parts or len(pure.parts) < 2:
         raise UserError(f"rendered file path must be absolute, without '..': {path}")
-    return tree.joinpath(*pure.parts[1:])
+    return path
 
 
 def _entries(tree: Path, db: str) -> dict[str, list[str]]:
     """name → fields of the tree's /etc/<db> (passwd or group)."""
-    path = tree / "etc" / db
-    lines = path.read_text().splitlines() if path.exists() else []
+    path = in_tree(tree, f"/etc/{db}")
+    lines = path.read_text().splitlines() if path.is_file() else []
     return {fields[0]: fields for fields in (line.split(":") for line in lines)
             if len(fields) >= 3 and fields[2].isdigit()}
-
-
-def replace_file(target: Path, content: bytes) -> None:
-    """Write a new file at `target`. Never writes into an existing file: the
-    tree's files are hard links shared with the layer cache."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.is_symlink() or target.exists():
-        target.unlink()
-    with target.open("xb") as f:
-        f.write(content)
 
 
 def write_config_layer(tree: Path, files: Sequence[LayerFile], services: Sequence[str]) -> None:
     """Write `files` into `tree`, create their users, switch role services off.
 
-    Only ever replaces files (see `replace_file`); systemd-sysusers and
-    systemctl replace /etc/passwd and unit symlinks by rename and unlink too.
+    Only ever replaces files (see `tree.replace_file`), and only inside the
+    tree (links resolved as in a chroot); systemd-sysusers and systemctl
+    take `--root` and replace /etc/passwd and unit symlinks by rename and
+    unlink too.
     """
-    targets = [(f, _inside(tree, f.path)) for f in files]
-    for f, target in targets:
-        replace_file(target, f.content)
+    for f in files:
+        replace_file(tree, _image_path(f.path), f.content)
     sysusers = [f for f in files if f.path.startswith(("/usr/lib/sysusers.d/", "/etc/sysusers.d/"))]
     if sysusers:
         run(["systemd-sysusers", f"--root={tree}"], capture=True)
@@ -236,7 +229,7 @@ def write_config_layer(tree: Path, files: Sequence[LayerFile], services: Sequenc
     groups = {name: int(fields[2]) for name, fields in _entries(tree, "group").items()}
     for user, home in _login_homes(sysusers):
         _make_home(tree, home, users[user], int(passwd[user][3]))
-    for f, target in targets:
+    for f in files:
         user, _, group = f.owner.partition(":")
         group = group or user
         if user not in users or group not in groups:
@@ -244,8 +237,7 @@ def write_config_layer(tree: Path, files: Sequence[LayerFile], services: Sequenc
                 f"rendered file {f.path} is owned by {f.owner}, which the image does not have",
                 hint="the renderer must ship a sysusers.d entry for that user",
             )
-        os.chown(target, users[user], groups[group])
-        target.chmod(f.mode)
+        set_owner_mode(tree, f.path, users[user], groups[group], f.mode)
     dispatch = any(f.path.endswith("/" + DISPATCH_UNIT) for f in files)
     _switch_units(tree, services, enable_dispatch=dispatch)
 
@@ -264,20 +256,14 @@ def _login_homes(files: Sequence[LayerFile]) -> list[tuple[str, str]]:
 
 def _make_home(tree: Path, home: str, uid: int, gid: int) -> None:
     """`home` with a copy of /etc/skel, owned by the user, 0700 (Debian's HOME_MODE)."""
-    target = _inside(tree, home)
+    home = _image_path(home)
+    target = in_tree(tree, home)
     if target.exists():
         return
-    skel = tree / "etc/skel"
-    target.mkdir(parents=True, mode=0o700)
-    os.chown(target, uid, gid)
-    for src in sorted(skel.rglob("*")) if skel.is_dir() else ():
-        dest = target / src.relative_to(skel)
-        if src.is_dir():
-            dest.mkdir(mode=0o700)
-        else:
-            replace_file(dest, src.read_bytes())
-            dest.chmod(src.stat().st_mode & 0o777)
-        os.chown(dest, uid, gid)
+    make_dirs(tree, PurePosixPath(home).parent)
+    target.mkdir(mode=0o700)
+    set_owner_mode(tree, home, uid, gid, 0o700)
+    copy_tree(tree, "/etc/skel", home, uid, gid, dir_mode=0o700)
 
 
 def _switch_units(tree: Path, services: Sequence[str], *, enable_dispatch: bool) -> None:
@@ -295,17 +281,18 @@ def _unit_file(tree: Path, unit: str) -> bool:
         prefix, _, rest = unit.partition("@")
         name = f"{prefix}@.{rest.rpartition('.')[2]}"
     return any(
-        (tree / d / name).exists()
-        for d in ("etc/systemd/system", "usr/lib/systemd/system", "lib/systemd/system")
+        in_tree(tree, f"{d}/{name}").exists()
+        for d in ("/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system")
     )
 
 
 def kernel_version(tree: Path) -> str:
     """The one kernel installed in /boot (a cloud kernel)."""
-    kernels = sorted((tree / "boot").glob("vmlinuz-*"))
+    boot = in_tree(tree, "/boot")
+    kernels = sorted(boot.glob("vmlinuz-*"))
     if len(kernels) != 1:
         raise UserError(f"expected one kernel in the image's /boot, found {len(kernels)}")
     version = kernels[0].name.removeprefix("vmlinuz-")
-    if not (tree / "boot" / f"initrd.img-{version}").exists():
+    if not in_tree(tree, f"/boot/initrd.img-{version}").exists():
         raise UserError(f"the image has no initramfs for kernel {version}")
     return version
