@@ -23,21 +23,29 @@ APT_PACKAGES := \
 
 setup: system venv cloud-init-schema
 
-# cloud-init's own schema (the version Debian bookworm ships), for `amibake
-# validate`: the package is downloaded and extracted under .cache/, never installed.
+# cloud-init's own schema, checked as the image checks it: Debian bookworm's
+# cloud-init and the Python packages it imports (PyYAML, jsonschema 4.10 and
+# its format checkers, …), for `amibake validate`. Downloaded and extracted
+# under .cache/, never installed.
 CLOUD_INIT_DIR := .cache/cloud-init
-CLOUD_INIT_SCHEMA := $(CLOUD_INIT_DIR)/root/usr/lib/python3/dist-packages/cloudinit/config/schema.py
+CLOUD_INIT_DEBS := cloud-init python3-yaml python3-jsonschema python3-attr python3-pyrsistent \
+	python3-rfc3987 python3-configobj python3-jsonpatch python3-json-pointer python3-requests \
+	python3-urllib3 python3-idna python3-certifi python3-chardet python3-charset-normalizer \
+	python3-six
+CLOUD_INIT_SCHEMA := $(CLOUD_INIT_DIR)/root/.extracted-with-python-packages
 .PHONY: cloud-init-schema
 cloud-init-schema: $(CLOUD_INIT_SCHEMA)
 $(CLOUD_INIT_SCHEMA):
 	@mkdir -p $(CLOUD_INIT_DIR)
 	@rm -rf $(CLOUD_INIT_DIR)/root $(CLOUD_INIT_DIR)/*.deb
-	cd $(CLOUD_INIT_DIR) && { apt-get download cloud-init 2>/dev/null || \
-	  { $(SUDO) apt-get update -qq && apt-get download cloud-init; }; }
-	@version=$$(dpkg-deb -f $(CLOUD_INIT_DIR)/cloud-init_*.deb Version); \
-	  case "$$version" in 22.4.2-*) ;; \
-	  *) echo "cloud-init $$version is not 22.4.2 (Debian bookworm's)" >&2; exit 1;; esac
-	dpkg-deb -x $(CLOUD_INIT_DIR)/cloud-init_*.deb $(CLOUD_INIT_DIR)/root
+	cd $(CLOUD_INIT_DIR) && { apt-get download $(CLOUD_INIT_DEBS) 2>/dev/null || \
+	  { $(SUDO) apt-get update -qq && apt-get download $(CLOUD_INIT_DEBS); }; }
+	@for want in cloud-init=22.4.2-* python3-jsonschema=4.10.3-*; do \
+	  version=$$(dpkg-deb -f $(CLOUD_INIT_DIR)/$${want%%=*}_*.deb Version); \
+	  case "$$version" in $${want#*=}) ;; \
+	  *) echo "$${want%%=*} $$version is not Debian bookworm's ($${want#*=})" >&2; exit 1;; esac; \
+	done
+	for deb in $(CLOUD_INIT_DIR)/*.deb; do dpkg-deb -x "$$deb" $(CLOUD_INIT_DIR)/root || exit 1; done
 	@touch $@
 
 system: .cache/apt.stamp

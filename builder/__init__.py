@@ -8,7 +8,15 @@ try:
 except _metadata.PackageNotFoundError:  # running from a checkout without install
     __version__ = "0.0.0+checkout"
 
-#: The checkout (or installed tree) root: holds cloudinit/ and manifests/.
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-TEMPLATES_DIR = PROJECT_ROOT / "cloudinit"
-MANIFESTS_DIR = PROJECT_ROOT / "manifests"
+_PACKAGE = Path(__file__).resolve().parent
+#: An installed wheel carries the checkout's cloudinit/ folder as builder/resources/
+#: (setup.py maps it); a checkout (or an editable install of one) has no such folder.
+_PACKAGED_RESOURCES = _PACKAGE / "resources"
+
+#: The source checkout amibake runs from; None when installed from a wheel.
+CHECKOUT: Path | None = None if _PACKAGED_RESOURCES.is_dir() else _PACKAGE.parent
+#: cloudinit/: templates, boot scripts and the sample app.
+TEMPLATES_DIR = _PACKAGED_RESOURCES if CHECKOUT is None else CHECKOUT / "cloudinit"
+#: What `validate` checks when given no path: the checkout's manifests/, or,
+#: for an installed amibake, manifests/ of the current directory.
+MANIFESTS_DIR = Path("manifests") if CHECKOUT is None else CHECKOUT / "manifests"

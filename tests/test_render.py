@@ -351,10 +351,7 @@ def test_small_user_data_is_not_gzipped() -> None:
 
 
 def test_more_than_one_part_is_multipart_mime_that_cloud_init_reads() -> None:
-    from builder.validate.schema import _cloudinit
-
-    _cloudinit()  # puts Debian's cloud-init on sys.path
-    from cloudinit.user_data import UserDataProcessor
+    from builder.validate.schema import bookworm_python
 
     script = Part("text/x-shellscript", "hello.sh", b"#!/bin/sh\necho hello\n")
     rendered = render_role(load("smallpayroll.yaml"), "web", baked=True, extra_parts=(script,))
@@ -367,7 +364,10 @@ def test_more_than_one_part_is_multipart_mime_that_cloud_init_reads() -> None:
     assert parts[1].content == script.content
     assert parts[0].content == rendered.parts[0].content
     # cloud-init's own user-data processor sees the same two parts.
-    processed = UserDataProcessor({}).process(rendered.user_data)
+    with bookworm_python():
+        from cloudinit.user_data import UserDataProcessor
+
+        processed = UserDataProcessor({}).process(rendered.user_data)
     seen = [
         (p.get_content_type(), p.get_payload(decode=True))
         for p in processed.walk() if not p.is_multipart()
@@ -377,15 +377,15 @@ def test_more_than_one_part_is_multipart_mime_that_cloud_init_reads() -> None:
 
 
 def test_gzipped_multipart_is_read_by_cloud_init() -> None:
-    from builder.validate.schema import _cloudinit
-
-    _cloudinit()
-    from cloudinit.user_data import UserDataProcessor
+    from builder.validate.schema import bookworm_python
 
     script = Part("text/x-shellscript", "boot.sh", b"#!/bin/sh\n" + b"echo x\n" * 4000)
     rendered = render_role(load("smallpayroll.yaml"), "db", extra_parts=(script,))
     assert rendered.gzipped
-    processed = UserDataProcessor({}).process(rendered.user_data)
+    with bookworm_python():
+        from cloudinit.user_data import UserDataProcessor
+
+        processed = UserDataProcessor({}).process(rendered.user_data)
     types = [p.get_content_type() for p in processed.walk() if not p.is_multipart()]
     assert types == ["text/cloud-config", "text/x-shellscript"]
 

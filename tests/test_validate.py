@@ -17,7 +17,8 @@ from builder.cli import main
 from builder.manifest import load_manifest
 from builder.render import Part, render_role
 from builder.validate import lint_user_data, schema_problems, validate_rendered
-from builder.validate.schema import DIST_PACKAGES, cloudinit_root, cloudinit_version, known_keys
+from builder.validate.schema import cloudinit_version, known_keys
+from tests.cloudinit_cli import cli_verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = sorted((ROOT / "manifests").glob("*.yaml"))
@@ -54,17 +55,6 @@ CORPUS: dict[str, tuple[str, bool]] = {
     "bootcmd-not-a-list": ("#cloud-config\nbootcmd: reboot\n", False),
     "ssh-keys-not-a-list": ("#cloud-config\nssh_authorized_keys: ssh-rsa AAAA\n", False),
 }
-
-
-def cli_verdict(path: Path) -> tuple[bool, str]:
-    """`cloud-init schema --config-file PATH` of the extracted Debian package."""
-    root = cloudinit_root()
-    result = subprocess.run(
-        [sys.executable, str(root / "usr/bin/cloud-init"), "schema", "--config-file", str(path)],
-        capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PYTHONPATH": str(root / DIST_PACKAGES)},
-    )
-    return result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_schema_is_cloud_init_22_4_2() -> None:

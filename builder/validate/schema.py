@@ -1,49 +1,64 @@
-"""cloud-init's real cloud-config schema (22.4.2, Debian bookworm), in-process.
+"""cloud-init's verdict on cloud-config, as the image's cloud-init gives it.
 
-The package is never installed on the host: `make cloud-init-schema` runs
-`apt-get download cloud-init` into .cache/cloud-init/ and extracts it; this
-module puts the extracted dist-packages on sys.path and calls the same
-functions as `cloud-init schema --config-file`, so the verdict is the same.
+The image runs Debian bookworm's cloud-init 22.4.2 with bookworm's Python
+packages: PyYAML 6.0 (whose pure-Python `SafeLoader` cloud-init uses; libyaml
+disagrees on tabs, deep nesting, `%YAML 1.3`, lone surrogates and BOMs) and
+jsonschema 4.10.3 with its format checkers (rfc3987 for `format: uri`, the
+standard library's `date.fromisoformat` for `format: date`). None of it is
+installed on the host: `make cloud-init-schema` downloads those Debian
+packages into .cache/cloud-init/ and extracts them; this module imports them
+from there, isolated from the venv's own PyYAML and jsonschema
+(`builder.validate.isolated`), and runs the same steps as
+`cloud-init schema --config-file`, so the verdict is the same.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import importlib
+import importlib.metadata
 import logging
 import os
 import sys
+import threading
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any
-
-import yaml
+from typing import Any, TypeVar
 
 import builder
 from builder.errors import UserError
+from builder.validate.isolated import IsolatedImports
 
 EXPECTED_VERSION = "22.4.2"
+EXPECTED_JSONSCHEMA = "4.10.3"
 DIST_PACKAGES = Path("usr/lib/python3/dist-packages")
+
+#: `cloud-init schema --config-file` (bookworm's Python 3.11, recursion limit
+#: 1000) fails on a document nested too deep for the rest of the limit with
+#: "maximum recursion depth exceeded". Here the check runs in a fresh thread,
+#: whose stack below the YAML load is this many frames deeper than the CLI's;
+#: the limit is raised by as much meanwhile, so the same depth fails here.
+#: (Calibrated, and checked at the threshold, by tests/test_validate_verdict.py.)
+EXTRA_FRAMES = 2
+
+T = TypeVar("T")
 
 
 def cloudinit_root() -> Path:
-    """The extracted package: $AMIBAKE_CLOUDINIT_ROOT or .cache/cloud-init/root."""
+    """The extracted packages: $AMIBAKE_CLOUDINIT_ROOT, else .cache/cloud-init/root
+    of the checkout, else (an installed amibake) cloud-init/root in amibake's cache."""
     env = os.environ.get("AMIBAKE_CLOUDINIT_ROOT")
-    return Path(env) if env else builder.PROJECT_ROOT / ".cache" / "cloud-init" / "root"
+    if env:
+        return Path(env)
+    if builder.CHECKOUT is not None:
+        return builder.CHECKOUT / ".cache" / "cloud-init" / "root"
+    from builder.bake.cache import default_cache_dir
 
-
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
-    """cloud-init's `safeyaml.load` (SafeLoader + python/unicode as str), on libyaml.
-
-    Same documents, same values; libyaml only makes it ~10x faster.
-    """
-
-    def construct_python_unicode(self, node: yaml.Node) -> Any:
-        return self.construct_scalar(node)  # type: ignore[arg-type]
-
-
-_Loader.add_constructor("tag:yaml.org,2002:python/unicode", _Loader.construct_python_unicode)
+    return default_cache_dir() / "cloud-init" / "root"
 
 
 @dataclass(frozen=True)
@@ -54,49 +69,69 @@ class SchemaIssue:
     message: str
 
 
+@dataclass(frozen=True)
+class _Bookworm:
+    imports: IsolatedImports
+    schema_module: ModuleType
+    safeyaml: ModuleType
+    schema: dict[str, Any]
+    version: str
+
+
 @functools.lru_cache(maxsize=1)
-def _cloudinit() -> tuple[ModuleType, dict[str, Any]]:
+def _bookworm() -> _Bookworm:
     dist = cloudinit_root() / DIST_PACKAGES
-    if not (dist / "cloudinit" / "config" / "schema.py").is_file():
+    needed = ("cloudinit/config/schema.py", "jsonschema/__init__.py", "yaml/__init__.py",
+              "rfc3987.py")
+    if not all((dist / rel).is_file() for rel in needed):
         raise UserError(
-            f"cloud-init's schema is not set up ({dist} is missing)",
-            hint="run `make cloud-init-schema` (it downloads Debian's cloud-init package "
-            "and extracts it under .cache/; nothing is installed)",
+            f"cloud-init's schema is not set up ({dist} lacks cloud-init, jsonschema or PyYAML)",
+            hint="run `make cloud-init-schema` (it downloads Debian's cloud-init package and "
+            "the Python packages it imports, and extracts them under .cache/; nothing is "
+            "installed), or point AMIBAKE_CLOUDINIT_ROOT at such a tree",
         )
-    if str(dist) not in sys.path:
-        sys.path.insert(0, str(dist))
+    imports = IsolatedImports(dist)
     # Importing cloud-init resets the root logger to NOTSET (its log module
     # configures logging for a whole boot); put ours back, or every library's
     # DEBUG records (botocore request bodies included) reach our handlers.
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
     try:
-        import cloudinit.version
-        from cloudinit.config import schema as ci_schema
+        with imports.active():
+            ci_version = importlib.import_module("cloudinit.version")
+            safeyaml = importlib.import_module("cloudinit.safeyaml")
+            ci_schema = importlib.import_module("cloudinit.config.schema")
+            version = ci_version.version_string()
+            jsonschema_version = importlib.metadata.version("jsonschema")
+            schema = ci_schema.get_schema()
     finally:
         root.setLevel(level)
         root.handlers[:] = handlers
+    for name, found, expected in (("cloud-init", version, EXPECTED_VERSION),
+                                  ("jsonschema", jsonschema_version, EXPECTED_JSONSCHEMA)):
+        if found != expected:
+            raise UserError(
+                f"{name} {found} found in {dist}, expected {expected} (Debian bookworm's)",
+                hint="delete .cache/cloud-init and run `make cloud-init-schema`",
+            )
+    return _Bookworm(imports, ci_schema, safeyaml, schema, version)
 
-    version = cloudinit.version.version_string()
-    if version != EXPECTED_VERSION:
-        raise UserError(
-            f"cloud-init {version} found in {dist}, expected {EXPECTED_VERSION}",
-            hint="delete .cache/cloud-init and run `make cloud-init-schema`",
-        )
-    return ci_schema, ci_schema.get_schema()
+
+@contextlib.contextmanager
+def bookworm_python() -> Iterator[None]:
+    """Inside: `import cloudinit…` (and its PyYAML, jsonschema…) are Debian bookworm's."""
+    with _bookworm().imports.active():
+        yield
 
 
 def cloudinit_version() -> str:
-    _cloudinit()
-    import cloudinit.version
-
-    return str(cloudinit.version.version_string())
+    return _bookworm().version
 
 
 @functools.lru_cache(maxsize=1)
 def known_keys() -> frozenset[str]:
     """Every top-level key some cloud-init module reads (from the schema itself)."""
-    _, schema = _cloudinit()
+    schema = _bookworm().schema
     keys: set[str] = set()
     for entry in schema.get("allOf", []):
         ref = entry.get("$ref", "")
@@ -106,30 +141,64 @@ def known_keys() -> frozenset[str]:
 
 
 def schema_problems(content: bytes | str) -> list[SchemaIssue]:
-    """cloud-init 22.4.2's verdict on a cloud-config document; [] when valid.
+    """cloud-init 22.4.2's verdict on a cloud-config document; [] when valid."""
+    ci = _bookworm()
+    data = content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content
+    with ci.imports.active():
+        return _at_cli_depth(lambda: _verdict(ci, data))
 
-    Mirrors `validate_cloudconfig_file`: the `#cloud-config` header, YAML,
-    a mapping at the top, then the schema (deprecations are not errors).
-    """
-    ci_schema, schema = _cloudinit()
-    data = content.encode() if isinstance(content, str) else content
+
+def _verdict(ci: _Bookworm, data: bytes) -> list[SchemaIssue]:
+    """`validate_cloudconfig_file` step by step, and `handle_schema_args`' error cases:
+    the header, YAML, a mapping at the top, the schema (deprecations are not errors)."""
+    ci_schema = ci.schema_module
     if not data.startswith(ci_schema.CLOUD_CONFIG_HEADER):
         return [SchemaIssue("format-l1.c1", 'needs to begin with "#cloud-config"')]
     try:
-        config = yaml.load(data, Loader=_Loader)
-    except yaml.YAMLError as exc:
+        config = ci.safeyaml.load(data)
+    except ci_schema.yaml.YAMLError as exc:
         mark = getattr(exc, "context_mark", None) or getattr(exc, "problem_mark", None)
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
         return [SchemaIssue(f"format-l{line}.c{col}", f"not valid YAML: {exc}")]
+    except RecursionError:
+        return [SchemaIssue("", "nested too deeply for cloud-init's YAML loader "
+                                "(maximum recursion depth exceeded)")]
     if not isinstance(config, dict):
         return [SchemaIssue("", "Cloud-config is not a YAML dict.")]
     try:
         with warnings.catch_warnings():
-            # cloud-init 22.4 calls an API newer jsonschema deprecates; same result.
             warnings.simplefilter("ignore", DeprecationWarning)
             ci_schema.validate_cloudconfig_schema(
-                config, schema, strict=True, log_deprecations=False
+                config, ci.schema, strict=True, log_deprecations=False
             )
     except ci_schema.SchemaValidationError as exc:
         return [SchemaIssue(p.path, p.message) for p in exc.schema_errors]
+    except RecursionError:
+        return [SchemaIssue("", "nested too deeply for cloud-init's schema check "
+                                "(maximum recursion depth exceeded)")]
     return []
+
+
+def _at_cli_depth(fn: Callable[[], T]) -> T:
+    """fn() in a fresh thread with as much recursion left as the CLI has (see
+    `EXTRA_FRAMES`). Called with the isolation's lock held."""
+    outcome: list[Any] = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, fn()))
+        except BaseException as exc:  # re-raised in the caller's thread
+            outcome.append((False, exc))
+
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(limit + EXTRA_FRAMES)  # for every thread: kept short
+    try:
+        thread = threading.Thread(target=target, name="cloud-init-schema")
+        thread.start()
+        thread.join()
+    finally:
+        sys.setrecursionlimit(limit)
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value  # type: ignore[no-any-return]
