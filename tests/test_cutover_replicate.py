@@ -171,7 +171,8 @@ def test_old_server_dies_after_the_freeze(
     assert steps["db_detach"] == "done"
     assert "failed" in (steps["verify_db"], steps["verify_checksums"])
     assert not new.sql("SELECT 1 FROM pg_subscription")
-    assert doc["pending_old_cleanup"] == ["publication:amibake_cutover", "slot:amibake_cutover"]
+    assert doc["pending_old_cleanup"] == ["publication:amibake_cutover", "slot:amibake_cutover",
+                                          "role:amibake_cutover_repl"]
     # the new server took over the sequences recorded at the freeze
     assert new.sql("SELECT last_value FROM employees_id_seq") == [(500,)]
     assert knot.query(f"{SERVER_NAME}.")[0] == ("127.0.0.1",)  # DNS not moved

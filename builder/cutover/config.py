@@ -76,8 +76,10 @@ class Conn:
     password: str | None = None
 
     def env(self) -> dict[str, str]:
-        """libpq environment for psql / pg_dump / pg_restore."""
-        env = {
+        """libpq environment for psql / pg_dump / pg_restore: never the
+        password (other users may read a process's environment); that goes
+        through a private passfile (builder.cutover.pg.passfile)."""
+        return {
             "PGHOST": self.host,
             "PGPORT": str(self.port),
             "PGDATABASE": self.dbname,
@@ -85,9 +87,6 @@ class Conn:
             "PGCONNECT_TIMEOUT": "5",
             "PGAPPNAME": "amibake-cutover",
         }
-        if self.password is not None:
-            env["PGPASSWORD"] = self.password
-        return env
 
     def conninfo(self, *, with_password: bool = True) -> str:
         parts = [

@@ -1,8 +1,18 @@
 """Strategy `replicate`: logical replication set up before the window; in the
-window only the tail of the WAL has to arrive."""
+window only the tail of the WAL has to arrive.
+
+The subscription does not log in as the cutover's superuser: the old server
+gets a role of its own (ROLE: LOGIN REPLICATION, member of pg_read_all_data
+for the initial copy) with a random password made for this cutover, set as
+a SCRAM verifier computed here. Only that one-time password is stored in the
+new server's pg_subscription, and the role is dropped with the slot and the
+publication when replication ends (detach, rollback).
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
 import tempfile
 import time
 from collections.abc import Callable
@@ -11,10 +21,12 @@ from pathlib import Path
 import psycopg
 
 from builder.cutover import pg
-from builder.cutover.config import CutoverConfig
+from builder.cutover.config import Conn, CutoverConfig
 from builder.errors import UserError
+from builder.wait import NotYet, Waiter, WaitTimeout, wait_for
 
 NAME = "amibake_cutover"  # publication, subscription and slot
+ROLE = "amibake_cutover_repl"  # the subscription's login on the old server
 
 
 def subscription_exists(cfg: CutoverConfig) -> bool:
@@ -31,6 +43,23 @@ def copy_schema(cfg: CutoverConfig) -> None:
         pg.run_script(cfg.new, path.read_text())
 
 
+def replication_login(cfg: CutoverConfig) -> Conn:
+    """(Re)create ROLE on the old server with a fresh random password; the
+    publisher connection the subscription uses, logging in as it."""
+    password = secrets.token_urlsafe(32)
+    verifier = pg.literal(pg.scram_verifier(cfg.old, ROLE, password))
+    pg.execute(cfg.old, f"""
+        DO $$ BEGIN
+          IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}') THEN
+            ALTER ROLE {ROLE} WITH LOGIN REPLICATION NOSUPERUSER PASSWORD {verifier};
+          ELSE
+            CREATE ROLE {ROLE} WITH LOGIN REPLICATION NOSUPERUSER PASSWORD {verifier};
+          END IF;
+        END $$;
+        GRANT pg_read_all_data TO {ROLE};""")
+    return dataclasses.replace(cfg.publisher, user=ROLE, password=password)
+
+
 def setup(cfg: CutoverConfig, say: Callable[[str], None], *, timeout: float = 3600) -> str:
     """Schema, publication, subscription, and the initial copy: idempotent."""
     if not subscription_exists(cfg):
@@ -42,12 +71,12 @@ def setup(cfg: CutoverConfig, say: Callable[[str], None], *, timeout: float = 36
         pg.execute(cfg.old, f"""
             SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
              WHERE slot_name = '{NAME}' AND NOT active""")
-        conninfo = cfg.publisher.conninfo()
+        conninfo = replication_login(cfg).conninfo()
         pg.execute(cfg.new, f"CREATE SUBSCRIPTION {NAME} CONNECTION {pg.literal(conninfo)} "
                             f"PUBLICATION {NAME}")
     say("waiting for the initial copy of every table")
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def copied() -> None:
         left = int(pg.value(cfg.new, (
             "SELECT count(*) FROM pg_subscription_rel r JOIN pg_subscription s "
             f"ON s.oid = r.srsubid WHERE s.subname = '{NAME}' AND r.srsubstate NOT IN ('r', 's')"
@@ -55,11 +84,16 @@ def setup(cfg: CutoverConfig, say: Callable[[str], None], *, timeout: float = 36
         streaming = pg.value(cfg.new, (
             f"SELECT count(*) FROM pg_stat_subscription WHERE subname = '{NAME}' "
             "AND pid IS NOT NULL AND relid IS NULL"))
-        if left == 0 and streaming == "1":
-            break
-        if time.monotonic() > deadline:
-            raise UserError(f"initial sync not finished after {timeout:g} s ({left} tables left)")
-        time.sleep(0.2)
+        if left or streaming != "1":
+            raise NotYet(f"{left} table(s) left to copy" if left else "not streaming yet")
+
+    interval = 0.2
+    try:
+        wait_for(copied, Waiter("the initial copy of every table", interval=interval,
+                                attempts=int(timeout / interval) + 1, timeout=timeout))
+    except WaitTimeout as exc:
+        raise UserError(f"initial sync not finished after {timeout:g} s ({exc.reason})",
+                        hint="run again to keep waiting; the copy goes on meanwhile") from None
     tables = pg.value(cfg.new, (
         "SELECT count(*) FROM pg_subscription_rel r JOIN pg_subscription s "
         f"ON s.oid = r.srsubid WHERE s.subname = '{NAME}'"))
@@ -70,26 +104,34 @@ def setup(cfg: CutoverConfig, say: Callable[[str], None], *, timeout: float = 36
     return f"subscription {NAME} streaming; {tables} table(s) copied, vacuumed and analyzed"
 
 
-def wait_caught_up(cfg: CutoverConfig, final_lsn: str, *, timeout: float) -> str:
+def wait_caught_up(cfg: CutoverConfig, final_lsn: str, *, timeout: float,
+                   clock: Callable[[], float] = time.monotonic,
+                   sleep: Callable[[float], None] = time.sleep) -> str:
     """Until the slot on the old server confirms `final_lsn` (the subscriber
     applied and flushed everything committed before the freeze)."""
-    start = time.monotonic()
-    deadline = start + timeout
+    start = clock()
     sql = (f"SELECT confirmed_flush_lsn >= {pg.literal(final_lsn)}::pg_lsn "
            f"FROM pg_replication_slots WHERE slot_name = '{NAME}'")
+    interval = 0.005  # one connection polled every few ms: this wait is inside the window
     try:
-        # one connection polled every few ms: this wait is inside the window
         with psycopg.connect(cfg.old.conninfo(), autocommit=True, connect_timeout=10,
                              application_name="amibake-cutover") as conn:
-            while True:
+
+            def confirmed() -> None:
                 row = conn.execute(sql.encode()).fetchone()
                 if row is None:
                     raise UserError(f"replication slot {NAME} is missing on the old server")
-                if row[0]:
-                    return f"caught up to {final_lsn} in {time.monotonic() - start:.2f} s"
-                if time.monotonic() > deadline:
-                    raise UserError(f"the subscriber did not reach {final_lsn} within {timeout} s")
-                time.sleep(0.005)
+                if not row[0]:
+                    raise NotYet(f"the slot has not confirmed {final_lsn}")
+
+            wait_for(confirmed, Waiter(f"the subscriber to reach {final_lsn}",
+                                       interval=interval, timeout=timeout,
+                                       attempts=int(timeout / interval) + 1),
+                     clock=clock, sleep=sleep)
+            return f"caught up to {final_lsn} in {clock() - start:.2f} s"
+    except WaitTimeout:
+        raise UserError(f"the subscriber did not reach {final_lsn} within {timeout} s",
+                        hint="run again to keep waiting, or `cutover rollback`") from None
     except psycopg.Error as exc:
         raise UserError(
             f"the old server is unreachable before the subscriber confirmed {final_lsn}: "
@@ -116,7 +158,7 @@ def detach(cfg: CutoverConfig, *, then: str = "") -> list[str]:
         except UserError:
             if pg.reachable(cfg.old):
                 raise
-            return [f"publication:{NAME}", f"slot:{NAME}"]
+            return [f"publication:{NAME}", f"slot:{NAME}", f"role:{ROLE}"]
     pg.execute(cfg.new, f"""
         DO $$ BEGIN
           IF EXISTS (SELECT 1 FROM pg_subscription WHERE subname = '{NAME}') THEN
@@ -127,14 +169,23 @@ def detach(cfg: CutoverConfig, *, then: str = "") -> list[str]:
     pg.execute(cfg.new, f"DROP SUBSCRIPTION IF EXISTS {NAME}")  # not in a transaction block
     if then:
         pg.execute(cfg.new, then)
-    return [f"publication:{NAME}", f"slot:{NAME}"]
+    return [f"publication:{NAME}", f"slot:{NAME}", f"role:{ROLE}"]
 
 
 def cleanup_old(cfg: CutoverConfig) -> list[str]:
-    """Drop our slot and publication on the old server; what is left there."""
+    """Drop our slot, publication and replication role on the old server
+    (ending the role's sessions first); what is left there."""
     left = pg.query(cfg.old, f"""
+        SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+         WHERE usename = '{ROLE}' AND pid <> pg_backend_pid();
         SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
          WHERE slot_name = '{NAME}' AND NOT active;
         DROP PUBLICATION IF EXISTS {NAME};
+        DO $$ BEGIN
+          IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}') THEN
+            DROP OWNED BY {ROLE};
+            DROP ROLE {ROLE};
+          END IF;
+        END $$;
         SELECT 'slot:' || slot_name FROM pg_replication_slots WHERE slot_name = '{NAME}';""")
     return [r[0] for r in left if r and r[0].startswith("slot:")]

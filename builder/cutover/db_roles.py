@@ -8,9 +8,11 @@ import re
 
 from builder.cutover import pg
 from builder.cutover.config import Conn, CutoverConfig
+from builder.cutover.db_replicate import ROLE as REPLICATION_ROLE
 
 _CREATE_ROLE = re.compile(r'^CREATE ROLE ("(?:[^"]|"")+"|[^\s;]+);$')
 _ALTER_ROLE = re.compile(r'^ALTER ROLE ("(?:[^"]|"")+"|[^\s;]+) ')
+_GRANT_TO = re.compile(r'^GRANT .* TO ("(?:[^"]|"")+"|[^\s;]+)( GRANTED BY .*)?;$')
 
 
 def _unquote(name: str) -> str:
@@ -22,7 +24,7 @@ def copy_roles(cfg: CutoverConfig) -> str:
 
     Roles that already exist there are altered, not created again, and the
     cutover's own login on the new server is never touched (its password
-    may differ). Idempotent.
+    may differ), nor is the replication role copied. Idempotent.
     """
     script = pg.tool(
         ["pg_dumpall", "--roles-only", "-l", cfg.old.dbname], cfg.old, timeout=120
@@ -34,12 +36,15 @@ def copy_roles(cfg: CutoverConfig) -> str:
         m = _CREATE_ROLE.match(line)
         if m:
             role = _unquote(m.group(1))
-            if role in existing or role == cfg.new.user:
+            if role in existing or role in (cfg.new.user, REPLICATION_ROLE):
                 continue
             copied.append(role)
         m = _ALTER_ROLE.match(line)
-        if m and _unquote(m.group(1)) in (cfg.new.user, cfg.old.user):
+        if m and _unquote(m.group(1)) in (cfg.new.user, cfg.old.user, REPLICATION_ROLE):
             continue
+        m = _GRANT_TO.match(line)
+        if m and _unquote(m.group(1)) == REPLICATION_ROLE:
+            continue  # the cutover's own replication login stays on the old server
         keep.append(line)
     pg.run_script(cfg.new, "\n".join(keep) + "\n")
     return f"created {len(copied)} role(s)" + (f": {', '.join(sorted(copied))}" if copied else "")

@@ -2,7 +2,11 @@
 is counted in milliseconds, a psql process per statement costs 50-100 ms on
 a busy machine), scripts with psql meta-commands through psql, and libpq's
 own tools (pg_dump, pg_restore, pg_dumpall) run by builder.proc.run.
-Results are rows of strings as psql prints them ('t'/'f', '' for NULL)."""
+Results are rows of strings as psql prints them ('t'/'f', '' for NULL).
+
+Passwords reach the tools only through a passfile created 0600 in a private
+temporary directory and removed when the tool ends (PGPASSFILE), never
+through PGPASSWORD or the command line."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import psycopg
 from psycopg.adapt import AdaptersMap
 from psycopg.types.string import TextLoader
 
+from builder.atomic import open_private
 from builder.cutover.config import Conn
 from builder.errors import UserError
 from builder.proc import CommandError, run
@@ -50,6 +55,16 @@ def _sessions() -> dict[Conn, psycopg.Connection[tuple[object, ...]]]:
 def _connect(conn: Conn) -> psycopg.Connection[tuple[object, ...]]:
     return psycopg.connect(conn.conninfo(), autocommit=True, connect_timeout=5,
                            application_name="amibake-cutover", context=_TEXT)
+
+
+def scram_verifier(conn: Conn, role: str, password: str) -> str:
+    """`password` as a SCRAM-SHA-256 verifier for `role`, computed here by
+    libpq (PQencryptPasswordConn): for CREATE/ALTER ROLE … PASSWORD, so the
+    password itself never reaches the server, its logs or pg_stat_activity."""
+    value(conn, "SELECT 1")  # the session, opened if need be
+    verifier = _sessions()[conn].pgconn.encrypt_password(
+        password.encode(), role.encode(), b"scram-sha-256")
+    return verifier.decode()
 
 
 def close_sessions() -> None:
@@ -118,13 +133,14 @@ def run_script(conn: Conn, sql: str, *, timeout: float | None = 3600) -> None:
 
 def _psql(conn: Conn, sql: str, *, timeout: float | None) -> subprocess.CompletedProcess[str]:
     try:
-        return run(
-            ["psql", "-X", "-q", "--csv", "-t", "-v", "ON_ERROR_STOP=1", "-f", "-"],
-            input=sql,
-            env=conn.env(),
-            capture=True,
-            timeout=timeout,
-        )
+        with passfile(conn) as pf:
+            return run(
+                ["psql", "-X", "-q", "--csv", "-t", "-v", "ON_ERROR_STOP=1", "-f", "-"],
+                input=sql,
+                env={**conn.env(), "PGPASSFILE": str(pf)},
+                capture=True,
+                timeout=timeout,
+            )
     except CommandError as err:
         raise UserError(
             f"{conn}: {_last_error(err.stderr) or err.message}",
@@ -148,7 +164,9 @@ def reachable(conn: Conn) -> bool:
 def tool(cmd: Sequence[str], conn: Conn, *, timeout: float | None = None) -> str:
     """Run pg_dump / pg_restore / pg_dumpall against `conn`; return stdout."""
     try:
-        return run(list(cmd), env=conn.env(), capture=True, timeout=timeout).stdout
+        with passfile(conn) as pf:
+            return run(list(cmd), env={**conn.env(), "PGPASSFILE": str(pf)}, capture=True,
+                       timeout=timeout).stdout
     except CommandError as err:
         raise UserError(
             f"{cmd[0]} ({conn}): {_last_error(err.stderr) or err.message}",
@@ -158,16 +176,19 @@ def tool(cmd: Sequence[str], conn: Conn, *, timeout: float | None = None) -> str
 
 @contextmanager
 def passfile(*conns: Conn) -> Iterator[Path]:
-    """A temporary ~/.pgpass for commands that talk to several servers at once."""
+    """A temporary ~/.pgpass for `conns` (0600, in a 0700 directory), removed after."""
     with tempfile.TemporaryDirectory(prefix="amibake-pgpass-") as tmp:
         path = Path(tmp) / "pgpass"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        fd = open_private(path)
 
         def esc(v: str) -> str:
             return v.replace("\\", "\\\\").replace(":", "\\:")
 
         with os.fdopen(fd, "w") as fh:
             for c in conns:
+                if c.password is not None and ("\n" in c.password or "\r" in c.password):
+                    raise UserError(f"{c}: the password holds a line break, which libpq's "
+                                    "passfile cannot carry", hint="choose another password")
                 if c.password is not None:
                     fh.write(f"{esc(c.host)}:{c.port}:*:{esc(c.user)}:{esc(c.password)}\n")
         yield path

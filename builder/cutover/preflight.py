@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from builder.cutover import pg
 from builder.cutover.config import Conn, CutoverConfig
+from builder.cutover.db_replicate import ROLE as REPLICATION_ROLE
 from builder.errors import UserError
 
 
@@ -143,8 +144,9 @@ def run_checks(cfg: CutoverConfig, *, fix_replica_identity_now: bool = False) ->
                             "set it to at least 2 on the new server"))
         checks.append(Check(
             "old: pg_hba admits the subscriber",
-            _hba_allows(cfg.old, cfg.old.dbname, cfg.publisher.user),
-            f"host line for database {cfg.old.dbname}, user {cfg.publisher.user}",
+            _hba_allows(cfg.old, cfg.old.dbname, REPLICATION_ROLE),
+            f"host line for database {cfg.old.dbname}, user {REPLICATION_ROLE} "
+            "(the subscription's own login, created for the cutover)",
             "replication connections match database-name lines: add a host line for it"))
         missing = tables_without_identity(cfg.old)
         if missing and fix_replica_identity_now:
