@@ -221,3 +221,11 @@ def test_public_key_that_is_not_one_is_refused(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and says in err[0], err
     assert "b3BlbnNzaC1rZXkt" not in err[0]  # never quotes the key material
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "٨٠", "http"])
+def test_port_out_of_range_is_a_usage_error(capsys: pytest.CaptureFixture[str],
+                                            port: str) -> None:
+    assert main(["imds", "serve", "--port", port]) == 2
+    err = capsys.readouterr().err
+    assert "not a TCP port" in err and "Traceback" not in err

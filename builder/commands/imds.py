@@ -33,7 +33,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         description="Serve one instance's metadata (IMDSv2) until Ctrl-C; prints the URL.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    serve.add_argument("--port", type=int, default=0, help="port (default: a free one)")
+    serve.add_argument("--port", type=_port, default=0, help="port (default: a free one)")
     serve.add_argument("--role", help="the instance's amibake role (served as tag Role)")
     serve.add_argument("--user-data", type=Path, metavar="FILE", help="user-data to serve")
     serve.add_argument("--tag", action="append", default=[], metavar="K=V",
@@ -57,6 +57,12 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     serve.add_argument("--optional-token", action="store_true",
                        help="answer IMDSv1 requests too (HttpTokens=optional)")
     serve.set_defaults(func=serve_command)
+
+
+def _port(value: str) -> int:
+    if not (value.isascii() and value.isdigit() and int(value) <= 65535):
+        raise argparse.ArgumentTypeError(f"not a TCP port (0..65535): {value[:20]!r}")
+    return int(value)
 
 
 def _pairs(values: list[str], option: str) -> dict[str, str]:

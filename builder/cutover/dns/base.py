@@ -7,6 +7,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -20,6 +21,7 @@ import dns.resolver
 
 from builder.errors import UserError
 from builder.manifest.model import DnsSpec
+from builder.wait import NotYet, Waiter, WaitTimeout, wait_for
 
 
 @dataclass(frozen=True)
@@ -120,27 +122,32 @@ class DnsProvider(ABC):
         return [query_a(h, p, self.spec.record) for h, p in self.nameservers()]
 
     def wait_authoritative(
-        self, expected: str, *, successes: int = 2, attempts: int = 600, interval: float = 0.05
+        self, expected: str, *, successes: int = 2, attempts: int = 600, interval: float = 0.05,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> list[ServerAnswer]:
         """Every authoritative server answers `expected`, `successes` times in a
-        row, within `attempts` rounds (the one waiter pattern)."""
-        streak = 0
+        row, within `attempts` rounds (builder.wait, the one waiter)."""
         answers: list[ServerAnswer] = []
-        for _ in range(attempts):
+
+        def agree() -> list[ServerAnswer]:
+            nonlocal answers
             answers = self.check()
-            if answers and all(a.ok(expected) for a in answers):
-                streak += 1
-                if streak >= successes:
-                    return answers
-            else:
-                streak = 0
-            time.sleep(interval)
-        bad = ", ".join(f"{a.server} → {','.join(a.addresses) or 'nothing'}"
-                        for a in answers if not a.ok(expected))
-        raise UserError(
-            f"authoritative servers do not all answer {expected} for {self.spec.record}: {bad}",
-            hint="the update may still be propagating; run again to retry",
-        )
+            if not answers or not all(a.ok(expected) for a in answers):
+                raise NotYet(f"not every server answers {expected}")
+            return answers
+
+        try:
+            return wait_for(agree, Waiter(
+                f"every authoritative server to answer {expected} for {self.spec.record}",
+                attempts=attempts, interval=interval, successes=successes), sleep=sleep)
+        except WaitTimeout:
+            bad = ", ".join(f"{a.server} → {','.join(a.addresses) or 'nothing'}"
+                            for a in answers if not a.ok(expected))
+            raise UserError(
+                f"authoritative servers do not all answer {expected} for {self.spec.record}: "
+                f"{bad}",
+                hint="the update may still be propagating; run again to retry",
+            ) from None
 
 
 def cache_expiry(switched_at: datetime, ttl_at_switch: int,
