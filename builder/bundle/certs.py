@@ -16,8 +16,8 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from builder.bundle.inputs import read_small
 from builder.errors import UserError
+from builder.inputs import read_input
 
 MAX_PEM_BYTES = 1 << 20
 
@@ -93,7 +93,7 @@ def keys_match(cert: x509.Certificate, key: rsa.RSAPrivateKey) -> bool:
 
 
 def _read(path: Path, what: str) -> bytes:
-    return read_small(path, what, MAX_PEM_BYTES, hint="give the PEM file")
+    return read_input(path, MAX_PEM_BYTES, what)
 
 
 def _first_line(exc: Exception) -> str:

@@ -42,9 +42,9 @@ from builder.bundle.certs import (
     load_certificate,
     load_private_key,
 )
-from builder.bundle.inputs import read_small
 from builder.bundle.tarstream import TarFormatError, TarReceiver
 from builder.errors import UserError
+from builder.inputs import read_input
 
 READ_SIZE = 1 << 20
 MAX_INFLATE = 4 << 20  # bound on output per decompress call
@@ -61,8 +61,7 @@ class UnbundleResult:
 
 def read_manifest(path: Path) -> tuple[bytes, manifest_xml.ParsedManifest]:
     """Read (size-checked first) and parse a bundle manifest file."""
-    data = read_small(Path(path), "manifest", manifest_xml.MAX_MANIFEST_BYTES,
-                      hint="give <prefix>.manifest.xml")
+    data = read_input(path, manifest_xml.MAX_MANIFEST_BYTES, "manifest")
     return data, manifest_xml.parse(data, str(path))
 
 
