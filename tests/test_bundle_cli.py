@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from tests.aws_fixtures import AWS_ENV, make_stored_image
 from tests.bundle_pki import Pki, make_pki, resign
 
 MiB = 1024 * 1024
+pytest_plugins = ("tests.aws_plugin",)  # fixtures: aws
 
 
 @pytest.fixture(scope="module")
@@ -250,12 +250,9 @@ def test_volume_leaves_every_secret_out(tmp_path: Path, pki: Pki,
 
 
 @pytest.fixture
-def upload_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    for key, value in AWS_ENV.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_PROFILE", raising=False)
-    with mock_aws():
-        yield boto3.client("s3", region_name="eu-west-1")
+def upload_env(aws: Any) -> Any:
+    """moto (tests/aws_plugin.py's `aws`) and an S3 client to look into it."""
+    return boto3.client("s3", region_name="eu-west-1")
 
 
 def _small_bundle(tmp_path: Path, pki: Pki, capsys: pytest.CaptureFixture[str]) -> Path:
