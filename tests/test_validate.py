@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from builder.cli import main
+from builder.errors import UserError
 from builder.manifest import load_manifest
 from builder.render import Part, render_role
 from builder.validate import lint_user_data, schema_problems, validate_rendered
@@ -190,7 +191,21 @@ def test_problems_point_at_the_manifest_line(tmp_path: Path) -> None:
         url_line, url_line.replace("http://", "http://ree:t0psecret@"))
     path = tmp_path / "leaky.yaml"
     path.write_text(leaked)
+    # the loader refuses it at the url's line, naming the kind, never the value
+    with pytest.raises(UserError) as info:
+        load_manifest(path)
+    url_at = source.splitlines().index(url_line) + 1
+    assert [(p.location.line, "URL with a password" in p.message, "t0psecret" in p.message)
+            for p in info.value.problems] == [(url_at, True, False)]
+    # a manifest made in code still meets the lint of the rendered user-data
+    path.write_text(source)
     manifest = load_manifest(path)
+    ruby = manifest.components.ruby
+    assert ruby is not None and ruby.tarball is not None
+    leaky_url = ruby.tarball.url.replace("http://", "http://ree:t0psecret@")
+    replace = dataclasses.replace
+    manifest = replace(manifest, components=replace(manifest.components, ruby=replace(
+        ruby, tarball=replace(ruby.tarball, url=leaky_url))))
     problems = validate_rendered(manifest, render_role(manifest, "all-in-one"))
     assert problems, "the literal password in the URL was not caught"
     (problem,) = problems
@@ -199,6 +214,7 @@ def test_problems_point_at_the_manifest_line(tmp_path: Path) -> None:
     assert "role all-in-one (fried user-data): write_files." in problem.message
     assert "/usr/lib/amibake/setup/ruby-build.sh" in problem.message
     assert "[password]" in problem.message
+    assert "t0psecret" not in problem.message
 
 
 def test_schema_problem_points_at_the_package_line() -> None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from builder.errors import UserError
+from builder.manifest.checks import cutover_problems
 from builder.manifest.model import Cutover, DbEndpoint, Manifest, Nginx, SecretRef
 
 
@@ -159,43 +160,23 @@ def derive(
             hint="add one: old_db, new_db, dns, notice, window_start, old_site, new_site",
         )
     nginx = manifest.components.nginx
-    if nginx is None:
-        raise UserError(
-            f"{manifest.where('components')}: the cutover needs components.nginx "
-            "(its maintenance flag and page)",
-            hint="add a components.nginx section",
-        )
+    # The loader has checked all of this; a manifest made in code gets the same checks.
+    problems = cutover_problems(manifest)
+    if problems or nginx is None:
+        path, message = problems[0] if problems else ("components", "no components.nginx")
+        raise UserError(f"{manifest.where(path)}: {message}",
+                        hint="`amibake validate` lists every problem of the manifest")
     dns = cut.dns
-    if dns.provider == "route53" and not dns.hosted_zone_id:
-        raise UserError(
-            f"{manifest.where('cutover.dns')}: dns.hosted_zone_id is required for route53",
-            hint="the Route53 hosted zone id, e.g. Z0123456789",
-        )
-    if dns.provider == "rfc2136" and (not dns.server or dns.tsig_key is None):
-        raise UserError(
-            f"{manifest.where('cutover.dns')}: rfc2136 needs dns.server and dns.tsig_key",
-            hint="server: host[:port] of the primary; tsig_key: {ssm: NAME}",
-        )
     secrets: dict[str, Any] = {"ssm": ssm, "secretsmanager": secretsmanager, "environ": environ}
     old = _conn(cut.old_db, secrets)
     new = _conn(cut.new_db, secrets)
     publisher = old
     if cut.publisher:
         host, _, port = cut.publisher.rpartition(":") if ":" in cut.publisher else (
-            cut.publisher, "", str(old.port))
-        if not port.isdigit():
-            raise UserError(
-                f"{manifest.where('cutover.publisher')}: publisher must be host[:port]",
-            )
+            cut.publisher, "", str(old.port))  # host[:port], checked at load
         publisher = Conn(host, int(port), old.dbname, old.user, old.password)
     tsig = parse_tsig(resolve_secret(dns.tsig_key, **secrets)) if dns.tsig_key else None
     app_user = manifest.app.database.user
-    if app_user in (old.user, new.user):
-        raise UserError(
-            f"{manifest.where('app.database.user')}: the app role {app_user!r} is also the "
-            "cutover's superuser; the freeze would lock the cutover out",
-            hint="give the cutover its own superuser in cutover.old_db.user / new_db.user",
-        )
     return CutoverConfig(
         manifest=manifest,
         cutover=cut,

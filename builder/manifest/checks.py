@@ -2,16 +2,20 @@
 
 Each check takes the manifest and `report(path, message)`; the path is a
 dotted YAML path, so the problem points at the line that set it. Checks of a
-single value (ranges, formats) are in field_checks.py.
+single value (ranges, formats) are declared with the field in model.py
+(field_checks.py). Every section is checked here, the cutover's included, so
+`amibake validate` reports every problem at once; only resolving secrets is
+left to run time.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterator
-from pathlib import PurePosixPath
 
-from builder.manifest.field_checks import NAME
+from builder.manifest.field_checks import NAME, template
 from builder.manifest.model import COMPONENT_NAMES, Manifest
+from builder.manifest.paths import under
 from builder.manifest.scalars import did_you_mean
 
 Report = Callable[[str, str], None]
@@ -119,12 +123,10 @@ def check_web(m: Manifest, report: Report) -> None:
     nginx = m.components.nginx
     if nginx is None:
         return
-    for code, page in nginx.error_pages.items():
-        path = f"components.nginx.error_pages.{code}"
-        if not (len(code) == 3 and code.isdigit() and code[0] in "45"):
-            report(path, f"error page status {code!r} must be a 4xx or 5xx HTTP status")
-        elif not page.startswith("/"):
-            report(path, f"error page {page!r} must start with '/' (a path under static_root)")
+    for code in nginx.error_pages:
+        if code in ("503",):
+            report(f"components.nginx.error_pages.{code}",
+                   "503 is the maintenance page's status (components.nginx.maintenance_page)")
 
 
 def check_database(m: Manifest, report: Report) -> None:
@@ -137,10 +139,62 @@ def check_database(m: Manifest, report: Report) -> None:
             report(f"{path}.address", "a `local` hba rule takes no address")
         elif rule.type != "local" and not rule.address:
             report(path, f"a `{rule.type}` hba rule needs an address (CIDR)")
-    data, mount = PurePosixPath(pg.data_dir), PurePosixPath(pg.mount_point)
-    if data == mount or not data.is_relative_to(mount):
+        if rule.type != "local" and rule.method != "reject" and not rule.allow_world and \
+                world_open(rule.address):
+            report(f"{path}.address", f"a `{rule.method}` rule from {rule.address} lets the whole "
+                   "internet try to log in; narrow the address, or set allow_world: true on "
+                   "this rule if that is meant")
+    # the field checks already refused '..', so the paths compare as written
+    if not under(pg.data_dir, pg.mount_point):
         report("components.postgresql.data_dir",
                f"data_dir {pg.data_dir!r} must be under mount_point {pg.mount_point!r}")
+    for key in pg.settings:
+        reason = OWNED_SETTINGS.get(key)
+        if reason:
+            report(f"components.postgresql.settings.{key}",
+                   f"postgresql setting {key} cannot be set here: {reason}")
+
+
+#: postgresql.conf settings a manifest may not set, and why.
+OWNED_SETTINGS: dict[str, str] = {
+    **dict.fromkeys(
+        ("archive_command", "restore_command", "archive_cleanup_command",
+         "recovery_end_command", "ssl_passphrase_command"),
+        "it runs a shell command as the postgres user"),
+    **dict.fromkeys(
+        ("shared_preload_libraries", "local_preload_libraries", "session_preload_libraries",
+         "dynamic_library_path", "jit_provider", "archive_library"),
+        "it loads shared libraries into the server"),
+    **dict.fromkeys(
+        ("data_directory", "hba_file", "ident_file", "config_file", "external_pid_file",
+         "include", "include_dir", "include_if_exists"),
+        "amibake places the cluster's files (data_dir is components.postgresql.data_dir)"),
+    **dict.fromkeys(
+        ("unix_socket_directories", "unix_socket_group", "unix_socket_permissions"),
+        "amibake's boot scripts and the cutover connect through Debian's socket"),
+    "listen_addresses": "amibake sets it from components.postgresql.listen_addresses",
+    "port": "amibake sets it from components.postgresql.port",
+}
+
+#: Networks with a prefix shorter than this hold "the world" for these checks.
+WORLD_PREFIX = {4: 8, 6: 16}
+
+
+def world_open(cidr: str) -> bool:
+    """True for 0.0.0.0/0, ::/0 and anything shorter than /8 (IPv4) or /16 (IPv6)."""
+    try:
+        net = ipaddress.ip_network(cidr, strict=False)
+    except ValueError:
+        return False
+    return net.prefixlen < WORLD_PREFIX[net.version]
+
+
+def check_app_network(m: Manifest, report: Report) -> None:
+    db = m.app.database
+    if world_open(db.network) and not db.allow_world:
+        report("app.database.network", f"database.network {db.network} opens the database (and "
+               "its security group) to the whole internet; narrow it to the app servers' "
+               "network, or set app.database.allow_world: true if that is meant")
 
 
 #: Accounts a Debian image already has (base-passwd) or its packages create.
@@ -173,13 +227,71 @@ def check_publish(m: Manifest, report: Report) -> None:
         if region not in seen:
             report(f"publish.kms_key_ids.{region}",
                    f"KMS key for {region!r}, which is not in publish.regions")
-    if m.image.backing == "instance-store" and not m.publish.bucket:
+    if m.image.backing == "instance-store":
+        check_instance_store(m, report)
+    name = m.image.name_template.format(name=m.name, version=str(m.version), arch="x86_64") \
+        if template(m.image.name_template) is None else ""
+    if len(name) > 128:
+        report("image.name_template", f"the AMI name would be {len(name)} characters long "
+               "(EC2 allows 128)")
+
+
+#: EC2's size limit for an instance-store root device, in GiB.
+INSTANCE_STORE_MAX_GIB = 10
+
+
+def check_instance_store(m: Manifest, report: Report) -> None:
+    """What EC2 accepts for an instance-store AMI, known before anything is built."""
+    if not m.publish.bucket:
         report("image.backing", "instance-store images need publish.bucket for the bundle")
+    if m.image.volume_size_gib > INSTANCE_STORE_MAX_GIB:
+        report("image.volume_size_gib", f"an instance-store root device holds at most "
+               f"{INSTANCE_STORE_MAX_GIB} GiB (volume_size_gib is {m.image.volume_size_gib}); "
+               "lower it, or use backing: ebs")
+    if m.publish.kms_key_ids:
+        report("publish.kms_key_ids", "kms_key_ids encrypt EBS snapshots; an instance-store "
+               "AMI has none (its bundle is already encrypted for EC2): remove them, or use "
+               "backing: ebs")
+    if m.image.boot_mode == "uefi" and m.image.architecture == "x86_64":
+        report("image.boot_mode", "instance-store AMIs boot x86_64 instances with legacy BIOS; "
+               "use boot_mode uefi-preferred (the baked disk boots both ways), or backing: ebs")
+
+
+def check_cutover(m: Manifest, report: Report) -> None:
+    """What the cutover needs beyond each value's own check (secrets resolve at run time)."""
+    cut = m.cutover
+    if cut is None:
+        return
+    if m.components.nginx is None:
+        report("cutover", "the cutover needs components.nginx (its maintenance flag and page)")
+    dns = cut.dns
+    if dns.provider == "route53" and not dns.hosted_zone_id:
+        report("cutover.dns", "dns.hosted_zone_id is required for route53 (e.g. Z0123456789)")
+    if dns.provider == "rfc2136" and (not dns.server or dns.tsig_key is None):
+        report("cutover.dns", "rfc2136 needs dns.server and dns.tsig_key "
+               "(server: host[:port] of the primary; tsig_key: {ssm: NAME})")
+    app_user = m.app.database.user
+    if app_user in (cut.old_db.user, cut.new_db.user):
+        report("app.database.user", f"the app role {app_user!r} is also the cutover's "
+               "superuser; the freeze would lock the cutover out (give the cutover its own "
+               "superuser in cutover.old_db.user / new_db.user)")
+    files = cut.files
+    if files is not None and all(":" in p for p in (files.source, files.destination)):
+        report("cutover.files.destination", "rsync copies between one remote side and this "
+               "host: source and destination cannot both be host:/path")
+
+
+def cutover_problems(m: Manifest) -> list[tuple[str, str]]:
+    """(dotted path, message) of every cutover problem: for callers that
+    build a manifest in code rather than loading it."""
+    found: list[tuple[str, str]] = []
+    check_cutover(m, lambda path, message: found.append((path, message)))
+    return found
 
 
 CHECKS: tuple[Callable[[Manifest, Report], None], ...] = (
     check_roles, check_references, check_ports, check_ruby, check_web, check_database,
-    check_login_user, check_publish,
+    check_app_network, check_login_user, check_publish, check_cutover,
 )
 
 

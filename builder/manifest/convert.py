@@ -20,7 +20,6 @@ from packaging.version import InvalidVersion, Version
 
 from builder.errors import Location, Problem
 from builder.manifest import yaml_nodes as yn
-from builder.manifest.field_checks import FIELD_CHECKS, ITEM_CHECKS
 from builder.manifest.model import SecretRef
 from builder.manifest.scalars import BOOLS, did_you_mean, parse_int, short
 from builder.manifest.yaml_nodes import MappingNode, Node, ScalarNode, SequenceNode
@@ -236,15 +235,20 @@ class Converter:
         return cls(**kwargs)
 
     def _check(self, cls: type, key: str, value: Any, path: str, node: Node) -> None:
-        """Run the field's own check (field_checks.py) on a converted value."""
-        check = FIELD_CHECKS.get((cls, key))
-        if check is not None and (message := check(value)):
+        """Run the checks model.py declares with the field on a converted value."""
+        meta = field_metadata(cls)[key]
+        if (check := meta.get("check")) is not None and (message := check(value)):
             self.problem(node, f"{path}: {message}")
-        check = ITEM_CHECKS.get((cls, key))
-        if check is not None:
-            for i, item in enumerate(value):
-                if message := check(item):
-                    self.problem(self.locations[f"{path}.{i}"], f"{path}.{i}: {message}")
+        items = value.items() if isinstance(value, dict) else enumerate(value) \
+            if isinstance(value, tuple) else ()
+        key_check = meta.get("key") if isinstance(value, dict) else None
+        for index, item in items:
+            where = self.locations.get(f"{path}.{index}", yn.location(self.file, node))
+            message = key_check(index) if key_check is not None else None
+            if message is None and (check := meta.get("item")) is not None:
+                message = check(item)
+            if message:
+                self.problem(where, f"{path}.{short(str(index))}: {message}")
 
     def _secret(self, node: Node, path: str) -> Any:
         if isinstance(node, ScalarNode):
@@ -280,6 +284,12 @@ def yaml_fields(cls: type) -> dict[str, Any]:
     """YAML key → type for the fields of `cls` that are settings (they have help)."""
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in dataclasses.fields(cls) if "help" in f.metadata}
+
+
+@cache
+def field_metadata(cls: type) -> dict[str, Any]:
+    """Setting name → its metadata (help, and the checks declared with it)."""
+    return {f.name: f.metadata for f in dataclasses.fields(cls)}
 
 
 def _required(cls: type, name: str) -> bool:

@@ -12,6 +12,7 @@ All problems of a file are raised together as one UserError.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 from builder.errors import Location, Problem, UserError
@@ -19,6 +20,8 @@ from builder.manifest import yaml_nodes as yn
 from builder.manifest.checks import run_checks
 from builder.manifest.convert import INVALID, Converter
 from builder.manifest.model import Manifest
+from builder.manifest.scalars import short
+from builder.manifest.secrets import secret_kind
 
 HINT = "fix the lines above; `amibake schema` lists every setting"
 
@@ -55,6 +58,10 @@ def _from_source(source: yn.Source) -> Manifest:
         )])
     conv = Converter(str(path))
     value = conv.dataclass(root, Manifest, "", source.loc(root))
+    secrets = literal_secrets(source)
+    if secrets:  # other problems at a secret's place could quote it: only the secret's
+        hidden = {p.location for p in secrets}
+        conv.problems = [p for p in conv.problems if p.location not in hidden] + secrets
     if value is INVALID or conv.problems:
         raise _error(path, conv.problems)
     manifest: Manifest = dataclasses.replace(value, source=path, locations=conv.locations)
@@ -67,6 +74,34 @@ def _from_source(source: yn.Source) -> Manifest:
     if problems:
         raise _error(path, problems)
     return manifest
+
+
+def literal_secrets(source: yn.Source) -> list[Problem]:
+    """A problem for every scalar that looks like a literal secret, by kind, never by value."""
+    problems: list[Problem] = []
+    for where, node in _scalars(source.root, ""):
+        kind = secret_kind(node.value)
+        if kind is not None:
+            problems.append(Problem(source.loc(node), (
+                f"{where or '(top)'}: {kind}, written literally (the value is not shown); "
+                "keep secrets in a secret store and refer to them: {ssm: NAME} or "
+                "{secretsmanager: NAME}")))
+    return problems
+
+
+def _scalars(node: yn.Node | None, path: str) -> Iterator[tuple[str, yn.ScalarNode]]:
+    """(dotted path, node) of every scalar under `node`, mapping keys included."""
+    if isinstance(node, yn.ScalarNode):
+        yield path, node
+    elif isinstance(node, yn.SequenceNode):
+        for i, child in enumerate(node.value):
+            yield from _scalars(child, f"{path}.{i}" if path else str(i))
+    elif isinstance(node, yn.MappingNode):
+        for key, child in node.value:
+            name = short(str(key.value)) if isinstance(key, yn.ScalarNode) else "?"
+            child_path = f"{path}.{name}" if path else name
+            yield from _scalars(key, child_path)
+            yield from _scalars(child, child_path)
 
 
 def _error(path: Path, problems: list[Problem]) -> UserError:

@@ -15,24 +15,38 @@ Conventions the loader applies generically:
 - `Version` is parsed with packaging; `SecretRef` from `{ssm: NAME}` or
   `{secretsmanager: NAME}`.
 - `Optional` (`X | None`) fields may be absent.
+- `check=` / `item=` / `key=` name the field's own checks (field_checks.py),
+  run on the converted value with the problem at its line.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
 from packaging.version import Version
 
 from builder.errors import Location
+from builder.manifest import field_checks as fc
 
 SCHEMA_VERSION = 1
 
 
-def setting(default: Any = ..., help: str = "", **kw: Any) -> Any:
-    """Declare one manifest setting with its help text."""
-    meta = {"help": help}
+def setting(
+    default: Any = ...,
+    help: str = "",
+    *,
+    check: fc.Check | None = None,
+    item: fc.Check | None = None,
+    key: fc.Check | None = None,
+    **kw: Any,
+) -> Any:
+    """Declare one manifest setting: its help text and the checks of where its
+    value goes (field_checks.py). `check` sees the whole value, `item` each
+    item of a list or each value of a mapping, `key` each key of a mapping."""
+    meta: dict[str, Any] = {"help": help}
+    meta.update({k: v for k, v in (("check", check), ("item", item), ("key", key)) if v})
     if default is ...:
         return field(metadata=meta, **kw)
     if isinstance(default, (list, dict, set)):
@@ -63,40 +77,50 @@ class SecretRef:
 class Tarball:
     """A source tarball fetched and built at bake time, pinned by checksum."""
 
-    url: str = setting(help="where the tarball is downloaded from")
-    sha256: str = setting("", help="hex SHA-256 of the tarball; the build refuses any other")
+    url: str = setting(help="where the tarball is downloaded from (http or https)",
+                       check=fc.url)
+    sha256: str = setting("", help="hex SHA-256 of the tarball; the build refuses any other",
+                          check=fc.sha256)
     md5: str = setting(
-        "", help="hex MD5, for old tarballs whose publisher gave only that; checked too"
+        "", help="hex MD5, for old tarballs whose publisher gave only that; checked too",
+        check=fc.md5,
     )
-    prefix: str = setting(help="installation prefix, e.g. /opt/ree")
-    version: str = setting("", help="upstream version, for tags and logs")
-    configure_flags: tuple[str, ...] = setting((), help="extra flags for ./installer or configure")
+    prefix: str = setting(help="installation prefix, e.g. /opt/ree", check=fc.path)
+    version: str = setting("", help="upstream version, for tags and logs",
+                           check=fc.optional(fc.shell_word))
+    configure_flags: tuple[str, ...] = setting(
+        (), help="extra flags for ./installer or configure", item=fc.configure_flag)
 
 
 @dataclass(frozen=True, kw_only=True)
 class Nginx:
     """The web front end: nginx in front of the app servers."""
 
-    upstream_role: str = setting(help="role whose app servers nginx proxies to")
+    upstream_role: str = setting(help="role whose app servers nginx proxies to", check=fc.name)
     balance: Literal["round_robin", "least_conn", "ip_hash", "fair"] = setting(
         "least_conn", help="upstream balancing; `fair` needs the upstream-fair module"
     )
-    listen: int = setting(80, help="HTTP port")
-    static_root: str = setting("/srv/app/public", help="document root for static files")
+    listen: int = setting(80, help="HTTP port", check=fc.port)
+    static_root: str = setting("/srv/app/public", help="document root for static files",
+                               check=fc.path)
     gzip_static: bool = setting(True, help="serve precompressed .gz files")
     page_cache: bool = setting(True, help="Rails page-cache rewrites: try $uri.html first")
-    client_max_body_size: str = setting("20m", help="largest upload nginx accepts")
+    client_max_body_size: str = setting("20m", help="largest upload nginx accepts",
+                                        check=fc.size)
     maintenance_flag: str = setting(
         "/var/www/maintenance/on",
-        help="when this file exists nginx answers 503 with the maintenance page",
+        help="when this file exists nginx answers 503 with the maintenance page", check=fc.path,
     )
     maintenance_page: str = setting(
-        "/var/www/maintenance/index.html", help="the page served while in maintenance"
+        "/var/www/maintenance/index.html", help="the page served while in maintenance",
+        check=fc.path,
     )
-    retry_after: int = setting(300, help="Retry-After seconds sent with 503")
+    retry_after: int = setting(300, help="Retry-After seconds sent with 503",
+                               check=fc.between(0, 86400))
     error_pages: dict[str, str] = setting(
         default_factory=lambda: {"404": "/404.html", "500": "/500.html"},
-        help="status code → page under static_root",
+        help="status code → page under static_root (an absolute URL path)",
+        key=fc.http_status, item=fc.url_path,
     )
 
 
@@ -106,11 +130,13 @@ class Ruby:
 
     source: Literal["debian", "tarball"] = setting("debian", help="where Ruby comes from")
     packages: tuple[str, ...] = setting(
-        ("ruby", "ruby-rack", "puma", "ruby-pg"), help="Debian packages (source: debian)"
+        ("ruby", "ruby-rack", "puma", "ruby-pg"), help="Debian packages (source: debian)",
+        item=fc.deb_package,
     )
     tarball: Tarball | None = setting(None, help="source tarball (source: tarball)")
     gems: tuple[str, ...] = setting(
-        (), help="gems installed into the tarball Ruby: `name` or `name:version`"
+        (), help="gems installed into the tarball Ruby: `name` or `name:version`",
+        item=fc.gem,
     )
 
 
@@ -119,11 +145,15 @@ class AppServer:
     """A pack of N app-server processes on ports base_port..base_port+N-1."""
 
     kind: Literal["puma", "mongrel_cluster"] = setting("puma", help="app server")
-    count: int = setting(2, help="number of processes")
-    base_port: int = setting(8000, help="first port; process i listens on base_port+i")
-    bind: str = setting("0.0.0.0", help="address the processes listen on")
-    threads: int = setting(4, help="threads per process (puma)")
-    environment: str = setting("production", help="RACK_ENV / RAILS_ENV")
+    count: int = setting(2, help="number of processes",
+                         check=fc.between(1, fc.MAX_APP_SERVERS))
+    base_port: int = setting(8000, help="first port; process i listens on base_port+i",
+                             check=fc.port)
+    bind: str = setting("0.0.0.0", help="IP address the processes listen on",
+                        check=fc.ip_address)
+    threads: int = setting(4, help="threads per process (puma)", check=fc.between(1, 1024))
+    environment: str = setting("production", help="RACK_ENV / RAILS_ENV",
+                               check=fc.environment)
 
     @property
     def ports(self) -> tuple[int, ...]:
@@ -135,29 +165,39 @@ class HbaRule:
     """One pg_hba.conf line."""
 
     type: Literal["local", "host", "hostssl", "hostnossl"] = setting("host", help="connection type")
-    database: str = setting(help="database name, or all")
-    user: str = setting(help="role name, or all")
-    address: str = setting("", help="CIDR (not for local)")
+    database: str = setting(help="database name, or all", check=fc.hba_token)
+    user: str = setting(help="role name, or all", check=fc.hba_token)
+    address: str = setting("", help="CIDR (not for local)", check=fc.cidr)
     method: Literal["scram-sha-256", "md5", "peer", "trust", "reject"] = setting(
         "scram-sha-256", help="authentication method"
     )
+    allow_world: bool = setting(
+        False, help="say that a password or trust rule open to the world (a prefix "
+                    "shorter than /8, e.g. 0.0.0.0/0) is meant")
 
 
 @dataclass(frozen=True, kw_only=True)
 class PostgreSQL:
     """PostgreSQL with its data directory on instance storage."""
 
-    version: str = setting("15", help="major version (Debian package postgresql-N)")
-    port: int = setting(5432, help="TCP port")
-    listen_addresses: str = setting("*", help="listen_addresses")
-    instance_store: str = setting("ephemeral0", help="block-device-mapping name of the volume")
-    mount_point: str = setting("/mnt", help="where the instance store is mounted")
+    version: str = setting("15", help="major version (Debian package postgresql-N)",
+                           check=fc.pg_version)
+    port: int = setting(5432, help="TCP port", check=fc.port)
+    listen_addresses: str = setting(
+        "*", help="listen_addresses: `*`, or host names / IP addresses separated by commas",
+        check=fc.listen_addresses)
+    instance_store: str = setting("ephemeral0", help="block-device-mapping name of the volume",
+                                  check=fc.instance_store)
+    mount_point: str = setting("/mnt", help="where the instance store is mounted",
+                               check=fc.mount_point)
     data_dir: str = setting(
-        "/mnt/postgresql/15/main", help="data directory; under mount_point for instance storage"
+        "/mnt/postgresql/15/main", help="data directory; under mount_point for instance storage",
+        check=fc.path,
     )
     hba: tuple[HbaRule, ...] = setting((), help="pg_hba rules added before the defaults")
     settings: dict[str, str] = setting(
-        default_factory=dict, help="extra postgresql.conf settings"
+        default_factory=dict, help="extra postgresql.conf settings (not those amibake sets, "
+        "nor those that run commands or load libraries)", key=fc.guc_name, item=fc.guc_value,
     )
 
 
@@ -171,7 +211,8 @@ class Components:
     postgresql: PostgreSQL | None = setting(None, help="database server")
 
 
-COMPONENT_NAMES: tuple[str, ...] = ("nginx", "ruby", "appserver", "postgresql")
+#: The component names, in order: the fields of `Components`, the one list.
+COMPONENT_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Components))
 
 # --------------------------------------------------------------------- the app
 
@@ -180,22 +221,28 @@ COMPONENT_NAMES: tuple[str, ...] = ("nginx", "ruby", "appserver", "postgresql")
 class Database:
     """The app's database and the role it connects as."""
 
-    name: str = setting(help="database name")
-    user: str = setting(help="role the app connects as")
+    name: str = setting(help="database name", check=fc.sql_name)
+    user: str = setting(help="role the app connects as", check=fc.sql_name)
     password: SecretRef = setting(help="secret store reference; never a literal")
-    host_role: str = setting(help="role that runs the database server")
-    network: str = setting("10.0.0.0/16", help="CIDR the app servers connect from")
+    host_role: str = setting(help="role that runs the database server", check=fc.name)
+    network: str = setting("10.0.0.0/16", help="CIDR the app servers connect from",
+                           check=fc.cidr)
+    allow_world: bool = setting(
+        False, help="say that a network open to the world (a prefix shorter than /8, "
+                    "e.g. 0.0.0.0/0) is meant")
 
 
 @dataclass(frozen=True, kw_only=True)
 class App:
     """The application the servers run."""
 
-    name: str = setting(help="app name; unix user and paths derive from it")
-    server_name: str = setting(help="the site's DNS name, e.g. payroll.example.com")
-    user: str = setting("app", help="unix user the app servers run as")
-    root: str = setting("/srv/app", help="where the app's code lives")
-    uploads_dir: str = setting("/var/uploads", help="where uploaded files are kept")
+    name: str = setting(help="app name; unix user and paths derive from it", check=fc.name)
+    server_name: str = setting(help="the site's DNS name, e.g. payroll.example.com",
+                               check=fc.hostname)
+    user: str = setting("app", help="unix user the app servers run as", check=fc.unix_user)
+    root: str = setting("/srv/app", help="where the app's code lives", check=fc.path)
+    uploads_dir: str = setting("/var/uploads", help="where uploaded files are kept",
+                               check=fc.path)
     database: Database = setting(help="the app's database")
     code: Literal["sample", "none"] = setting(
         "sample", help="`sample`: amibake's Rack sample app; `none`: deployed separately"
@@ -211,9 +258,11 @@ class Role:
 
     name: str
     components: tuple[str, ...] = setting(help="component names from `components`")
-    description: str = setting("", help="what this role is for")
-    ports: tuple[int, ...] = setting((), help="extra TCP ports to open (security group)")
-    instance_type: str = setting("t3.small", help="EC2 instance type for launch")
+    description: str = setting("", help="what this role is for", check=fc.text_line)
+    ports: tuple[int, ...] = setting((), help="extra TCP ports to open (security group)",
+                                     item=fc.port)
+    instance_type: str = setting("t3.small", help="EC2 instance type for launch",
+                                 check=fc.instance_type)
 
 
 # ------------------------------------------------------------------- image
@@ -226,15 +275,18 @@ class ImageSpec:
     distro: Literal["debian"] = setting("debian", help="distribution")
     release: Literal["bookworm"] = setting("bookworm", help="release")
     architecture: Literal["x86_64"] = setting("x86_64", help="CPU architecture")
-    volume_size_gib: int = setting(4, help="root volume size")
+    volume_size_gib: int = setting(4, help="root volume size",
+                                   check=fc.between(1, 16384))
     boot_mode: Literal["uefi-preferred", "uefi", "legacy-bios"] = setting(
         "uefi-preferred", help="EC2 boot mode"
     )
-    login_user: str = setting("admin", help="user that gets the instance's SSH key")
-    roles: tuple[str, ...] = setting((), help="roles baked in (default: all)")
-    packages: tuple[str, ...] = setting((), help="extra Debian packages")
+    login_user: str = setting("admin", help="user that gets the instance's SSH key",
+                              check=fc.unix_user)
+    roles: tuple[str, ...] = setting((), help="roles baked in (default: all)", item=fc.name)
+    packages: tuple[str, ...] = setting((), help="extra Debian packages", item=fc.deb_package)
     name_template: str = setting(
-        "{name}-{version}", help="AMI name; {name}, {version}, {arch} are filled in"
+        "{name}-{version}", help="AMI name; {name}, {version}, {arch} are filled in",
+        check=fc.template,
     )
     backing: Literal["ebs", "instance-store"] = setting("ebs", help="AMI root device type")
 
@@ -243,13 +295,17 @@ class ImageSpec:
 class PublishSpec:
     """Where and how AMIs are published."""
 
-    regions: tuple[str, ...] = setting(("us-east-1",), help="first is the home region")
-    ssm_prefix: str = setting("/amibake", help="SSM parameter prefix")
+    regions: tuple[str, ...] = setting(("us-east-1",), help="first is the home region",
+                                       item=fc.region)
+    ssm_prefix: str = setting("/amibake", help="SSM parameter prefix, a path such as /amibake",
+                              check=fc.ssm_path)
     kms_key_ids: dict[str, str] = setting(
-        default_factory=dict, help="region → KMS key id to encrypt snapshots with"
+        default_factory=dict, help="region → KMS key id to encrypt snapshots with",
+        key=fc.region, item=fc.kms_key,
     )
-    bucket: str = setting("", help="S3 bucket for instance-store bundles")
-    keep: int = setting(3, help="versions kept by `amibake prune`")
+    bucket: str = setting("", help="S3 bucket for instance-store bundles (bucket[/prefix])",
+                          check=fc.optional(fc.bucket))
+    keep: int = setting(3, help="versions kept by `amibake prune`", check=fc.between(1, 1000))
 
 
 # ------------------------------------------------------------------ cutover
@@ -259,10 +315,10 @@ class PublishSpec:
 class DbEndpoint:
     """A PostgreSQL connection (libpq keywords)."""
 
-    host: str = setting(help="host name or address")
-    port: int = setting(5432, help="port")
-    dbname: str = setting(help="database")
-    user: str = setting(help="superuser used for the cutover")
+    host: str = setting(help="host name or address", check=fc.host)
+    port: int = setting(5432, help="port", check=fc.port)
+    dbname: str = setting(help="database", check=fc.sql_name)
+    user: str = setting(help="superuser used for the cutover", check=fc.sql_name)
     password: SecretRef | None = setting(None, help="secret reference; none for peer/trust")
 
 
@@ -270,10 +326,15 @@ class DbEndpoint:
 class FilesSync:
     """Uploaded files moved with rsync."""
 
-    source: str = setting(help="old server's directory, `host:/path` for SSH")
-    destination: str = setting(help="new server's directory, `host:/path` for SSH")
+    source: str = setting(help="old server's directory, `[user@]host:/path` for SSH",
+                          check=fc.rsync_location)
+    destination: str = setting(
+        help="new server's directory, `[user@]host:/path` for SSH; never / or a system "
+             "directory (rsync --delete)", check=fc.rsync_location)
     transport: Literal["local", "ssh"] = setting("local", help="how rsync reaches the hosts")
-    ssh_options: tuple[str, ...] = setting((), help="extra ssh options")
+    ssh_options: tuple[str, ...] = setting(
+        (), help="extra ssh options: -p, -i, -l and -o Key=Value for connection and host-key "
+                 "settings (never ProxyCommand, LocalCommand, -F …)", check=fc.ssh_options)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -281,15 +342,18 @@ class DnsSpec:
     """The record that moves, and who serves it."""
 
     provider: Literal["route53", "rfc2136"] = setting(help="DNS provider")
-    zone: str = setting(help="zone name, e.g. example.com.")
-    record: str = setting(help="record name, e.g. payroll.example.com.")
-    new_address: str = setting(help="address of the new site")
-    low_ttl: int = setting(60, help="TTL set ahead of the window")
-    hosted_zone_id: str = setting("", help="Route53 zone id")
-    server: str = setting("", help="RFC 2136 primary, host[:port]")
+    zone: str = setting(help="zone name, e.g. example.com.", check=fc.dns_name)
+    record: str = setting(help="record name, e.g. payroll.example.com.", check=fc.dns_name)
+    new_address: str = setting(help="address of the new site", check=fc.ip_address)
+    low_ttl: int = setting(60, help="TTL set ahead of the window", check=fc.between(0, 86400))
+    hosted_zone_id: str = setting("", help="Route53 zone id (required for route53)",
+                                  check=fc.optional(fc.zone_id))
+    server: str = setting("", help="RFC 2136 primary, host[:port] (required for rfc2136)",
+                          check=fc.optional(fc.host_port))
     tsig_key: SecretRef | None = setting(None, help="RFC 2136 TSIG key (name:algorithm:secret)")
     nameservers: tuple[str, ...] = setting(
-        (), help="authoritative servers to verify against, host[:port]; default: the zone's NS"
+        (), help="authoritative servers to verify against, host[:port]; default: the zone's NS",
+        item=fc.host_port,
     )
 
 
@@ -297,8 +361,9 @@ class DnsSpec:
 class Notice:
     """What users are told."""
 
-    contact: str = setting(help="whom to contact")
-    lead_days: int = setting(14, help="days between the notice and the window")
+    contact: str = setting(help="whom to contact", check=fc.text_line)
+    lead_days: int = setting(14, help="days between the notice and the window",
+                             check=fc.between(0, 365))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -306,30 +371,40 @@ class Cutover:
     """Moving the live app onto the new servers."""
 
     strategy: Literal["dump", "replicate"] = setting("replicate", help="database strategy")
-    window_start: str = setting(help="ISO 8601 with timezone, e.g. 2026-12-05T23:59-05:00")
-    window_minutes: int = setting(30, help="announced length of the outage window")
-    timezone: str = setting("UTC", help="IANA zone used in the notice")
+    window_start: str = setting(help="ISO 8601 with timezone, e.g. 2026-12-05T23:59-05:00",
+                                check=fc.iso_time_with_offset)
+    window_minutes: int = setting(30, help="announced length of the outage window",
+                                  check=fc.between(1, 24 * 60))
+    timezone: str = setting("UTC", help="IANA zone used in the notice", check=fc.time_zone)
     old_db: DbEndpoint = setting(help="the database being moved")
     new_db: DbEndpoint = setting(help="where it moves to")
     files: FilesSync | None = setting(None, help="uploaded files")
     dns: DnsSpec = setting(help="the record to switch")
     notice: Notice = setting(help="user notice")
-    old_site: str = setting(help="URL of the old site (maintenance switch, rollback)")
-    new_site: str = setting(help="URL of the new site for smoke tests")
-    old_web: str = setting("local", help="`local` or `ssh:user@host` where the old nginx runs")
-    old_web_ssh_options: tuple[str, ...] = setting((), help="extra ssh options for old_web")
+    old_site: str = setting(help="URL of the old site (maintenance switch, rollback)",
+                            check=fc.url)
+    new_site: str = setting(help="URL of the new site for smoke tests", check=fc.url)
+    old_web: str = setting("local", help="`local` or `ssh:user@host` where the old nginx runs",
+                           check=fc.old_web)
+    old_web_ssh_options: tuple[str, ...] = setting(
+        (), help="extra ssh options for old_web (the same allow-list as files.ssh_options)",
+        check=fc.ssh_options)
     checksum_when: Literal["before_switch", "after_switch"] = setting(
         "before_switch", help="when per-table content checksums run"
     )
-    smoke_paths: tuple[str, ...] = setting(("/health", "/"), help="paths that must answer 200")
+    smoke_paths: tuple[str, ...] = setting(("/health", "/"), help="paths that must answer 200",
+                                           item=fc.url_path)
     dump_format: Literal["directory", "stream"] = setting(
         "directory", help="dump strategy: `pg_dump -Fd -j` + `pg_restore -j`, or one stream"
     )
-    dump_jobs: int = setting(2, help="parallel jobs for pg_dump -Fd / pg_restore -j")
+    dump_jobs: int = setting(2, help="parallel jobs for pg_dump -Fd / pg_restore -j",
+                             check=fc.between(1, 64))
     publisher: str = setting(
-        "", help="old database as the new server reaches it, host[:port]; default old_db"
+        "", help="old database as the new server reaches it, host[:port]; default old_db",
+        check=fc.optional(fc.host_port),
     )
-    catch_up_timeout: int = setting(600, help="seconds to wait for the subscriber to catch up")
+    catch_up_timeout: int = setting(600, help="seconds to wait for the subscriber to catch up",
+                                    check=fc.between(1, 7 * 24 * 3600))
 
 
 # ---------------------------------------------------------------- manifest
@@ -339,10 +414,11 @@ class Cutover:
 class Manifest:
     """A whole manifest file."""
 
-    amibake: int = setting(help=f"manifest schema version (currently {SCHEMA_VERSION})")
-    name: str = setting(help="image name, [a-z0-9-]")
+    amibake: int = setting(help=f"manifest schema version (currently {SCHEMA_VERSION})",
+                           check=fc.schema_version(SCHEMA_VERSION))
+    name: str = setting(help="image name, [a-z0-9-]", check=fc.name)
     version: Version = setting(help="image version (PEP 440, e.g. 1.2.0)")
-    description: str = setting("", help="free text")
+    description: str = setting("", help="free text, one line", check=fc.text_line)
     app: App = setting(help="the application")
     components: Components = setting(help="component configuration")
     roles: dict[str, Role] = setting(help="role name → role")

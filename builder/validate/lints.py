@@ -1,7 +1,8 @@
 """amibake's own checks on user-data, on top of cloud-init's schema.
 
-- literal secrets: private keys, AWS access key ids, passwords (cloud-config
-  password keys, `password = ...` assignments, credentials in URLs);
+- literal secrets (builder/manifest/secrets.py): private keys, AWS access key
+  ids, passwords, tokens and API keys (cloud-config password keys, `name=value`
+  assignments, credentials in URLs), reported by kind, never by value;
 - the size EC2 accepts (16384 bytes, after gzip);
 - top-level keys no cloud-init module reads (cloud-init 22.4 ignores them).
 """
@@ -17,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from builder.manifest.secrets import AWS_KEY, KINDS, PASSWORD_ASSIGN, PRIVATE_KEY, URL_CREDENTIALS
 from builder.render.assemble import CLOUD_CONFIG, USER_DATA_LIMIT, split_user_data
 from builder.validate.schema import known_keys
 
@@ -32,16 +34,6 @@ class LintIssue:
 
 GZIP_MAGIC = b"\x1f\x8b"
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-PRIVATE_KEY = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY-----")
-AWS_KEY = re.compile(
-    rb"(?<![A-Z0-9])(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?![A-Z0-9])"
-)
-#: `password = x`, `PASSWORD: 'x'`, `--password=x`: a literal, not a variable/placeholder.
-PASSWORD_ASSIGN = re.compile(
-    rb"""(?i)(?:pass(?:word|wd)?|secret)["']?\s*[:=]\s*["']?(?![$%{<(:*\s"'`])([^\s"'`,;)]{4,})"""
-)
-#: scheme://user:secret@host with a literal secret.
-URL_CREDENTIALS = re.compile(rb"[a-z][a-z0-9+.-]*://[^\s/:@'\"]+:(?![$%{<(])[^\s/@'\"$%{}]+@")
 PASSWORD_KEYS = re.compile(r"(?i)^(passwd|password|plain_text_passwd|hashed_passwd|"
                            r"secret|token|aws_secret_access_key)$")
 
@@ -99,23 +91,20 @@ def _unique(issues: list[LintIssue]) -> list[LintIssue]:
 
 
 def _scan(where: str, content: bytes, what: str = "") -> list[LintIssue]:
-    issues = []
-    if PRIVATE_KEY.search(content):
-        issues.append(LintIssue("secret-key", where, f"a private key is written literally{what}"))
-    if AWS_KEY.search(content):
-        issues.append(LintIssue(
-            "aws-key", where, f"an AWS access key id is written literally{what}"))
-    for pattern in (PASSWORD_ASSIGN, URL_CREDENTIALS):
-        match = pattern.search(content)
-        if match:
-            issues.append(LintIssue(
-                "password", where,
-                f"a literal password{what}: "
-                + match.group(0)[:24].decode(errors="replace").strip() + "…"
-                + " (use a secret reference: {ssm: NAME} or {secretsmanager: NAME})",
-            ))
-            break
+    """Literal secrets in `content`, by kind; the text found is never shown."""
+    issues: list[LintIssue] = []
+    for pattern, kind in KINDS:
+        code = LINT_CODES[pattern]
+        if pattern.search(content) and all(i.code != code for i in issues):
+            issues.append(LintIssue(code, where, f"{kind} is written literally{what} (not shown; "
+                                    "use a secret reference: {ssm: NAME} or "
+                                    "{secretsmanager: NAME})"))
     return issues
+
+
+#: the lint code of each secret pattern
+LINT_CODES = {PRIVATE_KEY: "secret-key", AWS_KEY: "aws-key", URL_CREDENTIALS: "password",
+              PASSWORD_ASSIGN: "password"}
 
 
 def _decoded(entry: dict[str, Any]) -> bytes | None:
