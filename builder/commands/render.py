@@ -59,8 +59,8 @@ def parse_hosts(values: list[str]) -> dict[str, tuple[str, ...]]:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    from builder.manifest import load_manifest
     from builder.render import render_role
+    from builder.validate.check import load_checked
 
     if args.all_roles and args.out is None:
         out.stderr.write("amibake render: error: --all-roles needs --out DIR\n")
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
         out.stderr.write(f"amibake render: error: no such manifest: {args.path}\n")
         return EXIT_USAGE
     hosts = parse_hosts(args.host)
-    manifest = load_manifest(args.path)
+    manifest = load_checked(args.path)  # the checks `amibake validate` runs
     roles = list(manifest.roles) if args.all_roles else [args.role]
     markers = parse_markers(args.marker)
     rendered = [

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import builder
-from builder.errors import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, Location, Problem, UserError
+from builder.errors import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, UserError
 from builder.output import Output
 
 
@@ -17,20 +16,14 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         "validate", parents=[parent], help="check manifests and the user-data they render",
         description="Load each manifest, render every role (fried and baked user-data) and "
         "check it with cloud-init 22.4.2's own schema and amibake's lints (literal secrets, "
-        "EC2's 16384-byte limit, unknown keys). Exit 0 when clean, 1 on problems, 2 on "
+        "EC2's 16384-byte limit, unknown keys). Every value is checked for where it goes "
+        "(paths, units, nginx, postgresql.conf, shell), every section at once. render and "
+        "bake run the same checks first. Exit 0 when clean, 1 on problems, 2 on "
         "usage errors.",
     )
     p.add_argument("paths", nargs="*", type=Path, metavar="PATH",
                    help="manifest files or directories (default: every manifest in manifests/)")
     p.set_defaults(func=run)
-
-
-@dataclass
-class ManifestReport:
-    path: str
-    name: str = ""
-    roles: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    problems: list[Problem] = field(default_factory=list)
 
 
 def manifest_paths(paths: list[Path]) -> list[Path]:
@@ -48,42 +41,6 @@ def manifest_paths(paths: list[Path]) -> list[Path]:
     return found
 
 
-def validate_manifest(path: Path) -> ManifestReport:
-    """Every problem of one manifest: loading, rendering, schema and lints."""
-    from builder.manifest import load_manifest
-    from builder.render import render_role
-    from builder.validate import validate_rendered
-
-    report = ManifestReport(str(path))
-    try:
-        manifest = load_manifest(path)
-    except UserError as err:
-        report.problems += _problems(err, path)
-        return report
-    report.name = manifest.name
-    for role in manifest.roles:
-        for baked in (False, True):
-            mode = "baked" if baked else "fried"
-            try:
-                rendered = render_role(manifest, role, baked=baked)
-            except UserError as err:
-                report.problems += _problems(err, path)
-                continue
-            report.roles.setdefault(role, {})[mode] = {
-                "bytes": len(rendered.user_data),
-                "raw_bytes": len(rendered.raw),
-                "gzipped": rendered.gzipped,
-            }
-            report.problems += validate_rendered(manifest, rendered)
-    return report
-
-
-def _problems(err: UserError, path: Path) -> list[Problem]:
-    if err.problems:
-        return list(err.problems)
-    return [Problem(Location(str(path)), err.message)]
-
-
 def run(args: argparse.Namespace, out: Output) -> int:
     try:
         paths = manifest_paths(list(args.paths))
@@ -96,7 +53,9 @@ def run(args: argparse.Namespace, out: Output) -> int:
     from builder.validate.schema import cloudinit_version
 
     version = cloudinit_version()  # fails early, with its hint, when not set up
-    reports = [validate_manifest(p) for p in paths]
+    from builder.validate.check import check_manifest
+
+    reports = [check_manifest(p) for p in paths]
     problems = [pr for r in reports for pr in r.problems]
     roles = sum(len(r.roles) for r in reports)
     summary = (

@@ -152,7 +152,7 @@ def check_database(m: Manifest, report: Report) -> None:
         reason = OWNED_SETTINGS.get(key)
         if reason:
             report(f"components.postgresql.settings.{key}",
-                   f"postgresql setting {key} cannot be set here: {reason}")
+                   f"postgresql.settings.{key} cannot be set here: {reason}")
 
 
 #: postgresql.conf settings a manifest may not set, and why.

@@ -21,7 +21,7 @@ from packaging.version import InvalidVersion, Version
 from builder.errors import Location, Problem
 from builder.manifest import yaml_nodes as yn
 from builder.manifest.model import SecretRef
-from builder.manifest.scalars import BOOLS, did_you_mean, parse_int, short
+from builder.manifest.scalars import BOOLS, did_you_mean, one_line, parse_int, short
 from builder.manifest.yaml_nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 INT_LIMIT = 2**63
@@ -45,7 +45,7 @@ class Converter:
 
     def problem(self, where: Node | Location, message: str) -> Any:
         loc = where if isinstance(where, Location) else yn.location(self.file, where)
-        self.problems.append(Problem(loc, message))
+        self.problems.append(Problem(loc, one_line(message)))
         return INVALID
 
     # ------------------------------------------------------------ dispatch

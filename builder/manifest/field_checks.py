@@ -35,7 +35,7 @@ SHA256 = re.compile(r"[0-9a-f]{64}", A)
 MD5 = re.compile(r"[0-9a-f]{32}", A)
 SQL_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}", A)
 UNIX_USER = re.compile(r"[a-z_][a-z0-9_-]{0,31}", A)
-HBA_TOKEN = re.compile(r"\+?[A-Za-z0-9_.-]+(,\+?[A-Za-z0-9_.-]+)*", A)
+HBA_TOKEN = re.compile(r"\+?[A-Za-z0-9_.-]{1,63}(,\+?[A-Za-z0-9_.-]{1,63}){0,63}", A)
 HOST_LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
 HOSTNAME = re.compile(rf"{HOST_LABEL}(\.{HOST_LABEL})*", A)
 DNS_NAME = re.compile(rf"{HOST_LABEL}(\.{HOST_LABEL})*\.?", A)
@@ -73,6 +73,7 @@ def schema_version(expected: int) -> Check:
 
 
 def _shown(value: str) -> str:
+    """A value as a problem quotes it: shortened, in repr form (escapes, one line)."""
     return repr(short(value))
 
 
@@ -192,7 +193,7 @@ def cidr(value: str) -> str | None:
     if not value.isascii():
         return f"{_shown(value)} is not a CIDR network such as 10.0.0.0/16"
     if "/" not in value:
-        return f"{_shown(value)} needs a prefix length, e.g. {value}/32"
+        return f"{_shown(value)} needs a prefix length, e.g. {short(value)}/32"
     try:
         ipaddress.ip_network(value, strict=True)
     except ValueError:

@@ -20,7 +20,7 @@ from builder.manifest import yaml_nodes as yn
 from builder.manifest.checks import run_checks
 from builder.manifest.convert import INVALID, Converter
 from builder.manifest.model import Manifest
-from builder.manifest.scalars import short
+from builder.manifest.scalars import one_line, short
 from builder.manifest.secrets import secret_kind
 
 HINT = "fix the lines above; `amibake schema` lists every setting"
@@ -68,7 +68,7 @@ def _from_source(source: yn.Source) -> Manifest:
     problems: list[Problem] = []
 
     def report(where: str, message: str) -> None:
-        problems.append(Problem(manifest.where(where), message))
+        problems.append(Problem(manifest.where(where), one_line(message)))
 
     run_checks(manifest, report)
     if problems:

@@ -36,3 +36,11 @@ def did_you_mean(word: str, choices: tuple[str, ...]) -> str:
     if not close and word:
         close = [c for c in choices if c.startswith(word)][:1]
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), 0x7f)}
+
+
+def one_line(message: str) -> str:
+    """A problem's message as one printable line: control characters escaped."""
+    return message.translate(_CONTROL)

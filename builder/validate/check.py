@@ -1,15 +1,86 @@
-"""Validate a rendered role and point each problem at the manifest line behind it."""
+"""The checks `validate`, `render` and `bake` all run, and the location of
+each problem of a rendered role at the manifest line behind it.
+
+`check_manifest(path)`: load (every load-time check), render every role fried
+and baked, cloud-init's schema and the lints, every problem collected.
+`load_checked(path)`: the same, as a Manifest or one UserError listing them.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
 import yaml
 
-from builder.errors import Location, Problem
+from builder.errors import Location, Problem, UserError
 from builder.manifest.model import Manifest
 from builder.render.assemble import CLOUD_CONFIG, split_user_data
 from builder.render.fragment import RenderedRole
 from builder.validate.lints import lint_user_data
 from builder.validate.schema import schema_problems
+
+
+@dataclass
+class ManifestCheck:
+    """Every problem of one manifest, and what its roles rendered to."""
+
+    path: str
+    manifest: Manifest | None = None
+    roles: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name if self.manifest is not None else ""
+
+
+def check_manifest(path: Path) -> ManifestCheck:
+    """Load, render every role fried and baked, schema and lints: every problem."""
+    from builder.manifest import load_manifest
+    from builder.render import render_role
+
+    report = ManifestCheck(str(path))
+    try:
+        manifest = load_manifest(path)
+    except UserError as err:
+        report.problems += _problems(err, path)
+        return report
+    report.manifest = manifest
+    for role in manifest.roles:
+        for baked in (False, True):
+            mode = "baked" if baked else "fried"
+            try:
+                rendered = render_role(manifest, role, baked=baked)
+            except UserError as err:
+                report.problems += _problems(err, path)
+                continue
+            report.roles.setdefault(role, {})[mode] = {
+                "bytes": len(rendered.user_data),
+                "raw_bytes": len(rendered.raw),
+                "gzipped": rendered.gzipped,
+            }
+            report.problems += validate_rendered(manifest, rendered)
+    return report
+
+
+def load_checked(path: Path) -> Manifest:
+    """The manifest when `amibake validate` would call it clean; else one
+    UserError with every problem (what render and bake start with)."""
+    report = check_manifest(path)
+    if report.manifest is not None and not report.problems:
+        return report.manifest
+    count = len(report.problems)
+    raise UserError(f"{path}: {count} problem{'s' if count != 1 else ''}",
+                    hint="fix the lines above; `amibake validate` checks the same",
+                    problems=tuple(report.problems))
+
+
+def _problems(err: UserError, path: Path) -> list[Problem]:
+    if err.problems:
+        return list(err.problems)
+    return [Problem(Location(str(path)), err.message)]
 
 
 def validate_rendered(manifest: Manifest, rendered: RenderedRole) -> list[Problem]:
