@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -61,6 +63,22 @@ def _serve(*args: str, stdin: str | None = None) -> subprocess.Popen[str]:
         proc.stdin.write(stdin)
         proc.stdin.close()
     return proc
+
+
+@contextlib.contextmanager
+def _serving(*args: str, stdin: str | None = None,
+             ) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`imds serve` in text mode: the process and the URL it printed; killed at the end."""
+    proc = _serve(*args, stdin=stdin)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert " at http://127.0.0.1:" in line, line
+        yield proc, line.split(" at ")[1].split()[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def _ssm_value(url: str, name: str) -> str:
@@ -151,20 +169,11 @@ def test_port_in_use(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_secrets_from_stdin_never_in_argv() -> None:
-    proc = _serve("--secrets-stdin", stdin="/db/password=s3cret\n")
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        url = line.split(" at ")[1].split()[0]
-        argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes()
-        assert b"s3cret" not in argv
+    with _serving("--secrets-stdin", stdin="/db/password=s3cret\n") as (proc, url):
+        assert b"s3cret" not in Path(f"/proc/{proc.pid}/cmdline").read_bytes()
         assert _ssm_value(url, "/db/password") == "s3cret"
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_secret_on_the_command_line_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
