@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from builder.cutover.state import CutoverState, NotYet, run_steps
+from builder.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -103,3 +104,24 @@ def test_state_dir_fsync_does_not_leave_fds(tmp_path: Path) -> None:
     for _ in range(20):
         state.save(tmp_path / "s.json")
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize(("make", "says"), [
+    (lambda p: p.mkdir(), "is a directory"),
+    (lambda p: p.write_text("{not json"), "cannot read the cutover state"),
+    (lambda p: p.write_text("[1, 2]"), "cannot read the cutover state"),
+    (lambda p: p.write_bytes(b"\xff\xfe"), "not UTF-8"),
+    (lambda p: (p.touch(), os.truncate(p, 17 * 1024 * 1024)), "too large"),
+])
+def test_unusable_state_file_is_a_user_error(tmp_path: Path, make: Any, says: str) -> None:
+    path = tmp_path / "state.json"
+    make(path)
+    with pytest.raises(UserError, match=says):
+        CutoverState.load(path)
+
+
+def test_state_file_is_private_from_creation(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "state.json"
+    CutoverState.new("m", "dump", ["a"]).save(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.parent.stat().st_mode & 0o777 == 0o700

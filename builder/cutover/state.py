@@ -10,19 +10,21 @@ UTC timestamp: the downtime is read from the events, not guessed.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from builder.atomic import write_atomically
 from builder.errors import UserError
+from builder.inputs import read_text_input
 from builder.steps import Journal, Step
 from builder.steps import run_steps as shared_run_steps
 
 STATE_VERSION = 1
+#: the largest state file read back (a long run's events are a few hundred KiB)
+MAX_STATE = 16 * 1024 * 1024
 Status = Literal["pending", "running", "waiting", "done", "failed"]
 
 
@@ -96,31 +98,20 @@ class CutoverState:
         )
 
     def save(self, path: Path) -> None:
-        """Write atomically: temp file in the same directory, fsync, rename."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(self.to_json(), fh, indent=2, sort_keys=True)
-                fh.write("\n")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        """Replace the file atomically (builder.atomic), private (0600) from creation."""
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        text = json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
+        write_atomically(path, text, mode=0o600)
 
     @classmethod
     def load(cls, path: Path) -> CutoverState:
+        text = read_text_input(path, MAX_STATE, "cutover state")
         try:
-            return cls.from_json(json.loads(path.read_text()))
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"{path}: cannot read the cutover state: {exc}") from exc
+            return cls.from_json(json.loads(text))
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise UserError(f"{path}: cannot read the cutover state: {exc}",
+                            hint="is this a state file amibake wrote? start over with a "
+                                 "new --state file") from exc
 
     # ----------------------------------------------------------------- events
     def record(self, step: str, event: str, detail: str = "") -> None:
