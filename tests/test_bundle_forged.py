@@ -212,3 +212,17 @@ def test_manifest_written_is_accepted_by_the_strict_reader(genuine: BundleResult
     assert parsed.signed_bytes == (
         signed_section(genuine.manifest_path.read_bytes(), "machine_configuration")
         + signed_section(genuine.manifest_path.read_bytes(), "image"))
+
+
+def test_euca2ools_form_verifies(bundle: Path, pki: Pki) -> None:
+    """euca2ools orders <image> and <mapping> its own way, signs lxml's compact
+    double-quoted bytes and writes the file indented: read and verified."""
+    data = bundle.read_bytes()
+    data = data.replace(b"<type>machine</type>", b"").replace(
+        b"</bundled_size>", b"</bundled_size><type>machine</type>")
+    data = re.sub(rb"<virtual>(\w+)</virtual><device>([\w/]+)</device>",
+                  rb"<device>\2</device><virtual>\1</virtual>", data)
+    data = re.sub(rb"='([^']*)'", rb'="\1"', data)
+    signed = resign(data, pki.key)  # over the compact bytes, as euca2ools signs
+    bundle.write_bytes(signed.replace(b"><", b">\n  <"))
+    assert _unbundle(bundle, pki).stat().st_size == 200_000

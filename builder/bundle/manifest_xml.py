@@ -42,11 +42,13 @@ bytes and ec2-migrate-manifest checks them, so amibake writes exactly that.
 Reading parses once and trusts nothing: the file is UTF-8 without DOCTYPE,
 entities or character references, comments, CDATA or processing
 instructions; every element and attribute must be in the 2007-10-10 layout
-above, in that order, each at most once where the layout says so (a second
-or nested <image> is refused, not ignored); every value must match its
-field's grammar. The signature is then checked over the canonical bytes of
-the very elements the values are read from, never over bytes found by
-searching the file.
+above, each at most once where the layout says so (a second or nested
+<image> is refused, not ignored), the top level in that order (inside, in
+any order: euca2ools writes its own); every value must match its field's
+grammar. The signature is then checked over the canonical bytes of the very
+elements the values are read from, never over bytes found by searching the
+file. Manifests signed over the compact, double-quoted form of the same
+values (euca2ools, amibake before it matched REXML) verify too.
 """
 
 from __future__ import annotations
@@ -144,11 +146,12 @@ _SPACE = re.compile(r"[ \t\n]*")
 @dataclass(frozen=True)
 class _Spec:
     """One element of the layout: a leaf with `text`, or a container of
-    `children` (tag, spec, least, most), in this order."""
+    `children` (tag, spec, least, most), in this order when `ordered`."""
 
     text: _Text | None = None
     attrs: Mapping[str, _Text] = field(default_factory=dict)
     children: tuple[tuple[str, _Spec, int, int], ...] = ()
+    ordered: bool = False  # children in the order given (else any order)
 
 
 MANY = 1 << 30
@@ -196,7 +199,7 @@ _IMAGE = _Spec(children=(
         children=(_one("filename", _leaf(_FREE)),
                   _one("digest", _leaf(HEX_SHA1, algorithm=_SHA1_ALG)))), 1, MANY),))),
 ))
-_MANIFEST = _Spec(children=(
+_MANIFEST = _Spec(ordered=True, children=(
     _one("version", _leaf(_VERSION)),
     _one("bundler", _Spec(children=(
         _one("name", _leaf(_FREE)), _one("version", _leaf(_FREE)),
@@ -240,11 +243,12 @@ def _element(tag: str, text: str = "", children: tuple[_Element, ...] = (),
     return _Element(tag, list(attrs.items()), text=text, children=list(children))
 
 
-def canonical(el: _Element, quote: str = "'") -> bytes:
+def canonical(el: _Element, quote: str = "'", *, spaces: bool = True) -> bytes:
     """`el` as REXML writes it (the bytes the AMI tools sign and check).
 
     Values need no escaping: the layout's grammars admit no <, >, &, ' or ".
-    `quote='"'` gives the form amibake wrote before it matched REXML."""
+    `quote='"', spaces=False` gives the form lxml and ElementTree write for the
+    same values (how euca2ools and older amibake signed)."""
     out: list[str] = []
 
     def write(e: _Element) -> None:
@@ -252,10 +256,10 @@ def canonical(el: _Element, quote: str = "'") -> bytes:
         if not e.text and not e.children:
             out.append("/>")
             return
-        out.append(">" + e.text)
+        out.append(">" + (e.text if spaces or not e.children else ""))
         for child in e.children:
             write(child)
-            out.append(child.tail)
+            out.append(child.tail if spaces else "")
         out.append(f"</{e.tag}>")
 
     write(el)
@@ -371,7 +375,8 @@ class ParsedManifest:
     signature: str
     signed_bytes: bytes  # canonical <machine_configuration> + <image>
     version: str
-    legacy_signed_bytes: bytes = b""  # the same in double quotes (older amibake)
+    #: the same values as lxml/ElementTree write them (euca2ools, older amibake)
+    legacy_signed_bytes: bytes = b""
 
 
 _PROLOG = re.compile(rb"<\?xml\s+version\s*=\s*(['\"])1\.0\1"
@@ -442,7 +447,8 @@ def parse(data: bytes, source: str) -> ParsedManifest:
         signature=root.value("signature"),
         signed_bytes=canonical(mc) + canonical(image),
         version=root.value("version"),
-        legacy_signed_bytes=canonical(mc, '"') + canonical(image, '"'),
+        legacy_signed_bytes=(canonical(mc, '"', spaces=False)
+                             + canonical(image, '"', spaces=False)),
     )
 
 
@@ -551,6 +557,8 @@ def _check(el: _Element, path: str, spec: _Spec, source: str) -> None:
     counts = [0] * len(spec.children)
     slot = 0
     for child in el.children:
+        if not spec.ordered:
+            slot = 0
         while slot < len(spec.children) and spec.children[slot][0] != child.tag:
             slot += 1
         if slot == len(spec.children):
