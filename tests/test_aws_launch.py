@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from builder.aws.launch import launch_aws
+from builder.aws.launch import launch_aws, role_ports
 from builder.errors import UserError
 from builder.manifest import Manifest
 from tests.aws_fixtures import (
@@ -127,3 +127,68 @@ def test_failed_launch_removes_key_and_group(aws: Aws, manifest: Manifest,
     groups = ec2.describe_security_groups()["SecurityGroups"]
     assert [g["GroupName"] for g in groups if g["GroupName"].startswith("amibake")] == []
     assert list((tmp_path / "keys").glob("*")) == []
+
+
+def _ingress(aws: Aws, group_id: str) -> set[tuple[int, int, str]]:
+    (sg,) = aws.clients.ec2().describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
+    rules = set()
+    for perm in sg["IpPermissions"]:
+        for rng in perm.get("IpRanges", []):
+            rules.add((perm["FromPort"], perm["ToPort"], rng["CidrIp"]))
+        for rng in perm.get("Ipv6Ranges", []):
+            rules.add((perm["FromPort"], perm["ToPort"], rng["CidrIpv6"]))
+    return rules
+
+
+def test_second_launch_revokes_the_first_callers_ssh(aws: Aws, manifest: Manifest,
+                                                     tmp_path: Path) -> None:
+    """The role's group is reused, and its ingress is reconciled to exactly what
+    this launch asks for: the previous caller's /32 (and a rule added by hand)
+    are revoked, not left open."""
+    published_ami(aws)
+    first = launch_aws(aws.clients, manifest, "web", ssh_cidr="203.0.113.7",
+                       key_dir=tmp_path / "keys")
+    assert (22, 22, "203.0.113.7/32") in _ingress(aws, first.security_group_id)
+    aws.clients.ec2().authorize_security_group_ingress(
+        GroupId=first.security_group_id,
+        IpPermissions=[{"IpProtocol": "tcp", "FromPort": 1000, "ToPort": 2000,
+                        "IpRanges": [{"CidrIp": "198.51.100.0/24"}]}])
+    second = launch_aws(aws.clients, manifest, "web", ssh_cidr="198.51.100.9/32",
+                        key_dir=tmp_path / "keys")
+    assert second.security_group_id == first.security_group_id
+    ports = {(p, p, "0.0.0.0/0") for p, cidr in role_ports(manifest, "web")}
+    assert _ingress(aws, second.security_group_id) == {(22, 22, "198.51.100.9/32"), *ports}
+    (revoke,) = aws.recorder.of("RevokeSecurityGroupIngress")
+    assert len(revoke.params["IpPermissions"]) == 2
+
+
+def test_ipv6_ssh_address_is_one_ipv6_rule(aws: Aws, manifest: Manifest,
+                                          tmp_path: Path) -> None:
+    published_ami(aws)
+    result = launch_aws(aws.clients, manifest, "web", ssh_cidr="2001:db8::7",
+                        key_dir=tmp_path / "keys")
+    rules = _ingress(aws, result.security_group_id)
+    assert (22, 22, "2001:db8::7/128") in rules
+    assert not any(port == 22 and cidr != "2001:db8::7/128" for port, _, cidr in rules)
+    with pytest.raises(UserError, match="opens SSH to 18446744073709551616 addresses") as err:
+        launch_aws(aws.clients, manifest, "web", ssh_cidr="2001:db8::/64", key_dir=tmp_path)
+    assert "/128" in err.value.hint
+
+
+@pytest.mark.parametrize("content", [None, b"-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n", b""])
+def test_public_key_that_is_missing_or_not_public_is_one_line(
+        aws: Aws, manifest: Manifest, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        content: bytes | None) -> None:
+    from builder.cli import main
+
+    published_ami(aws)
+    key = tmp_path / "id.pub"
+    if content is not None:
+        key.write_bytes(content)
+    code = main(["launch", "web", "--target", "aws", "--manifest",
+                 str(manifest.source), "--ssh-cidr", "203.0.113.7", "--public-key", str(key)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "Traceback" not in err and f"--public-key {key}" in err
+    assert not aws.recorder.of("ImportKeyPair") and not aws.recorder.of("RunInstances")
+    assert not aws.recorder.of("CreateSecurityGroup")

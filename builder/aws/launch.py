@@ -1,8 +1,10 @@
 """Start an instance of a published image in a role on AWS.
 
 Key pair (create, or import the user's public key; a created private key is
-written 0600 and never printed), a security group with SSH only from the
-caller's /32 plus the role's service ports, run_instances with IMDSv2
+written 0600 and never printed), a security group whose ingress is exactly
+SSH from the caller's one address (IPv4 /32 or IPv6 /128) plus the role's
+service ports (rules a previous launch added and this one does not ask for
+are revoked), run_instances with IMDSv2
 required (hop limit 1), the role in user-data and the `Role` tag, the
 instance-store mapping the db role needs. Waits until running. A failed
 launch removes what it created.
@@ -12,11 +14,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
@@ -24,6 +26,10 @@ from builder.aws.clients import Clients, error_code
 from builder.errors import UserError
 from builder.manifest.model import Manifest
 from builder.wait import NotYet, Waiter, wait_for
+
+if TYPE_CHECKING:
+    from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_ec2.type_defs import InstanceTypeDef, IpPermissionTypeDef, TagTypeDef
 
 RUNNING_WAITER = Waiter("the instance to be running", attempts=120, interval=5.0)
 
@@ -52,22 +58,68 @@ class LaunchResult:
 
 
 def ssh_source_cidr(value: str | None) -> str:
-    """The caller's address as a /32 (only that: SSH is never opened wider)."""
+    """The caller's address as a /32 or /128 (only that: SSH is never opened wider)."""
     if not value:
         raise UserError(
             "cannot tell your public IP address for the SSH rule",
-            hint="pass --ssh-cidr YOUR.PUBLIC.IP/32 or set AMIBAKE_SSH_CIDR "
-            "(SSH is only opened to one address)",
+            hint="pass --ssh-cidr YOUR.PUBLIC.IP/32 (or an IPv6 /128) or set "
+            "AMIBAKE_SSH_CIDR (SSH is only opened to one address)",
         )
     try:
         net = ipaddress.ip_network(value, strict=False)
     except ValueError as exc:
         raise UserError(f"--ssh-cidr {value!r} is not an address",
-                        hint="e.g. --ssh-cidr 203.0.113.7/32") from exc
+                        hint="e.g. --ssh-cidr 203.0.113.7/32 or 2001:db8::7/128") from exc
     if net.num_addresses != 1:
         raise UserError(f"--ssh-cidr {value} opens SSH to {net.num_addresses} addresses",
-                        hint="give your own address only, as /32")
+                        hint=f"give your own address only, as /{net.max_prefixlen}")
     return str(net)
+
+
+Rule = tuple[int, str]  # (TCP port, source CIDR: IPv4 or IPv6)
+
+
+def _permission(port: int, cidr: str, label: str) -> IpPermissionTypeDef:
+    if ipaddress.ip_network(cidr).version == 6:
+        return {"IpProtocol": "tcp", "FromPort": port, "ToPort": port,
+                "Ipv6Ranges": [{"CidrIpv6": cidr, "Description": label}]}
+    return {"IpProtocol": "tcp", "FromPort": port, "ToPort": port,
+            "IpRanges": [{"CidrIp": cidr, "Description": label}]}
+
+
+def ingress_rules(permissions: Sequence[Any]) -> tuple[set[Rule], list[Any]]:
+    """The group's (port, cidr) TCP rules, and every permission that is not one
+    (other protocols, port ranges, group or prefix-list sources)."""
+    rules: set[Rule] = set()
+    foreign: list[Any] = []
+    for perm in permissions:
+        single = (perm.get("IpProtocol") == "tcp"
+                  and perm.get("FromPort") == perm.get("ToPort") is not None)
+        if not single or perm.get("UserIdGroupPairs") or perm.get("PrefixListIds"):
+            foreign.append(perm)
+            continue
+        port = int(perm.get("FromPort", 0))
+        rules.update((port, r["CidrIp"]) for r in perm.get("IpRanges", []))
+        rules.update((port, r["CidrIpv6"]) for r in perm.get("Ipv6Ranges", []))
+    return rules, foreign
+
+
+def reconcile_ingress(ec2: EC2Client, group_id: str, desired: Sequence[Rule],
+                      label: str) -> None:
+    """Make the group's ingress exactly `desired`: revoke the rest, add what is missing."""
+    (group,) = ec2.describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
+    have, foreign = ingress_rules(group.get("IpPermissions", []))
+    want = set(desired)
+    stale = [_permission(port, cidr, label) for port, cidr in sorted(have - want)]
+    for perm in [*foreign, *stale]:
+        for key in ("Ipv6Ranges", "IpRanges"):  # revoke matches without descriptions
+            for rng in perm.get(key, []):
+                rng.pop("Description", None)
+    if foreign or stale:
+        ec2.revoke_security_group_ingress(GroupId=group_id, IpPermissions=[*foreign, *stale])
+    missing = [_permission(port, cidr, label) for port, cidr in sorted(want - have)]
+    if missing:
+        ec2.authorize_security_group_ingress(GroupId=group_id, IpPermissions=missing)
 
 
 def role_ports(manifest: Manifest, role: str) -> list[tuple[int, str]]:
@@ -106,7 +158,28 @@ def _write_private_key(path: Path, material: str) -> None:
     os.chmod(path, 0o600)
 
 
-def ensure_key_pair(ec2: Any, key_name: str, key_dir: Path, public_key: Path | None,
+PUBLIC_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
+                    "ecdsa-sha2-nistp521")
+
+
+def read_public_key(path: Path) -> bytes:
+    """An OpenSSH public key file's one line (never a private key), or a UserError."""
+    try:
+        with path.open("rb") as fh:
+            data = fh.read(16 * 1024 + 1)
+    except OSError as exc:
+        raise UserError(f"--public-key {path}: {exc.strerror or exc}",
+                        hint="give your OpenSSH public key, e.g. ~/.ssh/id_ed25519.pub") from exc
+    lines = data.strip().splitlines()
+    words = lines[0].split() if len(lines) == 1 and len(data) <= 16 * 1024 else []
+    if len(words) < 2 or words[0].decode("ascii", "replace") not in PUBLIC_KEY_TYPES:
+        raise UserError(f"--public-key {path} is not an OpenSSH public key",
+                        hint="give the .pub file (one line: ssh-ed25519 AAAA... comment); "
+                        "a private key is never sent")
+    return lines[0]
+
+
+def ensure_key_pair(ec2: EC2Client, key_name: str, key_dir: Path, public_key: bytes | None,
                     stack: ExitStack) -> str:
     """Import `public_key` or create a key pair; returns the private key file ('' if imported)."""
     try:
@@ -123,7 +196,7 @@ def ensure_key_pair(ec2: Any, key_name: str, key_dir: Path, public_key: Path | N
                             hint="pass --public-key ~/.ssh/id_ed25519.pub or another --key-name")
         return "" if public_key is not None else str(key_file)
     if public_key is not None:
-        ec2.import_key_pair(KeyName=key_name, PublicKeyMaterial=public_key.read_bytes())
+        ec2.import_key_pair(KeyName=key_name, PublicKeyMaterial=public_key)
         stack.callback(ec2.delete_key_pair, KeyName=key_name)
         return ""
     if key_file.exists():
@@ -136,8 +209,10 @@ def ensure_key_pair(ec2: Any, key_name: str, key_dir: Path, public_key: Path | N
     return str(key_file)
 
 
-def ensure_security_group(ec2: Any, name: str, description: str, rules: list[tuple[int, str]],
-                          tags: list[dict[str, str]], stack: ExitStack) -> str:
+def ensure_security_group(ec2: EC2Client, name: str, description: str, rules: list[Rule],
+                          tags: list[TagTypeDef], stack: ExitStack) -> str:
+    """The role's group in the default VPC (created if missing), its ingress
+    reconciled to exactly `rules`."""
     vpcs = ec2.describe_vpcs(Filters=[{"Name": "is-default", "Values": ["true"]}])["Vpcs"]
     if not vpcs:
         raise UserError("this region has no default VPC",
@@ -154,16 +229,7 @@ def ensure_security_group(ec2: Any, name: str, description: str, rules: list[tup
             TagSpecifications=[{"ResourceType": "security-group", "Tags": tags}],
         )["GroupId"]
         stack.callback(ec2.delete_security_group, GroupId=group_id)
-    for port, cidr in rules:
-        try:
-            ec2.authorize_security_group_ingress(
-                GroupId=group_id,
-                IpPermissions=[{"IpProtocol": "tcp", "FromPort": port, "ToPort": port,
-                                "IpRanges": [{"CidrIp": cidr, "Description": f"amibake {name}"}]}],
-            )
-        except ClientError as exc:
-            if error_code(exc) != "InvalidPermission.Duplicate":
-                raise
+    reconcile_ingress(ec2, group_id, rules, f"amibake {name}")
     return group_id
 
 
@@ -192,16 +258,17 @@ def launch_aws(
         raise UserError(f"no role {role!r} in {manifest.source}",
                         hint=f"roles: {', '.join(sorted(manifest.roles))}")
     cidr = ssh_source_cidr(ssh_cidr or os.environ.get("AMIBAKE_SSH_CIDR"))
+    key_material = read_public_key(public_key) if public_key is not None else None
     spec = manifest.roles[role]
     ec2 = clients.ec2()
     ami = image_id or resolve_image(clients, manifest, version)
     key_name = key_name or f"amibake-{manifest.name}"
     key_dir = key_dir or Path.home() / ".ssh"
-    tags = [{"Key": "Role", "Value": role}, {"Key": "Name", "Value": f"{manifest.name}-{role}"},
+    tags: list[TagTypeDef] = [{"Key": "Role", "Value": role}, {"Key": "Name", "Value": f"{manifest.name}-{role}"},
             {"Key": "amibake:name", "Value": manifest.name}]
     body = user_data(manifest, role)
     with ExitStack() as stack:
-        key_file = ensure_key_pair(ec2, key_name, key_dir, public_key, stack)
+        key_file = ensure_key_pair(ec2, key_name, key_dir, key_material, stack)
         rules = [(22, cidr), *role_ports(manifest, role)]
         group_id = ensure_security_group(
             ec2, f"amibake-{manifest.name}-{role}",
@@ -239,17 +306,17 @@ def launch_aws(
     )
 
 
-def _terminate(ec2: Any, instance_id: str) -> None:
+def _terminate(ec2: EC2Client, instance_id: str) -> None:
     """Terminate and wait, so the security group can be deleted after it."""
     ec2.terminate_instances(InstanceIds=[instance_id])
     ec2.get_waiter("instance_terminated").wait(
         InstanceIds=[instance_id], WaiterConfig={"Delay": 5, "MaxAttempts": 60})
 
 
-def _wait_running(ec2: Any, instance_id: str, waiter: Waiter) -> dict[str, Any]:
-    def check() -> dict[str, Any]:
+def _wait_running(ec2: EC2Client, instance_id: str, waiter: Waiter) -> InstanceTypeDef:
+    def check() -> InstanceTypeDef:
         res = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"]
-        inst: dict[str, Any] = res[0]["Instances"][0]
+        inst = res[0]["Instances"][0]
         state = inst["State"]["Name"]
         if state == "running":
             return inst
