@@ -79,7 +79,7 @@ def test_publish_policy_equals_the_calls_made(aws: Aws, store: Path, manifest: M
     class FailAfterSsm:
         name = "fail"
 
-        def plan(self, ctx: Any) -> str:
+        def describe(self, ctx: Any) -> str:
             return ""
 
         def run(self, ctx: Any) -> None:
@@ -104,6 +104,8 @@ def test_launch_policy_equals_the_calls_made(aws: Aws, manifest: Manifest,
     aws.recorder.clear()
     aws.on("before-call.ec2.RunInstances", drop_instance_store_mapping)
     launch_aws(aws.clients, manifest, "db", ssh_cidr="203.0.113.7", key_dir=tmp_path / "k")
+    # a second caller: the first one's SSH rule is revoked
+    launch_aws(aws.clients, manifest, "db", ssh_cidr="203.0.113.8", key_dir=tmp_path / "k")
     pub = tmp_path / "id.pub"
     pub.write_bytes(ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
         serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))

@@ -189,6 +189,6 @@ def test_public_key_that_is_missing_or_not_public_is_one_line(
                  str(manifest.source), "--ssh-cidr", "203.0.113.7", "--public-key", str(key)])
     err = capsys.readouterr().err
     assert code == 1
-    assert "Traceback" not in err and f"--public-key {key}" in err
+    assert "Traceback" not in err and f"public key {key}" in err
     assert not aws.recorder.of("ImportKeyPair") and not aws.recorder.of("RunInstances")
     assert not aws.recorder.of("CreateSecurityGroup")

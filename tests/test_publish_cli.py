@@ -45,16 +45,16 @@ def test_publish_prune_gc_over_http(endpoint: str, tmp_path: Path,
     make_stored_image(store)
     common = ["--images", str(store), "--endpoint-url", endpoint]
     plan = run_json(capsys, "publish", MANIFEST, *common, "--dry-run")
-    assert plan["published"] is False and any("upload-snapshot" in p for p in plan["plan"])
+    assert plan["published"] is False and any("upload-snapshot" in p for p in plan["actions"])
     doc = run_json(capsys, "publish", MANIFEST, *common, "--concurrency", "4")
     assert set(doc["images"]) == {"us-east-1", "eu-west-1"}
     assert doc["upload"]["blocks_sent"] == doc["upload"]["blocks"] == 8
     again = run_json(capsys, "publish", MANIFEST, *common)
     assert again["existing"] is True and again["images"] == doc["images"]
     region_args = ["--manifest", MANIFEST, "--endpoint-url", endpoint]
-    pruned = run_json(capsys, "prune", "smallpayroll", "--keep", "1", *region_args)
+    pruned = run_json(capsys, "amis", "prune", "smallpayroll", "--keep", "1", *region_args)
     assert all(a["verb"] == "keep" for a in pruned["actions"])
-    swept = run_json(capsys, "gc", "--min-age", "0", *region_args)
+    swept = run_json(capsys, "amis", "gc", "--min-age", "0", *region_args)
     assert swept["actions"] == []
 
 

@@ -233,7 +233,7 @@ def test_failing_cleanup_prints_what_to_delete_by_hand(aws: Aws, store: Path,
 
 def test_dry_run_plans_and_creates_nothing(aws: Aws, store: Path, manifest: Manifest) -> None:
     doc = publish(make_ctx(aws, store, manifest, dry_run=True), fast_steps())
-    text = "\n".join(doc["plan"])
+    text = "\n".join(doc["actions"])
     assert "upload-snapshot: create snapshot in us-east-1" in text
     assert "copy-regions: copy to eu-west-1" in text
     assert "/amibake/smallpayroll/latest" in text
@@ -262,7 +262,7 @@ def test_runner_cleans_up_in_reverse_including_the_failing_step(aws: Aws, store:
         def __init__(self, name: str, fail: bool = False) -> None:
             self.name, self.fail = name, fail
 
-        def plan(self, ctx: PublishContext) -> str:
+        def describe(self, ctx: PublishContext) -> str:
             return ""
 
         def run(self, ctx: PublishContext) -> None:

@@ -158,9 +158,9 @@ def test_manifest_backing_publishes_bundle_registers_tags_and_is_idempotent(
 
     plan = run_json(capsys, "publish", *common, "--dry-run")
     assert plan["published"] is False and plan["backing"] == "instance-store"
-    assert any(line.startswith("bundle:") for line in plan["plan"])
-    assert any(f"s3://{BUCKET}/{PREFIX}/smallpayroll/1.0.0/" in line for line in plan["plan"])
-    assert not any("upload-snapshot" in line for line in plan["plan"])
+    assert any(line.startswith("bundle:") for line in plan["actions"])
+    assert any(f"s3://{BUCKET}/{PREFIX}/smallpayroll/1.0.0/" in line for line in plan["actions"])
+    assert not any("upload-snapshot" in line for line in plan["actions"])
     assert not cli.recorder.of("CreateBucket") and not cli.recorder.of("PutObject")
 
     doc = run_json(capsys, "publish", *common)
@@ -273,12 +273,12 @@ def test_prune_deletes_the_bundles_of_pruned_versions(
     assert old_keys and new_keys
 
     region_args = ["--manifest", manifest, "--endpoint-url", cli.endpoint]
-    plan = run_json(capsys, "prune", "smallpayroll", "--keep", "1", "--dry-run", *region_args)
+    plan = run_json(capsys, "amis", "prune", "smallpayroll", "--keep", "1", "--dry-run", *region_args)
     bundles = [a for a in plan["actions"] if a["kind"] == "s3-bundle"]
     assert [(a["verb"], a["ident"]) for a in bundles] == [("delete", location("1.0.0"))]
     assert cli.keys(old_folder) == old_keys  # a dry run deletes nothing
 
-    pruned = run_json(capsys, "prune", "smallpayroll", "--keep", "1", *region_args)
+    pruned = run_json(capsys, "amis", "prune", "smallpayroll", "--keep", "1", *region_args)
     deleted = {(a["kind"], a["ident"]) for a in pruned["actions"] if a["verb"] == "delete"}
     assert ("s3-bundle", location("1.0.0")) in deleted
     assert {("image", ami) for ami in old["images"].values()} <= deleted
@@ -288,7 +288,7 @@ def test_prune_deletes_the_bundles_of_pruned_versions(
         owned = [i["ImageId"] for i in cli.ec2(region).describe_images(Owners=["self"])["Images"]]
         assert owned == [ami]
     # pruning again finds nothing left to delete
-    again = run_json(capsys, "prune", "smallpayroll", "--keep", "1", *region_args)
+    again = run_json(capsys, "amis", "prune", "smallpayroll", "--keep", "1", *region_args)
     assert all(a["verb"] == "keep" for a in again["actions"])
 
 

@@ -124,7 +124,7 @@ def test_gc_removes_a_crashed_runs_leftovers_only(aws: Aws, store: Path,
 
     with pytest.raises(UserError, match="left over from an unfinished publish") as err:
         publish(make_ctx(aws, store, manifest, version="1.1.0"), fast_steps())
-    assert f"amibake gc --build-id {ctx.build_id} --min-age 0" in err.value.hint
+    assert f"amibake amis gc --build-id {ctx.build_id} --min-age 0" in err.value.hint
     young = gc(aws.clients, REGIONS, dry_run=True)  # default: leave the last hour alone
     assert young.of("delete") == []
     plan = gc(aws.clients, REGIONS, min_age_seconds=0, dry_run=True)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-#: publish, deprecate, prune, gc (builder/publish + builder/aws/ebs_upload)
+#: publish and amis deprecate/prune/gc (builder/publish)
 PUBLISH_ACTIONS: frozenset[str] = frozenset({
     "sts:GetCallerIdentity",
     "ec2:DescribeRegions",
@@ -46,6 +46,7 @@ LAUNCH_ACTIONS: frozenset[str] = frozenset({
     "ec2:CreateSecurityGroup",
     "ec2:DeleteSecurityGroup",
     "ec2:AuthorizeSecurityGroupIngress",
+    "ec2:RevokeSecurityGroupIngress",
     "ec2:RunInstances",
     "ec2:DescribeInstances",
     "ec2:TerminateInstances",

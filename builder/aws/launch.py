@@ -25,6 +25,7 @@ from botocore.exceptions import ClientError
 from builder.aws.clients import Clients, error_code
 from builder.errors import UserError
 from builder.manifest.model import Manifest
+from builder.ssh_keys import read_public_key
 from builder.wait import NotYet, Waiter, wait_for
 
 if TYPE_CHECKING:
@@ -158,27 +159,6 @@ def _write_private_key(path: Path, material: str) -> None:
     os.chmod(path, 0o600)
 
 
-PUBLIC_KEY_TYPES = ("ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384",
-                    "ecdsa-sha2-nistp521")
-
-
-def read_public_key(path: Path) -> bytes:
-    """An OpenSSH public key file's one line (never a private key), or a UserError."""
-    try:
-        with path.open("rb") as fh:
-            data = fh.read(16 * 1024 + 1)
-    except OSError as exc:
-        raise UserError(f"--public-key {path}: {exc.strerror or exc}",
-                        hint="give your OpenSSH public key, e.g. ~/.ssh/id_ed25519.pub") from exc
-    lines = data.strip().splitlines()
-    words = lines[0].split() if len(lines) == 1 and len(data) <= 16 * 1024 else []
-    if len(words) < 2 or words[0].decode("ascii", "replace") not in PUBLIC_KEY_TYPES:
-        raise UserError(f"--public-key {path} is not an OpenSSH public key",
-                        hint="give the .pub file (one line: ssh-ed25519 AAAA... comment); "
-                        "a private key is never sent")
-    return lines[0]
-
-
 def ensure_key_pair(ec2: EC2Client, key_name: str, key_dir: Path, public_key: bytes | None,
                     stack: ExitStack) -> str:
     """Import `public_key` or create a key pair; returns the private key file ('' if imported)."""
@@ -258,14 +238,15 @@ def launch_aws(
         raise UserError(f"no role {role!r} in {manifest.source}",
                         hint=f"roles: {', '.join(sorted(manifest.roles))}")
     cidr = ssh_source_cidr(ssh_cidr or os.environ.get("AMIBAKE_SSH_CIDR"))
-    key_material = read_public_key(public_key) if public_key is not None else None
+    key_material = read_public_key(public_key).encode() if public_key is not None else None
     spec = manifest.roles[role]
     ec2 = clients.ec2()
     ami = image_id or resolve_image(clients, manifest, version)
     key_name = key_name or f"amibake-{manifest.name}"
     key_dir = key_dir or Path.home() / ".ssh"
-    tags: list[TagTypeDef] = [{"Key": "Role", "Value": role}, {"Key": "Name", "Value": f"{manifest.name}-{role}"},
-            {"Key": "amibake:name", "Value": manifest.name}]
+    tags: list[TagTypeDef] = [{"Key": "Role", "Value": role},
+                              {"Key": "Name", "Value": f"{manifest.name}-{role}"},
+                              {"Key": "amibake:name", "Value": manifest.name}]
     body = user_data(manifest, role)
     with ExitStack() as stack:
         key_file = ensure_key_pair(ec2, key_name, key_dir, key_material, stack)

@@ -14,7 +14,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         "iam-policy", parents=[parent], help="print the IAM policy amibake needs",
         description="Prints an IAM policy document with exactly the actions the chosen "
         "commands call (both when neither flag is given).")
-    p.add_argument("--publish", action="store_true", help="publish, deprecate, prune, gc")
+    p.add_argument("--publish", action="store_true", help="publish and amis deprecate|prune|gc")
     p.add_argument("--launch", action="store_true", help="launch --target aws")
     p.add_argument("--kms", action="store_true",
                    help="add the KMS permissions encrypted snapshots need (publish.kms_key_ids)")

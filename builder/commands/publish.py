@@ -1,4 +1,7 @@
-"""`amibake publish MANIFEST`: a stored image → registered, tagged AMIs."""
+"""`amibake publish MANIFEST`: a stored image → registered, tagged AMIs.
+
+Arguments and printing only; the run is builder/publish/run.py (`bake --target
+aws` calls it through `publish_stored_image` too)."""
 
 from __future__ import annotations
 
@@ -9,8 +12,10 @@ from typing import Any
 
 from builder.errors import UserError
 from builder.output import Output
+from builder.publish.run import BACKINGS, publish_stored_image, regions_for
 
-BACKINGS = ("ebs", "instance-store")
+__all__ = ["BundleArgs", "add_backing_options", "bundle_args", "publish_stored_image",
+           "regions_for", "register", "run"]
 
 
 @dataclass(frozen=True)
@@ -87,15 +92,6 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     p.set_defaults(func=run)
 
 
-def regions_for(manifest: Any, override: str | None) -> tuple[str, ...]:
-    regions = tuple(manifest.publish.regions)
-    if override:
-        regions = (override, *[r for r in regions if r != override])
-    if not regions:
-        raise UserError("publish.regions is empty", hint="list at least one region")
-    return regions
-
-
 def run(args: argparse.Namespace, out: Output) -> int:
     from builder.aws.clients import target_from_args
     from builder.manifest import load_manifest
@@ -116,7 +112,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     if not doc["published"] and not args.dry_run:
         text = f"not published: {doc['reason']}"
     elif args.dry_run:
-        text = "\n".join(doc["plan"])
+        text = "\n".join(doc["actions"])
     elif doc["existing"]:
         text = "already published, nothing changed: " + ", ".join(
             f"{r} {i}" for r, i in doc["images"].items())
@@ -124,66 +120,3 @@ def run(args: argparse.Namespace, out: Output) -> int:
         text = "\n".join(f"{r}: {i}" for r, i in doc["images"].items())
     out.result(doc, text)
     return 0
-
-
-def publish_stored_image(
-    manifest: Any,
-    image_dir: Path,
-    target: Any,
-    out: Output,
-    *,
-    regions: tuple[str, ...] | None = None,
-    dry_run: bool = False,
-    concurrency: int = 8,
-    backing: str | None = None,
-    bundle: BundleArgs | None = None,
-) -> dict[str, Any]:
-    """Publish the stored image in `image_dir` (for `publish` and `bake --target aws`).
-
-    `target` is a `builder.aws.clients.AwsTarget`. Without AWS credentials it
-    says so and returns `{"published": False, ...}`: the image stays local.
-    `backing` (default: the manifest's image.backing) picks the EBS snapshot
-    path or the instance-store bundle path (`bundle` gives its certificates and
-    bucket); both run the same register, tag, copy, SSM and finalize steps.
-    """
-    from botocore.exceptions import ClientError
-
-    from builder.aws.clients import NO_CREDENTIALS, NO_CREDENTIALS_HINT, make_clients
-    from builder.publish.context import PublishContext, ami_name
-    from builder.publish.ebs_steps import publish
-    from builder.store import StoredImage
-
-    image = StoredImage.load(image_dir)
-    backing = backing or manifest.image.backing
-    if backing not in BACKINGS:
-        raise UserError(f"unknown backing {backing!r}", hint="ebs or instance-store")
-    regions = regions or regions_for(manifest, None)
-    clients = make_clients(target, max_pool_connections=max(16, concurrency))
-    if clients is None:
-        out.say(f"{NO_CREDENTIALS} ({image.dir}); {NO_CREDENTIALS_HINT}")
-        return {"published": False, "reason": "no AWS credentials configured",
-                "image_dir": str(image.dir), "backing": backing}
-    options = (bundle or BundleArgs()).options(manifest) if backing == "instance-store" else None
-    ctx = PublishContext(
-        clients=clients, out=out, image=image,
-        ami_name=ami_name(manifest.image.name_template, image.name, image.version,
-                          image.architecture),
-        regions=regions, ssm_prefix=manifest.publish.ssm_prefix,
-        kms_key_ids=dict(manifest.publish.kms_key_ids),
-        upload_concurrency=concurrency, dry_run=dry_run,
-    )
-    try:
-        if options is not None:
-            from builder.bundle.register import publish_instance_store
-
-            doc = publish_instance_store(ctx, options)
-        else:
-            doc = publish(ctx)
-            doc["backing"] = "ebs"
-    except ClientError as exc:  # the steps' cleanups have run: say it in one line
-        raise UserError(
-            f"publishing {ctx.ami_name} failed: {exc}; what this run had created was removed",
-            hint=f"fix the cause and publish again (build {ctx.build_id})",
-        ) from exc
-    doc["published"] = not dry_run
-    return doc

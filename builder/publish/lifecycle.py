@@ -1,6 +1,6 @@
 """The life of published AMIs: deprecate, prune old versions, gc crashed runs.
 
-Each function builds a `Plan` first and carries it out unless `dry_run`.
+Each function lists its `Actions` first and carries them out unless `dry_run`.
 Images are found by their amibake tags (`amibake:name`, `amibake:version`,
 `amibake:build-id`, `amibake:complete`).
 """
@@ -16,6 +16,7 @@ from packaging.version import InvalidVersion, Version
 
 from builder.aws.clients import Clients, error_code
 from builder.errors import UserError
+from builder.publish.actions import Actions
 from builder.publish.context import (
     TAG_BUILD_ID,
     TAG_BUNDLE,
@@ -29,7 +30,6 @@ from builder.publish.images import (
     snapshots_of,
     tags_of,
 )
-from builder.publish.plan import Plan
 from builder.publish.step_ssm import ssm_name
 
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
@@ -98,26 +98,26 @@ def deprecate(
     *,
     dry_run: bool = False,
     now: dt.datetime | None = None,
-) -> Plan:
+) -> Actions:
     at = _utc(at)
     now = _utc(now or dt.datetime.now(dt.UTC))
     if at <= now:
         raise UserError(f"deprecation date {at.isoformat()} is in the past",
                         hint="AWS accepts only future dates; pick a later --at")
     stamp = at.strftime("%Y-%m-%dT%H:%M:%SZ")
-    plan = Plan()
+    actions = Actions()
     for region in regions:
         for image in find_images(clients.ec2(region), name, version):
-            plan.add("change", "image", region, image["ImageId"], f"deprecate at {stamp}")
-    if not plan.actions:
+            actions.add("change", "image", region, image["ImageId"], f"deprecate at {stamp}")
+    if not actions.actions:
         raise UserError(f"no published AMI of {name} {version} in {', '.join(regions)}",
-                        hint="check the name and version (amibake prune --dry-run lists them)")
+                        hint="check the name and version (amibake amis prune --dry-run lists them)")
     if not dry_run:
-        for action in plan.actions:
+        for action in actions.actions:
             clients.ec2(action.region).enable_image_deprecation(
                 ImageId=action.ident, DeprecateAt=stamp
             )
-    return plan
+    return actions
 
 
 # --------------------------------------------------------------------- prune
@@ -177,7 +177,7 @@ def prune(
     *,
     ssm_prefix: str = "/amibake",
     dry_run: bool = False,
-) -> Plan:
+) -> Actions:
     """Deregister all but the newest `keep` versions everywhere, deleting their
     snapshots (EBS) or S3 bundles (instance-store).
 
@@ -210,31 +210,31 @@ def prune(
                 if image["ImageId"] in used:
                     protected.setdefault(ver, used[image["ImageId"]])
     ordered = sorted(versions, reverse=True)
-    plan = Plan()
+    actions = Actions()
     for index, ver in enumerate(ordered):
         entries = versions[ver]
         if index < keep or ver in protected:
             reason = f"newest {keep}" if index < keep else protected[ver]
             for region, image in entries:
-                plan.add("keep", "image", region, image["ImageId"], f"{ver}: {reason}")
+                actions.add("keep", "image", region, image["ImageId"], f"{ver}: {reason}")
             continue
         for region, image in entries:
-            plan.add("delete", "image", region, image["ImageId"], f"{ver}")
+            actions.add("delete", "image", region, image["ImageId"], f"{ver}")
             for snap in snapshots_of(image):
-                plan.add("delete", "snapshot", region, snap, f"{ver}")
+                actions.add("delete", "snapshot", region, snap, f"{ver}")
             location = bundle_location(image)
             if location:
-                plan.add("delete", "s3-bundle", region, location, f"{ver}")
+                actions.add("delete", "s3-bundle", region, location, f"{ver}")
             param = ssm_name(ssm_prefix, name, str(ver))
             if _ssm_value(clients.ssm(region), param) == image["ImageId"]:
-                plan.add("delete", "ssm-parameter", region, param, f"{ver}")
+                actions.add("delete", "ssm-parameter", region, param, f"{ver}")
     if not dry_run:
-        _execute_deletes(clients, plan)
-    return plan
+        _execute_deletes(clients, actions)
+    return actions
 
 
-def _execute_deletes(clients: Clients, plan: Plan) -> None:
-    images = plan.of("delete")
+def _execute_deletes(clients: Clients, actions: Actions) -> None:
+    images = actions.of("delete")
     for action in images:
         if action.kind == "image":
             snaps = tuple(a.ident for a in images
@@ -246,7 +246,7 @@ def _execute_deletes(clients: Clients, plan: Plan) -> None:
             for a in images
         ):
             delete_snapshot(clients.ec2(action.region), action.ident)
-        elif action.kind == "s3-bundle":  # after its image (planned in that order)
+        elif action.kind == "s3-bundle":  # after its image (listed in that order)
             delete_bundle(clients, action.region, action.ident)
         elif action.kind == "ssm-parameter":
             clients.ssm(action.region).delete_parameter(Name=action.ident)
@@ -271,7 +271,7 @@ def gc(
     build_id: str | None = None,
     dry_run: bool = False,
     now: dt.datetime | None = None,
-) -> Plan:
+) -> Actions:
     """Remove AMIs, snapshots and instance-store bundles of runs that never finished.
 
     A resource is a leftover when it carries an `amibake:build-id` tag but not
@@ -282,7 +282,7 @@ def gc(
     now = _utc(now or dt.datetime.now(dt.UTC))
     tag_filter: FilterTypeDef = ({"Name": f"tag:{TAG_BUILD_ID}", "Values": [build_id]} if build_id
                   else {"Name": "tag-key", "Values": [TAG_BUILD_ID]})
-    plan = Plan()
+    actions = Actions()
     for region in regions:
         ec2 = clients.ec2(region)
         images = ec2.describe_images(Owners=["self"], Filters=[tag_filter])["Images"]
@@ -295,14 +295,15 @@ def gc(
             leftover = tags.get(TAG_COMPLETE) != "true" and old
             if leftover:
                 bid = tags.get(TAG_BUILD_ID, "")
-                plan.add("delete", "image", region, image["ImageId"], f"build {bid}")
+                actions.add("delete", "image", region, image["ImageId"], f"build {bid}")
                 for snap in snapshots_of(image):
-                    plan.add("delete", "snapshot", region, snap, f"build {bid}")
+                    actions.add("delete", "snapshot", region, snap, f"build {bid}")
                     doomed_snaps.add(snap)
                 location = bundle_location(image)
                 if location:
-                    plan.add("delete", "s3-bundle", region, location, f"build {bid}")
-        doomed_images = {a.ident for a in plan.actions if a.region == region and a.kind == "image"}
+                    actions.add("delete", "s3-bundle", region, location, f"build {bid}")
+        doomed_images = {a.ident for a in actions.actions
+                         if a.region == region and a.kind == "image"}
         for image in all_images:
             if image["ImageId"] not in doomed_images:
                 kept_snaps.update(snapshots_of(image))
@@ -313,15 +314,16 @@ def gc(
             if sid in kept_snaps or sid in doomed_snaps or tags.get(TAG_COMPLETE) == "true":
                 continue
             if _age(found.get("StartTime"), now) >= min_age_seconds:
-                plan.add("delete", "snapshot", region, sid, f"build {tags.get(TAG_BUILD_ID, '')}")
+                actions.add("delete", "snapshot", region, sid,
+                            f"build {tags.get(TAG_BUILD_ID, '')}")
     if not dry_run:
-        for action in plan.of("delete"):
+        for action in actions.of("delete"):
             if action.kind == "image":
                 delete_image_and_snapshots(clients.ec2(action.region), action.ident)
-        for action in plan.of("delete"):
+        for action in actions.of("delete"):
             if action.kind == "s3-bundle":
                 delete_bundle(clients, action.region, action.ident)
-        for action in plan.of("delete"):
+        for action in actions.of("delete"):
             if action.kind == "snapshot":
                 delete_snapshot(clients.ec2(action.region), action.ident)
-    return plan
+    return actions

@@ -21,7 +21,7 @@ class CopyToRegionsStep:
     def __init__(self, waiter: Waiter = COPY_WAITER) -> None:
         self.waiter = waiter
 
-    def plan(self, ctx: PublishContext) -> str:
+    def describe(self, ctx: PublishContext) -> str:
         if len(ctx.regions) < 2:
             return "no other regions"
         parts = []

@@ -11,7 +11,7 @@ class FinalizeStep:
 
     name = "finalize"
 
-    def plan(self, ctx: PublishContext) -> str:
+    def describe(self, ctx: PublishContext) -> str:
         return f"mark resources of build {ctx.build_id} {TAG_COMPLETE}=true"
 
     def run(self, ctx: PublishContext) -> None:

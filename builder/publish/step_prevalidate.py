@@ -45,7 +45,7 @@ class PrevalidateStep:
 
     name = "prevalidate"
 
-    def plan(self, ctx: PublishContext) -> str:
+    def describe(self, ctx: PublishContext) -> str:
         self.run(ctx)
         if ctx.stop:
             return f"{ctx.ami_name} already published with this disk: " + ", ".join(
@@ -53,6 +53,8 @@ class PrevalidateStep:
             ) + "; nothing to do"
         return (f"credentials ok (account {ctx.account}), regions {', '.join(ctx.regions)} "
                 f"exist, name {ctx.ami_name} free")
+
+    plan = describe  # for builder/bundle/register.py, until it moves here
 
     def run(self, ctx: PublishContext) -> None:
         ctx.account = check_credentials(ctx.clients)["account"]
@@ -118,7 +120,7 @@ class PrevalidateStep:
                 raise UserError(
                     f"{image['ImageId']} in {region} is left over from an unfinished publish "
                     f"of {ctx.image.name} {ctx.image.version}",
-                    hint=f"remove them with `amibake gc --build-id "
+                    hint=f"remove them with `amibake amis gc --build-id "
                     f"{tags.get(TAG_BUILD_ID, '?')} --min-age 0`, then publish again",
                 )
         ctx.existing = {r: img["ImageId"] for r, img in found.items()}

@@ -79,7 +79,7 @@ class RegisterImageStep:
         self.request_builder = request_builder
         self.waiter = waiter
 
-    def plan(self, ctx: PublishContext) -> str:
+    def describe(self, ctx: PublishContext) -> str:
         if ctx.backing == "instance-store":
             return (f"register {ctx.ami_name} in {ctx.home} ({ctx.image.architecture}, "
                     "instance-store root from the S3 bundle, IMDSv2 only, ENA)")

@@ -28,7 +28,7 @@ class UploadSnapshotStep:
         self.options = options
         self.sleep = sleep
 
-    def plan(self, ctx: PublishContext) -> str:
+    def describe(self, ctx: PublishContext) -> str:
         img = ctx.image
         return (f"create snapshot in {ctx.home} from {img.disk_path} "
                 f"({img.disk.apparent_size} bytes apparent, ~{img.disk.used_size} bytes used, "

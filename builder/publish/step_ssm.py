@@ -39,7 +39,7 @@ class SsmParametersStep:
     def __init__(self) -> None:
         self.previous_latest: dict[str, str | None] = {}
 
-    def plan(self, ctx: PublishContext) -> str:
+    def describe(self, ctx: PublishContext) -> str:
         return "set " + ", ".join(
             ssm_name(ctx.ssm_prefix, ctx.image.name, leaf) for leaf in (ctx.image.version, "latest")
         ) + f" in {', '.join(ctx.regions)}"

@@ -22,7 +22,7 @@ class TagImageStep:
 
     name = "tag"
 
-    def plan(self, ctx: PublishContext) -> str:
+    def describe(self, ctx: PublishContext) -> str:
         return "tag AMI and snapshots: " + ", ".join(sorted(ctx.tags()))
 
     def run(self, ctx: PublishContext) -> None:

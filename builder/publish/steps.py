@@ -1,6 +1,6 @@
 """Publishing runs its steps with the one step runner (builder/steps.py).
 
-A publish step has a `name`, `plan(ctx) -> str` (what it would do, for
+A publish step has a `name`, `describe(ctx) -> str` (what it would do, for
 --dry-run), `run(ctx)` and `cleanup(ctx)`. A cleanup must undo only what its
 own step recorded in the context, and must be a no-op when nothing was
 created. As in Packer, a cleanup reads why the run ended from the context:
@@ -30,7 +30,7 @@ from builder.publish.context import PublishContext, Resource
 class Step(Protocol):
     name: str
 
-    def plan(self, ctx: PublishContext) -> str: ...
+    def describe(self, ctx: PublishContext) -> str: ...
 
     def run(self, ctx: PublishContext) -> None: ...
 
@@ -79,7 +79,10 @@ class _Adapter:
         self.name = step.name
 
     def describe(self, ctx: PublishContext) -> str:
-        return self.step.plan(ctx)
+        describe = getattr(self.step, "describe", None)
+        if describe is None:  # builder/bundle/register.py's steps, until they move here
+            return str(self.step.plan(ctx))  # type: ignore[attr-defined]
+        return str(describe(ctx))
 
     def run(self, ctx: PublishContext) -> None:
         self.step.run(ctx)
@@ -105,6 +108,6 @@ def run_steps(steps: Sequence[Step], ctx: PublishContext) -> None:
         raise
 
 
-def plan_steps(steps: Sequence[Step], ctx: PublishContext) -> list[str]:
-    """Each step's plan line (for --dry-run); the prevalidation still runs."""
+def describe_steps(steps: Sequence[Step], ctx: PublishContext) -> list[str]:
+    """What each step would do (--dry-run); the prevalidation still runs."""
     return runner.describe_steps([_Adapter(s) for s in steps], ctx, stop=lambda: ctx.stop)

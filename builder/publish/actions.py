@@ -1,4 +1,5 @@
-"""Plans: what a command would create, change or delete (--dry-run)."""
+"""Actions: what a life-cycle verb creates, changes or deletes (all of it listed
+first, so --dry-run prints exactly what a run would do)."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ class Action:
 
 
 @dataclass
-class Plan:
+class Actions:
     actions: list[Action] = field(default_factory=list)
 
     def add(self, verb: Verb, kind: str, region: str, ident: str, reason: str = "") -> None:
