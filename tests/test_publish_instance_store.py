@@ -273,7 +273,8 @@ def test_prune_deletes_the_bundles_of_pruned_versions(
     assert old_keys and new_keys
 
     region_args = ["--manifest", manifest, "--endpoint-url", cli.endpoint]
-    plan = run_json(capsys, "amis", "prune", "smallpayroll", "--keep", "1", "--dry-run", *region_args)
+    plan = run_json(capsys, "amis", "prune", "smallpayroll", "--keep", "1", "--dry-run",
+                    *region_args)
     bundles = [a for a in plan["actions"] if a["kind"] == "s3-bundle"]
     assert [(a["verb"], a["ident"]) for a in bundles] == [("delete", location("1.0.0"))]
     assert cli.keys(old_folder) == old_keys  # a dry run deletes nothing
