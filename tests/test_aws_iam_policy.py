@@ -85,7 +85,7 @@ def test_publish_policy_equals_the_calls_made(aws: Aws, store: Path, manifest: M
         def run(self, ctx: Any) -> None:
             raise Boom
 
-        def cleanup(self, ctx: Any) -> None:
+        def cleanup(self, ctx: Any, outcome: Any) -> None:
             return None
 
     steps.insert(-1, FailAfterSsm())

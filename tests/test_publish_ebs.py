@@ -20,7 +20,7 @@ from builder.publish.step_register import RegisterImageStep
 from builder.publish.step_snapshot import UploadSnapshotStep
 from builder.publish.steps import CleanupFailed, run_steps
 from builder.publish.upload_journal import UploadJournal, journal_path
-from builder.steps import Resumable
+from builder.steps import Outcome, Resumable
 from builder.store import StoredImage
 from tests.aws_fixtures import (
     DATA_BLOCKS,
@@ -270,7 +270,7 @@ def test_runner_cleans_up_in_reverse_including_the_failing_step(aws: Aws, store:
             if self.fail:
                 raise KeyboardInterrupt
 
-        def cleanup(self, ctx: PublishContext) -> None:
+        def cleanup(self, ctx: PublishContext, outcome: Outcome) -> None:
             order.append(f"cleanup {self.name}")
 
     with pytest.raises(KeyboardInterrupt):

@@ -23,14 +23,13 @@ from moto.server import ThreadedMotoServer
 
 import builder.aws.clients as aws_clients
 from builder.bundle import manifest_xml
-from builder.bundle.register import InstanceStoreOptions, instance_store_steps
 from builder.cli import main
 from builder.errors import UserError
 from builder.manifest import load_manifest
 from builder.output import Output
-from builder.publish.context import TAG_BUNDLE, PublishContext
-from builder.publish.lifecycle import bundle_location, gc
-from builder.publish.run import publish
+from builder.publish.context import TAG_BUNDLE, InstanceStoreOptions, PublishContext
+from builder.publish.lifecycle import gc, image_bundle
+from builder.publish.run import instance_store_steps, publish
 from builder.publish.snapshot_upload import BLOCK_SIZE
 from builder.store import StoredImage
 from tests.aws_fixtures import (
@@ -325,15 +324,15 @@ def test_gc_deletes_the_bundle_of_a_crashed_run(aws: Aws, store: Path, pki: Pki,
     assert gc(aws.clients, ["us-east-1"], min_age_seconds=0).actions == []
 
 
-def test_bundle_location_prefers_what_ec2_reports() -> None:
+def test_image_bundle_prefers_what_ec2_reports() -> None:
     tagged = {"Tags": [{"Key": TAG_BUNDLE, "Value": "b/p/x.manifest.xml"}]}
-    assert bundle_location(tagged) == "b/p/x.manifest.xml"
+    assert image_bundle(tagged) == "b/p/x.manifest.xml"
     # a region copy on real EC2: instance-store root, its own ImageLocation
     copy = {"RootDeviceType": "instance-store",
             "ImageLocation": "amis-for-123456789012-in-eu-west-1/x.manifest.xml", **tagged}
-    assert bundle_location(copy) == "amis-for-123456789012-in-eu-west-1/x.manifest.xml"
+    assert image_bundle(copy) == "amis-for-123456789012-in-eu-west-1/x.manifest.xml"
     ebs = {"RootDeviceType": "ebs", "ImageLocation": "123456789012/smallpayroll-1.0.0"}
-    assert bundle_location(ebs) is None
+    assert image_bundle(ebs) is None
 
 
 @pytest.mark.parametrize(("field", "value", "message"), [
@@ -344,7 +343,7 @@ def test_bundle_location_prefers_what_ec2_reports() -> None:
 def test_images_an_instance_store_root_cannot_hold_are_refused_first(
     aws: Aws, store: Path, pki: Pki, tmp_path: Path, field: str, value: Any, message: str,
 ) -> None:
-    from builder.bundle.register import publish_instance_store
+    from builder.publish.run import publish_instance_store
 
     image_dir = store / "smallpayroll" / "1.0.0"
     meta = json.loads((image_dir / "image.json").read_text())

@@ -135,7 +135,8 @@ def has_credentials(session: boto3.Session) -> bool:
         return False
 
 
-def make_clients(target: AwsTarget, *, max_pool_connections: int = 16) -> Clients | None:
+def make_clients(target: AwsTarget, *, max_pool_connections: int = 16,
+                 retries: Retries | None = None) -> Clients | None:
     """Clients for `target`, or None when no credentials are configured."""
     session = make_session(target)
     if not has_credentials(session):
@@ -145,6 +146,7 @@ def make_clients(target: AwsTarget, *, max_pool_connections: int = 16) -> Client
         home_region=target.region,
         endpoint_url=target.endpoint_url,
         max_pool_connections=max_pool_connections,
+        retries=retries,
     )
 
 

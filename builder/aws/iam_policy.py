@@ -77,15 +77,6 @@ def action_name(service: str, operation: str) -> str:
     return f"{SERVICE_PREFIX.get(service, service)}:{operation}"
 
 
-def actions_for(*, publish: bool, launch: bool) -> list[str]:
-    chosen: set[str] = set()
-    if publish:
-        chosen |= PUBLISH_ACTIONS
-    if launch:
-        chosen |= LAUNCH_ACTIONS | set(IMPLIED["launch"])
-    return sorted(chosen)
-
-
 def policy_document(*, publish: bool = True, launch: bool = True,
                     kms: bool = False) -> dict[str, Any]:
     """The policy; `kms` adds the KMS permissions EBS encryption needs."""

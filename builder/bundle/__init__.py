@@ -3,5 +3,6 @@
 bundle: image → tar → gzip (parallel members) → AES-128-CBC → 10 MiB parts +
 `<prefix>.manifest.xml` (writer.py, manifest_xml.py); unbundle and verify
 (reader.py); the running system as an image (volume.py); certificates
-(certs.py); upload to S3 (s3_upload.py); register the AMI (register.py).
+(certs.py). Talking to AWS is builder/publish's: the upload to S3
+(publish/bundle_upload.py) and the instance-store publish steps.
 """

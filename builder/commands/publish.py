@@ -29,10 +29,10 @@ class BundleArgs:
     workdir: Path | None = None
 
     def options(self, manifest: Any) -> Any:
-        """`InstanceStoreOptions` for builder.bundle.register; a UserError names
+        """`InstanceStoreOptions` for an instance-store publish; a UserError names
         the first thing missing."""
-        from builder.bundle.register import InstanceStoreOptions
         from builder.commands.bundle import require
+        from builder.publish.context import InstanceStoreOptions
 
         bucket = self.bucket or manifest.publish.bucket
         if not bucket:

@@ -32,7 +32,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
                    help="canned ACL for the objects (default: aws-exec-read, which lets EC2 "
                    "read the bundle; none for buckets with ACLs disabled)")
     p.add_argument("--retry", type=int, default=5, metavar="N",
-                   help="attempts per request (default: 5)")
+                   help="sends per request, retries included (default: 5)")
     p.add_argument("--concurrency", type=int, default=4, metavar="N",
                    help="files uploaded at once (default: 4)")
     add_aws_options(p)
@@ -41,8 +41,9 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, out: Output) -> int:
     from builder.aws.clients import NO_CREDENTIALS_HINT, make_clients, target_from_args
+    from builder.aws.retry import Retries, RetryPolicy
     from builder.bundle.reader import check_parts, part_paths, verified_manifest
-    from builder.bundle.s3_upload import UploadSettings, upload_bundle
+    from builder.publish.bundle_upload import UploadSettings, upload_bundle
 
     if args.retry < 1 or args.concurrency < 1:
         raise UserError("--retry and --concurrency must be at least 1")
@@ -50,13 +51,14 @@ def run(args: argparse.Namespace, out: Output) -> int:
     # points anywhere but beside the manifest, or an altered part sends nothing.
     parsed = verified_manifest(args.manifest, cert=args.cert, privatekey=args.privatekey)
     check_parts(parsed, part_paths(parsed, args.manifest.parent), str(args.manifest))
-    clients = make_clients(target_from_args(args))
+    clients = make_clients(target_from_args(args),
+                           retries=Retries(RetryPolicy(max_attempts=args.retry)))
     if clients is None:
         raise UserError("no AWS credentials configured: nothing was uploaded",
                         hint=NO_CREDENTIALS_HINT)
-    settings = UploadSettings(max_attempts=args.retry, workers=args.concurrency,
+    settings = UploadSettings(workers=args.concurrency,
                               acl=None if args.acl == "none" else args.acl)
-    result = upload_bundle(clients.client("s3"), args.manifest, args.bucket,
+    result = upload_bundle(clients.s3(), args.manifest, args.bucket,
                            settings=settings, progress=out.say)
     out.result(
         {"image_location": result.image_location, "uploaded": list(result.uploaded),

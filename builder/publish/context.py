@@ -5,9 +5,12 @@ from __future__ import annotations
 import secrets
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from builder.aws.clients import Clients
+from builder.bundle.certs import BundleCredentials
+from builder.bundle.writer import BundleResult
 from builder.errors import UserError
 from builder.output import Output
 from builder.store import StoredImage
@@ -15,7 +18,8 @@ from builder.store import StoredImage
 if TYPE_CHECKING:
     from mypy_boto3_ec2.type_defs import TagTypeDef
 
-TAG_PREFIX = "amibake:"
+    from builder.publish.bundle_upload import UploadResult, UploadSettings
+
 TAG_NAME = "amibake:name"
 TAG_VERSION = "amibake:version"
 TAG_BUILD_ID = "amibake:build-id"
@@ -63,6 +67,27 @@ class Resource:
         return f"delete {self.kind} {self.ident} in {self.region}"
 
 
+@dataclass(frozen=True)
+class InstanceStoreOptions:
+    """What an instance-store publish needs besides the PublishContext."""
+
+    cert: Path  # user's X.509 certificate (PEM)
+    privatekey: Path  # its private key
+    ec2cert: Path  # EC2's bundling certificate for the home region
+    bucket: str  # bucket[/prefix]; the image's name/version is appended
+    workdir: Path | None = None  # where the bundle is written (default: a temp dir)
+    upload: UploadSettings | None = None  # default: bundle_upload.UploadSettings()
+
+
+@dataclass
+class BundleState:
+    """What the instance-store prevalidate, bundle and upload steps share."""
+
+    creds: BundleCredentials | None = None
+    bundle: BundleResult | None = None
+    upload: UploadResult | None = None
+
+
 def new_build_id() -> str:
     return "b-" + secrets.token_hex(6)
 
@@ -93,8 +118,6 @@ class PublishContext:
     ledger: list[Resource] = field(default_factory=list)
     upload: Any = None  # snapshot_upload.UploadResult when the EBS upload ran
     stop: bool = False
-    #: why the run ended, for the cleanups: "halted" or "resumable" (builder/steps.py)
-    outcome: str = "halted"
 
     @property
     def home(self) -> str:

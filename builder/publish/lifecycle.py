@@ -17,6 +17,7 @@ from packaging.version import InvalidVersion, Version
 from builder.aws.clients import Clients, error_code
 from builder.errors import UserError
 from builder.publish.actions import Actions
+from builder.publish.bundle_upload import delete_bundle
 from builder.publish.context import (
     TAG_BUILD_ID,
     TAG_BUNDLE,
@@ -60,7 +61,7 @@ def parse_when(text: str) -> dt.datetime:
     return _utc(when)
 
 
-def bundle_location(image: Any) -> str | None:
+def image_bundle(image: Any) -> str | None:
     """The S3 bundle an instance-store AMI was registered from: its
     ImageLocation (what EC2 reports, also for region copies), else the
     `amibake:bundle-location` tag the register step puts on the home AMI."""
@@ -70,13 +71,11 @@ def bundle_location(image: Any) -> str | None:
     return tags_of(image).get(TAG_BUNDLE) or None
 
 
-def delete_bundle(clients: Clients, region: str, location: str) -> list[str]:
+def _delete_deregistered_bundle(clients: Clients, region: str, location: str) -> list[str]:
     """Delete a deregistered AMI's bundle objects (idempotent); a failure says
     exactly what is left to delete by hand."""
-    from builder.bundle.s3_upload import delete_bundle_at
-
     try:
-        return delete_bundle_at(clients.client("s3", region), location)
+        return delete_bundle(clients.s3(region), location)
     except ClientError as exc:
         folder = location.rpartition("/")[0]
         raise UserError(
@@ -222,7 +221,7 @@ def prune(
             actions.add("delete", "image", region, image["ImageId"], f"{ver}")
             for snap in snapshots_of(image):
                 actions.add("delete", "snapshot", region, snap, f"{ver}")
-            location = bundle_location(image)
+            location = image_bundle(image)
             if location:
                 actions.add("delete", "s3-bundle", region, location, f"{ver}")
             param = ssm_name(ssm_prefix, name, str(ver))
@@ -247,7 +246,7 @@ def _execute_deletes(clients: Clients, actions: Actions) -> None:
         ):
             delete_snapshot(clients.ec2(action.region), action.ident)
         elif action.kind == "s3-bundle":  # after its image (listed in that order)
-            delete_bundle(clients, action.region, action.ident)
+            _delete_deregistered_bundle(clients, action.region, action.ident)
         elif action.kind == "ssm-parameter":
             clients.ssm(action.region).delete_parameter(Name=action.ident)
 
@@ -299,7 +298,7 @@ def gc(
                 for snap in snapshots_of(image):
                     actions.add("delete", "snapshot", region, snap, f"build {bid}")
                     doomed_snaps.add(snap)
-                location = bundle_location(image)
+                location = image_bundle(image)
                 if location:
                     actions.add("delete", "s3-bundle", region, location, f"build {bid}")
         doomed_images = {a.ident for a in actions.actions
@@ -322,7 +321,7 @@ def gc(
                 delete_image_and_snapshots(clients.ec2(action.region), action.ident)
         for action in actions.of("delete"):
             if action.kind == "s3-bundle":
-                delete_bundle(clients, action.region, action.ident)
+                _delete_deregistered_bundle(clients, action.region, action.ident)
         for action in actions.of("delete"):
             if action.kind == "snapshot":
                 delete_snapshot(clients.ec2(action.region), action.ident)

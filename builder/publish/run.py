@@ -7,10 +7,12 @@ from typing import Any, Protocol
 
 from builder.errors import UserError
 from builder.output import Output
-from builder.publish.context import PublishContext, ami_name
+from builder.publish.context import BundleState, InstanceStoreOptions, PublishContext, ami_name
+from builder.publish.step_bundle import BundleStep
+from builder.publish.step_bundle_upload import UploadBundleStep
 from builder.publish.step_copy import CopyToRegionsStep
 from builder.publish.step_finalize import FinalizeStep
-from builder.publish.step_prevalidate import PrevalidateStep
+from builder.publish.step_prevalidate import PrevalidateInstanceStoreStep, PrevalidateStep
 from builder.publish.step_register import RegisterImageStep
 from builder.publish.step_snapshot import UploadSnapshotStep
 from builder.publish.step_ssm import SsmParametersStep
@@ -63,6 +65,38 @@ def publish(ctx: PublishContext, steps: list[Any] | None = None) -> dict[str, An
             "snapshot_id": up.snapshot_id, "blocks": up.blocks_total, "blocks_sent": up.blocks_sent,
             "blocks_resumed": up.blocks_resumed, "bytes_sent": up.bytes_sent,
             "retries": up.retries, "seconds": round(up.seconds, 3),
+        }
+    return doc
+
+
+def instance_store_steps(options: InstanceStoreOptions) -> list[Any]:
+    """Every step of an instance-store publish, in order."""
+    state = BundleState()
+    return [
+        PrevalidateInstanceStoreStep(options, state),
+        BundleStep(options, state),
+        UploadBundleStep(options, state),
+        RegisterImageStep(),
+        TagImageStep(),
+        CopyToRegionsStep(),
+        SsmParametersStep(),
+        FinalizeStep(),
+    ]
+
+
+def publish_instance_store(ctx: PublishContext, options: InstanceStoreOptions) -> dict[str, Any]:
+    """Publish `ctx.image` as an instance-store AMI; returns publish()'s document
+    plus the bundle's S3 location."""
+    ctx.backing = "instance-store"
+    steps = instance_store_steps(options)
+    doc = publish(ctx, steps)
+    state: BundleState = steps[1].state
+    doc["backing"] = "instance-store"
+    if state.upload is not None:
+        doc["bundle"] = {
+            "image_location": state.upload.image_location,
+            "uploaded": len(state.upload.uploaded),
+            "skipped": len(state.upload.skipped),
         }
     return doc
 
@@ -125,8 +159,6 @@ def publish_stored_image(
     )
     try:
         if options is not None:
-            from builder.bundle.register import publish_instance_store
-
             doc = publish_instance_store(ctx, options)
         else:
             doc = publish(ctx)

@@ -7,6 +7,7 @@ from typing import Any
 from builder.publish.context import PublishContext
 from builder.publish.images import delete_image_and_snapshots, snapshots_of, wait_available
 from builder.publish.step_tag import tag_resources
+from builder.steps import Outcome
 from builder.wait import Waiter
 
 COPY_WAITER = Waiter("the region copies to become available", attempts=720, interval=5.0,
@@ -64,7 +65,7 @@ class CopyToRegionsStep:
                 ctx.track(self.name, "snapshot", region, snap)
             tag_resources(ec2, [ctx.image_ids[region], *snaps], ctx)
 
-    def cleanup(self, ctx: PublishContext) -> None:
+    def cleanup(self, ctx: PublishContext, outcome: Outcome) -> None:
         mine = [r for r in ctx.ledger if r.step == self.name]
         for res in mine:
             if res.kind != "image":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from builder.publish.context import TAG_COMPLETE, PublishContext
 from builder.publish.upload_journal import journal_path
+from builder.steps import Outcome
 
 
 class FinalizeStep:
@@ -22,5 +23,5 @@ class FinalizeStep:
             )
         journal_path(ctx.image.disk_path).unlink(missing_ok=True)
 
-    def cleanup(self, ctx: PublishContext) -> None:
+    def cleanup(self, ctx: PublishContext, outcome: Outcome) -> None:
         return None

@@ -9,10 +9,21 @@ from typing import TYPE_CHECKING, Any, cast
 from botocore.exceptions import ClientError
 
 from builder.aws.clients import check_credentials, error_code
+from builder.bundle.certs import BundleCredentials
 from builder.errors import UserError
-from builder.publish.context import TAG_BUILD_ID, TAG_COMPLETE, TAG_DISK_SHA256, PublishContext
+from builder.publish.bundle_upload import check_bucket, split_location
+from builder.publish.context import (
+    TAG_BUILD_ID,
+    TAG_COMPLETE,
+    TAG_DISK_SHA256,
+    BundleState,
+    InstanceStoreOptions,
+    PublishContext,
+)
 from builder.publish.images import tags_of
+from builder.publish.step_bundle import bundle_prefix
 from builder.publish.step_register import ROOT_DEVICE
+from builder.steps import Outcome
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2.literals import ArchitectureValuesType
@@ -53,8 +64,6 @@ class PrevalidateStep:
             ) + "; nothing to do"
         return (f"credentials ok (account {ctx.account}), regions {', '.join(ctx.regions)} "
                 f"exist, name {ctx.ami_name} free")
-
-    plan = describe  # for builder/bundle/register.py, until it moves here
 
     def run(self, ctx: PublishContext) -> None:
         ctx.account = check_credentials(ctx.clients)["account"]
@@ -130,5 +139,70 @@ class PrevalidateStep:
         if absent:
             ctx.out.say(f"note: {ctx.ami_name} is not in {', '.join(absent)}; nothing changed")
 
-    def cleanup(self, ctx: PublishContext) -> None:
+    def cleanup(self, ctx: PublishContext, outcome: Outcome) -> None:
+        return None
+
+
+#: EC2's size limit for an instance-store root device
+MAX_ROOT_BYTES = 10 * 1024**3
+
+
+def check_instance_store_image(ctx: PublishContext) -> None:
+    """What EC2 accepts for an instance-store root: at most 10 GiB, a disk that
+    boots without UEFI (instance-store AMIs are registered without BootMode),
+    and no snapshot encryption keys (there are no snapshots)."""
+    img = ctx.image
+    if img.disk.apparent_size > MAX_ROOT_BYTES:
+        raise UserError(
+            f"{img.name} {img.version}: the disk is {img.disk.apparent_size / 1024**3:.1f} GiB; "
+            "an instance-store root device holds at most 10 GiB",
+            hint="lower image.volume_size_gib, or publish with backing: ebs",
+        )
+    if ctx.kms_key_ids:
+        raise UserError(
+            "publish.kms_key_ids encrypt EBS snapshots; an instance-store AMI has none "
+            "(its bundle is already AES-encrypted for EC2)",
+            hint="remove publish.kms_key_ids, or publish with backing: ebs",
+        )
+    if img.boot_mode == "uefi" and img.architecture == "x86_64":
+        raise UserError(
+            f"{img.name} {img.version} boots only with UEFI; instance-store AMIs boot "
+            "x86_64 instances with legacy BIOS",
+            hint="use image.boot_mode uefi-preferred (the baked disk boots both ways), "
+            "or publish with backing: ebs",
+        )
+
+
+class PrevalidateInstanceStoreStep:
+    """The EBS prevalidation plus what a bundle needs, before anything exists."""
+
+    name = "prevalidate"
+
+    def __init__(self, options: InstanceStoreOptions, state: BundleState) -> None:
+        self.options = options
+        self.state = state
+        self.base = PrevalidateStep()
+
+    def describe(self, ctx: PublishContext) -> str:
+        line = self.base.describe(ctx)
+        if not ctx.stop:
+            self._check(ctx)
+            line += f"; certificates ok, bucket {split_location(self.options.bucket)[0]} usable"
+        return line
+
+    def run(self, ctx: PublishContext) -> None:
+        self.base.run(ctx)
+        if not ctx.stop:
+            self._check(ctx)
+
+    def _check(self, ctx: PublishContext) -> None:
+        check_instance_store_image(ctx)
+        self.state.creds = BundleCredentials.load(
+            self.options.cert, self.options.privatekey, self.options.ec2cert
+        )
+        bundle_prefix(ctx)
+        bucket, _ = split_location(self.options.bucket)
+        check_bucket(ctx.clients.s3(ctx.home), bucket, ctx.home)  # a missing one is created
+
+    def cleanup(self, ctx: PublishContext, outcome: Outcome) -> None:
         return None

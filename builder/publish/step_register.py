@@ -7,6 +7,7 @@ from typing import Any
 
 from builder.publish.context import TAG_BUNDLE, BundleRoot, EbsRoot, PublishContext
 from builder.publish.images import delete_image_and_snapshots, snapshots_of, wait_available
+from builder.steps import Outcome
 from builder.wait import Waiter
 
 ROOT_DEVICE = "/dev/xvda"
@@ -99,7 +100,7 @@ class RegisterImageStep:
                 ctx.track(self.name, "snapshot", ctx.home, snap)
         ctx.out.say(f"registered {image_id} in {ctx.home}")
 
-    def cleanup(self, ctx: PublishContext) -> None:
+    def cleanup(self, ctx: PublishContext, outcome: Outcome) -> None:
         mine = [r for r in ctx.ledger if r.step == self.name]
         ec2 = ctx.clients.ec2(ctx.home)
         for res in mine:

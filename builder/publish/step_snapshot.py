@@ -16,6 +16,7 @@ from builder.publish.context import EbsRoot, PublishContext
 from builder.publish.images import delete_snapshot
 from builder.publish.snapshot_upload import BLOCK_SIZE, UploadOptions, upload_disk
 from builder.publish.upload_journal import journal_path
+from builder.steps import Outcome
 
 
 class UploadSnapshotStep:
@@ -60,9 +61,9 @@ class UploadSnapshotStep:
         ctx.out.say(f"snapshot {result.snapshot_id}: {result.blocks_sent} blocks sent, "
                     f"{result.blocks_resumed} resumed, {result.retries} retries")
 
-    def cleanup(self, ctx: PublishContext) -> None:
+    def cleanup(self, ctx: PublishContext, outcome: Outcome) -> None:
         mine = [r for r in ctx.ledger if r.step == self.name]
-        if ctx.outcome == "resumable":
+        if outcome == "resumable":
             for res in mine:
                 ctx.untrack(res.kind, res.region, res.ident)
                 ctx.out.say(f"kept snapshot {res.ident} in {res.region} and "

@@ -10,6 +10,7 @@ from packaging.version import InvalidVersion, Version
 from builder.aws.clients import error_code
 from builder.publish.context import TAG_VERSION, PublishContext
 from builder.publish.images import describe_image, tags_of
+from builder.steps import Outcome
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -70,7 +71,7 @@ class SsmParametersStep:
                                                if k != "Name" and v != ""])
                 ctx.ssm_parameters.append(f"{region}:{name}")
 
-    def cleanup(self, ctx: PublishContext) -> None:
+    def cleanup(self, ctx: PublishContext, outcome: Outcome) -> None:
         for res in [r for r in ctx.ledger if r.step == self.name]:
             ssm = ctx.clients.ssm(res.region)
             previous = self.previous_latest.get(res.region)

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from builder.publish.context import PublishContext
 from builder.publish.step_register import bundle_tag
+from builder.steps import Outcome
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -30,5 +31,5 @@ class TagImageStep:
         tag_resources(ctx.clients.ec2(home),
                       [ctx.image_ids[home], *ctx.snapshot_ids.get(home, [])], ctx, bundle_tag(ctx))
 
-    def cleanup(self, ctx: PublishContext) -> None:
+    def cleanup(self, ctx: PublishContext, outcome: Outcome) -> None:
         return None

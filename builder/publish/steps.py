@@ -1,12 +1,12 @@
 """Publishing runs its steps with the one step runner (builder/steps.py).
 
 A publish step has a `name`, `describe(ctx) -> str` (what it would do, for
---dry-run), `run(ctx)` and `cleanup(ctx)`. A cleanup must undo only what its
-own step recorded in the context, and must be a no-op when nothing was
-created. As in Packer, a cleanup reads why the run ended from the context:
-`ctx.outcome` is "halted" (an abort: undo everything) or "resumable" (a
-`builder.steps.Resumable` failure: keep what the same command, run again,
-resumes from, e.g. a half-uploaded snapshot and its journal).
+--dry-run), `run(ctx)` and `cleanup(ctx, outcome)`. A cleanup must undo only
+what its own step recorded in the context, and must be a no-op when nothing
+was created. As in Packer, the cleanup is told why the run ended: "halted"
+(an abort: undo everything) or "resumable" (a `builder.steps.Resumable`
+failure: keep what the same command, run again, resumes from, e.g. a
+half-uploaded snapshot and its journal).
 
 Every resource a step creates is recorded in `ctx.ledger` (`track`) the
 moment it exists and dropped (`untrack`) when its cleanup deleted it or kept
@@ -34,7 +34,7 @@ class Step(Protocol):
 
     def run(self, ctx: PublishContext) -> None: ...
 
-    def cleanup(self, ctx: PublishContext) -> None: ...
+    def cleanup(self, ctx: PublishContext, outcome: runner.Outcome) -> None: ...
 
 
 class CleanupFailed(UserError):
@@ -60,36 +60,12 @@ class _LedgerJournal(runner.Journal):
     def started(self, step: Any) -> None:
         self.ctx.out.say(f"==> {step.name}")
 
-    def failed(self, step: Any, exc: BaseException) -> None:
-        self.ctx.outcome = runner.outcome_of(exc)
-
     def cleanup_failed(self, step: Any, exc: Exception) -> None:
         mine = [r for r in self.ctx.ledger if r.step == step.name]
         self.ctx.out.say(f"cleanup of step {step.name!r} failed: {exc}")
         for res in mine:
             self.ctx.out.say(f"  delete by hand: {res.delete_command()}")
         self.leftovers.extend(mine)
-
-
-class _Adapter:
-    """A publish step as the shared runner sees it (cleanup reads ctx.outcome)."""
-
-    def __init__(self, step: Step) -> None:
-        self.step = step
-        self.name = step.name
-
-    def describe(self, ctx: PublishContext) -> str:
-        describe = getattr(self.step, "describe", None)
-        if describe is None:  # builder/bundle/register.py's steps, until they move here
-            return str(self.step.plan(ctx))  # type: ignore[attr-defined]
-        return str(describe(ctx))
-
-    def run(self, ctx: PublishContext) -> None:
-        self.step.run(ctx)
-
-    def cleanup(self, ctx: PublishContext, outcome: runner.Outcome) -> None:
-        ctx.outcome = outcome
-        self.step.cleanup(ctx)
 
 
 def run_steps(steps: Sequence[Step], ctx: PublishContext) -> None:
@@ -100,8 +76,7 @@ def run_steps(steps: Sequence[Step], ctx: PublishContext) -> None:
     """
     journal = _LedgerJournal(ctx)
     try:
-        runner.run_steps([_Adapter(s) for s in steps], ctx, journal=journal,
-                         stop=lambda: ctx.stop)
+        runner.run_steps(steps, ctx, journal=journal, stop=lambda: ctx.stop)
     except BaseException as exc:
         if journal.leftovers:
             raise CleanupFailed(exc, journal.leftovers) from exc
@@ -110,4 +85,4 @@ def run_steps(steps: Sequence[Step], ctx: PublishContext) -> None:
 
 def describe_steps(steps: Sequence[Step], ctx: PublishContext) -> list[str]:
     """What each step would do (--dry-run); the prevalidation still runs."""
-    return runner.describe_steps([_Adapter(s) for s in steps], ctx, stop=lambda: ctx.stop)
+    return runner.describe_steps(steps, ctx, stop=lambda: ctx.stop)

@@ -1,4 +1,5 @@
-"""upload-bundle against moto: checksums, multipart, retries, resume, abort."""
+"""upload-bundle against moto: checksums, multipart, retries (the clients' one
+policy, counted per HTTP send), resume, abort."""
 
 from __future__ import annotations
 
@@ -8,21 +9,27 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import boto3
 import pytest
 from botocore.exceptions import EndpointConnectionError
 from moto import mock_aws
+from moto.core.models import botocore_stubber
 
+from builder.aws.clients import Clients
+from builder.aws.retry import Retries
 from builder.bundle.certs import BundleCredentials
-from builder.bundle.s3_upload import (
+from builder.bundle.writer import BundleRequest, BundleResult, bundle_image
+from builder.errors import UserError
+from builder.publish.bundle_upload import (
     UploadSettings,
-    delete_bundle_at,
+    delete_bundle,
     split_location,
     upload_bundle,
 )
-from builder.bundle.writer import BundleRequest, BundleResult, bundle_image
-from builder.errors import UserError
+from builder.steps import Resumable
+from tests.aws_fixtures import Sends
 from tests.bundle_pki import make_pki
 
 MiB = 1024 * 1024
@@ -50,19 +57,45 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         yield
 
 
+def s3_client(region: str, sends: Sends | None = None,
+              sleeps: list[float] | None = None) -> Any:
+    """An S3 client as amibake makes them (the one retry policy, on a fake
+    clock), whose HTTP sends go through `sends` before moto answers them."""
+    session = boto3.Session(region_name=region)
+    session.events.unregister("before-send", botocore_stubber)
+    session.events.register("before-send", (sends or Sends()).handler)
+    retries = Retries(sleep=sleeps.append if sleeps is not None else lambda _s: None)
+    return Clients(session, home_region=region, retries=retries).s3()
+
+
+def network_down(operation: str, key_suffix: str, part: int | None = None,
+                 times: int | None = None) -> Any:
+    """A `Sends.fail` that loses the connection for matching requests (`times`
+    times, or always)."""
+    failed: list[str] = []
+
+    def fail(op: str, request: Any) -> None:
+        url = urlsplit(str(request.url))
+        number = parse_qs(url.query).get("partNumber", [None])[0]
+        if (op == operation and url.path.endswith(key_suffix)
+                and (part is None or number == str(part))
+                and (times is None or len(failed) < times)):
+            failed.append(url.path)
+            raise EndpointConnectionError(endpoint_url=f"https://injected/{op}")
+
+    return fail
+
+
 class Recorder:
-    """Records the parameters boto3 sends; can inject failures per operation."""
+    """Records the parameters of each call boto3 makes (once per call: the
+    retries of a call are HTTP sends, see `Sends`)."""
 
     def __init__(self, client: Any) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
-        self.failures: dict[str, Any] = {}  # op → predicate(params) -> bool
         client.meta.events.register("before-parameter-build.s3.*", self._record)
 
     def _record(self, params: dict[str, Any], model: Any, **_: Any) -> None:
         self.calls.append((model.name, dict(params)))
-        fail = self.failures.get(model.name)
-        if fail is not None and fail(params):
-            raise EndpointConnectionError(endpoint_url=f"https://injected/{model.name}")
 
     def ops(self, name: str) -> list[dict[str, Any]]:
         return [p for op, p in self.calls if op == name]
@@ -80,13 +113,11 @@ def test_split_location() -> None:
 
 
 def test_upload_creates_private_bucket_in_region(bundle: BundleResult) -> None:
-    s3 = boto3.client("s3", region_name="eu-west-1")
+    s3 = s3_client("eu-west-1")
     rec = Recorder(s3)
-    sleeps: list[float] = []
-    result = upload_bundle(s3, bundle.manifest_path, "amibake-bundles/smallpayroll/1.0.0",
-                           sleep=sleeps.append)
+    result = upload_bundle(s3, bundle.manifest_path, "amibake-bundles/smallpayroll/1.0.0")
     assert result.image_location == "amibake-bundles/smallpayroll/1.0.0/disk.raw.manifest.xml"
-    assert result.created_bucket and not result.skipped and not sleeps
+    assert result.created_bucket and not result.skipped
     (create,) = rec.ops("CreateBucket")
     assert create["CreateBucketConfiguration"] == {"LocationConstraint": "eu-west-1"}
     assert create["ObjectOwnership"] == "BucketOwnerPreferred"
@@ -110,7 +141,7 @@ def test_upload_creates_private_bucket_in_region(bundle: BundleResult) -> None:
 
 
 def test_us_east_1_has_no_location_constraint(bundle: BundleResult) -> None:
-    s3 = boto3.client("s3", region_name="us-east-1")
+    s3 = s3_client("us-east-1")
     rec = Recorder(s3)
     upload_bundle(s3, bundle.manifest_path, "use1")
     (create,) = rec.ops("CreateBucket")
@@ -119,9 +150,9 @@ def test_us_east_1_has_no_location_constraint(bundle: BundleResult) -> None:
 
 
 def test_bucket_in_other_region_is_refused(bundle: BundleResult) -> None:
-    boto3.client("s3", region_name="us-west-2").create_bucket(
+    s3_client("us-west-2").create_bucket(
         Bucket="elsewhere", CreateBucketConfiguration={"LocationConstraint": "us-west-2"})
-    s3 = boto3.client("s3", region_name="eu-west-1")
+    s3 = s3_client("eu-west-1")
     with pytest.raises(UserError, match="elsewhere is in us-west-2, not eu-west-1"):
         upload_bundle(s3, bundle.manifest_path, "elsewhere")
 
@@ -130,27 +161,21 @@ MULTIPART = UploadSettings(multipart_threshold=6 * MiB, multipart_chunk=5 * MiB,
 
 
 def test_multipart_with_checksums_and_retried_part(bundle: BundleResult) -> None:
-    s3 = boto3.client("s3", region_name="eu-west-1")
+    sends, sleeps = Sends(), []
+    # part 2 of the first file loses its connection twice, then gets through
+    sends.fail = network_down("UploadPart", "disk.raw.part.00", part=2, times=2)
+    s3 = s3_client("eu-west-1", sends, sleeps)
     rec = Recorder(s3)
-    failed: list[int] = []
-
-    def flaky(params: dict[str, Any]) -> bool:
-        # part 2 of the first file fails twice, then gets through
-        if params["PartNumber"] == 2 and params["Key"].endswith("part.00") and len(failed) < 2:
-            failed.append(params["PartNumber"])
-            return True
-        return False
-
-    rec.failures["UploadPart"] = flaky
-    sleeps: list[float] = []
-    upload_bundle(s3, bundle.manifest_path, "multi", settings=MULTIPART, sleep=sleeps.append)
-    assert sleeps == [0.5, 1.0]  # exponential backoff
+    upload_bundle(s3, bundle.manifest_path, "multi", settings=MULTIPART)
+    assert len(sleeps) == 2 and 0 <= sleeps[0] <= 0.25 and 0 <= sleeps[1] <= 0.5  # backoff
+    part00 = [r for r in sends.of("UploadPart") if urlsplit(str(r.url)).path.endswith("part.00")]
+    assert len(part00) == 4  # part 1, then part 2 three times: two retries, no more
     creates = rec.ops("CreateMultipartUpload")
     assert len(creates) == len(bundle.part_paths) - 1  # the last part is < 6 MiB
     assert all(c["ChecksumAlgorithm"] == "SHA256" for c in creates)
     part00 = bundle.part_paths[0].read_bytes()
     sent = [p for p in rec.ops("UploadPart") if p["Key"] == "disk.raw.part.00"]
-    assert [p["PartNumber"] for p in sent] == [1, 2, 2, 2]
+    assert [p["PartNumber"] for p in sent] == [1, 2]
     assert sent[0]["ChecksumSHA256"] == b64sha256(part00[: 5 * MiB])
     assert sent[-1]["ChecksumSHA256"] == b64sha256(part00[5 * MiB :])
     (complete,) = [c for c in rec.ops("CompleteMultipartUpload") if c["Key"] == "disk.raw.part.00"]
@@ -162,11 +187,15 @@ def test_multipart_with_checksums_and_retried_part(bundle: BundleResult) -> None
 
 
 def test_failing_multipart_is_aborted(bundle: BundleResult) -> None:
-    s3 = boto3.client("s3", region_name="eu-west-1")
+    sends = Sends()
+    sends.fail = network_down("UploadPart", "disk.raw.part.01", part=2)
+    s3 = s3_client("eu-west-1", sends)
     rec = Recorder(s3)
-    rec.failures["UploadPart"] = lambda p: p["Key"].endswith("part.01") and p["PartNumber"] == 2
-    with pytest.raises(UserError, match=r"upload of part 2 of disk\.raw\.part\.01 failed after 5"):
-        upload_bundle(s3, bundle.manifest_path, "abort", settings=MULTIPART, sleep=lambda s: None)
+    with pytest.raises(Resumable, match=r"upload of part 2 of disk\.raw\.part\.01 failed"):
+        upload_bundle(s3, bundle.manifest_path, "abort", settings=MULTIPART)
+    tries = [r for r in sends.of("UploadPart") if "part.01" in str(r.url)
+             and "partNumber=2" in str(r.url)]
+    assert len(tries) == Retries().policy.max_attempts  # bounded: one policy, not two stacked
     assert rec.ops("AbortMultipartUpload")
     assert s3.list_multipart_uploads(Bucket="abort").get("Uploads", []) == []
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket="abort").get("Contents", [])}
@@ -174,18 +203,19 @@ def test_failing_multipart_is_aborted(bundle: BundleResult) -> None:
 
 
 def test_crash_between_parts_then_resume_uploads_only_missing(bundle: BundleResult) -> None:
-    s3 = boto3.client("s3", region_name="eu-west-1")
+    sends = Sends()
+    sends.fail = network_down("PutObject", "disk.raw.part.01")
+    s3 = s3_client("eu-west-1", sends)
     rec = Recorder(s3)
     settings = UploadSettings(workers=1)
-    rec.failures["PutObject"] = lambda p: p["Key"].endswith("part.01")
-    with pytest.raises(UserError, match=r"disk\.raw\.part\.01 failed after 5 attempts"):
-        upload_bundle(s3, bundle.manifest_path, "resume/pre", settings=settings,
-                      sleep=lambda s: None)
+    with pytest.raises(Resumable, match=r"disk\.raw\.part\.01 failed") as err:
+        upload_bundle(s3, bundle.manifest_path, "resume/pre", settings=settings)
+    assert "files already uploaded are skipped" in err.value.hint
     present = {o["Key"] for o in s3.list_objects_v2(Bucket="resume").get("Contents", [])}
     assert "pre/disk.raw.manifest.xml" not in present and "pre/disk.raw.part.01" not in present
     assert "pre/disk.raw.part.00" in present
 
-    rec.failures.clear()
+    sends.fail = lambda _op, _r: None
     rec.calls.clear()
     result = upload_bundle(s3, bundle.manifest_path, "resume/pre", settings=settings)
     uploaded = {p["Key"] for p in rec.ops("PutObject")}
@@ -197,7 +227,7 @@ def test_crash_between_parts_then_resume_uploads_only_missing(bundle: BundleResu
 
 
 def test_resume_replaces_an_object_with_other_content(bundle: BundleResult) -> None:
-    s3 = boto3.client("s3", region_name="eu-west-1")
+    s3 = s3_client("eu-west-1")
     upload_bundle(s3, bundle.manifest_path, "chg")
     s3.put_object(Bucket="chg", Key="disk.raw.part.00", Body=b"x" * 100)
     result = upload_bundle(s3, bundle.manifest_path, "chg")
@@ -207,7 +237,7 @@ def test_resume_replaces_an_object_with_other_content(bundle: BundleResult) -> N
 
 
 def test_stale_multipart_uploads_are_aborted(bundle: BundleResult) -> None:
-    s3 = boto3.client("s3", region_name="eu-west-1")
+    s3 = s3_client("eu-west-1")
     s3.create_bucket(Bucket="stale", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
     s3.create_multipart_upload(Bucket="stale", Key="x/disk.raw.part.03")
     s3.create_multipart_upload(Bucket="stale", Key="other-thing")
@@ -219,7 +249,7 @@ def test_stale_multipart_uploads_are_aborted(bundle: BundleResult) -> None:
 def test_missing_part_is_refused_before_upload(bundle: BundleResult, tmp_path: Path) -> None:
     manifest = tmp_path / bundle.manifest_path.name
     manifest.write_bytes(bundle.manifest_path.read_bytes())
-    s3 = boto3.client("s3", region_name="eu-west-1")
+    s3 = s3_client("eu-west-1")
     rec = Recorder(s3)
     with pytest.raises(UserError, match=r"part 0 of 3 is missing"):
         upload_bundle(s3, manifest, "nothing")
@@ -227,7 +257,7 @@ def test_missing_part_is_refused_before_upload(bundle: BundleResult, tmp_path: P
 
 
 def test_invalid_bucket_name_is_a_user_error(bundle: BundleResult) -> None:
-    s3 = boto3.client("s3", region_name="eu-west-1")
+    s3 = s3_client("eu-west-1")
     rec = Recorder(s3)
     with pytest.raises(UserError, match="invalid bucket name 'Bad_Name'"):
         upload_bundle(s3, bundle.manifest_path, "Bad_Name")
@@ -236,12 +266,12 @@ def test_invalid_bucket_name_is_a_user_error(bundle: BundleResult) -> None:
         split_location("ab/prefix")
 
 
-def test_delete_bundle_at_image_location(bundle: BundleResult) -> None:
-    s3 = boto3.client("s3", region_name="eu-west-1")
+def test_delete_bundle_by_image_location(bundle: BundleResult) -> None:
+    s3 = s3_client("eu-west-1")
     result = upload_bundle(s3, bundle.manifest_path, "gone/smallpayroll/1.0.0")
     s3.put_object(Bucket="gone", Key="smallpayroll/1.0.0/other", Body=b"stays")
-    deleted = delete_bundle_at(s3, result.image_location)
+    deleted = delete_bundle(s3, result.image_location)
     assert len(deleted) == 4
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="gone").get("Contents", [])]
     assert keys == ["smallpayroll/1.0.0/other"]
-    assert delete_bundle_at(s3, result.image_location) == []  # idempotent
+    assert delete_bundle(s3, result.image_location) == []  # idempotent

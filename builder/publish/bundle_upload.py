@@ -9,7 +9,9 @@
   threshold go in multipart uploads (per-part checksums); a failed multipart
   upload is aborted, and stale uploads under the bundle's keys are aborted
   before starting.
-- Every request is retried on transient errors with exponential backoff.
+- Every request is retried by the client's one retry policy
+  (builder/aws/retry.py); a failure worth running again for raises
+  `builder.steps.Resumable`.
 - Resume: a file already in the bucket with the same size and SHA-256
   (metadata, or the object checksum read with ChecksumMode=ENABLED) is skipped.
 - The manifest goes last, so a bundle whose manifest is present is complete.
@@ -23,34 +25,28 @@ import base64
 import hashlib
 import logging
 import re
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from botocore.exceptions import (
-    ClientError,
-    ConnectionClosedError,
-    ConnectTimeoutError,
-    EndpointConnectionError,
-    ReadTimeoutError,
-)
+from botocore.exceptions import ClientError
 
+from builder.aws.clients import error_code
+from builder.aws.retry import is_retryable
 from builder.bundle.reader import part_paths, read_manifest
 from builder.errors import UserError
+from builder.steps import Resumable
 
-log = logging.getLogger("amibake.bundle.s3")
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CompletedPartTypeDef, UploadPartOutputTypeDef
+
+log = logging.getLogger("amibake.publish.bundle_upload")
 
 MiB = 1024 * 1024
 META_SHA256 = "amibake-sha256"
-TRANSIENT_CODES = frozenset(
-    {"RequestTimeout", "SlowDown", "InternalError", "ServiceUnavailable", "BadDigest",
-     "RequestTimeTooSkewed", "Throttling", "ThrottlingException"}
-)
-NETWORK_ERRORS = (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError,
-                  ConnectTimeoutError)
 
 T = TypeVar("T")
 
@@ -59,8 +55,6 @@ T = TypeVar("T")
 class UploadSettings:
     multipart_threshold: int = 64 * MiB
     multipart_chunk: int = 8 * MiB  # S3's minimum is 5 MiB (except the last)
-    max_attempts: int = 5
-    backoff: float = 0.5  # seconds, doubled each attempt
     workers: int = 4
     acl: str | None = "aws-exec-read"
 
@@ -95,12 +89,11 @@ def split_location(location: str) -> tuple[str, str]:
 
 
 def upload_bundle(
-    s3: Any,
+    s3: S3Client,
     manifest_path: Path,
     location: str,
     *,
     settings: UploadSettings = UploadSettings(),
-    sleep: Callable[[float], None] = time.sleep,
     progress: Callable[[str], None] = lambda _: None,
 ) -> UploadResult:
     """Upload the parts listed in the manifest, then the manifest."""
@@ -109,8 +102,8 @@ def upload_bundle(
     bucket, prefix = split_location(location)
     files = part_paths(parsed, manifest_path.parent)  # files beside it, never a symlink out
     region = s3.meta.region_name or "us-east-1"
-    created = ensure_bucket(s3, bucket, region, sleep=sleep, settings=settings)
-    uploader = _Uploader(s3, bucket, settings, sleep)
+    created = ensure_bucket(s3, bucket, region, settings=settings)
+    uploader = _Uploader(s3, bucket, settings)
     uploader.abort_stale(prefix + parsed.name)
     uploaded: list[str] = []
     skipped: list[str] = []
@@ -134,37 +127,48 @@ def upload_bundle(
     )
 
 
-def ensure_bucket(
-    s3: Any,
-    bucket: str,
-    region: str,
-    *,
-    sleep: Callable[[float], None] = time.sleep,
-    settings: UploadSettings = UploadSettings(),
-) -> bool:
-    """Create `bucket` in `region` with public access blocked if it is
-    missing; True when it was created here."""
+def bucket_region(s3: S3Client, bucket: str) -> str | None:
+    """The region `bucket` is in; None when there is no such bucket; a
+    UserError when it exists but is not ours to use (the one bucket check)."""
     try:
         head = s3.head_bucket(Bucket=bucket)
     except ClientError as exc:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        code = exc.response.get("Error", {}).get("Code")
+        code = error_code(exc)
         if status == 403 or code in ("403", "AccessDenied"):
             raise UserError(
                 f"bucket {bucket} exists but this account cannot use it",
                 hint="bucket names are global: pick another (publish.bucket)",
             ) from exc
-        if status != 404 and code not in ("404", "NoSuchBucket", "NotFound"):
-            raise
-    else:
-        where = head.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get(
-            "x-amz-bucket-region", region
+        if status == 404 or code in ("404", "NoSuchBucket", "NotFound"):
+            return None
+        raise
+    headers = head.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    return str(headers.get("x-amz-bucket-region") or head.get("BucketRegion") or "us-east-1")
+
+
+def check_bucket(s3: S3Client, bucket: str, region: str) -> bool:
+    """True when `bucket` exists in `region`, False when it does not exist; a
+    UserError when it is someone else's or in another region."""
+    where = bucket_region(s3, bucket)
+    if where is not None and where != region:
+        raise UserError(
+            f"bucket {bucket} is in {where}, not {region}",
+            hint="bundles must be in the region the AMI is registered in",
         )
-        if where != region:
-            raise UserError(
-                f"bucket {bucket} is in {where}, not {region}",
-                hint="bundles must be in the region the AMI is registered in",
-            )
+    return where is not None
+
+
+def ensure_bucket(
+    s3: S3Client,
+    bucket: str,
+    region: str,
+    *,
+    settings: UploadSettings = UploadSettings(),
+) -> bool:
+    """Create `bucket` in `region` with public access blocked if it is
+    missing; True when it was created here."""
+    if check_bucket(s3, bucket, region):
         return False
     kwargs: dict[str, Any] = {"Bucket": bucket}
     if region != "us-east-1":
@@ -172,9 +176,9 @@ def ensure_bucket(
     if settings.acl:
         kwargs["ObjectOwnership"] = "BucketOwnerPreferred"
     try:
-        _retry(lambda: s3.create_bucket(**kwargs), f"create bucket {bucket}", settings, sleep)
+        _call(lambda: s3.create_bucket(**kwargs), f"create bucket {bucket}")
     except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code", "")
+        code = error_code(exc)
         if code in ("InvalidBucketName", "BucketAlreadyExists", "AccessDenied",
                     "IllegalLocationConstraintException", "InvalidLocationConstraint"):
             raise UserError(
@@ -182,7 +186,7 @@ def ensure_bucket(
                 hint="bucket names are global, 3-63 lower-case letters, digits, '-' and '.'",
             ) from exc
         raise
-    _retry(
+    _call(
         lambda: s3.put_public_access_block(
             Bucket=bucket,
             PublicAccessBlockConfiguration={
@@ -193,14 +197,12 @@ def ensure_bucket(
             },
         ),
         f"block public access on {bucket}",
-        settings,
-        sleep,
     )
     return True
 
 
-def delete_bundle(s3: Any, bucket: str, keys: list[str]) -> None:
-    """Delete a bundle's objects (cleanup of a failed publish)."""
+def delete_objects(s3: S3Client, bucket: str, keys: list[str]) -> None:
+    """Delete `keys` from `bucket`, 1000 at a time (cleanup of a failed publish)."""
     for start in range(0, len(keys), 1000):
         batch = keys[start : start + 1000]
         if batch:
@@ -209,7 +211,7 @@ def delete_bundle(s3: Any, bucket: str, keys: list[str]) -> None:
             )
 
 
-def delete_bundle_at(s3: Any, image_location: str) -> list[str]:
+def delete_bundle(s3: S3Client, image_location: str) -> list[str]:
     """Delete the bundle an instance-store AMI was registered from (its
     ImageLocation `bucket/prefix/<name>.manifest.xml`): the parts its manifest
     lists, then the manifest. For prune/gc after deregistering. Returns the
@@ -226,41 +228,24 @@ def delete_bundle_at(s3: Any, image_location: str) -> list[str]:
     parsed = parse(data, f"s3://{image_location}")
     folder = manifest_key.rpartition("/")[0]
     keys = [f"{folder}/{p.filename}" if folder else p.filename for p in parsed.parts]
-    delete_bundle(s3, bucket, keys)
-    delete_bundle(s3, bucket, [manifest_key])
+    delete_objects(s3, bucket, keys)
+    delete_objects(s3, bucket, [manifest_key])
     return [*keys, manifest_key]
 
 
-def _is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, NETWORK_ERRORS):
-        return True
-    if isinstance(exc, ClientError):
-        code = exc.response.get("Error", {}).get("Code", "")
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0
-        return code in TRANSIENT_CODES or int(status) >= 500
-    return False
-
-
-def _retry(
-    call: Callable[[], T], what: str, settings: UploadSettings, sleep: Callable[[float], None]
-) -> T:
-    delay = settings.backoff
-    for attempt in range(1, settings.max_attempts + 1):
-        try:
-            return call()
-        except Exception as exc:
-            if not _is_transient(exc) or attempt == settings.max_attempts:
-                if _is_transient(exc):
-                    raise UserError(
-                        f"{what} failed after {attempt} attempts: {exc}",
-                        hint="check the network and S3's status, then run again: "
-                        "files already uploaded are skipped",
-                    ) from exc
-                raise
-            log.debug("%s: attempt %d failed (%s); retrying in %.1fs", what, attempt, exc, delay)
-            sleep(delay)
-            delay *= 2
-    raise AssertionError("unreachable")
+def _call(call: Callable[[], T], what: str) -> T:
+    """One request (retried by the client); a failure worth running again for
+    becomes `Resumable`: the files already in the bucket are skipped then."""
+    try:
+        return call()
+    except Exception as exc:
+        if is_retryable(exc):
+            raise Resumable(
+                f"{what} failed: {exc}",
+                hint="check the network and S3's status, then run again: "
+                "files already uploaded are skipped",
+            ) from exc
+        raise
 
 
 def _sha256(path: Path) -> bytes:
@@ -272,20 +257,14 @@ def _sha256(path: Path) -> bytes:
 
 
 class _Uploader:
-    def __init__(
-        self, s3: Any, bucket: str, settings: UploadSettings, sleep: Callable[[float], None]
-    ) -> None:
+    def __init__(self, s3: S3Client, bucket: str, settings: UploadSettings) -> None:
         self.s3 = s3
         self.bucket = bucket
         self.settings = settings
-        self.sleep = sleep
-
-    def _retry(self, call: Callable[[], T], what: str) -> T:
-        return _retry(call, what, self.settings, self.sleep)
 
     def abort_stale(self, key_prefix: str) -> None:
         """Abort multipart uploads left under this bundle's keys by a crash."""
-        resp = self._retry(
+        resp = _call(
             lambda: self.s3.list_multipart_uploads(Bucket=self.bucket, Prefix=key_prefix),
             "list multipart uploads",
         )
@@ -293,7 +272,7 @@ class _Uploader:
             self._abort(upload["Key"], upload["UploadId"])
 
     def _abort(self, key: str, upload_id: str) -> None:
-        self._retry(
+        _call(
             lambda: self.s3.abort_multipart_upload(
                 Bucket=self.bucket, Key=key, UploadId=upload_id
             ),
@@ -302,7 +281,7 @@ class _Uploader:
 
     def present(self, key: str, size: int, sha256: bytes) -> bool:
         try:
-            head = self._retry(
+            head = _call(
                 lambda: self.s3.head_object(Bucket=self.bucket, Key=key, ChecksumMode="ENABLED"),
                 f"check s3://{self.bucket}/{key}",
             )
@@ -327,7 +306,7 @@ class _Uploader:
             extra["ACL"] = self.settings.acl
         if size <= self.settings.multipart_threshold:
             body = path.read_bytes()
-            self._retry(
+            _call(
                 lambda: self.s3.put_object(
                     Bucket=self.bucket,
                     Key=key,
@@ -342,7 +321,7 @@ class _Uploader:
         return True
 
     def _multipart(self, path: Path, key: str, size: int, extra: dict[str, Any]) -> None:
-        created = self._retry(
+        created = _call(
             lambda: self.s3.create_multipart_upload(
                 Bucket=self.bucket, Key=key, ChecksumAlgorithm="SHA256", **extra
             ),
@@ -350,7 +329,7 @@ class _Uploader:
         )
         upload_id = created["UploadId"]
         try:
-            done = []
+            done: list[CompletedPartTypeDef] = []
             chunk = max(self.settings.multipart_chunk, 5 * MiB)
             with open(path, "rb", buffering=0) as f:
                 for number, offset in enumerate(range(0, size, chunk), start=1):
@@ -359,17 +338,17 @@ class _Uploader:
                     checksum = base64.b64encode(hashlib.sha256(data).digest()).decode()
 
                     def send(number: int = number, data: bytes = data, checksum: str = checksum
-                             ) -> dict[str, Any]:
-                        return self.s3.upload_part(  # type: ignore[no-any-return]
+                             ) -> UploadPartOutputTypeDef:
+                        return self.s3.upload_part(
                             Bucket=self.bucket, Key=key, UploadId=upload_id,
                             PartNumber=number, Body=data, ChecksumSHA256=checksum,
                         )
 
-                    resp = self._retry(send, f"upload of part {number} of {key}")
+                    resp = _call(send, f"upload of part {number} of {key}")
                     done.append(
                         {"PartNumber": number, "ETag": resp["ETag"], "ChecksumSHA256": checksum}
                     )
-            self._retry(
+            _call(
                 lambda: self.s3.complete_multipart_upload(
                     Bucket=self.bucket, Key=key, UploadId=upload_id,
                     MultipartUpload={"Parts": done},

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 
 from builder.bundle import manifest_xml
-from builder.bundle.register import InstanceStoreOptions, publish_instance_store
-from builder.publish.context import PublishContext
+from builder.publish.context import InstanceStoreOptions, PublishContext
+from builder.publish.run import publish_instance_store
 from builder.store import StoredImage
 from tests.aws_fixtures import Aws, error_response, quiet
 from tests.bundle_pki import Pki, make_pki
