@@ -142,3 +142,19 @@ def test_integer_accepts_only_ints() -> None:
 
 def test_sh_is_shlex() -> None:
     assert shlex.split(quoting.sh("a b'c")) == ["a b'c"]
+
+
+def test_paths_are_absolute_and_valid() -> None:
+    assert quoting.nginx_path("/srv/a b") == '"/srv/a b"'
+    assert quoting.systemd_path_word("/mnt/a b%") == '"/mnt/a b%%"'
+    for bad in ("relative", "/" + "x" * 256, "/a" * 2100, "/a\nb"):
+        for quote in (quoting.nginx_path, quoting.systemd_path_word, quoting.systemd_path):
+            with pytest.raises(Unquotable):
+                quote(bad)
+
+
+def test_passwd_fields_have_no_colon() -> None:
+    assert quoting.passwd_field("smallpayroll app") == "smallpayroll app"
+    for bad in ("a:b", "a\nb"):
+        with pytest.raises(Unquotable):
+            quoting.passwd_field(bad)

@@ -30,6 +30,10 @@ def render(manifest: Manifest, role: Role) -> Fragment:
             "nginx proxies to app servers, but components.appserver is not configured",
         )
     upstream_var = hosts_var(nginx.upstream_role)
+    if not re.fullmatch(r"[0-9]{1,15}[kKmMgG]?", nginx.client_max_body_size):
+        raise Unquotable(f"client_max_body_size {nginx.client_max_body_size!r} is not an nginx "
+                         "size (digits and an optional k, m or g)")
+    quoting.nginx_path(nginx.maintenance_page)  # written by cloud-init, served by nginx
     maintenance_root, maintenance_file = posixpath.split(nginx.maintenance_page)
     error_page_lines = _error_pages(nginx.error_pages)
     conf = render_template(

@@ -122,25 +122,51 @@ def systemd_env(name: str, *value: str) -> str:
     return systemd_word(f"{name}=", *value)
 
 
+def _whole_line(value: object) -> str:
+    text = _one_line(value, "a systemd setting")
+    if text != text.strip() or text.endswith("\\"):
+        raise Unquotable(f"a systemd setting cannot hold {_show(text)}: leading or trailing "
+                         "blanks or a trailing backslash")
+    return text
+
+
 def systemd_value(value: object) -> str:
     """A whole-line systemd value that is not split into words (Description=,
     User=, WorkingDirectory=): specifiers doubled, no leading or trailing
     whitespace (systemd strips it), no line breaks, no trailing backslash (a
     line continuation)."""
-    text = _one_line(value, "a systemd setting")
-    if text != text.strip() or text.endswith("\\"):
-        raise Unquotable(f"a systemd setting cannot hold {_show(text)}: leading or trailing "
-                         "blanks or a trailing backslash")
-    return text.replace("%", "%%")
+    return _whole_line(value).replace("%", "%%")
+
+
+def passwd_field(value: object) -> str:
+    """A field of /etc/passwd (sysusers.d GECOS, home): no `:`, one line."""
+    text = _one_line(value, "an /etc/passwd field")
+    if ":" in text:
+        raise Unquotable(f"an /etc/passwd field cannot hold {_show(text)}: it has a `:`")
+    return text
+
+
+def valid_path(text: str) -> str:
+    """Absolute, and what systemd calls a valid path: no component over 255
+    bytes, under 4096 bytes in all."""
+    if not text.startswith("/"):
+        raise Unquotable(f"{_show(text)} is not an absolute path")
+    if len(text.encode()) >= 4096 or any(len(p.encode()) > 255 for p in text.split("/")):
+        raise Unquotable(f"{_show(text)} is not a valid path (a name over 255 bytes, or "
+                         "4096 bytes in all)")
+    return text
 
 
 def systemd_path(value: object) -> str:
-    """WorkingDirectory=-style path: absolute (a leading `-` or `~` means
-    something else), specifiers doubled."""
-    text = systemd_value(value)
-    if not text.startswith("/"):
-        raise Unquotable(f"{_show(text)} is not an absolute path")
-    return text
+    """WorkingDirectory=-style path (the rest of the line): absolute (a leading
+    `-` or `~` means something else), valid, specifiers doubled."""
+    return valid_path(_whole_line(value)).replace("%", "%%")
+
+
+def systemd_path_word(value: object) -> str:
+    """A path as one word of a splitting systemd setting (RequiresMountsFor=,
+    sysusers.d home, tmpfiles.d path): absolute and valid, then `systemd_word`."""
+    return systemd_word(valid_path(_one_line(value, "a systemd setting")))
 
 
 def unix_name(value: object) -> str:
@@ -170,6 +196,11 @@ def nginx(value: object) -> str:
     if text and _NGINX_SAFE.fullmatch(text):
         return text
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def nginx_path(value: object) -> str:
+    """A file system path as one nginx argument: absolute and valid, then `nginx`."""
+    return nginx(valid_path(_one_line(value, "an nginx directive argument")))
 
 
 # --------------------------------------------------------------- PostgreSQL
