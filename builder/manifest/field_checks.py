@@ -94,9 +94,13 @@ def between(low: int, high: int) -> Check:
     return check
 
 
-def matches(pattern: re.Pattern[str], what: str) -> Check:
+def matches(pattern: re.Pattern[str], what: str, limit: int = 0, show: bool = True) -> Check:
+    """The value is `what` when `pattern` matches it whole (and it has at most
+    `limit` characters); `show=False` leaves the value out of the problem."""
     def check(value: str) -> str | None:
-        return None if pattern.fullmatch(value) else f"{_shown(value)} is not {what}"
+        if pattern.fullmatch(value) and (not limit or len(value) <= limit):
+            return None
+        return f"{_shown(value)} is not {what}" if show else f"must be {what}"
     return check
 
 
@@ -209,20 +213,6 @@ def region(value: str) -> str | None:
     return None if REGION.fullmatch(value) else f"{_shown(value)} is not an AWS region name"
 
 
-def ssm_path(value: str) -> str | None:
-    if SSM_PATH.fullmatch(value) and len(value) <= 900:
-        return None
-    return (f"{_shown(value)} is not an SSM parameter path such as /amibake "
-            "(/-separated ASCII letters, digits and _.-)")
-
-
-def url(value: str) -> str | None:
-    if URL.fullmatch(value) and len(value) <= 2048:
-        return None
-    return ("must be an http:// or https:// URL of plain ASCII characters "
-            "(no spaces, quotes or shell characters)")
-
-
 def url_path(value: str) -> str | None:
     """An absolute URL path (nginx error pages, smoke tests): normalised, safe characters."""
     if not URL_PATH.fullmatch(value) or len(value) > 1024:
@@ -250,13 +240,6 @@ def template(value: str) -> str | None:
         return (f"{_shown(value)} does not make an AMI name (3-128 ASCII letters, digits "
                 "and ()[]./@_-)")
     return None
-
-
-def configure_flag(value: str) -> str | None:
-    if CONFIGURE_FLAG.fullmatch(value) and len(value) <= 512:
-        return None
-    return (f"{_shown(value)} is not a configure flag such as --disable-install-doc "
-            "(--name or --name=value of ASCII letters, digits and _./:,+@-)")
 
 
 def sha256(value: str) -> str | None:
@@ -333,6 +316,13 @@ instance_type = matches(INSTANCE_TYPE, "an EC2 instance type")
 bucket = matches(BUCKET, "an S3 bucket name, optionally with /prefix")
 kms_key = matches(KMS_KEY, "a KMS key id, alias or ARN")
 zone_id = matches(ZONE_ID, "a Route53 hosted zone id such as Z0123456789")
+ssm_path = matches(SSM_PATH, "an SSM parameter path such as /amibake (/-separated ASCII letters, "
+                             "digits and _.-)", limit=900)
+url = matches(URL, "an http:// or https:// URL of plain ASCII characters (no spaces, quotes "
+                   "or shell characters)", limit=2048, show=False)
+configure_flag = matches(CONFIGURE_FLAG, "a configure flag such as --disable-install-doc "
+                                         "(--name or --name=value of ASCII letters, digits "
+                                         "and _./:,+@-)", limit=512)
 
 
 def guc_value(value: str) -> str | None:
