@@ -133,3 +133,26 @@ class _NoDns:
 
     def __getattr__(self, name: str) -> Any:
         raise AssertionError(f"DNS was asked: {name}")
+
+
+@pytest.mark.parametrize(("flag", "page"), [
+    ("/etc/nginx/maintenance", "/srv/site/index.html"),
+    ("/srv/site/on", "/etc/../usr/bin/sudo"),
+    ("/srv/site/on", "/"),
+])
+def test_maintenance_paths_are_checked_when_written(tmp_path: Path, flag: str, page: str,
+                                                    no_commands: list[list[str]]) -> None:
+    idle = Cluster("unused", Path("/nonexistent"), 9)
+    knot = Knot(Path("/nonexistent"), 9, TsigKey("k.", "hmac-sha256", "AAAA"))
+    site = Site("127.0.0.1", 9, tmp_path, tmp_path, tmp_path / "flag", tmp_path / "page")
+    m = cutover_manifest(idle, idle, knot, (site, site))
+    nginx = m.components.nginx
+    assert nginx is not None
+    m = replace(m, components=replace(m.components, nginx=replace(
+        nginx, maintenance_flag=flag, maintenance_page=page)))
+    cfg = derive(m, environ=ENV)
+    for on in (True, False):
+        with pytest.raises(UserError, match="components.nginx.maintenance_"):
+            maintenance.switch(cfg, on)
+    assert not Path(flag).exists() or flag == "/"
+    assert no_commands == []

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import os
 import shlex
-import tempfile
 from pathlib import Path
 
 import jinja2
 
+from builder.atomic import write_atomically
 from builder.cutover.config import CutoverConfig
 from builder.cutover.plan import announced_window, format_time
 from builder.errors import UserError
-from builder.manifest.paths import HOST_SPEC
+from builder.manifest.paths import HOST_SPEC, unsafe_path_reason
 from builder.manifest.ssh_options import ssh_options_problem
 from builder.proc import CommandError, run
 
@@ -39,11 +39,7 @@ def render_page(cfg: CutoverConfig) -> str:
 
 def _write_local(path: Path, content: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(content)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+    write_atomically(path, content, mode=0o644)  # nginx (another user) reads it
 
 
 def _ssh(target: str, options: tuple[str, ...], script: str, input: str | None = None) -> None:
@@ -67,6 +63,11 @@ def _ssh(target: str, options: tuple[str, ...], script: str, input: str | None =
 def switch(cfg: CutoverConfig, on: bool) -> str:
     """Write the page, then create (on) or remove (off) the flag. Idempotent."""
     flag, page = cfg.nginx.maintenance_flag, cfg.nginx.maintenance_page
+    for name, path in (("maintenance_flag", flag), ("maintenance_page", page)):
+        reason = unsafe_path_reason(path)  # again at run time: this writes as root
+        if reason:
+            raise UserError(f"components.nginx.{name} {path[:80]!r}: {reason}",
+                            hint="a path of the site's own, e.g. /var/www/maintenance/on")
     target = cfg.cutover.old_web
     if target == "local":
         if on:
