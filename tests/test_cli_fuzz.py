@@ -1,6 +1,6 @@
 """Every verb that reads a file, given a file it cannot use: missing, empty,
-binary, a directory, unreadable (to an unprivileged user), oversized, not
-UTF-8. Each answer is one line (a `file:line:col` problem may come with its
+binary, a directory, unreadable (to an unprivileged user), oversized,
+endless (/dev/zero), not UTF-8. Each answer is one line (a `file:line:col` problem may come with its
 summary line), exit 1 or 2, and never a traceback.
 
 The verbs and their file arguments are found in the argparse tree (options
@@ -37,7 +37,8 @@ BASE: dict[str, list[str]] = {
     "render": ["--role", "web"],
     "upload-bundle": ["-b", "amibake-fuzz-bucket"],
 }
-KINDS = ["missing", "empty", "binary", "directory", "oversized", "non-utf8", "unreadable"]
+KINDS = ["missing", "empty", "binary", "directory", "oversized", "endless", "non-utf8",
+         "unreadable"]
 OVERSIZED = 64 * 1024 * 1024
 #: a problem line: `file:line:col: message`, or `file: message` for the file as a whole
 PROBLEM_LINE = re.compile(r"^(.+:\d+:\d+|/[^:]+): ")
@@ -85,6 +86,7 @@ def inputs() -> Iterator[dict[str, Path]]:
         "binary": base / "binary.yaml",
         "directory": base / "directory",
         "oversized": base / "oversized.yaml",
+        "endless": Path("/dev/zero"),  # no size to check: only a bounded read stops
         "non-utf8": base / "latin1.yaml",
         "unreadable": base / "unreadable.yaml",
     }
