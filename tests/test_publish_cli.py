@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from moto.server import ThreadedMotoServer
 
-from builder.aws.progress import Progress
 from builder.cli import main
 from builder.output import Output
+from builder.publish.progress import Progress
 from tests.aws_fixtures import AWS_ENV, ROOT, make_stored_image
 
 MANIFEST = str(ROOT / "manifests" / "smallpayroll.yaml")

@@ -37,15 +37,16 @@ LIVE_STATES = ["pending", "running", "stopping", "stopped"]
 
 
 if TYPE_CHECKING:
-    from mypy_boto3_ec2.type_defs import FilterTypeDef
+    from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_ec2.type_defs import FilterTypeDef, ImageTypeDef
+    from mypy_boto3_ssm import SSMClient
 
 
-def find_images(ec2: Any, name: str, version: str | None = None) -> list[dict[str, Any]]:
-    filters = [{"Name": f"tag:{TAG_NAME}", "Values": [name]}]
+def find_images(ec2: EC2Client, name: str, version: str | None = None) -> list[ImageTypeDef]:
+    filters: list[FilterTypeDef] = [{"Name": f"tag:{TAG_NAME}", "Values": [name]}]
     if version is not None:
         filters.append({"Name": f"tag:{TAG_VERSION}", "Values": [version]})
-    images: list[dict[str, Any]] = ec2.describe_images(Owners=["self"], Filters=filters)["Images"]
-    return images
+    return list(ec2.describe_images(Owners=["self"], Filters=filters)["Images"])
 
 
 def _utc(at: dt.datetime) -> dt.datetime:
@@ -122,14 +123,15 @@ def deprecate(
 # --------------------------------------------------------------------- prune
 
 
-def _version(image: dict[str, Any]) -> Version | None:
+def _version(image: ImageTypeDef) -> Version | None:
     try:
         return Version(tags_of(image).get(TAG_VERSION, ""))
     except InvalidVersion:
         return None
 
 
-def images_in_use(ec2: Any, image_ids: Sequence[str], ssm: Any = None) -> dict[str, str]:
+def images_in_use(ec2: EC2Client, image_ids: Sequence[str],
+                  ssm: SSMClient | None = None) -> dict[str, str]:
     """AMI id → why it is in use (an instance or a launch template).
 
     A launch template may name its image as `resolve:ssm:<parameter>`; that
@@ -146,8 +148,8 @@ def images_in_use(ec2: Any, image_ids: Sequence[str], ssm: Any = None) -> dict[s
             for inst in res["Instances"]:
                 used.setdefault(inst["ImageId"], f"used by instance {inst['InstanceId']}")
     wanted = set(image_ids)
-    for page in ec2.get_paginator("describe_launch_templates").paginate():
-        for tpl in page["LaunchTemplates"]:
+    for templates in ec2.get_paginator("describe_launch_templates").paginate():
+        for tpl in templates["LaunchTemplates"]:
             versions = ec2.describe_launch_template_versions(
                 LaunchTemplateId=tpl["LaunchTemplateId"])["LaunchTemplateVersions"]
             for ver in versions:
@@ -159,7 +161,7 @@ def images_in_use(ec2: Any, image_ids: Sequence[str], ssm: Any = None) -> dict[s
     return used
 
 
-def _ssm_value(ssm: Any, name: str) -> str | None:
+def _ssm_value(ssm: SSMClient, name: str) -> str | None:
     try:
         return str(ssm.get_parameter(Name=name)["Parameter"]["Value"])
     except ClientError as exc:
@@ -185,10 +187,10 @@ def prune(
     """
     if keep < 1:
         raise UserError("--keep must be at least 1")
-    by_region: dict[str, list[dict[str, Any]]] = {
+    by_region: dict[str, list[ImageTypeDef]] = {
         r: find_images(clients.ec2(r), name) for r in regions
     }
-    versions: dict[Version, list[tuple[str, dict[str, Any]]]] = {}
+    versions: dict[Version, list[tuple[str, ImageTypeDef]]] = {}
     for region, images in by_region.items():
         for image in images:
             ver = _version(image)

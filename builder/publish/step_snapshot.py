@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from builder.aws.progress import Progress
 from builder.publish.context import EbsRoot, PublishContext
 from builder.publish.images import delete_snapshot
+from builder.publish.progress import Progress
 from builder.publish.snapshot_upload import BLOCK_SIZE, UploadOptions, upload_disk
 from builder.publish.upload_journal import journal_path
 from builder.steps import Outcome
