@@ -211,6 +211,9 @@ def test_crash_between_parts_then_resume_uploads_only_missing(bundle: BundleResu
     with pytest.raises(Resumable, match=r"disk\.raw\.part\.01 failed") as err:
         upload_bundle(s3, bundle.manifest_path, "resume/pre", settings=settings)
     assert "files already uploaded are skipped" in err.value.hint
+    # one failing PutObject: max_attempts HTTP sends in all, not botocore's times amibake's
+    failed = [r for r in sends.of("PutObject") if str(r.url).endswith("disk.raw.part.01")]
+    assert len(failed) == Retries().policy.max_attempts
     present = {o["Key"] for o in s3.list_objects_v2(Bucket="resume").get("Contents", [])}
     assert "pre/disk.raw.manifest.xml" not in present and "pre/disk.raw.part.01" not in present
     assert "pre/disk.raw.part.00" in present
