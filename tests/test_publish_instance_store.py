@@ -22,6 +22,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 import builder.aws.clients as aws_clients
+from builder.aws.clients import AwsTarget
 from builder.bundle import manifest_xml
 from builder.cli import main
 from builder.errors import UserError
@@ -335,32 +336,32 @@ def test_image_bundle_prefers_what_ec2_reports() -> None:
     assert image_bundle(ebs) is None
 
 
-@pytest.mark.parametrize(("field", "value", "message"), [
-    ("boot_mode", "uefi", "boots only with UEFI"),
-    ("apparent_size", 11 * 1024**3, "at most 10 GiB"),
-    ("kms_key_ids", {"us-east-1": "alias/images"}, "encrypt EBS snapshots"),
+@pytest.mark.parametrize(("edit", "message"), [
+    (("boot_mode: uefi-preferred", "boot_mode: uefi"), "legacy BIOS"),
+    (("volume_size_gib: 4", "volume_size_gib: 11"), "at most 10 GiB"),
+    (("  keep: 3", "  keep: 3\n  kms_key_ids: {us-east-1: alias/images}"),
+     "encrypt EBS snapshots"),
 ])
-def test_images_an_instance_store_root_cannot_hold_are_refused_first(
-    aws: Aws, store: Path, pki: Pki, tmp_path: Path, field: str, value: Any, message: str,
+def test_backing_override_gets_the_manifests_instance_store_checks(
+    aws: Aws, store: Path, pki: Pki, tmp_path: Path, edit: tuple[str, str], message: str,
 ) -> None:
-    from builder.publish.run import publish_instance_store
+    """`--backing instance-store` on a manifest that says ebs: the load-time
+    instance-store checks (builder/manifest/checks.py) run before anything is sent."""
+    from builder.commands.publish import BundleArgs
+    from builder.publish.run import publish_stored_image
 
-    image_dir = store / "smallpayroll" / "1.0.0"
-    meta = json.loads((image_dir / "image.json").read_text())
-    if field == "boot_mode":
-        meta["boot_mode"] = value
-    elif field == "apparent_size":
-        meta["disk"][field] = value
-    (image_dir / "image.json").write_text(json.dumps(meta))
-    ctx = PublishContext(clients=aws.clients, out=quiet(), image=StoredImage.load(image_dir),
-                         ami_name="smallpayroll-1.0.0", regions=("us-east-1",),
-                         kms_key_ids=value if field == "kms_key_ids" else {})
-    options = InstanceStoreOptions(cert=pki.cert, privatekey=pki.key, ec2cert=pki.ec2_cert,
-                                   bucket=BUCKET, workdir=tmp_path)
+    text = MANIFEST.read_text()
+    assert edit[0] in text
+    variant = tmp_path / "smallpayroll.yaml"
+    variant.write_text(text.replace(edit[0], edit[1], 1))
+    manifest = load_manifest(variant)
+    bundle = BundleArgs(cert=pki.cert, privatekey=pki.key, ec2cert=pki.ec2_cert, bucket=BUCKET,
+                        workdir=tmp_path)
     with pytest.raises(UserError, match=message):
-        publish_instance_store(ctx, options)
-    assert not aws.recorder.of("CreateBucket") and not aws.recorder.of("PutObject")
-    assert aws.own_images("us-east-1") == []
+        publish_stored_image(manifest, store / "smallpayroll" / "1.0.0", AwsTarget(), quiet(),
+                             regions=("us-east-1",), backing="instance-store", bundle=bundle)
+    assert aws.clients.s3().list_buckets()["Buckets"] == []  # moto's state: nothing made
+    assert aws.own_images("us-east-1") == [] and aws.own_snapshots("us-east-1") == []
 
 
 def test_bake_target_aws_publishes_instance_store(cli: Cli, pki: Pki, tmp_path: Path) -> None:

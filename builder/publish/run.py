@@ -101,6 +101,20 @@ def publish_instance_store(ctx: PublishContext, options: InstanceStoreOptions) -
     return doc
 
 
+def check_backing_override(manifest: Any) -> None:
+    """`--backing instance-store` for a manifest that says ebs: the checks the
+    manifest's load would have made had it said instance-store (one home:
+    builder/manifest/checks.py), all problems in one error."""
+    from builder.manifest.checks import check_instance_store
+
+    problems: list[str] = []
+    check_instance_store(manifest, lambda path, msg: problems.append(f"{path}: {msg}"))
+    problems = [p for p in problems if not p.startswith("image.backing:")]  # --bucket may give it
+    if problems:
+        raise UserError(f"{manifest.source}: cannot publish as instance-store: "
+                        + "; ".join(problems), hint="publish with backing ebs, or fix the manifest")
+
+
 def regions_for(manifest: Any, override: str | None) -> tuple[str, ...]:
     regions = tuple(manifest.publish.regions)
     if override:
@@ -148,6 +162,8 @@ def publish_stored_image(
     if backing == "instance-store" and bundle is None:
         raise UserError("an instance-store publish needs the bundle certificates",
                         hint="pass --cert, --privatekey and --ec2cert")
+    if backing == "instance-store" and manifest.image.backing != "instance-store":
+        check_backing_override(manifest)
     options = bundle.options(manifest) if backing == "instance-store" and bundle else None
     ctx = PublishContext(
         clients=clients, out=out, image=image,

@@ -143,36 +143,6 @@ class PrevalidateStep:
         return None
 
 
-#: EC2's size limit for an instance-store root device
-MAX_ROOT_BYTES = 10 * 1024**3
-
-
-def check_instance_store_image(ctx: PublishContext) -> None:
-    """What EC2 accepts for an instance-store root: at most 10 GiB, a disk that
-    boots without UEFI (instance-store AMIs are registered without BootMode),
-    and no snapshot encryption keys (there are no snapshots)."""
-    img = ctx.image
-    if img.disk.apparent_size > MAX_ROOT_BYTES:
-        raise UserError(
-            f"{img.name} {img.version}: the disk is {img.disk.apparent_size / 1024**3:.1f} GiB; "
-            "an instance-store root device holds at most 10 GiB",
-            hint="lower image.volume_size_gib, or publish with backing: ebs",
-        )
-    if ctx.kms_key_ids:
-        raise UserError(
-            "publish.kms_key_ids encrypt EBS snapshots; an instance-store AMI has none "
-            "(its bundle is already AES-encrypted for EC2)",
-            hint="remove publish.kms_key_ids, or publish with backing: ebs",
-        )
-    if img.boot_mode == "uefi" and img.architecture == "x86_64":
-        raise UserError(
-            f"{img.name} {img.version} boots only with UEFI; instance-store AMIs boot "
-            "x86_64 instances with legacy BIOS",
-            hint="use image.boot_mode uefi-preferred (the baked disk boots both ways), "
-            "or publish with backing: ebs",
-        )
-
-
 class PrevalidateInstanceStoreStep:
     """The EBS prevalidation plus what a bundle needs, before anything exists."""
 
@@ -196,7 +166,6 @@ class PrevalidateInstanceStoreStep:
             self._check(ctx)
 
     def _check(self, ctx: PublishContext) -> None:
-        check_instance_store_image(ctx)
         self.state.creds = BundleCredentials.load(
             self.options.cert, self.options.privatekey, self.options.ec2cert
         )
