@@ -64,6 +64,7 @@ def run(
             stdout=subprocess.PIPE if capture else None,
             stderr=subprocess.PIPE,
             text=True,
+            errors="replace",  # output read back from a program is not trusted to be UTF-8
             env=full_env,
             cwd=cwd,
             timeout=timeout,

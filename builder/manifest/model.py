@@ -199,6 +199,10 @@ class PostgreSQL:
         default_factory=dict, help="extra postgresql.conf settings (not those amibake sets, "
         "nor those that run commands or load libraries)", key=fc.guc_name, item=fc.guc_value,
     )
+    storage: Literal["instance-store", "ebs"] = setting(
+        "instance-store", help="where data_dir lives: instance store, or a persistent EBS volume"
+    )
+    backup: backup_model.Backup | None = setting(None, help="continuous backup to S3 (pgBackRest)")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -444,3 +448,7 @@ class Manifest:
     @property
     def baked_roles(self) -> tuple[str, ...]:
         return self.image.roles or tuple(self.roles)
+
+
+# The backup section has its own module; imported last because it builds on `setting`.
+from builder.manifest import backup_model  # noqa: E402
