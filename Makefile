@@ -16,6 +16,7 @@ APT_PACKAGES := \
 	grub-efi-amd64-bin grub-pc-bin \
 	qemu-system-x86 qemu-utils ovmf genisoimage \
 	postgresql postgresql-client postgresql-contrib \
+	pgbackrest \
 	knot knot-dnsutils rsync nginx-light openssh-client openssh-server openssl curl \
 	libnginx-mod-http-upstream-fair ruby ruby-rack puma ruby-pg shellcheck
 
