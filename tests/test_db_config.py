@@ -16,6 +16,7 @@ from builder.errors import UserError
 from builder.manifest import load_manifest_text
 from builder.manifest.model import Manifest
 from builder.proc import run
+from builder.render.quoting import Unquotable
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = (ROOT / "manifests" / "smallpayroll.yaml").read_text()
@@ -146,7 +147,7 @@ def test_pgbackrest_reads_the_rendered_config(tmp_path: Path) -> None:
 
 def test_a_value_that_would_break_the_ini_line_is_refused() -> None:
     for value in ("a\nrepo1-cipher-pass=x", " padded", "", "tab\tinside"):
-        with pytest.raises(ValueError):
+        with pytest.raises(Unquotable):
             config.ini_value(value)
     assert config.cipher_conf("correct horse") == \
         "[global]\nrepo1-cipher-pass=correct horse\n"
@@ -197,14 +198,6 @@ def test_timers_pass_systemd_analyze(tmp_path: Path) -> None:
                 *(str(tmp_path / n) for n in sorted(units) if n.endswith(".timer"))],
                capture=True, check=False)
     assert proc.returncode == 0, proc.stderr
-
-
-def test_systemd_quoting_of_odd_arguments() -> None:
-    assert config.systemd_quote("--config=/etc/pgbackrest/pgbackrest.conf") == \
-        "--config=/etc/pgbackrest/pgbackrest.conf"
-    assert config.systemd_quote('a "b" 50%') == '"a \\"b\\" 50%%"'
-    with pytest.raises(ValueError):
-        config.systemd_quote("line\nbreak")
 
 
 def test_no_backup_section_renders_nothing() -> None:

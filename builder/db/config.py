@@ -7,19 +7,19 @@
   written at boot from the secret store, never in user-data);
 - `postgresql_settings`: archive_mode / archive_command / archive_timeout as
   postgresql.conf values (a shell command inside a PostgreSQL literal);
-- `timer_units`: one oneshot service and one timer per scheduled backup kind
-  (systemd quoting: `%` doubled, arguments double-quoted when needed).
+- `timer_units`: one oneshot service and one timer per scheduled backup kind.
+
+Quoting for PostgreSQL and systemd is builder/render/quoting.py's; a value a
+format cannot carry raises its `Unquotable`.
 """
 
 from __future__ import annotations
 
-import re
-import shlex
 from dataclasses import dataclass
 
 from builder.manifest.backup_model import Backup
 from builder.manifest.model import Manifest
-from builder.render.templates import pg_literal
+from builder.render.quoting import Unquotable, pg_literal, sh, systemd_exec, systemd_value
 
 PGBACKREST = "/usr/bin/pgbackrest"
 CONF_PATH = "/etc/pgbackrest/pgbackrest.conf"
@@ -62,8 +62,9 @@ def repo_url(manifest: Manifest, backup: Backup) -> str:
 
 def ini_value(value: str) -> str:
     """A pgbackrest.conf value: one line, no surrounding blanks (it has no quoting)."""
-    if not value or value != value.strip() or re.search(r"[\x00-\x1f\x7f]", value):
-        raise ValueError(f"{value!r} cannot be written as a pgbackrest.conf value")
+    if not value or value != value.strip() or not value.isprintable():
+        raise Unquotable("a pgbackrest.conf value must be one non-empty line without "
+                         "control characters or surrounding blanks")
     return value
 
 
@@ -133,14 +134,14 @@ def archive_command(manifest: Manifest, *, config: str = CONF_PATH,
                     include_dir: str = CONF_INCLUDE_DIR, pg_path: str = "") -> str:
     """The shell command PostgreSQL runs per WAL segment (%p: the segment's path)."""
     args = engine_args(manifest, config=config, include_dir=include_dir, pg_path=pg_path)
-    return shlex.join(args) + " archive-push %p"
+    return " ".join(sh(a) for a in args) + " archive-push %p"
 
 
 def restore_command(manifest: Manifest, *, config: str = CONF_PATH,
                     include_dir: str = CONF_INCLUDE_DIR, pg_path: str = "") -> str:
     """The shell command recovery runs per WAL segment it needs (%f name, %p path)."""
     args = engine_args(manifest, config=config, include_dir=include_dir, pg_path=pg_path)
-    return shlex.join(args) + ' archive-get %f "%p"'
+    return " ".join(sh(a) for a in args) + ' archive-get %f "%p"'
 
 
 def postgresql_settings(manifest: Manifest, *, config: str = CONF_PATH,
@@ -156,16 +157,6 @@ def postgresql_settings(manifest: Manifest, *, config: str = CONF_PATH,
             manifest, config=config, include_dir=include_dir, pg_path=pg_path)),
         "archive_timeout": str(backup.archive_timeout if backup.wal_archiving else 0),
     }
-
-
-def systemd_quote(arg: str) -> str:
-    """One ExecStart= argument: `%` doubled; double-quoted with C escapes if needed."""
-    arg = arg.replace("%", "%%")
-    if re.fullmatch(r"[A-Za-z0-9_@%+=:,./-]+", arg):
-        return arg
-    if re.search(r"[\x00-\x1f\x7f]", arg):
-        raise ValueError(f"{arg!r} cannot be a systemd command-line argument")
-    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def unit_name(kind: str) -> str:
@@ -184,13 +175,11 @@ def timer_units(manifest: Manifest, *, config: str = CONF_PATH) -> dict[str, str
         calendar = schedule[kind]
         if not calendar:
             continue
-        if re.search(r"[\x00-\x1f\x7f\\]", calendar):
-            raise ValueError(f"{calendar!r} cannot be an OnCalendar= value")
         argv = [*engine_args(manifest, config=config), f"--type={kind}", "backup"]
         name = unit_name(kind)
         units[f"{name}.service"] = "\n".join([
             "[Unit]",
-            f"Description=pgBackRest {kind} backup of {stanza(manifest)}",
+            "Description=" + systemd_value(f"pgBackRest {kind} backup of {stanza(manifest)}"),
             "After=postgresql.service network-online.target",
             "Wants=network-online.target",
             "",
@@ -198,15 +187,15 @@ def timer_units(manifest: Manifest, *, config: str = CONF_PATH) -> dict[str, str
             "Type=oneshot",
             f"User={OS_USER}",
             f"Group={OS_USER}",
-            "ExecStart=" + " ".join(systemd_quote(a) for a in argv),
+            "ExecStart=" + systemd_exec(argv),
             "",
         ])
         units[f"{name}.timer"] = "\n".join([
             "[Unit]",
-            f"Description=pgBackRest {kind} backups of {stanza(manifest)}",
+            "Description=" + systemd_value(f"pgBackRest {kind} backups of {stanza(manifest)}"),
             "",
             "[Timer]",
-            f"OnCalendar={calendar}",
+            "OnCalendar=" + systemd_value(calendar),
             "Persistent=true",
             "RandomizedDelaySec=300",
             "",

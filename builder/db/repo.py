@@ -30,6 +30,7 @@ from builder.errors import UserError
 from builder.manifest.backup_model import Backup
 from builder.manifest.model import Manifest
 from builder.proc import run
+from builder.render.quoting import Unquotable
 
 #: pgBackRest's `info` status codes that mean "nothing here yet"
 EMPTY_STATUS = {1: "missing stanza path", 2: "no valid backups", 3: "missing stanza data"}
@@ -246,7 +247,7 @@ def open_repo(manifest: Manifest) -> Iterator[Repo]:
         try:
             text = "[global]\n" + "".join(f"{k}={config.ini_value(v)}\n"
                                           for k, v in secrets if v)
-        except ValueError:
+        except Unquotable:
             raise UserError("a credential or the passphrase holds a line break or surrounding "
                             "blanks; pgbackrest.conf cannot hold it",
                             hint="strip the secret's value in its store") from None
