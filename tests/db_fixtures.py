@@ -17,6 +17,7 @@ import ssl
 import tempfile
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,9 @@ def _certificate(directory: Path) -> tuple[Path, Path]:
     return cert, key
 
 
-@pytest.fixture(scope="session")
-def s3_tls() -> Iterator[S3]:
+@contextmanager
+def serve_s3_tls() -> Iterator[S3]:
+    """moto's S3 over HTTPS on a free loopback port, with the bucket BUCKET."""
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
@@ -90,8 +92,14 @@ def s3_tls() -> Iterator[S3]:
         shutil.rmtree(directory, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def s3_tls() -> Iterator[S3]:
+    with serve_s3_tls() as s3:
+        yield s3
+
+
 def backup_yaml(s3: S3, *, prefix: str, bucket: str = BUCKET, encrypted: bool = True,
-                restore_on_boot: str = "latest") -> str:
+                restore_on_boot: str = "latest", archive_timeout: int = 60) -> str:
     lines = [
         "    backup:",
         "      repository:",
@@ -102,7 +110,7 @@ def backup_yaml(s3: S3, *, prefix: str, bucket: str = BUCKET, encrypted: bool = 
     ]
     if encrypted:
         lines.append(f"        cipher_passphrase: {{ssm: {PASSPHRASE_REF}}}")
-    lines += ["      archive_timeout: 60", "      process_max: 2",
+    lines += [f"      archive_timeout: {archive_timeout}", "      process_max: 2",
               f"      restore_on_boot: \"{restore_on_boot}\""]
     return "\n".join(lines) + "\n"
 
