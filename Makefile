@@ -19,6 +19,8 @@ APT_PACKAGES := \
 	pgbackrest \
 	knot knot-dnsutils rsync nginx-light openssh-client openssh-server openssl curl \
 	libnginx-mod-http-upstream-fair ruby ruby-rack puma ruby-pg shellcheck
+# the Rails sample (cloudinit/app-rails/): Debian's Rails 6.1 and Bundler
+APT_PACKAGES += ruby-rails bundler
 
 .PHONY: setup system venv test check lint render image bench clean
 
