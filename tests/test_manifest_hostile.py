@@ -270,3 +270,49 @@ def test_weird_file_names_never_cause_a_traceback(tmp_path: Path, name: str) -> 
     # the manifest itself is fine; how its name shows in rendered comments is the
     # renderer's to sanitise, so a problem there is reported, never raised
     assert proc.returncode in (0, 1), (proc.stdout, proc.stderr)
+
+
+def _settings(cls: type, seen: set[type]) -> Iterator[tuple[str, Any, Any]]:
+    """(Class.field, type, metadata) of every setting reachable from `cls`."""
+    import dataclasses
+    import typing
+
+    from builder.manifest.convert import yaml_fields
+
+    seen.add(cls)
+    meta = {f.name: f.metadata for f in dataclasses.fields(cls)}
+    for name, tp in yaml_fields(cls).items():
+        yield f"{cls.__name__}.{name}", tp, meta[name]
+        for arg in (tp, *typing.get_args(tp)):
+            inner = [arg, *typing.get_args(arg)]
+            for t in inner:
+                if dataclasses.is_dataclass(t) and isinstance(t, type) and t not in seen:
+                    yield from _settings(t, seen)
+
+
+#: string settings whose grammar is checked across settings (checks.py)
+CHECKED_ELSEWHERE = {"Role.components"}
+
+
+def test_every_string_setting_declares_its_check() -> None:
+    """A setting of free-form strings without a declared check would reach a
+    rendered file unchecked; a renamed field keeps its check (it is on the field)."""
+    from builder.manifest.model import Manifest
+
+    unchecked = []
+    for name, tp, meta in _settings(Manifest, set()):
+        text = str(tp)
+        if "str" not in text or "Literal" in text or "SecretRef" in text or \
+                name in CHECKED_ELSEWHERE:
+            continue
+        if "dict[str, str]" in text:
+            ok = "key" in meta and "item" in meta
+        elif "tuple[str" in text:
+            ok = "item" in meta or "check" in meta
+        elif "dict[str," in text:
+            continue  # a mapping of sections: each section's fields are checked
+        else:
+            ok = "check" in meta
+        if not ok:
+            unchecked.append(name)
+    assert unchecked == []
