@@ -435,11 +435,9 @@ def test_pg_hba_reads_names_as_written(cluster: Cluster, field: str, name: str, 
 def test_psql_reads_the_setup_scripts_names_as_written(
         cluster: Cluster, field: str, name: str, value: str) -> None:
     manifest = changed(SEED, field, value)
-    files = render_files(manifest)
-    if files is None:
+    script = rendered_script(manifest, "/usr/lib/amibake/setup/postgresql.sh")
+    if script is None:
         return
-    script = files["/usr/lib/amibake/setup/postgresql.sh"].decode()
-    _bash_n(script)
     sets = [line for line in script.splitlines() if line.startswith("\\set db_")]
     assert len(sets) == 2
     proc = subprocess.run(
@@ -452,6 +450,16 @@ def test_psql_reads_the_setup_scripts_names_as_written(
 
 
 # -------------------------------------------------------------------- shell
+
+def rendered_script(manifest: Manifest, path: str) -> str | None:
+    """The setup script at `path` as rendered (None when refused), `bash -n` clean."""
+    files = render_files(manifest)
+    if files is None:
+        return None
+    script = files[path].decode()
+    _bash_n(script)
+    return script
+
 
 def _bash_n(script: str) -> None:
     proc = subprocess.run(["bash", "-n"], input=script, capture_output=True, text=True)
@@ -480,11 +488,9 @@ def test_ruby_build_script_reads_values_as_written(field: str, name: str, value:
     elif field.endswith(("configure_flags", "gems")):
         new = (value, "--plain")
     manifest = changed(SEED_2010, field, new)
-    files = render_files(manifest)
-    if files is None:
+    script = rendered_script(manifest, "/usr/lib/amibake/setup/ruby-build.sh")
+    if script is None:
         return
-    script = files["/usr/lib/amibake/setup/ruby-build.sh"].decode()
-    _bash_n(script)
     ruby = manifest.components.ruby
     tarball = ruby.tarball
     values = _bash_values(script, ["URL", "PREFIX", "GEMS[@]", "CONFIGURE_FLAGS[@]"])
@@ -498,11 +504,9 @@ def test_ruby_build_script_reads_values_as_written(field: str, name: str, value:
 def test_postgresql_setup_script_reads_values_as_written(field: str, name: str, value: str
                                                           ) -> None:
     manifest = changed(SEED, field, "/mnt/" + value if field.endswith("data_dir") else value)
-    files = render_files(manifest)
-    if files is None:
+    script = rendered_script(manifest, "/usr/lib/amibake/setup/postgresql.sh")
+    if script is None:
         return
-    script = files["/usr/lib/amibake/setup/postgresql.sh"].decode()
-    _bash_n(script)
     pg, db = manifest.components.postgresql, manifest.app.database
     values = _bash_values(script, ["STORE", "DATA", "VERSION", "DB_USER", "DB_NAME", "MOUNT"])
     assert values == [pg.instance_store, os.path.normpath(pg.data_dir), pg.version, db.user,
@@ -512,11 +516,9 @@ def test_postgresql_setup_script_reads_values_as_written(field: str, name: str, 
 @pytest.mark.parametrize(("field", "name", "value"), cases("components.nginx.upstream_role"))
 def test_nginx_setup_script_stays_one_script(field: str, name: str, value: str) -> None:
     manifest = changed(SEED, field, value)
-    files = render_files(manifest)
-    if files is None:
+    script = rendered_script(manifest, "/usr/lib/amibake/setup/nginx.sh")
+    if script is None:
         return
-    script = files["/usr/lib/amibake/setup/nginx.sh"].decode()
-    _bash_n(script)
     seed = {f.path: f.content for f in image_content(SEED).files}
     assert len(script.splitlines()) == len(
         seed["/usr/lib/amibake/setup/nginx.sh"].decode().splitlines())
