@@ -21,6 +21,8 @@ APT_PACKAGES := \
 	libnginx-mod-http-upstream-fair ruby ruby-rack puma ruby-pg shellcheck
 # the Rails sample (cloudinit/app-rails/): Debian's Rails 6.1 and Bundler
 APT_PACKAGES += ruby-rails bundler
+# systemd's own unit loader (systemd --test), sysusers and tmpfiles: tests/test_render_hostile.py
+APT_PACKAGES += systemd
 
 .PHONY: setup system venv test check lint render image bench clean
 

@@ -592,3 +592,28 @@ def test_mongrel_cluster_yaml_reads_values_as_written(field: str, name: str, val
     server = manifest.components.appserver
     assert (doc["environment"], doc["address"], doc["cwd"], doc["port"]) == (
         server.environment, server.bind, manifest.app.root, str(server.base_port))
+
+
+@pytest.mark.parametrize(("field", "name", "value"), cases(
+    "app.database.name", "app.database.user"))
+def test_app_env_script_writes_the_names_as_written(
+        field: str, name: str, value: str, tmp_path: Path) -> None:
+    """app-env.sh's Python (a quoted heredoc) builds DATABASE_URL from the names."""
+    from urllib.parse import unquote, urlsplit
+
+    manifest = changed(SEED, field, value)
+    script = rendered_script(manifest, "/usr/lib/amibake/setup/app-env.sh")
+    if script is None:
+        return
+    secret = tmp_path / "secret"
+    secret.write_text("#!/bin/sh\nprintf 's3cret'\n")
+    secret.chmod(0o755)
+    env_file = tmp_path / "app.env"
+    proc = subprocess.run(
+        ["sh", "-c", script], capture_output=True, text=True, check=False,
+        env={"PATH": os.environ["PATH"], "AMIBAKE_HOSTS_ENV": str(tmp_path / "none"),
+             "AMIBAKE_APP_ENV": str(env_file), "AMIBAKE_SECRET_TOOL": str(secret)})
+    assert proc.returncode == 0, proc.stderr
+    url = urlsplit(env_file.read_text().removeprefix("DATABASE_URL=").rstrip("\n"))
+    db = manifest.app.database
+    assert (unquote(url.username or ""), unquote(url.path[1:])) == (db.user, db.name)
