@@ -85,11 +85,12 @@ def changed(obj: Any, dotted: str, value: object) -> Any:
 
 
 def render_files(manifest: Manifest, role: str = "all-in-one") -> dict[str, bytes] | None:
-    """Every file the image and the fried user-data carry, or None when the
-    renderer refuses: then with one line that points at the manifest."""
+    """Every file of the role's components (the all-in-one role has them all, as
+    its fried user-data carries them), or None when the renderer refuses: then
+    with one line that points at the manifest."""
     try:
-        files = {f.path: f.content for f in image_content(manifest).files}
         rendered = render_role(manifest, role)
+        files = {f.path: f.content for fr in rendered.fragments for f in fr.files}
     except UserError as exc:
         assert "\n" not in str(exc) and "\r" not in str(exc), str(exc)
         assert str(exc).startswith(f"{manifest.source}:"), str(exc)
