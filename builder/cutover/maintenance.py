@@ -10,6 +10,7 @@ from pathlib import Path
 
 import jinja2
 
+import builder
 from builder.atomic import write_atomically
 from builder.cutover.config import CutoverConfig
 from builder.cutover.plan import announced_window, format_time
@@ -18,7 +19,7 @@ from builder.manifest.paths import HOST_SPEC, unsafe_path_reason
 from builder.manifest.ssh_options import ssh_options_problem
 from builder.proc import CommandError, run
 
-TEMPLATES = Path(__file__).resolve().parents[2] / "cloudinit" / "templates"
+TEMPLATES = builder.TEMPLATES_DIR / "templates"
 
 
 def render_page(cfg: CutoverConfig) -> str:
