@@ -10,7 +10,15 @@ import pytest
 from builder.errors import UserError
 from builder.vm.accel import TCG_ARGS, Accel
 from builder.vm.firmware import OVMF_CODE, prepare_firmware
-from builder.vm.qemu import RELAY_SCRIPT, Ports, VmPaths, VmSpec, build_command, relay_command
+from builder.vm.qemu import (
+    RELAY_SCRIPT,
+    Ports,
+    VmPaths,
+    VmSpec,
+    build_command,
+    listening_ports,
+    relay_command,
+)
 
 TCG = Accel("tcg", TCG_ARGS, "test")
 
@@ -104,3 +112,21 @@ def test_bios_boots_with_seabios_default(tmp_path: Path) -> None:
 def test_missing_ovmf_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="UEFI firmware not found"):
         prepare_firmware("uefi", tmp_path, ovmf_dir=tmp_path / "nowhere")
+
+
+def test_listening_ports_are_the_processs_own_listening_sockets() -> None:
+    import os
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    assert port not in listening_ports(os.getpid())  # bound, not listening yet
+    listener.listen()
+    try:
+        assert port in listening_ports(os.getpid())
+        assert port not in listening_ports(1)  # another process's sockets are not ours
+    finally:
+        listener.close()
+    assert port not in listening_ports(os.getpid())
+    assert listening_ports(2**22 + 1) == set()  # no such process

@@ -28,6 +28,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -37,6 +38,7 @@ from builder.ports import free_port
 from builder.proc import run
 from builder.vm.accel import Accel, detect_accel
 from builder.vm.firmware import BootMode, Firmware, prepare_firmware
+from builder.wait import NotYet, Waiter, wait_for
 
 log = logging.getLogger("amibake.vm")
 
@@ -177,6 +179,33 @@ def build_command(
     ]
 
 
+def listening_ports(pid: int) -> set[int]:
+    """The TCP ports process `pid` listens on: its sockets' inodes in /proc/net/tcp{,6}."""
+    inodes = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return set()
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if len(fields) > 9 and fields[3] == "0A" and fields[9] in inodes:  # 0A: LISTEN
+                ports.add(int(fields[1].rpartition(":")[2], 16))
+    return ports
+
+
 class VmError(UserError):
     """A VM failed: exited, timed out, or a check failed. Names the serial log."""
 
@@ -206,6 +235,7 @@ class Vm:
     def __init__(
         self, spec: VmSpec, workdir: Path, *, accel: Accel | None = None,
         ports: Ports | None = None, die_with_parent: bool = True,
+        clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.spec = spec
         self.paths = VmPaths(workdir)
@@ -214,6 +244,8 @@ class Vm:
         self.die_with_parent = die_with_parent
         self.proc: subprocess.Popen[bytes] | None = None
         self.started_at = 0.0
+        self._clock = clock
+        self._sleep = sleep
         self._firmware: Firmware | None = None
 
     # ------------------------------------------------------------- lifecycle
@@ -262,9 +294,27 @@ class Vm:
                 cmd, stdin=subprocess.DEVNULL, stdout=qlog, stderr=subprocess.STDOUT,
                 env=env, preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
-        self.started_at = time.monotonic()
+        self.started_at = self._clock()
         _live.add(self)
-        time.sleep(0.3)
+        self._wait_until_forwarding()
+
+    def _wait_until_forwarding(self) -> None:
+        """Until qemu listens on both forwarded ports (its network is set up), or has
+        exited (then `check_running` says why: a taken port, a bad option…)."""
+        proc = self.proc
+        assert proc is not None
+        wanted = {self.ports.ssh, self.ports.http}
+
+        def check() -> None:
+            if proc.poll() is not None:
+                return
+            missing = wanted - listening_ports(proc.pid)
+            if missing:
+                raise NotYet(f"qemu does not listen on port(s) {sorted(missing)} yet")
+
+        wait_for(check, Waiter("qemu to set up its network", attempts=1200, interval=0.05,
+                               timeout=60, hint=f"see {self.paths.qemu_log}"),
+                 sleep=self._sleep, clock=self._clock)
 
     def _qemu_output(self) -> str:
         try:
@@ -300,7 +350,7 @@ class Vm:
         return self.proc.pid
 
     def elapsed(self) -> float:
-        return time.monotonic() - self.started_at
+        return self._clock() - self.started_at
 
     def remaining(self) -> float:
         return self.spec.timeout - self.elapsed()
