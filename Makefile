@@ -24,7 +24,7 @@ APT_PACKAGES += ruby-rails bundler
 # systemd's own unit loader (systemd --test), sysusers and tmpfiles: tests/test_render_hostile.py
 APT_PACKAGES += systemd
 
-.PHONY: setup system venv test check lint render image bench clean
+.PHONY: setup system venv test test-fast check lint render image bench clean
 
 setup: system venv cloud-init-schema
 
@@ -75,6 +75,11 @@ $(BIN)/amibake: pyproject.toml
 
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Everything but the tests that bake (mmdebstrap) or boot qemu: the loop while
+# developing. `make test` (and CI) still run every test.
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not vm and not bake"
 
 lint: setup
 	@# the on-instance scripts (Python run as root, no .py suffix) are named explicitly

@@ -25,6 +25,8 @@ from builder.vm.metadata import new_instance_id
 from builder.vm.qemu import Vm, VmError, VmSpec
 from builder.vm.ssh import Ssh, generate_key
 
+pytestmark = pytest.mark.vm  # boots qemu (briefly: a blank disk)
+
 TCG = Accel("tcg", TCG_ARGS, "test")
 
 
