@@ -12,7 +12,7 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 RESOURCES = {
-    ".".join(("builder.resources", *d.relative_to("cloudinit").parts)): ["*"]
+    ".".join(("builder.resources", *d.relative_to("cloudinit").parts)): ["*", ".*"]
     for d in sorted({Path("cloudinit"), *Path("cloudinit").rglob("*")})
     if d.is_dir() and d.name != "__pycache__"
 }
