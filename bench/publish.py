@@ -167,7 +167,8 @@ def main() -> int:
             counter.bytes = counter.calls = 0
             result = upload_disk(ebs, clients.ec2(), disk, disk_sha256=digest,
                                  requested_gib=-(-apparent // GIB),
-                                 options=UploadOptions(concurrency=args.concurrency))
+                                 options=UploadOptions(concurrency=args.concurrency),
+                                 retries=clients.retries)
             ours.append({"seconds": result.seconds, "blocks_sent": counter.calls,
                          "bytes_sent": counter.bytes,
                          "blocks_per_s": counter.calls / result.seconds})

@@ -42,7 +42,7 @@ def ebs_steps(upload: UploadSnapshotStep | None = None) -> list[Any]:
 
 
 def publish(ctx: PublishContext, steps: list[Any] | None = None) -> dict[str, Any]:
-    """Run (or with ctx.dry_run, plan) the steps; returns the result document."""
+    """Run (or with ctx.dry_run, describe) the steps; returns the result document."""
     steps = steps if steps is not None else ebs_steps()
     doc: dict[str, Any] = {
         "name": ctx.image.name, "version": ctx.image.version, "ami_name": ctx.ami_name,
