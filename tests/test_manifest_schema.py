@@ -8,11 +8,11 @@ import json
 import pytest
 
 from builder.cli import main
-from builder.manifest import backup_model, model
+from builder.manifest import backup_model, model, stack_model
 from builder.manifest.convert import yaml_fields
 from builder.manifest.reference import sections
 
-ALL = [c for module in (model, backup_model) for c in vars(module).values()
+ALL = [c for module in (model, backup_model, stack_model) for c in vars(module).values()
        if isinstance(c, type) and dataclasses.is_dataclass(c) and c.__module__ == module.__name__
        and c is not model.SecretRef]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterator
 
+from builder.manifest import stack_checks
 from builder.manifest.backup_model import check_backup
 from builder.manifest.field_checks import NAME, template
 from builder.manifest.model import COMPONENT_NAMES, Manifest
@@ -293,6 +294,7 @@ def cutover_problems(m: Manifest) -> list[tuple[str, str]]:
 CHECKS: tuple[Callable[[Manifest, Report], None], ...] = (
     check_roles, check_references, check_ports, check_ruby, check_web, check_database,
     check_app_network, check_login_user, check_publish, check_cutover, check_backup,
+    stack_checks.check_instance_storage, stack_checks.check_stack,
 )
 
 

@@ -55,9 +55,9 @@ class Converter:
         origin = typing.get_origin(tp)
         if origin in (Union, types.UnionType):
             args = [a for a in typing.get_args(tp) if a is not type(None)]
-            if _is_null(node):
+            if _is_null(node) and len(args) < len(typing.get_args(tp)):
                 return None
-            return self.value(node, args[0], path, anchor)
+            return self.value(node, _union_arm(node, args), path, anchor)
         if origin is Literal:
             return self._literal(node, typing.get_args(tp), path)
         if origin is tuple:
@@ -290,6 +290,15 @@ def yaml_fields(cls: type) -> dict[str, Any]:
 def field_metadata(cls: type) -> dict[str, Any]:
     """Setting name → its metadata (help, and the checks declared with it)."""
     return {f.name: f.metadata for f in dataclasses.fields(cls)}
+
+
+def _union_arm(node: Node, args: list[Any]) -> Any:
+    """The type of a union (`create | {id, subnets}`) that the node's kind is written
+    in: a mapping is the dataclass arm, anything else the first other arm."""
+    if len(args) == 1:
+        return args[0]
+    mapping = isinstance(node, MappingNode)
+    return next((a for a in args if dataclasses.is_dataclass(a) == mapping), args[0])
 
 
 def _required(cls: type, name: str) -> bool:

@@ -429,6 +429,8 @@ class Manifest:
     image: ImageSpec = setting(default_factory=ImageSpec, help="how the image is built")
     publish: PublishSpec = setting(default_factory=PublishSpec, help="where it is published")
     cutover: Cutover | None = setting(None, help="the move to the new servers")
+    stack: stack_model.Stack | None = setting(
+        None, help="the whole app on AWS as one CloudFormation stack")
 
     # Filled in by the loader, not read from YAML:
     source: Path = field(default=Path("<memory>"), metadata={"internal": True})
@@ -450,5 +452,6 @@ class Manifest:
         return self.image.roles or tuple(self.roles)
 
 
-# The backup section has its own module; imported last because it builds on `setting`.
-from builder.manifest import backup_model  # noqa: E402
+# The backup and stack sections have their own modules; imported last because they
+# build on `setting`.
+from builder.manifest import backup_model, stack_model  # noqa: E402

@@ -52,7 +52,8 @@ def type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return f"{type_name(inner[0])}, optional"
+        arms = " or ".join(type_name(a) for a in inner)
+        return f"{arms}, optional" if len(inner) < len(typing.get_args(tp)) else arms
     if origin is Literal:
         return " \\| ".join(f"`{a}`" for a in typing.get_args(tp))
     if origin is tuple:
