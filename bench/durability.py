@@ -55,15 +55,19 @@ from tests.cutover_fixtures import (  # noqa: E402
     PG_OS_USER,
     SUPER_PASSWORD,
     Cluster,
-    destroy_cluster,
+    _own_tmpdir,
     free_port,
     make_template,
-    start_cluster,
 )
-from tests.db_fixtures import PASSPHRASE_ENV, manifest_with_backup, serve_s3_tls  # noqa: E402
+from tests.db_fixtures import (  # noqa: E402
+    PASSPHRASE_ENV,
+    archiving_cluster,
+    full_backup,
+    manifest_with_backup,
+    serve_s3_tls,
+)
 
 RESULTS = ROOT / "bench" / "results" / "durability.json"
-SOCKETS = "/tmp"
 PG = {"user": PG_OS_USER, "group": PG_OS_USER}
 
 
@@ -73,30 +77,12 @@ def _env(c: Cluster) -> dict[str, str]:
 
 
 def _own_dir(prefix: str) -> Path:
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    shutil.chown(path, PG_OS_USER, PG_OS_USER)
-    return path
-
-
-def _archiving_cluster(stack: ExitStack, repo: Repo, template: Path) -> Cluster:
-    cluster = start_cluster(template, "bench", (f"unix_socket_directories = '{SOCKETS}'",))
-    stack.callback(destroy_cluster, cluster)
-    with open(cluster.data / "postgresql.conf", "a") as fh:
-        fh.writelines(f"{k} = {v}\n" for k, v in repo.postgresql_settings(cluster.data).items())
-    cluster.stop("fast")
-    cluster.start()
-    where = [f"--pg1-path={cluster.data}", f"--pg1-port={cluster.port}",
-             f"--pg1-socket-path={SOCKETS}"]
-    repo.pgbackrest("stanza-create", where, action="create the stanza in")
-    cluster.sql("CREATE DATABASE bench", dbname="postgres")
-    return cluster
+    return _own_tmpdir(prefix, PG_OS_USER)
 
 
 def _full_backup(repo: Repo, cluster: Cluster) -> float:
     start = time.monotonic()
-    repo.pgbackrest("backup", [f"--pg1-path={cluster.data}", f"--pg1-port={cluster.port}",
-                               f"--pg1-socket-path={SOCKETS}", "--type=full"],
-                    action="back up into")
+    full_backup(repo, cluster)
     return time.monotonic() - start
 
 
@@ -141,11 +127,12 @@ def rto(args: argparse.Namespace, template: Path, work: Path, s3: Any) -> dict[s
     manifest = load_manifest(manifest_with_backup(work, s3, prefix="bench-rto"))
     with ExitStack() as stack:
         repo = stack.enter_context(open_repo(manifest))
-        cluster = _archiving_cluster(stack, repo, template)
+        cluster = archiving_cluster(stack, repo, template, "bench")
+        cluster.sql("CREATE DATABASE bench", dbname="postgres")
         start = time.monotonic()
         run(["pgbench", "-i", "-s", str(args.scale), "-q"], env=_env(cluster), capture=True)
         init_s = time.monotonic() - start
-        size = int(cluster.sql("SELECT pg_database_size('bench')")[0][0])  # type: ignore[arg-type]
+        [[size]] = cluster.sql("SELECT pg_database_size('bench')", dbname="bench")
         backup_s = _full_backup(repo, cluster)
         dump = _own_dir("amibake-dump-") / "dump"
         stack.callback(shutil.rmtree, dump.parent, True)
@@ -165,7 +152,7 @@ def rto(args: argparse.Namespace, template: Path, work: Path, s3: Any) -> dict[s
                 print(f"run {i + 1} {kind}: {(engine if kind == 'engine' else dumped)[-1]:.1f} s",
                       flush=True)
     e, d = statistics.median(engine), statistics.median(dumped)
-    return {"scale": args.scale, "db_bytes": size, "pgbench_init_s": round(init_s, 1),
+    return {"scale": args.scale, "db_bytes": int(str(size)), "pgbench_init_s": round(init_s, 1),
             "backup_s": round(backup_s, 1), "pg_dump_s": round(dump_s, 1),
             "engine_restore_s": [round(x, 1) for x in engine],
             "dump_restore_s": [round(x, 1) for x in dumped],
@@ -191,7 +178,8 @@ def rpo_once(timeout: int, args: argparse.Namespace, template: Path, work: Path,
     manifest = load_manifest(path)
     with ExitStack() as stack:
         repo = stack.enter_context(open_repo(manifest))
-        cluster = _archiving_cluster(stack, repo, template)
+        cluster = archiving_cluster(stack, repo, template, "bench")
+        cluster.sql("CREATE DATABASE bench", dbname="postgres")
         run(["pgbench", "-i", "-s", "1", "-q"], env=_env(cluster), capture=True)
         _full_backup(repo, cluster)
         logdir = _own_dir("amibake-rpo-log-")

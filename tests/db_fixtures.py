@@ -17,7 +17,7 @@ import ssl
 import tempfile
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +25,10 @@ from typing import Any
 import boto3
 import pytest
 
+from builder.db.repo import Repo
 from builder.ports import free_port
 from builder.proc import run
+from tests.cutover_fixtures import Cluster, destroy_cluster, start_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALLPAYROLL = ROOT / "manifests" / "smallpayroll.yaml"
@@ -134,3 +136,29 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     monkeypatch.setenv(PASSPHRASE_ENV, "correct horse battery staple")
+
+
+#: where the test clusters' sockets are, for pgBackRest (it connects by socket)
+SOCKETS = "/tmp"
+
+
+def engine_where(cluster: Cluster) -> list[str]:
+    """pgBackRest's options for a cluster started by cutover_fixtures."""
+    return [f"--pg1-path={cluster.data}", f"--pg1-port={cluster.port}",
+            f"--pg1-socket-path={SOCKETS}"]
+
+
+def archiving_cluster(stack: ExitStack, repo: Repo, template: Path, name: str) -> Cluster:
+    """A cluster archiving its WAL into `repo`, the stanza created; destroyed by `stack`."""
+    cluster = start_cluster(template, name, (f"unix_socket_directories = '{SOCKETS}'",))
+    stack.callback(destroy_cluster, cluster)
+    with open(cluster.data / "postgresql.conf", "a") as fh:
+        fh.writelines(f"{k} = {v}\n" for k, v in repo.postgresql_settings(cluster.data).items())
+    cluster.stop("fast")
+    cluster.start()
+    repo.pgbackrest("stanza-create", engine_where(cluster), action="create the stanza in")
+    return cluster
+
+
+def full_backup(repo: Repo, cluster: Cluster) -> None:
+    repo.pgbackrest("backup", [*engine_where(cluster), "--type=full"], action="back up into")

@@ -19,32 +19,20 @@ from builder.cli import main
 from builder.db.repo import Repo, open_repo
 from builder.manifest import load_manifest
 from builder.wait import NotYet, Waiter, wait_for
-from tests.cutover_fixtures import (
-    PG_OS_USER,
-    Cluster,
-    destroy_cluster,
-    free_port,
-    pg_template,
-    start_cluster,
-)
+from tests.cutover_fixtures import PG_OS_USER, Cluster, _own_tmpdir, free_port, pg_template
 from tests.db_fixtures import (
     BUCKET,
     PASSPHRASE_ENV,
     S3,
+    archiving_cluster,
+    full_backup,
     manifest_with_backup,
     s3_tls,
 )
 
 __all__ = ["pg_template", "s3_tls"]  # fixtures used here
 
-SOCKETS = "/tmp"
 BATCH = 100
-
-
-def _own_dir(prefix: str) -> Path:
-    path = Path(tempfile.mkdtemp(prefix=prefix))
-    shutil.chown(path, PG_OS_USER, PG_OS_USER)
-    return path
 
 
 @dataclass
@@ -56,19 +44,11 @@ class Scenario:
 
 
 def _archived_cluster(stack: ExitStack, repo: Repo, template: Path, name: str) -> Cluster:
-    """A cluster archiving into `repo`, its stanza created and a full backup taken."""
-    cluster = start_cluster(template, name, (f"unix_socket_directories = '{SOCKETS}'",))
-    stack.callback(destroy_cluster, cluster)
-    with open(cluster.data / "postgresql.conf", "a") as fh:
-        fh.writelines(f"{k} = {v}\n" for k, v in repo.postgresql_settings(cluster.data).items())
-    cluster.stop("fast")
-    cluster.start()
-    where = [f"--pg1-path={cluster.data}", f"--pg1-port={cluster.port}",
-             f"--pg1-socket-path={SOCKETS}"]
-    repo.pgbackrest("stanza-create", where, action="create the stanza in")
+    """A cluster archiving into `repo` with the table `rows` and a full backup."""
+    cluster = archiving_cluster(stack, repo, template, name)
     cluster.sql("CREATE DATABASE payroll", dbname="postgres")
     cluster.sql("CREATE TABLE rows (id int PRIMARY KEY, batch int NOT NULL, note text)")
-    repo.pgbackrest("backup", [*where, "--type=full"], action="back up into")
+    full_backup(repo, cluster)
     return cluster
 
 
@@ -120,7 +100,7 @@ def env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def target_dir() -> Iterator[Path]:
-    base = _own_dir("amibake-restore-")
+    base = _own_tmpdir("amibake-restore-", PG_OS_USER)
     yield base / "data"
     shutil.rmtree(base, ignore_errors=True)
 
