@@ -14,7 +14,6 @@ ActiveRecord::ConcurrentMigrationError instead of waiting.
 from __future__ import annotations
 
 import html
-import http.client
 import re
 import secrets
 import shutil
@@ -28,6 +27,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from builder.vm.checks import http_get
 from tests.cutover_fixtures import (
     Cluster,
     destroy_cluster,
@@ -78,14 +78,9 @@ class Site:
 
     def request(self, method: str, path: str, body: str | None = None,
                 headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], str]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            resp = conn.getresponse()
-            return (resp.status, {k.lower(): v for k, v in resp.getheaders()},
-                    resp.read().decode())
-        finally:
-            conn.close()
+        answer = http_get(self.port, path, method=method, timeout=30, headers=headers,
+                          body=body.encode() if body is not None else None)
+        return answer.status, answer.headers, answer.body.decode()
 
     def employees(self) -> list[tuple[object, ...]]:
         return self.cluster.sql("SELECT name, hourly_rate FROM employees ORDER BY id",

@@ -24,7 +24,7 @@ from __future__ import annotations
 import http.client
 import json
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,11 +49,14 @@ class HttpAnswer:
 
 def http_get(port: int, path: str, *, host_header: str = "", timeout: float = 20,
              method: str = "GET", body: bytes | None = None,
-             content_type: str = "") -> HttpAnswer:
-    """GET (or `method`) http://127.0.0.1:port/path; OSError when nothing answers."""
+             content_type: str = "", headers: Mapping[str, str] | None = None) -> HttpAnswer:
+    """GET (or `method`) http://127.0.0.1:port/path, with `headers` added (e.g. a
+    Cookie); OSError when nothing answers."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        headers = {"Host": host_header} if host_header else {}
+        headers = dict(headers or {})
+        if host_header:
+            headers["Host"] = host_header
         if content_type:
             headers["Content-Type"] = content_type
         conn.request(method, path, body=body, headers=headers)
