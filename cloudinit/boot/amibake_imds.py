@@ -17,6 +17,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from typing import Any, TextIO
 
 DEFAULT_IMDS_URL = "http://169.254.169.254"
 TOKEN_HEADER = "X-aws-ec2-metadata-token"
@@ -32,12 +33,12 @@ class Log:
     """Journal-aware logging: `<N>` syslog priority prefixes when stderr is
     the journal (systemd's SyslogLevelPrefix), plain lines otherwise."""
 
-    def __init__(self, prog, stream=None):
+    def __init__(self, prog: str, stream: TextIO | None = None) -> None:
         self.prog = prog
         self.stream = stream or sys.stderr
         self.journal = self._stderr_is_journal()
 
-    def _stderr_is_journal(self):
+    def _stderr_is_journal(self) -> bool:
         value = os.environ.get("JOURNAL_STREAM", "")
         dev, _, ino = value.partition(":")
         try:
@@ -46,20 +47,20 @@ class Log:
         except (OSError, ValueError, AttributeError):
             return False
 
-    def _emit(self, priority, label, message):
+    def _emit(self, priority: int, label: str, message: str) -> None:
         if self.journal:
             line = f"<{priority}>{self.prog}: {message}"
         else:
             line = f"{self.prog}: {label}{message}"
         print(line, file=self.stream, flush=True)
 
-    def info(self, message):
+    def info(self, message: str) -> None:
         self._emit(6, "", message)
 
-    def warning(self, message):
+    def warning(self, message: str) -> None:
         self._emit(4, "warning: ", message)
 
-    def error(self, message):
+    def error(self, message: str) -> None:
         self._emit(3, "error: ", message)
 
 
@@ -77,18 +78,19 @@ class Imds:
     A service without tokens (404/405 on the token PUT) is read as IMDSv1.
     """
 
-    def __init__(self, base_url, timeout, log):
+    def __init__(self, base_url: str, timeout: float, log: Log) -> None:
         self.base = base_url.rstrip("/")
         self.timeout = float(timeout)
         self.deadline = time.monotonic() + self.timeout
         self.log = log
-        self.token = None
+        self.token: str | None = None
         self.v1 = False
         self.attempts = 0
         # IMDS is link-local: never go through an http_proxy.
         self.opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
-    def _request(self, method, path, headers):
+    def _request(self, method: str, path: str, headers: dict[str, str]
+                 ) -> tuple[int, bytes]:
         remaining = self.deadline - time.monotonic()
         request = urllib.request.Request(
             self.base + path, method=method, headers=headers,
@@ -100,7 +102,7 @@ class Imds:
         except urllib.error.HTTPError as err:
             return err.code, err.read()
 
-    def _fetch_token(self):
+    def _fetch_token(self) -> str | None:
         status, body = self._request("PUT", "/latest/api/token", {TTL_HEADER: TOKEN_TTL})
         if status == 200:
             return body.decode().strip()
@@ -115,7 +117,7 @@ class Imds:
             raise Failure(f"IMDS at {self.base} answered {status} to the token request")
         raise _Retry(f"HTTP {status} for PUT /latest/api/token")
 
-    def get(self, path):
+    def get(self, path: str) -> bytes | None:
         """The body at `path` (bytes), or None when IMDS answers 404."""
         failures = 0
         while True:
@@ -123,7 +125,7 @@ class Imds:
             try:
                 if self.token is None and not self.v1:
                     self.token = self._fetch_token()
-                headers = {TOKEN_HEADER: self.token} if self.token else {}
+                headers: dict[str, str] = {TOKEN_HEADER: self.token} if self.token else {}
                 status, body = self._request("GET", path, headers)
                 if status == 200:
                     return body
@@ -152,12 +154,12 @@ class Imds:
             self.log.info(f"IMDS not ready ({last}); retrying in {delay:.2f} s")
             time.sleep(delay)
 
-    def text(self, path):
+    def text(self, path: str) -> str | None:
         body = self.get(path)
         return None if body is None else body.decode("utf-8", "replace").strip()
 
 
-def user_data_texts(raw):
+def user_data_texts(raw: bytes) -> list[str]:
     """The text parts of user-data: gunzipped, multipart MIME unpacked."""
     if raw[:2] == b"\x1f\x8b":
         raw = gzip.decompress(raw)
@@ -177,7 +179,7 @@ def user_data_texts(raw):
     return texts
 
 
-def user_data_markers(raw, key):
+def user_data_markers(raw: bytes | None, key: str) -> list[str]:
     """Every value of `# <key>: <value>` lines in user-data, in order."""
     pattern = re.compile(r"^[ \t]*#[ \t]*" + re.escape(key) + r"[ \t]*:[ \t]*(\S+)[ \t]*$",
                          re.MULTILINE)
@@ -187,12 +189,12 @@ def user_data_markers(raw, key):
     return values
 
 
-def prefixed(root, path):
+def prefixed(root: str, path: str) -> str:
     """`path` (absolute, on the instance) under the `root` prefix."""
     return os.path.join(root, path.lstrip("/"))
 
 
-def load_roles_json(root):
+def load_roles_json(root: str) -> tuple[str, dict[str, Any]]:
     path = prefixed(root, "/etc/amibake/roles.json")
     try:
         with open(path, encoding="utf-8") as handle:
