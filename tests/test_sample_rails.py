@@ -209,6 +209,21 @@ def test_the_form_with_its_csrf_token_adds_an_employee(site: Site) -> None:
     assert name not in index  # escaped, never raw HTML
 
 
+def test_the_index_shows_each_employees_paychecks(site: Site) -> None:
+    site.cluster.sql("""
+        INSERT INTO employees (name, hourly_rate, created_at, updated_at)
+            VALUES ('Grace Paid', 40, now(), now());
+        INSERT INTO paychecks (employee_id, period_ending, gross, created_at, updated_at)
+            SELECT id, d::date, 3200, now(), now() FROM employees,
+                   unnest(ARRAY['2026-10-31', '2026-11-27']) AS d
+            WHERE name = 'Grace Paid'""", dbname="payroll_production")
+    status, _, index = site.request("GET", "/")
+    assert status == 200
+    row = re.search(r"<td>Grace Paid</td>(.*?)</tr>", index, re.S)
+    assert row, index
+    assert re.findall(r"<td>([^<]*)</td>", row.group(1)) == ["$40.00", "2", "2026-11-27"]
+
+
 def test_an_invalid_employee_is_shown_the_form_again(site: Site) -> None:
     status, headers, page = site.request("GET", "/employees/new")
     before = site.employees()
