@@ -96,6 +96,14 @@ BAD = {
                    "Load Balancer needs two)"),
     "vpc_word": ("stack:\n  vpc: make\n  roles:\n    web: {count: 1}\n    app: {count: 1}\n"
                  "    db: {count: 1}\n", "vpc: make", "stack.vpc: 'make' is not one of create"),
+    "vpc_outside_db_network": ("stack:\n  cidr: 172.16.0.0/16\n  roles:\n    web: {count: 1}\n"
+                               "    app: {count: 1}\n    db: {count: 1}\n", "cidr:",
+                               "the vpc 172.16.0.0/16 is not inside app.database.network "
+                               "(10.0.0.0/16): the database would refuse the app servers"),
+    "vpc_too_big": ("stack:\n  cidr: 10.0.0.0/8\n  roles:\n    web: {count: 1}\n"
+                    "    app: {count: 1}\n    db: {count: 1}\n", "cidr:",
+                    "a created vpc's range must be an IPv4 network from /16 to /27 "
+                    "(got 10.0.0.0/8)"),
     "eip_behind_alb": ("stack:\n  roles:\n    web: {load_balancer: alb, elastic_ip: true}\n"
                        "    app: {count: 1}\n    db: {count: 1}\n", "elastic_ip",
                        "a role behind a load balancer takes no Elastic IP (the load balancer "

@@ -156,8 +156,12 @@ def _check_vpc(m: Manifest, report: Report) -> None:
         report("stack.availability_zones", "a created vpc spans two availability zones: "
                                            "name two different ones, or none for the region's "
                                            "first two")
+    vpc = ipaddress.ip_network(stack.cidr)
+    if vpc.version != 4 or vpc.prefixlen not in VPC_PREFIXES:
+        report("stack.cidr", f"a created vpc's range must be an IPv4 network from /16 to "
+                             f"/{VPC_PREFIXES[-1]} (got {vpc})")
+        return
     network = ipaddress.ip_network(m.app.database.network)
-    if network.version != 4 or network.prefixlen not in VPC_PREFIXES:
-        report("app.database.network", f"the created vpc takes app.database.network "
-               f"({network}) as its address range: it must be an IPv4 network from /16 to "
-               f"/{VPC_PREFIXES[-1]}")
+    if network.version != 4 or not vpc.subnet_of(network):
+        report("stack.cidr", f"the vpc {vpc} is not inside app.database.network ({network}): "
+                             "the database would refuse the app servers")

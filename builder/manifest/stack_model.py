@@ -113,8 +113,10 @@ class Stack:
     name: str = setting("", help="stack name; also the private zone <name>.internal "
                                  "(default: the manifest's name)", check=stack_name)
     vpc: Literal["create"] | ExistingVpc = setting(
-        "create", help="`create`: a VPC on app.database.network with subnets in two "
+        "create", help="`create`: a VPC on `cidr` with a subnet in each of two "
                        "availability zones; or {id, subnets} of an existing VPC")
+    cidr: str = setting("10.0.0.0/16", help="address range of a created VPC (/16 to /27), "
+                                            "inside app.database.network", check=fc.cidr)
     availability_zones: tuple[str, ...] = setting(
         (), help="the two zones of a created VPC (default: the region's first two)",
         item=availability_zone)

@@ -3,7 +3,7 @@
 `template(manifest)` builds the document; `template_yaml(manifest)` writes it
 as YAML, the same bytes for the same manifest. What it holds:
 
-- the network: a created VPC on app.database.network with a public subnet (one half of it)
+- the network: a created VPC on stack.cidr with a public subnet (one half of it)
   in each of two zones (or an existing VPC's subnets);
 - a security group per role, opened only to the roles that talk to it
   (load balancer → web on nginx's port, web → app on the app ports through
@@ -144,7 +144,7 @@ class _Builder:
         vpc = self.stack.vpc
         if isinstance(vpc, ExistingVpc):
             return vpc.id, list(vpc.subnets)
-        network = self.m.app.database.network
+        network = self.stack.cidr
         self.add("Vpc", "AWS::EC2::VPC", {
             "CidrBlock": network, "EnableDnsHostnames": True, "EnableDnsSupport": True,
             "Tags": self.tags("vpc")})
@@ -264,10 +264,16 @@ class _Builder:
                                  nginx.listen, "the site (nginx)", cidr=WORLD)
             for i, port in enumerate(m.roles[name].ports):
                 self.ingress(logical_id(name, f"ExtraPort{i}"), group, port, port,
-                             f"roles.{name}.ports from the VPC", cidr=m.app.database.network)
+                             f"roles.{name}.ports from the VPC", cidr=self.vpc_cidr())
             if stack.ssh_cidr:
                 self.ingress(logical_id(name, "Ssh"), group, SSH_PORT, SSH_PORT,
                              "SSH from stack.ssh_cidr", cidr=stack.ssh_cidr)
+
+    def vpc_cidr(self) -> str:
+        """The created VPC's range; for an existing VPC, the network the app connects from."""
+        if isinstance(self.stack.vpc, ExistingVpc):
+            return self.m.app.database.network
+        return self.stack.cidr
 
     def instance_profile(self, name: str) -> None:
         role = logical_id(name, "InstanceRole")
