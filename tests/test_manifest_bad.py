@@ -6,6 +6,7 @@ lines: exactly the problems the loader must report, in order.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -177,3 +178,10 @@ def test_fuzz_mutations_of_the_seed(tmp_path: Path) -> None:
             else:
                 del mutated[at:at + rng.randrange(1, 20)]
         _only_user_errors(bytes(mutated), tmp_path)
+
+
+def test_fifo_is_refused_without_waiting_for_a_writer(tmp_path: Path) -> None:
+    path = tmp_path / "pipe.yaml"
+    os.mkfifo(path)
+    err = _problems(path)
+    assert [str(p) for p in err.problems] == [f"{path}: cannot read: not a regular file"]

@@ -309,7 +309,7 @@ class PublishSpec:
     )
     bucket: str = setting("", help="S3 bucket for instance-store bundles (bucket[/prefix])",
                           check=fc.optional(fc.bucket))
-    keep: int = setting(3, help="versions kept by `amibake prune`", check=fc.between(1, 1000))
+    keep: int = setting(3, help="versions kept by `amibake amis prune`", check=fc.between(1, 1000))
 
 
 # ------------------------------------------------------------------ cutover

@@ -9,6 +9,8 @@ and files too large.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -130,7 +132,14 @@ def compose(path: Path, text: str) -> Node | None:
 def read(path: Path) -> Source:
     """Read and compose one manifest file; YamlProblem if that fails."""
     try:
-        with path.open("rb") as f:  # bounded: /dev/zero or a huge file cannot hang us
+        # bounded: /dev/zero or a huge file cannot hang us; O_NONBLOCK: nor can a FIFO
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+        with os.fdopen(fd, "rb") as f:
+            mode = os.fstat(fd).st_mode
+            if not (stat.S_ISREG(mode) or stat.S_ISCHR(mode)):
+                raise IsADirectoryError(0, "not a regular file" if not stat.S_ISDIR(mode)
+                                        else "Is a directory")
+            os.set_blocking(fd, True)
             data = f.read(MAX_BYTES + 1)
     except OSError as err:
         raise YamlProblem(Problem(
