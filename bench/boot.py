@@ -104,7 +104,7 @@ def fried_base_disk(manifest: Manifest, cache: Path) -> Path:
 
     from builder.bake import bootloader, rootfs
     from builder.bake.cache import LayerCache, default_cache_dir
-    from builder.bake.pipeline import base_meta, build_disk, image_own_files, plan_bake
+    from builder.bake.pipeline import base_meta, build_disk, image_own_files, recipe_for
     from builder.bake.sources import host_sources
 
     img = manifest.image
@@ -115,7 +115,7 @@ def fried_base_disk(manifest: Manifest, cache: Path) -> Path:
     disk = cache / f"fried-base-{key[:16]}" / "disk.raw"
     if disk.is_file():
         return disk
-    plan = dataclasses.replace(plan_bake(manifest), base=spec,
+    plan = dataclasses.replace(recipe_for(manifest), base=spec,
                                inputs_digest="sha256:" + spec.key())
     layers = LayerCache(default_cache_dir())
     partial = disk.with_suffix(".partial")

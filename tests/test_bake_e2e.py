@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from builder.bake import rootfs
-from builder.bake.pipeline import bake, plan_bake
+from builder.bake.pipeline import bake, recipe_for
 from builder.cli import main
 from builder.errors import UserError
 from builder.manifest import load_manifest
@@ -55,7 +55,7 @@ def test_image_record(baked_image: StoredImage) -> None:
     assert doc["roles"] == ["web", "app", "db", "all-in-one"]
     assert set(doc["inputs"]) == {"base_layer", "config_layer", "disk", "roles"}
     assert all(v.startswith("sha256:") for v in doc["inputs"].values())
-    assert doc["inputs_digest"] == plan_bake(load_manifest(SEED_MANIFEST)).inputs_digest
+    assert doc["inputs_digest"] == recipe_for(load_manifest(SEED_MANIFEST)).inputs_digest
     disk = image.disk_path
     assert doc["disk"]["apparent_size"] == disk.stat().st_size == 4 * 2**30
     assert doc["disk"]["used_size"] == disk.stat().st_blocks * 512 < 2**30

@@ -78,7 +78,7 @@ def test_boot_test_failure_leaves_nothing(
         seen.append(log)
         raise UserError(f"role web: nginx did not answer (serial log: {log})")
 
-    monkeypatch.setattr(pipeline, "run_boot_tests", failing_boot_test)
+    monkeypatch.setattr(pipeline, "boot_test_disk", failing_boot_test)
     before = _scratch_dirs()
     store_root = tmp_path / "images"
     with pytest.raises(UserError, match="nginx did not answer"):

@@ -8,7 +8,7 @@ import pytest
 
 from builder.bake import rootfs
 from builder.bake.cache import LayerCache
-from builder.bake.pipeline import plan_bake, with_roles
+from builder.bake.pipeline import recipe_for, with_roles
 from builder.bake.sources import host_sources
 from builder.errors import UserError
 from builder.manifest import load_manifest
@@ -16,7 +16,7 @@ from tests.bake_fixture import SEED_MANIFEST, copy_manifest
 
 
 def _plan(path: Path):  # type: ignore[no-untyped-def]
-    return plan_bake(load_manifest(path))
+    return recipe_for(load_manifest(path))
 
 
 def test_same_manifest_same_keys(tmp_path: Path) -> None:
@@ -60,8 +60,8 @@ def test_version_is_not_an_input_of_the_layers(tmp_path: Path) -> None:
 
 def test_roles_subset_changes_roles_and_config(tmp_path: Path) -> None:
     manifest = load_manifest(SEED_MANIFEST)
-    full = plan_bake(manifest)
-    web = plan_bake(with_roles(manifest, ["web"]))
+    full = recipe_for(manifest)
+    web = recipe_for(with_roles(manifest, ["web"]))
     assert web.roles == ("web",)
     assert web.inputs["roles"] != full.inputs["roles"]
     assert web.inputs["config_layer"] != full.inputs["config_layer"]

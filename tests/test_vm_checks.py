@@ -11,8 +11,8 @@ import pytest
 
 from builder.manifest import load_manifest
 from builder.manifest.model import Manifest
-from builder.vm.boottest import boot_plan
-from builder.vm.checks import expected_services, http_get, plan_role
+from builder.vm.boottest import boot_order
+from builder.vm.checks import expectations_for, expected_services, http_get
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,7 +23,7 @@ def manifest() -> Manifest:
 
 
 def test_plans_for_the_seed_roles(manifest: Manifest) -> None:
-    web, app, db, aio = (plan_role(manifest, r) for r in ("web", "app", "db", "all-in-one"))
+    web, app, db, aio = (expectations_for(manifest, r) for r in ("web", "app", "db", "all-in-one"))
     assert (web.nginx, web.full_chain, web.postgresql, web.app_ports) == (True, False, False, ())
     assert (app.nginx, app.postgresql, app.app_ports) == (False, False, (8000, 8001, 8002))
     assert (db.nginx, db.postgresql, db.mount_point) == (False, True, "/mnt")
@@ -50,10 +50,10 @@ def test_expected_services_split_mine_from_the_others() -> None:
 
 
 def test_boot_plan_is_uefi_per_role_and_bios_once() -> None:
-    assert boot_plan(["web", "db"], bios_once=True) == [
+    assert boot_order(["web", "db"], bios_once=True) == [
         ("web", "uefi"), ("db", "uefi"), ("web", "bios")]
-    assert boot_plan(["web", "db"], bios_once=False) == [("web", "uefi"), ("db", "uefi")]
-    assert boot_plan([], bios_once=True) == []
+    assert boot_order(["web", "db"], bios_once=False) == [("web", "uefi"), ("db", "uefi")]
+    assert boot_order([], bios_once=True) == []
 
 
 class Answer(BaseHTTPRequestHandler):

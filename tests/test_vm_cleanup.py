@@ -20,7 +20,7 @@ from builder.errors import UserError
 from builder.ports import free_port
 from builder.vm.accel import TCG_ARGS, Accel
 from builder.vm.boottest import check_booted_vm
-from builder.vm.checks import RolePlan
+from builder.vm.checks import RoleExpectations
 from builder.vm.metadata import new_instance_id
 from builder.vm.qemu import Vm, VmError, VmSpec
 from builder.vm.ssh import Ssh, generate_key
@@ -55,8 +55,8 @@ def blank_disk(tmp_path: Path) -> Path:
     return disk
 
 
-def plan() -> RolePlan:
-    return RolePlan(role="web", nginx=True, full_chain=False, postgresql=False,
+def plan() -> RoleExpectations:
+    return RoleExpectations(role="web", nginx=True, full_chain=False, postgresql=False,
                     server_name="x.example.com", maintenance_flag="/var/www/maintenance/on",
                     retry_after=300, static_page="/404.html", mount_point="/mnt")
 

@@ -1,6 +1,6 @@
 """The bake: manifest → cached layers → bootable disk → boot test → local store.
 
-    plan      render the image content, compute every input's digest (cheap)
+    recipe    render the image content, compute every input's digest (cheap)
     check     same version stored with the same inputs → nothing to do;
               with other inputs → refused unless --force
     base      the base layer from the cache, or mmdebstrap (then cached)
@@ -54,7 +54,7 @@ class BakeOptions:
 
 
 @dataclass(frozen=True)
-class BakePlan:
+class BakeRecipe:
     """Everything decided before any heavy work: the inputs and their digests."""
 
     manifest: Manifest
@@ -152,7 +152,7 @@ def _digest(doc: Any) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-def plan_bake(manifest: Manifest, apt_dir: Path = DEFAULT_APT_DIR) -> BakePlan:
+def recipe_for(manifest: Manifest, apt_dir: Path = DEFAULT_APT_DIR) -> BakeRecipe:
     """Render the image's content and digest every input; no heavy work."""
     from builder.render import image_content
 
@@ -180,7 +180,7 @@ def plan_bake(manifest: Manifest, apt_dir: Path = DEFAULT_APT_DIR) -> BakePlan:
         }),
         "roles": _digest(list(manifest.baked_roles)),
     }
-    return BakePlan(
+    return BakeRecipe(
         manifest=manifest,
         roles=tuple(manifest.baked_roles),
         base=base,
@@ -206,24 +206,25 @@ class _Timer:
             self.seconds[name] = round(time.monotonic() - start, 2)
 
 
-def run_boot_tests(disk_path: Path, manifest: Manifest, roles: Sequence[str],
+def boot_test_disk(disk_path: Path, manifest: Manifest, roles: Sequence[str],
                    workdir: Path) -> list[dict[str, Any]]:
-    """builder.vm's boot tests (H5); raises UserError when a role fails."""
-    from builder.vm.boottest import run_boot_tests as vm_boot_tests
+    """builder.vm's boot tests, as image.json records; UserError when a role fails."""
+    from builder.vm.boottest import run_boot_tests
 
-    return [r.as_json() for r in vm_boot_tests(disk_path, manifest, roles, workdir=workdir)]
+    return [r.as_json() for r in run_boot_tests(disk_path, manifest, roles, workdir=workdir)]
 
 
 def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
     """Bake `manifest` into the store at options.store_root; see the module doc."""
-    plan = plan_bake(manifest, options.apt_dir)
+    recipe = recipe_for(manifest, options.apt_dir)
     store = Store(options.store_root)
-    existing = store.find(plan.name, plan.version)
-    if existing is not None and existing.inputs_digest == plan.inputs_digest and not options.force:
+    existing = store.find(recipe.name, recipe.version)
+    if existing is not None and not options.force and \
+            existing.inputs_digest == recipe.inputs_digest:
         return BakeResult(existing, "unchanged", base_cached=True)
     if existing is not None and not options.force:
         raise UserError(
-            f"{plan.name} {plan.version} is already stored with different inputs "
+            f"{recipe.name} {recipe.version} is already stored with different inputs "
             f"({existing.dir})",
             hint="bump the version (--bump patch) or rebuild it with --force",
         )
@@ -232,25 +233,25 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         work = stack.enter_context(cache.workdir())
-        staged = stack.enter_context(store.staging(plan.name, plan.version))
+        staged = stack.enter_context(store.staging(recipe.name, recipe.version))
         tree = work / "tree"
-        key = plan.base.key()
+        key = recipe.base.key()
         entry = cache.lookup(key)
         base_cached = entry is not None
         if entry is None:
             building = cache.staging_tree(key)
             stack.callback(rootfs.remove_build_tree, building)
             with timer.step("base", f"building the base layer {key[:12]} "
-                            f"({len(plan.base.packages)} packages, mmdebstrap)"):
-                rootfs.build_base(plan.base, building, work / "hooks")
+                            f"({len(recipe.base.packages)} packages, mmdebstrap)"):
+                rootfs.build_base(recipe.base, building, work / "hooks")
             with timer.step("cache", "caching the base layer"):
-                entry = cache.store(key, building, base_meta(plan.base, building))
+                entry = cache.store(key, building, base_meta(recipe.base, building))
         with timer.step("checkout", f"base layer {key[:12]} from the cache"):
             cache.checkout(entry, tree)
-        with timer.step("config", f"writing {len(plan.files)} rendered files "
-                        f"(roles: {', '.join(plan.roles)})"):
-            rootfs.write_config_layer(tree, plan.files, plan.services)
-            root_uuid = plan.base.root_uuid()
+        with timer.step("config", f"writing {len(recipe.files)} rendered files "
+                        f"(roles: {', '.join(recipe.roles)})"):
+            rootfs.write_config_layer(tree, recipe.files, recipe.services)
+            root_uuid = recipe.base.root_uuid()
             kernel = rootfs.kernel_version(tree)
             replace_file(tree, "/boot/grub/grub.cfg",
                          bootloader.grub_cfg(kernel, root_uuid).encode())
@@ -258,30 +259,30 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
             packages = dpkg_packages(tree)
         disk_path = staged / DISK_FILE
         with timer.step("disk", "writing the disk (root ext4, ESP, GPT, GRUB)"):
-            build_disk(disk_path, tree, work, plan, root_uuid)
+            build_disk(disk_path, tree, work, recipe, root_uuid)
         shutil.rmtree(tree)  # free its space before the boot test
         if options.skip_boot_test:
             boot_test: dict[str, Any] = {"skipped": True}
         else:
             # Outside the scratch space: a failed boot's serial log is kept (the
             # error names it); builder.vm removes a passing VM's directory.
-            boot_dir = cache.boot_logs / f"{plan.name}-{plan.version}-{os.getpid()}"
-            with timer.step("boot_test", f"boot-testing roles {', '.join(plan.roles)}"):
-                results = run_boot_tests(disk_path, manifest, plan.roles, boot_dir)
+            boot_dir = cache.boot_logs / f"{recipe.name}-{recipe.version}-{os.getpid()}"
+            with timer.step("boot_test", f"boot-testing roles {', '.join(recipe.roles)}"):
+                results = boot_test_disk(disk_path, manifest, recipe.roles, boot_dir)
             shutil.rmtree(boot_dir, ignore_errors=True)
             boot_test = {"skipped": False, "results": results}
         with timer.step("store", "storing the image"):
             image = StoredImage(
                 dir=staged,
-                id=plan.image_id,
-                name=plan.name,
-                version=plan.version,
-                roles=plan.roles,
+                id=recipe.image_id,
+                name=recipe.name,
+                version=recipe.version,
+                roles=recipe.roles,
                 architecture=manifest.image.architecture,
                 boot_mode=manifest.image.boot_mode,
                 volume_size_gib=manifest.image.volume_size_gib,
-                inputs=plan.inputs,
-                inputs_digest=plan.inputs_digest,
+                inputs=recipe.inputs,
+                inputs_digest=recipe.inputs_digest,
                 disk=DiskInfo(
                     file=DISK_FILE,
                     sha256=sha256_file(disk_path),
@@ -299,10 +300,10 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
     return BakeResult(stored, action, base_cached, timer.seconds)
 
 
-def build_disk(disk_path: Path, tree: Path, work: Path, plan: BakePlan, root_uuid: str) -> None:
+def build_disk(disk_path: Path, tree: Path, work: Path, recipe: BakeRecipe, root_uuid: str) -> None:
     """The bootable raw disk at `disk_path`, from the finished tree."""
-    seed = plan.inputs_digest
-    layout = disk.plan_layout(plan.manifest.image.volume_size_gib * disk.GIB,
+    seed = recipe.inputs_digest
+    layout = disk.plan_layout(recipe.manifest.image.volume_size_gib * disk.GIB,
                               disk.root_fs_size(tree), seed)
     disk.create_disk(disk_path, layout)
     disk.make_root_fs(disk_path, tree, layout.root.size, root_uuid, rootfs.ROOT_LABEL,

@@ -94,7 +94,7 @@ def _hba_allows(conn: Conn, dbname: str, user: str) -> bool:
     return False
 
 
-def run_checks(cfg: CutoverConfig, *, fix_replica_identity_now: bool = False) -> list[Check]:
+def run_preflight(cfg: CutoverConfig, *, fix_replica_identity_now: bool = False) -> list[Check]:
     """Every check, in order; stops early only when a server is unreachable."""
     checks = [_connect("old database reachable", cfg.old),
               _connect("new database reachable", cfg.new)]

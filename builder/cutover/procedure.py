@@ -47,7 +47,7 @@ def plan_doc(cfg: CutoverConfig, dns: DnsProvider) -> dict[str, Any]:
     except UserError:
         old_ttl = old_address = None
     try:
-        checks = preflight.run_checks(cfg)
+        checks = preflight.run_preflight(cfg)
     except UserError as exc:
         checks = [preflight.Check("pre-flight", False, str(exc), exc.hint)]
     ctx = Ctx(cfg, CutoverState.new("", cfg.strategy, []), dns, lambda s: None)

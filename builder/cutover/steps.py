@@ -72,7 +72,7 @@ def _now() -> datetime:
 
 
 def _preflight(ctx: Ctx) -> str:
-    return preflight.require(preflight.run_checks(
+    return preflight.require(preflight.run_preflight(
         ctx.cfg, fix_replica_identity_now=ctx.fix_replica_identity))
 
 

@@ -298,6 +298,6 @@ CHECKS: tuple[Callable[[Manifest, Report], None], ...] = (
 )
 
 
-def run_checks(m: Manifest, report: Report) -> None:
+def run_cross_checks(m: Manifest, report: Report) -> None:
     for check in CHECKS:
         check(m, report)

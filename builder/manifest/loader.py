@@ -17,7 +17,7 @@ from pathlib import Path
 
 from builder.errors import Location, Problem, UserError
 from builder.manifest import yaml_nodes as yn
-from builder.manifest.checks import run_checks
+from builder.manifest.checks import run_cross_checks
 from builder.manifest.convert import INVALID, Converter
 from builder.manifest.model import Manifest
 from builder.manifest.scalars import one_line, short
@@ -70,7 +70,7 @@ def _from_source(source: yn.Source) -> Manifest:
     def report(where: str, message: str) -> None:
         problems.append(Problem(manifest.where(where), one_line(message)))
 
-    run_checks(manifest, report)
+    run_cross_checks(manifest, report)
     if problems:
         raise _error(path, problems)
     return manifest

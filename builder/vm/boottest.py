@@ -20,7 +20,7 @@ from pathlib import Path
 from builder.errors import UserError
 from builder.manifest.model import Manifest
 from builder.vm.accel import Accel, detect_accel
-from builder.vm.checks import CheckResult, RoleChecker, RolePlan, plan_role
+from builder.vm.checks import CheckResult, RoleChecker, RoleExpectations, expectations_for
 from builder.vm.firmware import BootMode
 from builder.vm.imds import imds_server
 from builder.vm.metadata import (
@@ -64,12 +64,12 @@ class RoleBootResult:
         }
 
 
-def boot_plan(roles: Sequence[str], bios_once: bool) -> list[tuple[str, BootMode]]:
+def boot_order(roles: Sequence[str], bios_once: bool) -> list[tuple[str, BootMode]]:
     """UEFI for every role; legacy BIOS once, for the first role."""
-    plan: list[tuple[str, BootMode]] = [(r, "uefi") for r in roles]
+    order: list[tuple[str, BootMode]] = [(r, "uefi") for r in roles]
     if bios_once and roles:
-        plan.append((roles[0], "bios"))
-    return plan
+        order.append((roles[0], "bios"))
+    return order
 
 
 def run_boot_tests(
@@ -86,7 +86,7 @@ def run_boot_tests(
     accel = detect_accel()
     results = []
     try:
-        for role, boot in boot_plan(roles, bios_once):
+        for role, boot in boot_order(roles, bios_once):
             results.append(boot_and_check(disk, manifest, role, boot, key=key,
                                           workdir=workdir / f"{role}-{boot}",
                                           accel=accel, timeout=timeout))
@@ -174,7 +174,7 @@ def boot_and_check(
                               boot=boot, instance_type=identity.instance_type, timeout=timeout)
                 with Vm(spec, workdir, accel=accel) as vm:
                     ssh = Ssh(key, vm.ports.ssh, manifest.image.login_user)
-                    result = check_booted_vm(vm, ssh, plan_role(manifest, role), boot)
+                    result = check_booted_vm(vm, ssh, expectations_for(manifest, role), boot)
         except NeverCameUp:
             if attempt == attempts:
                 raise
@@ -187,7 +187,8 @@ def boot_and_check(
     raise AssertionError("unreachable")
 
 
-def check_booted_vm(vm: Vm, ssh: Ssh, plan: RolePlan, boot: BootMode) -> RoleBootResult:
+def check_booted_vm(vm: Vm, ssh: Ssh, expect: RoleExpectations,
+                    boot: BootMode) -> RoleBootResult:
     """Wait for the VM to come up, run the role's checks; VmError on any failure."""
     wait_ssh(vm, ssh)
     to_ssh = vm.elapsed()
@@ -195,13 +196,13 @@ def check_booted_vm(vm: Vm, ssh: Ssh, plan: RolePlan, boot: BootMode) -> RoleBoo
         state = wait_boot_finished(vm, ssh)
         to_ready = vm.elapsed()
     except WaitTimeout as exc:
-        raise vm.failure(f"role {plan.role} ({boot}): {exc}") from exc
+        raise vm.failure(f"role {expect.role} ({boot}): {exc}") from exc
 
     def http_waiter(what: str) -> Waiter:
         return Waiter(what, attempts=60, interval=2, successes=2,
                       timeout=max(vm.remaining(), 1))
 
-    checks = RoleChecker(plan, ssh, vm.ports.http, http_waiter).run_all()
+    checks = RoleChecker(expect, ssh, vm.ports.http, http_waiter).run_all()
     if state != "running":
         failed = ssh.run("systemctl --failed --no-legend --plain").stdout.split()
         checks.append(CheckResult("boot", False, f"system is {state}: "
@@ -210,9 +211,9 @@ def check_booted_vm(vm: Vm, ssh: Ssh, plan: RolePlan, boot: BootMode) -> RoleBoo
     bad = [c for c in checks if not c.ok]
     if bad:
         detail = "; ".join(f"{c.name}: {c.detail}" for c in bad)
-        raise vm.failure(f"boot test of role {plan.role} ({boot}) failed: {detail}")
-    return RoleBootResult(plan.role, boot, vm.spec.instance_id, vm.accel.name, to_ssh,
+        raise vm.failure(f"boot test of role {expect.role} ({boot}) failed: {detail}")
+    return RoleBootResult(expect.role, boot, vm.spec.instance_id, vm.accel.name, to_ssh,
                           to_ready, tuple(checks))
 
 
-__all__ = ["RoleBootResult", "VmError", "boot_plan", "run_boot_tests"]
+__all__ = ["RoleBootResult", "VmError", "boot_order", "run_boot_tests"]

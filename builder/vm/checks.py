@@ -70,7 +70,7 @@ def http_get(port: int, path: str, *, host_header: str = "", timeout: float = 20
 
 
 @dataclass(frozen=True)
-class RolePlan:
+class RoleExpectations:
     """What to expect of an instance in `role`, from the manifest alone."""
 
     role: str
@@ -85,14 +85,14 @@ class RolePlan:
     app_ports: tuple[int, ...] = ()
 
 
-def plan_role(manifest: Manifest, role: str) -> RolePlan:
+def expectations_for(manifest: Manifest, role: str) -> RoleExpectations:
     comps = set(manifest.roles[role].components)
     nginx = manifest.components.nginx
     pg = manifest.components.postgresql
     has_nginx = "nginx" in comps and nginx is not None
     pages = sorted((nginx.error_pages if nginx else {}).values())
     static_page = "/404.html" if "/404.html" in pages else (pages[0] if pages else "/404.html")
-    return RolePlan(
+    return RoleExpectations(
         role=role,
         nginx=has_nginx,
         full_chain=has_nginx and "appserver" in comps and "postgresql" in comps,
@@ -122,9 +122,9 @@ def expected_services(roles_json: dict[str, Any], role: str) -> tuple[set[str], 
 class RoleChecker:
     """Runs the checks for one role on one booted instance."""
 
-    def __init__(self, plan: RolePlan, ssh: Ssh, http_port: int,
+    def __init__(self, expect: RoleExpectations, ssh: Ssh, http_port: int,
                  http_waiter: Callable[[str], Waiter]) -> None:
-        self.plan = plan
+        self.expect = expect
         self.ssh = ssh
         self.http_port = http_port
         self.http_waiter = http_waiter
@@ -133,12 +133,12 @@ class RoleChecker:
         results = [self._guard("role applied", self.check_role_marker),
                    self._guard("services", self.check_services),
                    self._guard("cloud-init config valid, sudo quiet", self.check_instance_basics)]
-        if self.plan.app_ports:
+        if self.expect.app_ports:
             results.append(self._guard("app servers listening", self.check_app_ports))
-        if self.plan.postgresql:
+        if self.expect.postgresql:
             results.append(self._guard("postgresql data on instance storage",
                                        self.check_postgres_on_instance_store))
-        if self.plan.nginx:
+        if self.expect.nginx:
             results.append(self._guard("http", self.check_http))
             results.append(self._guard("maintenance 503", self.check_maintenance))
         return results
@@ -153,13 +153,13 @@ class RoleChecker:
     # ------------------------------------------------------------- checks
     def check_role_marker(self) -> str:
         got = self.ssh.output("cat /var/lib/amibake/role").strip()
-        if got != self.plan.role:
-            raise CheckFailed(f"/var/lib/amibake/role says {got!r}, expected {self.plan.role!r}")
+        if got != self.expect.role:
+            raise CheckFailed(f"/var/lib/amibake/role says {got!r}, expected {self.expect.role!r}")
         return f"/var/lib/amibake/role = {got}"
 
     def check_services(self) -> str:
         roles_json = json.loads(self.ssh.output("cat /etc/amibake/roles.json"))
-        active, inactive = expected_services(roles_json, self.plan.role)
+        active, inactive = expected_services(roles_json, self.expect.role)
         names = sorted(active | inactive)
         script = "; ".join(
             f"printf '%s %s\\n' {shlex.quote(n)} \"$(systemctl is-active {shlex.quote(n)})\""
@@ -190,17 +190,17 @@ class RoleChecker:
     def check_app_ports(self) -> str:
         def listening() -> str:
             closed = []
-            for port in self.plan.app_ports:
+            for port in self.expect.app_ports:
                 probe = f"timeout 5 bash -c '</dev/tcp/127.0.0.1/{port}'"
                 if self.ssh.run(probe).returncode != 0:
                     closed.append(port)
             if closed:
                 raise NotYet(f"nothing listens on port(s) {closed}")
-            return "listening on " + ", ".join(map(str, self.plan.app_ports))
+            return "listening on " + ", ".join(map(str, self.expect.app_ports))
         return wait_for(listening, self.http_waiter("app servers to listen"))
 
     def check_postgres_on_instance_store(self) -> str:
-        mp = self.plan.mount_point
+        mp = self.expect.mount_point
         mount = self.ssh.output(f"findmnt -n -o SOURCE,FSTYPE {shlex.quote(mp)} || true").strip()
         root = self.ssh.output("findmnt -n -o SOURCE /").strip()
         if not mount:
@@ -214,7 +214,7 @@ class RoleChecker:
         return f"{mp} is {mount}; data_directory = {data_dir}"
 
     def _get(self, path: str, timeout: float = 20) -> HttpAnswer:
-        return http_get(self.http_port, path, host_header=self.plan.server_name, timeout=timeout)
+        return http_get(self.http_port, path, host_header=self.expect.server_name, timeout=timeout)
 
     def _wait_status(self, path: str, statuses: set[int], timeout: float = 20) -> HttpAnswer:
         def attempt() -> HttpAnswer:
@@ -226,18 +226,18 @@ class RoleChecker:
                         retry_on=(OSError,))
 
     def expected_normal(self) -> list[tuple[str, set[int]]]:
-        if self.plan.full_chain:
+        if self.expect.full_chain:
             return [("/", {200}), ("/health", {200}), ("/employees", {200})]
-        return [(self.plan.static_page, {200}), ("/health", {502, 504})]
+        return [(self.expect.static_page, {200}), ("/health", {502, 504})]
 
     def check_http(self) -> str:
         seen = []
         for path, statuses in self.expected_normal():
             ans = self._wait_status(path, statuses, timeout=70)
             seen.append(f"GET {path} {ans.status}")
-        if self.plan.full_chain:
-            name = f"boot-test-{self.plan.role}"
-            posted = http_get(self.http_port, "/employees", host_header=self.plan.server_name,
+        if self.expect.full_chain:
+            name = f"boot-test-{self.expect.role}"
+            posted = http_get(self.http_port, "/employees", host_header=self.expect.server_name,
                               method="POST", content_type="application/json",
                               body=json.dumps({"name": name, "salary": "1.00"}).encode())
             if posted.status != 201:
@@ -257,17 +257,17 @@ class RoleChecker:
         return ", ".join(seen)
 
     def check_maintenance(self) -> str:
-        flag = shlex.quote(self.plan.maintenance_flag)
+        flag = shlex.quote(self.expect.maintenance_flag)
         self.ssh.output(f"sudo -n mkdir -p \"$(dirname {flag})\" && sudo -n touch {flag}")
         try:
             ans = self._get("/")
             if ans.status != 503:
-                raise CheckFailed(f"with {self.plan.maintenance_flag} present GET / answered "
+                raise CheckFailed(f"with {self.expect.maintenance_flag} present GET / answered "
                                   f"{ans.status}, expected 503")
             retry = ans.headers.get("retry-after")
-            if retry != str(self.plan.retry_after):
+            if retry != str(self.expect.retry_after):
                 raise CheckFailed(f"503 carries Retry-After {retry!r}, "
-                                  f"expected {self.plan.retry_after}")
+                                  f"expected {self.expect.retry_after}")
         finally:
             self.ssh.output(f"sudo -n rm -f {flag}")
         path, statuses = self.expected_normal()[0]
