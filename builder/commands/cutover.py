@@ -25,12 +25,14 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
                    help="start the window steps now, without waiting for window_start / old TTL")
     p.add_argument("--fix-replica-identity", action="store_true",
                    help="set REPLICA IDENTITY FULL on tables that have no primary key")
+    from builder.aws.clients import add_aws_options
+
+    add_aws_options(p)
     p.set_defaults(func=handle)
 
 
 def handle(args: argparse.Namespace, out: Output) -> int:
-    import boto3
-
+    from builder.aws.clients import Clients, make_session, target_from_args
     from builder.cutover import plan, procedure
     from builder.cutover.config import derive
     from builder.cutover.dns import provider_for
@@ -38,10 +40,14 @@ def handle(args: argparse.Namespace, out: Output) -> int:
 
     manifest = load_manifest(args.manifest)
     region = manifest.publish.regions[0] if manifest.publish.regions else None
-    # clients are only called for secrets without an AMIBAKE_SECRET_<NAME> override
-    cfg = derive(manifest, ssm=boto3.client("ssm", region_name=region),
-                 secretsmanager=boto3.client("secretsmanager", region_name=region))
-    dns = provider_for(cfg)
+    target = target_from_args(args, default_region=region)
+    # the one retry policy; clients are only called for secrets without an
+    # AMIBAKE_SECRET_<NAME> override and for a route53 switch
+    aws = Clients(make_session(target), home_region=target.region,
+                  endpoint_url=target.endpoint_url)
+    cfg = derive(manifest, ssm=aws.client("ssm"), secretsmanager=aws.client("secretsmanager"))
+    route53 = aws.client("route53") if cfg.cutover.dns.provider == "route53" else None
+    dns = provider_for(cfg, route53=route53)
     path = args.state or procedure.default_state_path(cfg)
 
     if args.action == "plan":

@@ -6,6 +6,7 @@ from typing import Any
 
 from builder.cutover.config import CutoverConfig
 from builder.cutover.dns.base import DnsProvider, Record, parse_hostport
+from builder.errors import UserError
 
 
 def provider_for(cfg: CutoverConfig, *, route53: Any = None) -> DnsProvider:
@@ -15,9 +16,8 @@ def provider_for(cfg: CutoverConfig, *, route53: Any = None) -> DnsProvider:
         from builder.cutover.dns.route53 import Route53Dns
 
         if route53 is None:
-            import boto3
-
-            route53 = boto3.client("route53")
+            raise UserError("the route53 DNS provider needs an AWS client",
+                             hint="pass route53=Clients(...).client('route53')")
         return Route53Dns(route53, dns)
     from builder.cutover.dns.rfc2136 import Rfc2136Dns
 
