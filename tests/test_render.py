@@ -432,3 +432,11 @@ def test_multipart_parts_survive_email_parsing_byte_for_byte() -> None:
     doc = email.message_from_bytes(assemble(parts))
     payloads = [p.get_payload(decode=True) for p in doc.walk() if not p.is_multipart()]
     assert payloads == [p.content for p in parts]
+
+
+def test_html_templates_are_escaped_and_config_templates_are_not() -> None:
+    from builder.render.templates import render_template
+
+    page = render_template("maintenance.html.j2", app_name="<script>x</script>",
+                           start="s", end="e", contact="a & b").decode()
+    assert "<script>x" not in page and "&lt;script&gt;x" in page and "a &amp; b" in page

@@ -8,9 +8,6 @@ import os
 import shlex
 from pathlib import Path
 
-import jinja2
-
-import builder
 from builder.atomic import write_atomically
 from builder.cutover.config import CutoverConfig
 from builder.cutover.plan import announced_window, format_time
@@ -18,24 +15,18 @@ from builder.errors import UserError
 from builder.manifest.paths import HOST_SPEC, unsafe_path_reason
 from builder.manifest.ssh_options import ssh_options_problem
 from builder.proc import CommandError, run
-
-TEMPLATES = builder.TEMPLATES_DIR / "templates"
+from builder.render.templates import render_template
 
 
 def render_page(cfg: CutoverConfig) -> str:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-        keep_trailing_newline=True,
-    )
     start, end = announced_window(cfg.cutover)
-    return env.get_template("maintenance.html.j2").render(
+    return render_template(
+        "maintenance.html.j2",
         app_name=cfg.manifest.app.name,
         start=format_time(start),
         end=format_time(end),
         contact=cfg.cutover.notice.contact,
-    )
+    ).decode()
 
 
 def _write_local(path: Path, content: str) -> None:

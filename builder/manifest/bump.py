@@ -7,13 +7,12 @@ endings elsewhere stay byte-identical.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 from packaging.version import InvalidVersion, Version
 
+from builder.atomic import write_atomically
 from builder.errors import Location, Problem, UserError
 from builder.manifest import yaml_nodes as yn
 
@@ -55,7 +54,7 @@ def bump_version(path: Path | str, part: str) -> Version:
     start, end = node.start_mark.index, node.end_mark.index
     quote = {"'": "'", '"': '"'}.get(node.style or "", "")
     text = source.text[:start] + f"{quote}{new}{quote}" + source.text[end:]
-    _write_atomically(path, text.encode("utf-8"))
+    write_atomically(path, text.encode("utf-8"))
     return new
 
 
@@ -79,19 +78,3 @@ def _version_node(source: yn.Source) -> yn.ScalarNode:
 def _problem(source: yn.Source, node: yn.Node, message: str) -> UserError:
     return UserError(f"{source.path}: cannot bump the version",
                      problems=(Problem(source.loc(node), message),))
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Replace `path` with `data`, keeping its mode; never a half-written file."""
-    mode = path.stat().st_mode & 0o7777
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -21,7 +21,9 @@ def _environment(templates: Path) -> jinja2.Environment:
         keep_trailing_newline=True,
         trim_blocks=True,
         lstrip_blocks=True,
-        autoescape=False,
+        # HTML pages (the maintenance page) are escaped; configs are quoted by filters
+        autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2",),
+                                            default_for_string=False, default=False),
     )
     # One filter per target format (builder/render/quoting.py): a template says
     # where each value lands, `{{ path | sh }}`, `{{ page | nginx }}`.
@@ -45,7 +47,10 @@ def _environment(templates: Path) -> jinja2.Environment:
 
 
 def render_template(name: str, **context: Any) -> bytes:
-    """Render cloudinit/templates/<name>; an undefined variable is an error."""
+    """Render cloudinit/templates/<name>; an undefined variable is an error.
+
+    `*.html.j2` templates are HTML-escaped; every other value is quoted by the
+    template's own filters for the format it lands in."""
     env = _environment(builder.TEMPLATES_DIR / "templates")
     try:
         text = env.get_template(name).render(**context)
