@@ -35,10 +35,6 @@ Engine = Literal["auto", "zlib", "zlib-ng"]
 PROCESS_MIN_BYTES = 64 * 1024 * 1024
 
 
-def have_zlib_ng() -> bool:
-    return zlib_ng is not None
-
-
 def gzip_member(data: bytes, level: int) -> bytes:
     """One complete gzip member with the standard library's zlib."""
     comp = zlib.compressobj(level, zlib.DEFLATED, 31)

@@ -50,13 +50,6 @@ def copy_roles(cfg: CutoverConfig) -> str:
     return f"created {len(copied)} role(s)" + (f": {', '.join(sorted(copied))}" if copied else "")
 
 
-def app_sessions(conn: Conn, app_user: str) -> int:
-    return int(pg.value(conn, (
-        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' "
-        f"AND usename = {pg.literal(app_user)}"
-    )) or 0)
-
-
 def freeze(cfg: CutoverConfig, *, timeout: float = 30.0) -> tuple[str, list[list[object]]]:
     """Refuse the app's writes on the old server; return its final WAL position
     and sequence values once no app session is left."""

@@ -9,7 +9,6 @@ behaviour: whether IMDSv2 tokens are required, and faults injected for tests
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -50,10 +49,6 @@ class Outage:
             raise ValueError("a refusing outage is measured in seconds, not requests")
         if self.seconds < 0 or self.requests < 0:
             raise ValueError("outage length must not be negative")
-
-    @property
-    def forever(self) -> bool:
-        return math.isinf(self.seconds)
 
 
 def _default_bdm() -> dict[str, str]:
