@@ -13,14 +13,12 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, ProfileNotFound
 
 from builder.aws.retry import Retries
 from builder.errors import UserError
 
 if TYPE_CHECKING:
+    import boto3
     from mypy_boto3_ebs import EBSClient
     from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_s3 import S3Client
@@ -69,6 +67,8 @@ class Clients:
         key = (service, region)
         with self._lock:
             if key not in self._cache:
+                from botocore.config import Config
+
                 config = Config(
                     retries={"mode": "standard", "total_max_attempts": 1},
                     max_pool_connections=self.max_pool_connections,
@@ -118,6 +118,10 @@ def target_from_args(args: argparse.Namespace, default_region: str | None = None
 
 
 def make_session(target: AwsTarget) -> boto3.Session:
+    # boto3 is imported on first use: `validate`, `render` and --help never need it.
+    import boto3
+    from botocore.exceptions import ProfileNotFound
+
     try:
         return boto3.Session(profile_name=target.profile, region_name=target.region)
     except ProfileNotFound as exc:
@@ -129,6 +133,8 @@ def make_session(target: AwsTarget) -> boto3.Session:
 
 def has_credentials(session: boto3.Session) -> bool:
     """True when the standard chain finds credentials (env, files, SSO, IMDS...)."""
+    from botocore.exceptions import BotoCoreError
+
     try:
         return session.get_credentials() is not None
     except BotoCoreError:
@@ -162,6 +168,8 @@ NO_CREDENTIALS_HINT = (
 
 def check_credentials(clients: Clients) -> dict[str, str]:
     """Who we are (sts:GetCallerIdentity); a clear error when credentials fail."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
         ident = clients.sts().get_caller_identity()
     except ClientError as exc:
@@ -177,6 +185,8 @@ def check_credentials(clients: Clients) -> dict[str, str]:
 
 def error_code(exc: BaseException) -> str:
     """The AWS error code of a ClientError ('' for anything else)."""
+    from botocore.exceptions import ClientError
+
     if isinstance(exc, ClientError):
         return str(exc.response.get("Error", {}).get("Code", ""))
     return ""
