@@ -51,6 +51,9 @@ $(CLOUD_INIT_SCHEMA):
 	  *) echo "$${want%%=*} $$version is not Debian bookworm's ($${want#*=})" >&2; exit 1;; esac; \
 	done
 	for deb in $(CLOUD_INIT_DIR)/*.deb; do dpkg-deb -x "$$deb" $(CLOUD_INIT_DIR)/root || exit 1; done
+	# Byte-compiled as dpkg's py3compile would: `validate` then never compiles cloud-init's
+	# ~300 modules from source (PYTHONDONTWRITEBYTECODE would have it do so on every run).
+	$(PYTHON) -m compileall -q $(CLOUD_INIT_DIR)/root/usr/lib/python3/dist-packages >/dev/null
 	@touch $@
 
 system: .cache/apt.stamp

@@ -207,7 +207,7 @@ def _write_file(file: File, *, defer: bool) -> dict[str, object]:
         text = file.content.decode("utf-8")
         # A block literal keeps plain lines only: tabs, CR, NEL, U+2028/9 and
         # other controls go base64 so that cloud-init writes exactly these bytes.
-        if any(not ch.isprintable() and ch != "\n" for ch in text):
+        if not text.replace("\n", "").isprintable():
             raise UnicodeDecodeError("utf-8", b"", 0, 1, "not plain text")
         entry["content"] = text
     except UnicodeDecodeError:

@@ -142,10 +142,23 @@ def known_keys() -> frozenset[str]:
 
 def schema_problems(content: bytes | str) -> list[SchemaIssue]:
     """cloud-init 22.4.2's verdict on a cloud-config document; [] when valid."""
-    ci = _bookworm()
     data = content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content
+    return list(_cached_verdict(data))
+
+
+def forget_verdicts() -> None:
+    """Drop the verdicts kept so far (bench/render.py times the full work)."""
+    _cached_verdict.cache_clear()
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_verdict(data: bytes) -> tuple[SchemaIssue, ...]:
+    """The verdict depends on the bytes only: `render` and `bake` check the
+    documents `validate` already checked in the same process (cloud-init's
+    pure-Python YAML load is most of the cost)."""
+    ci = _bookworm()
     with ci.imports.active():
-        return _at_cli_depth(lambda: _verdict(ci, data))
+        return tuple(_at_cli_depth(lambda: _verdict(ci, data)))
 
 
 def _verdict(ci: _Bookworm, data: bytes) -> list[SchemaIssue]:

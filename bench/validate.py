@@ -1,0 +1,94 @@
+"""Benchmark: `amibake validate` (every manifest), process start to exit.
+
+Runs the installed `amibake validate` N times as a fresh process, interleaved
+with two floors measured the same way: the interpreter alone (`python -c
+pass`) and the interpreter plus cloud-init's schema load (bookworm's
+cloud-init, PyYAML and jsonschema imported in isolation, `get_schema()`).
+Prints the medians and writes bench/results/validate.json. Target: <= 0.5 s.
+
+Python bytecode matters here: with PYTHONDONTWRITEBYTECODE set and no
+__pycache__ (the extracted Debian tree has none until something compiles it),
+every run compiles ~700 modules from source; the result records the setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET_S = 0.5
+AMIBAKE = Path(sys.executable).parent / "amibake"
+
+COMMANDS = {
+    "validate": [str(AMIBAKE), "validate"],
+    "python_start": [sys.executable, "-c", "pass"],
+    "schema_load": [sys.executable, "-c",
+                    "from builder.validate.schema import cloudinit_version; cloudinit_version()"],
+}
+
+
+def timed(argv: list[str]) -> tuple[float, float]:
+    """(wall, CPU user+sys) seconds of one run; CPU is steadier on a shared machine."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(argv, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--repeat", type=int, default=11)
+    args = parser.parse_args()
+    for argv in COMMANDS.values():  # warm-up: page cache, __pycache__ where writable
+        timed(argv)
+    times: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    cpu: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    for _ in range(args.repeat):  # interleaved, so load changes hit all alike
+        for name, argv in COMMANDS.items():
+            wall, used = timed(argv)
+            times[name].append(wall)
+            cpu[name].append(used)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    cpu_medians = {name: statistics.median(t) for name, t in cpu.items()}
+    result = {
+        "benchmark": "validate",
+        "what": "`amibake validate` of every manifest in manifests/, process start to exit",
+        "manifests": sorted(p.name for p in (ROOT / "manifests").glob("*.yaml")),
+        "repeat": args.repeat,
+        "median_s": {name: round(m, 4) for name, m in medians.items()},
+        "min_s": {name: round(min(t), 4) for name, t in times.items()},
+        "max_s": {name: round(max(t), 4) for name, t in times.items()},
+        "cpu_median_s": {name: round(m, 4) for name, m in cpu_medians.items()},
+        "target_s": TARGET_S,
+        "meets_target": medians["validate"] <= TARGET_S,
+        "pythondontwritebytecode": bool(os.environ.get("PYTHONDONTWRITEBYTECODE")),
+        "loadavg": os.getloadavg(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
+    out = ROOT / "bench" / "results" / "validate.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"amibake validate: median {medians['validate']:.3f} s over {args.repeat} "
+          f"(min {min(times['validate']):.3f}); floors: python start "
+          f"{medians['python_start']:.3f} s, + cloud-init schema load "
+          f"{medians['schema_load']:.3f} s; target <= {TARGET_S} s: "
+          f"{'met' if medians['validate'] <= TARGET_S else 'MISSED'}")
+    print("CPU medians: " + ", ".join(f"{name} {m:.3f} s" for name, m in cpu_medians.items()))
+    print(f"wrote {out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
