@@ -33,10 +33,18 @@ _NEVER_HIDDEN = frozenset({"__main__", "builtins", "sys"})
 
 
 @functools.cache
+def _real_dir(path: str) -> str:
+    return os.path.realpath(path)
+
+
+@functools.cache
 def _in_stdlib(path: str) -> bool:
-    real = os.path.realpath(path)
-    return (real + os.sep).startswith(_STDLIB) and not any(
-        part in ("site-packages", "dist-packages") for part in Path(real).parts
+    # realpath() of each module's folder once, not of each of its ~1000 files
+    head, tail = os.path.split(path)
+    real = os.path.realpath(path) if os.path.islink(path) else os.path.join(_real_dir(head), tail)
+    folders = real + os.sep
+    return folders.startswith(_STDLIB) and not any(
+        f"{os.sep}{name}{os.sep}" in folders for name in ("site-packages", "dist-packages")
     )
 
 
