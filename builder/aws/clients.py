@@ -13,7 +13,6 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-
 from builder.aws.retry import Retries
 from builder.errors import UserError
 
