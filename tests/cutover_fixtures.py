@@ -205,6 +205,9 @@ def app_schema(c: Cluster) -> None:
                e.salary FROM employees e, generate_series(0, 5) m;
         ALTER TABLE employees OWNER TO app; ALTER TABLE writes OWNER TO app;
         ALTER TABLE payslips OWNER TO app;
+        CREATE MATERIALIZED VIEW payroll_totals AS
+             SELECT count(*) AS employees, sum(salary) AS salaries FROM employees;
+        ALTER MATERIALIZED VIEW payroll_totals OWNER TO app;
         GRANT CONNECT ON DATABASE payroll TO app;
     """)
 

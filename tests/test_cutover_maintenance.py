@@ -54,3 +54,13 @@ def test_host_header_reaches_the_new_site_without_dns(sites: tuple[Site, Site]) 
     url = f"http://{SERVER_NAME}:{new.port}/"
     assert verify.fetch(url, "/health", SERVER_NAME, address=new.address)[0] == 200
     assert verify.fetch(new.url, "/health", new.address)[0] == 421
+
+
+def test_page_with_a_window_start_with_seconds(pg_pair: tuple[Cluster, Cluster], knot: Knot,
+                                                sites: tuple[Site, Site], secret_env: None) -> None:
+    old, new = pg_pair
+    cfg = derive(cutover_manifest(old, new, knot, sites,
+                                  window_start="2026-12-06T12:00:30-05:00", window_minutes=30))
+    page = maintenance.render_page(cfg)
+    assert "Sunday, December 6, 2026, 11:59 am EST" in page
+    assert "12:31 pm EST" in page and "12:00" not in page

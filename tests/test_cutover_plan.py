@@ -114,3 +114,21 @@ def test_plan_lists_preflight_results_and_current_ttl(
     # plan changes nothing
     assert not old.sql("SELECT 1 FROM pg_publication")
     assert knot.query("payroll.example.com.")[1] == 300
+
+
+def test_window_start_with_seconds_is_announced_by_the_minute(
+    pg_pair: tuple[Cluster, Cluster], knot: Knot, sites: tuple[Site, Site], secret_env: None,
+) -> None:
+    """A start of 00:00:30 is still the midnight minute: 11:59 pm the day
+    before; an end with seconds is announced at the next minute."""
+    old, new = pg_pair
+    cfg = derive(cutover_manifest(old, new, knot, sites,
+                                  window_start="2026-12-06T00:00:30-05:00", window_minutes=30))
+    md = plan.to_markdown(plan_doc(cfg, provider_for(cfg)))
+    assert ("Window: Saturday, December 5, 2026, 11:59 pm EST (UTC-05:00) – "
+            "Sunday, December 6, 2026, 12:31 am EST (UTC-05:00)") in md
+    assert not AMBIGUOUS.search(md)
+    text = plan.notice_text("smallpayroll", _cut("2026-12-05T23:00:45-05:00", 60))
+    assert "from Saturday, December 5, 2026, 11:00 pm EST" in text
+    assert "until Sunday, December 6, 2026, 12:01 am EST" in text  # 00:00:45, shifted out
+    assert not AMBIGUOUS.search(text)

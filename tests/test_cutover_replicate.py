@@ -41,8 +41,14 @@ def test_replicate_end_to_end_with_writes(
     writer = Writer(old)
     writer.start()
     refused_after_freeze: list[str] = []
+    refused_on_new: list[str] = []
 
     def after(step: str) -> None:
+        if step in ("db_copy_roles", "db_replication_setup", "db_sequences"):
+            # no app server started early on the new stack can write there
+            with pytest.raises(psycopg.OperationalError) as exc:
+                psycopg.connect(new.dsn(user="app", password=APP_PASSWORD))
+            refused_on_new.append(str(exc.value))
         if step == "db_freeze":
             # the app role is refused on the old server from now on
             with pytest.raises(psycopg.OperationalError) as exc:
@@ -59,6 +65,13 @@ def test_replicate_end_to_end_with_writes(
         writer.stop()
     assert state.complete
     assert refused_after_freeze and "not permitted to log in" in refused_after_freeze[0]
+    assert len(refused_on_new) == 3 and all("not permitted to log in" in e
+                                            for e in refused_on_new)
+    with psycopg.connect(new.dsn(user="app", password=APP_PASSWORD)) as c:  # after detach
+        # the materialized view is populated on the new server, as on the old one
+        totals = c.execute("SELECT employees, salaries FROM payroll_totals").fetchall()
+    assert totals == old.sql("SELECT employees, salaries FROM payroll_totals")
+    assert totals[0][0] == 500
     # every acknowledged insert is on the new server; some happened before the freeze
     assert writer.acked and not _acked_on(new, writer.acked)
     assert writer.refused > 0

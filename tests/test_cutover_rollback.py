@@ -82,3 +82,42 @@ def test_failed_smoke_gate_before_dns_and_rollback(
     assert old.sql("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'app'") == [(True,)]
     assert _old_site_status(sites[0]) == 200
     assert not new.sql("SELECT 1 FROM pg_subscription")
+
+
+def test_missing_uploads_source_is_refused_before_anything_changes(
+    pg_pair: tuple[Cluster, Cluster], knot: Knot, sites: tuple[Site, Site],
+    uploads: tuple[Path, Path], secret_env: None, tmp_path: Path,
+) -> None:
+    old, new = pg_pair
+    missing = uploads[0].with_name("gone")
+    cfg = derive(cutover_manifest(old, new, knot, sites, (missing, uploads[1])))
+    with pytest.raises(UserError, match=r"pre-flight check failed: files: the old uploads "
+                                        r"directory exists: .*gone is not a directory here"):
+        run_cutover(cfg, provider_for(cfg), tmp_path / "state.json", say=print, start_now=True)
+    assert knot.query(f"{SERVER_NAME}.") == (("127.0.0.1",), 300)  # TTL untouched
+    assert not old.sql("SELECT 1 FROM pg_publication")
+    assert not new.sql("SELECT 1 FROM pg_subscription")
+    assert not uploads[1].exists()
+
+
+def test_retry_after_rollback_keeps_the_original_ttl(
+    pg_pair: tuple[Cluster, Cluster], knot: Knot, sites: tuple[Site, Site],
+    secret_env: None, tmp_path: Path,
+) -> None:
+    """The retry finds the record still at the low TTL (its restore was lost):
+    the record's original TTL is the one the first run read, not the low one."""
+    old, new = pg_pair
+    (sites[0].static_root / "employees.html").write_text("<h1>employees</h1>\n")
+    cfg = derive(cutover_manifest(old, new, knot, sites, smoke_paths=("/health", "/employees")))
+    dns = provider_for(cfg)
+    path = tmp_path / "state.json"
+    with pytest.raises(UserError, match="smoke test"):
+        run_cutover(cfg, dns, path, say=print, start_now=True)
+    rollback_cutover(cfg, dns, path, say=print)
+    assert knot.query(f"{SERVER_NAME}.") == (("127.0.0.1",), 300)
+    dns.set("127.0.0.1", 5)
+    with pytest.raises(UserError, match="smoke test"):
+        run_cutover(cfg, dns, path, say=print, start_now=True)
+    assert status_doc(cfg, path)["steps"][1]["detail"].endswith("TTL 300 s → 5 s")
+    rollback_cutover(cfg, dns, path, say=print)
+    assert knot.query(f"{SERVER_NAME}.") == (("127.0.0.1",), 300)

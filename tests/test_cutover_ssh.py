@@ -133,3 +133,20 @@ def test_maintenance_switch_over_ssh(sites: tuple[Site, Site], sshd: Sshd) -> No
     status, _, body = verify.fetch(site.url, "/", SERVER_NAME)
     assert status == 200 and b"old server" in body
     assert _logins(sshd) == 4  # the refused attempt never logged in
+
+
+def test_source_preflight_over_ssh(uploads: tuple[Path, Path], sshd: Sshd) -> None:
+    """Pre-flight asks the old host itself, with rsync's ssh options."""
+    src, dst = uploads
+    spec = FilesSync(source=sshd.remote(src), destination=str(dst), transport="ssh",
+                     ssh_options=sshd.options)
+    assert files.source_problem(spec) == ""
+    missing = replace(spec, source=sshd.remote(src / "missing"))
+    assert files.source_problem(missing) == f"{src / 'missing'} is not a directory on " \
+                                            f"{sshd.login}"
+    other = sshd.identity.with_name("host_key")  # a key sshd does not authorize
+    refused = replace(spec, ssh_options=tuple(
+        str(other) if o == str(sshd.identity) else o for o in sshd.options))
+    assert files.source_problem(refused) == \
+        f"cannot reach {sshd.login}: {sshd.login}: Permission denied (publickey)."
+    assert not dst.exists() or not any(dst.iterdir())

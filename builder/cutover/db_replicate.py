@@ -140,6 +140,20 @@ def wait_caught_up(cfg: CutoverConfig, final_lsn: str, *, timeout: float,
         ) from exc
 
 
+def refresh_materialized_views(conn: Conn) -> int:
+    """Logical replication copies no materialized view's data (the schema
+    copy leaves them unpopulated): refresh each, in creation order (a view
+    built on another comes after it)."""
+    names = [r[0] for r in pg.query(conn, """
+        SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind = 'm' ORDER BY c.oid""")]
+    if names:
+        pg.execute(conn, "\n".join(f"REFRESH MATERIALIZED VIEW {n};" for n in names),
+                   timeout=3600)
+    return len(names)
+
+
 def detach(cfg: CutoverConfig, *, then: str = "") -> list[str]:
     """Drop subscription, publication and slot (`then`: more SQL for the new
     server, same round trip). When the old server is down: DISABLE,

@@ -46,8 +46,13 @@ def copy_roles(cfg: CutoverConfig) -> str:
         if m and _unquote(m.group(1)) == REPLICATION_ROLE:
             continue  # the cutover's own replication login stays on the old server
         keep.append(line)
+    # the app role may not log in to the new server until the switch (detach
+    # or restore gives LOGIN back): an app server started early on the new
+    # stack would write there while replication still applies
+    keep.append(f"ALTER ROLE {pg.ident(cfg.app_user)} NOLOGIN;")
     pg.run_script(cfg.new, "\n".join(keep) + "\n")
-    return f"created {len(copied)} role(s)" + (f": {', '.join(sorted(copied))}" if copied else "")
+    return (f"created {len(copied)} role(s)" + (f": {', '.join(sorted(copied))}" if copied else "")
+            + f"; {cfg.app_user} NOLOGIN on the new server until the switch")
 
 
 def freeze(cfg: CutoverConfig, *, timeout: float = 30.0) -> tuple[str, list[list[object]]]:

@@ -12,6 +12,7 @@ and friends run local commands) never reach ssh. rsync gets --protect-args
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from dataclasses import dataclass
@@ -39,12 +40,32 @@ def check_spec(spec: FilesSync) -> None:
                         hint="reach the host with -p/-i/-l and -o settings only")
 
 
+def _ssh(spec: FilesSync) -> list[str]:
+    return ["ssh", "-o", "BatchMode=yes", *spec.ssh_options]
+
+
 def rsync_cmd(spec: FilesSync, *extra: str) -> list[str]:
     check_spec(spec)
     cmd = ["rsync", "-aH", "--numeric-ids", "--delete", "--protect-args", *extra]
     if spec.transport == "ssh":
-        cmd += ["-e", shlex.join(["ssh", "-o", "BatchMode=yes", *spec.ssh_options])]
+        cmd += ["-e", shlex.join(_ssh(spec))]
     return [*cmd, "--", spec.source.rstrip("/") + "/", spec.destination.rstrip("/") + "/"]
+
+
+def source_problem(spec: FilesSync) -> str:
+    """Why the source directory cannot be read, or "" (pre-flight: asked
+    before anything changes; over ssh with the same options rsync uses)."""
+    check_spec(spec)
+    host, sep, path = spec.source.partition(":")
+    if spec.transport != "ssh" or not sep or host.startswith("/"):
+        return "" if os.path.isdir(spec.source) else f"{spec.source} is not a directory here"
+    try:
+        run([*_ssh(spec), "--", host, f"test -d {shlex.quote(path)}"], capture=True, timeout=60)
+    except CommandError as err:
+        if err.returncode == 1:  # test's own "no"; ssh fails with 255
+            return f"{path} is not a directory on {host}"
+        return f"cannot reach {host}: {_reason(err.stderr) or err.message}"
+    return ""
 
 
 def _rsync(cmd: list[str]) -> str:

@@ -48,10 +48,15 @@ def window(cut: Cutover) -> tuple[datetime, datetime]:
 
 
 def shift(dt: datetime, edge: Edge) -> datetime:
-    """Move an exact midnight/noon off the ambiguous hour, outward from the window."""
-    if dt.minute == 0 and dt.second == 0 and dt.hour in (0, 12):
-        return dt - timedelta(minutes=1) if edge == "start" else dt + timedelta(minutes=1)
-    return dt
+    """To the whole minute people are told, outward from the window (a start
+    with seconds is announced at its minute, an end at the next one), then off
+    the ambiguous midnight/noon minute, outward too."""
+    whole = dt.replace(second=0, microsecond=0)
+    if edge == "end" and whole != dt:
+        whole += timedelta(minutes=1)
+    if whole.minute == 0 and whole.hour in (0, 12):
+        return whole - timedelta(minutes=1) if edge == "start" else whole + timedelta(minutes=1)
+    return whole
 
 
 def announced_window(cut: Cutover) -> tuple[datetime, datetime]:

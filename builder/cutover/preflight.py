@@ -12,7 +12,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 
-from builder.cutover import pg
+from builder.cutover import files, pg
 from builder.cutover.config import Conn, CutoverConfig
 from builder.cutover.db_replicate import ROLE as REPLICATION_ROLE
 from builder.errors import UserError
@@ -127,6 +127,12 @@ def run_preflight(cfg: CutoverConfig, *, fix_replica_identity_now: bool = False)
             "local space for the dump", local_free >= size,
             f"{local_free / 2**20:.0f} MiB free in {tempfile.gettempdir()}",
             "set TMPDIR to a larger disk or use dump_format: stream"))
+    if cfg.cutover.files is not None:
+        problem = files.source_problem(cfg.cutover.files)
+        checks.append(Check(
+            "files: the old uploads directory exists", not problem,
+            problem or f"{cfg.cutover.files.source} is a directory",
+            "check cutover.files.source (and its SSH access)"))
     if cfg.strategy == "replicate":
         wal = pg.value(cfg.old, "SHOW wal_level")
         checks.append(Check(

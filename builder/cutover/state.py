@@ -48,6 +48,9 @@ class Facts:
 
     old_address: str | None = None
     old_ttl: int | None = None
+    #: the TTL first read, before any run lowered it: kept across rollbacks,
+    #: so a retry that finds the record still low restores the real one
+    original_ttl: int | None = None
     ttl_lowered_at: str | None = None
     maintenance_on_at: str | None = None
     freeze_at: str | None = None

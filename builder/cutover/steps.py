@@ -80,7 +80,11 @@ def _lower_ttl(ctx: Ctx) -> str:
     facts, dns = ctx.state.facts, ctx.cfg.cutover.dns
     rec = ctx.dns.get()
     if facts.old_address is None:  # first run: remember what rollback restores
-        facts.old_address, facts.old_ttl = rec.address, rec.ttl
+        ttl = rec.ttl
+        if facts.original_ttl is not None and rec.ttl <= dns.low_ttl < facts.original_ttl:
+            ttl = facts.original_ttl  # still lowered by an earlier, rolled-back run
+        facts.old_address, facts.old_ttl = rec.address, ttl
+        facts.original_ttl = ttl
         ctx.checkpoint()
     if rec.ttl > dns.low_ttl:
         facts.ttl_lowered_at = facts.ttl_lowered_at or now_iso()
@@ -137,7 +141,9 @@ def _freeze(ctx: Ctx) -> str:
 def _catch_up(ctx: Ctx) -> str:
     lsn = ctx.state.facts.final_lsn
     assert lsn is not None
-    return db_replicate.wait_caught_up(ctx.cfg, lsn, timeout=ctx.cfg.cutover.catch_up_timeout)
+    detail = db_replicate.wait_caught_up(ctx.cfg, lsn, timeout=ctx.cfg.cutover.catch_up_timeout)
+    views = db_replicate.refresh_materialized_views(ctx.cfg.new)
+    return f"{detail}; {views} materialized view(s) refreshed"
 
 
 def _sequences(ctx: Ctx) -> str:
@@ -328,7 +334,8 @@ def forward_steps(cfg: CutoverConfig) -> list[FnStep]:
     if rep:
         steps += [
             FnStep("db_catch_up", "window",
-                   lambda c: "wait until the slot confirms the final LSN", _catch_up),
+                   lambda c: "wait until the slot confirms the final LSN; refresh the "
+                             "materialized views on the new server", _catch_up),
             FnStep("db_sequences", "window",
                    lambda c: "setval every sequence on the new server", _sequences),
             FnStep("db_detach", "window",
