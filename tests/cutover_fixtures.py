@@ -212,6 +212,18 @@ def app_schema(c: Cluster) -> None:
     """)
 
 
+#: a partitioned table with a primary key (its partitions inherit it)
+PARTITIONED = """
+    CREATE TABLE timesheets (id int, day date, hours numeric, PRIMARY KEY (id, day))
+        PARTITION BY RANGE (day);
+    CREATE TABLE timesheets_2026 PARTITION OF timesheets
+        FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
+    CREATE TABLE timesheets_2027 PARTITION OF timesheets
+        FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');
+    INSERT INTO timesheets SELECT g, date '2026-06-01' + g * 30, 8 FROM generate_series(1, 24) g;
+"""
+
+
 class Writer(threading.Thread):
     """The app: inserts rows with a counter as the app role, one per
     transaction; `acked` holds every insert the server committed. It writes

@@ -17,6 +17,7 @@ _RESTORE_FLAGS = ["--clean", "--if-exists", "--exit-on-error"]
 def dump_restore(cfg: CutoverConfig, *, workdir: Path | None = None) -> str:
     """Copy the frozen old database onto the new one (idempotent: --clean)."""
     cut = cfg.cutover
+    pg.drop_partitioned_tables(cfg.new)  # --clean cannot (a resume, a retry after rollback)
     if cut.dump_format == "stream":
         pg.pipeline(
             ["pg_dump", "-Fc", *_DUMP_FLAGS, "-d", cfg.old.conninfo(with_password=False)],

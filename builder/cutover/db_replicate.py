@@ -40,6 +40,7 @@ def copy_schema(cfg: CutoverConfig) -> None:
         path = Path(tmp) / "schema.sql"
         pg.tool(["pg_dump", "--schema-only", "--clean", "--if-exists", "--no-publications",
                  "--no-subscriptions", "-f", str(path)], cfg.old, timeout=600)
+        pg.drop_partitioned_tables(cfg.new)  # a retry after rollback: see there
         pg.run_script(cfg.new, path.read_text())
 
 

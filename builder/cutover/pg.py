@@ -207,3 +207,20 @@ def pipeline(producer: Sequence[str], consumer: Sequence[str], *conns: Conn,
                 f"{producer[0]} | {consumer[0]}: {_last_error(err.stderr) or err.message}",
                 hint="run with --debug for the full output",
             ) from err
+
+
+def drop_partitioned_tables(conn: Conn) -> int:
+    """Drop the top-level partitioned tables (with their partitions) of the
+    TARGET database before a schema is re-applied there with `--clean
+    --if-exists`: PostgreSQL cannot drop a partition's inherited primary key
+    (`cannot drop inherited constraint`), so a retry over a database that
+    already holds one would fail; gone first, the script's own IF EXISTS
+    drops skip them. Never called on the old server."""
+    names = [r[0] for r in query(conn, """
+        SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+          JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind = 'p' AND NOT c.relispartition
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema')""")]
+    if names:
+        execute(conn, f"DROP TABLE IF EXISTS {', '.join(names)} CASCADE")
+    return len(names)

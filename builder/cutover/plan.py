@@ -156,10 +156,12 @@ def build(app_name: str, cut: Cutover, *, old_ttl: int | None, old_address: str 
         "preflight": [{"check": c.name, "ok": c.ok, "detail": c.detail, "hint": c.hint}
                       for c in checks],
         "steps": [{"name": n, "phase": p, "does": d} for n, p, d in steps],
-        "rollback": ["restore the DNS record's old address and TTL",
-                     "re-enable the app role's LOGIN on the old server",
+        "rollback": ["re-enable the app role's LOGIN on the old server",
+                     "maintenance page off; check the old site answers",
+                     "restore the DNS record's old address and TTL",
                      "drop the publication and slot on the old server",
-                     "maintenance page off; check the old site answers"],
+                     "every step runs even if one fails; what could not be undone is named "
+                     "(run rollback again to retry it)"],
     }
 
 

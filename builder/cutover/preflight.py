@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from builder.cutover import files, pg
 from builder.cutover.config import Conn, CutoverConfig
 from builder.cutover.db_replicate import ROLE as REPLICATION_ROLE
+from builder.cutover.dns.base import DnsProvider
 from builder.errors import UserError
 
 
@@ -167,6 +168,19 @@ def run_preflight(cfg: CutoverConfig, *, fix_replica_identity_now: bool = False)
                 "a FOR ALL TABLES publication breaks their UPDATE/DELETE on the live server; "
                 "add primary keys, or run with --fix-replica-identity (REPLICA IDENTITY FULL)"))
     return checks
+
+
+def dns_update(dns: DnsProvider) -> Check:
+    """A no-op update of the record (pre-flight of `run` only: `plan` writes
+    nothing): a wrong key or a missing update right shows now, before the
+    TTL is lowered, not inside the window."""
+    try:
+        rec = dns.probe_update()
+    except UserError as exc:
+        return Check("DNS record can be updated", False, str(exc),
+                     exc.hint or "check cutover.dns (key, server, update rights)")
+    return Check("DNS record can be updated", True,
+                 f"{dns.spec.record} written back unchanged ({rec.address}, TTL {rec.ttl} s)")
 
 
 def require(checks: list[Check]) -> str:

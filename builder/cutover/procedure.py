@@ -93,7 +93,19 @@ def rollback_cutover(cfg: CutoverConfig, dns: DnsProvider, path: Path, *, say: S
         say(f"warning: DNS pointed at the new site since {state.facts.dns_switched_at}; "
             "writes made there since are not copied back")
     ctx = Ctx(cfg, state, dns, say, checkpoint=lambda: state.save(path))
-    run_steps(steps, state.rollback, ctx, state, path, say=say, after_step=after_step)
+    failed: list[str] = []
+    for step in steps:  # every step, even after one fails: the old site comes back first
+        try:
+            run_steps([step], state.rollback, ctx, state, path, say=say, after_step=after_step)
+        except Exception as exc:  # noqa: BLE001 - reported below, the next step still runs
+            say(f"{step.name}: FAILED: {exc}")
+            failed.append(f"{step.name} ({exc})")
+    if failed:
+        # the facts stay (old address and TTL, pending cleanup): running
+        # rollback again repeats only the steps that failed
+        raise UserError("rollback could not undo: " + "; ".join(failed),
+                        hint="fix the cause and run `amibake cutover rollback` again "
+                             "(the steps already done are not repeated)")
     # the forward run starts over next time; the events keep the history
     state.facts.rolled_back_at = now_iso()
     keep = state.facts

@@ -72,8 +72,10 @@ def _now() -> datetime:
 
 
 def _preflight(ctx: Ctx) -> str:
-    return preflight.require(preflight.run_preflight(
-        ctx.cfg, fix_replica_identity_now=ctx.fix_replica_identity))
+    checks = preflight.run_preflight(ctx.cfg, fix_replica_identity_now=ctx.fix_replica_identity)
+    if all(c.ok for c in checks):  # the one check that writes (a no-op), last
+        checks.append(preflight.dns_update(ctx.dns))
+    return preflight.require(checks)
 
 
 def _lower_ttl(ctx: Ctx) -> str:
@@ -303,7 +305,8 @@ def forward_steps(cfg: CutoverConfig) -> list[FnStep]:
     fs = cut.files
     steps = [
         FnStep("preflight", "prepare",
-               lambda c: "connectivity, privileges, wal_level, replica identity, free space"
+               lambda c: "connectivity, privileges, wal_level, replica identity, free space, "
+               "files source, a no-op DNS update"
                + (" (fixing replica identity)" if c.fix_replica_identity else ""), _preflight),
         FnStep("dns_lower_ttl", "prepare",
                lambda c: f"read {d.record} and lower its TTL to {d.low_ttl} s", _lower_ttl),
@@ -411,11 +414,10 @@ def _rb_old_serves(ctx: Ctx) -> str:
 
 
 def rollback_steps(cfg: CutoverConfig) -> list[FnStep]:
+    """The old site comes back first (writes, page off, checked), then DNS and
+    replication are undone: the rollback runs every step even when one fails
+    (procedure.rollback_cutover) and names what could not be undone."""
     return [
-        FnStep("dns_restore", "rollback", lambda c: "restore the record's old address and TTL",
-               _rb_dns),
-        FnStep("db_replication_remove", "rollback",
-               lambda c: "drop subscription, publication and slot", _rb_replication),
         FnStep("db_unfreeze_old", "rollback",
                lambda c: f"ALTER ROLE {cfg.app_user} LOGIN on the old server", _rb_unfreeze),
         FnStep("maintenance_off", "rollback", lambda c: "remove the maintenance flag",
@@ -423,4 +425,8 @@ def rollback_steps(cfg: CutoverConfig) -> list[FnStep]:
         FnStep("old_site_serving", "rollback",
                lambda c: f"GET {', '.join(cfg.cutover.smoke_paths)} from {cfg.cutover.old_site}",
                _rb_old_serves),
+        FnStep("dns_restore", "rollback", lambda c: "restore the record's old address and TTL",
+               _rb_dns),
+        FnStep("db_replication_remove", "rollback",
+               lambda c: "drop subscription, publication and slot", _rb_replication),
     ]

@@ -100,6 +100,13 @@ class DnsProvider(ABC):
     def default_nameservers(self) -> list[tuple[str, int]]:
         """The zone's authoritative servers when the manifest names none."""
 
+    def probe_update(self) -> Record:
+        """Prove the credentials may update the record, changing nothing: the
+        record written back as it is, by the path the switch takes."""
+        rec = self.get()
+        self.set(rec.address, rec.ttl)
+        return rec
+
     def nameservers(self) -> list[tuple[str, int]]:
         """Addresses to ask: names (Route53's ns-….awsdns-… servers) are resolved."""
         servers = ([parse_hostport(s) for s in self.spec.nameservers] if self.spec.nameservers
