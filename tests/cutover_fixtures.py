@@ -220,7 +220,7 @@ PARTITIONED = """
         FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');
     CREATE TABLE timesheets_2027 PARTITION OF timesheets
         FOR VALUES FROM ('2027-01-01') TO ('2028-01-01');
-    INSERT INTO timesheets SELECT g, date '2026-06-01' + g * 30, 8 FROM generate_series(1, 24) g;
+    INSERT INTO timesheets SELECT g, date '2026-06-01' + g * 20, 8 FROM generate_series(1, 24) g;
 """
 
 

@@ -69,7 +69,7 @@ def test_cli_plan_dry_run_run_status(
     rows = json.loads(capsys.readouterr().out)["dry_run"]
     assert rows[0] == {"step": "preflight", "phase": "prepare", "status": "pending",
                        "would": "connectivity, privileges, wal_level, replica identity, "
-                                "free space"}
+                                "free space, files source, a no-op DNS update"}
     assert not state.exists() and not old.sql("SELECT 1 FROM pg_publication")
 
     # without --now the run prepares everything and stops before the window

@@ -27,6 +27,13 @@ from tests.cutover_fixtures import (
 )
 
 
+def _nothing_changed(old: Cluster, new: Cluster, knot: Knot) -> None:
+    """A run refused in pre-flight: TTL, publication and subscription untouched."""
+    assert knot.query(f"{SERVER_NAME}.") == (("127.0.0.1",), 300)
+    assert not old.sql("SELECT 1 FROM pg_publication")
+    assert not new.sql("SELECT 1 FROM pg_subscription")
+
+
 def _old_site_status(site: Site) -> int:
     return verify.fetch(site.url, "/", SERVER_NAME)[0]
 
@@ -96,9 +103,7 @@ def test_missing_uploads_source_is_refused_before_anything_changes(
     with pytest.raises(UserError, match=r"pre-flight check failed: files: the old uploads "
                                         r"directory exists: .*gone is not a directory here"):
         run_cutover(cfg, provider_for(cfg), tmp_path / "state.json", say=print, start_now=True)
-    assert knot.query(f"{SERVER_NAME}.") == (("127.0.0.1",), 300)  # TTL untouched
-    assert not old.sql("SELECT 1 FROM pg_publication")
-    assert not new.sql("SELECT 1 FROM pg_subscription")
+    _nothing_changed(old, new, knot)
     assert not uploads[1].exists()
 
 
@@ -148,9 +153,7 @@ def test_wrong_tsig_key_is_found_in_preflight(
     with pytest.raises(UserError, match=r"pre-flight check failed: DNS record can be updated: "
                                         r".*refused the TSIG key"):
         run_cutover(cfg, provider_for(cfg), tmp_path / "state.json", say=print, start_now=True)
-    assert knot.query(f"{SERVER_NAME}.") == (("127.0.0.1",), 300)  # nothing changed
-    assert not old.sql("SELECT 1 FROM pg_publication")
-    assert not new.sql("SELECT 1 FROM pg_subscription")
+    _nothing_changed(old, new, knot)
     assert not sites[0].flag.exists()
 
 
