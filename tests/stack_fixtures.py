@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from builder.manifest import Manifest, load_manifest_text
 
@@ -54,3 +57,29 @@ def with_stack(section: str, base: str | None = None) -> str:
 
 def load(section: str, name: str = "stack.yaml", base: str | None = None) -> Manifest:
     return load_manifest_text(with_stack(section, base), name)
+
+
+def as_cloudformation_resolves(body: str, ssm: Any) -> str:
+    """What CloudFormation does and moto does not: resolve `{{resolve:ssm:NAME}}`, and
+    start an AWS::EC2::Instance from its launch template (moto's Instance needs ImageId)."""
+    body = re.sub(r"\{\{resolve:ssm:([^}]+)\}\}",
+                  lambda m: ssm.get_parameter(Name=m[1])["Parameter"]["Value"], body)
+    doc = yaml.safe_load(body)
+    for resource in doc["Resources"].values():
+        if resource["Type"] == "AWS::EC2::Instance":
+            lt = resource["Properties"]["LaunchTemplate"]["LaunchTemplateId"]["Ref"]
+            data = doc["Resources"][lt]["Properties"]["LaunchTemplateData"]
+            resource["Properties"].update(ImageId=data["ImageId"],
+                                          InstanceType=data["InstanceType"],
+                                          UserData=data["UserData"])
+    return yaml.safe_dump(doc)
+
+
+def published(session: Any, m: Manifest) -> str:
+    """An AMI and the SSM parameter `publish` writes for it."""
+    ec2, ssm = session.client("ec2"), session.client("ssm")
+    image = ec2.register_image(Name=f"{m.name}-{m.version}", RootDeviceName="/dev/xvda",
+                               Architecture="x86_64")["ImageId"]
+    ssm.put_parameter(Name=f"/amibake/{m.name}/{m.version}", Value=image, Type="String",
+                      DataType="aws:ec2:image")
+    return image

@@ -15,6 +15,7 @@ from builder.aws.iam_policy import (
     IMPLIED,
     LAUNCH_ACTIONS,
     PUBLISH_ACTIONS,
+    STACK_ACTIONS,
     action_name,
     policy_document,
 )
@@ -30,6 +31,7 @@ from tests.aws_fixtures import (
 from tests.test_aws_launch import drop_instance_store_mapping, published_ami
 from tests.test_publish_ebs import fast_steps, make_ctx
 from tests.test_publish_lifecycle import publish_versions
+from tests.test_stack_deploy import SMALL, cert, cfn_aws, split_manifest  # noqa: F401 (fixtures)
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -123,6 +125,22 @@ def test_launch_policy_equals_the_calls_made(aws: Aws, manifest: Manifest,
     assert recorded(aws) == LAUNCH_ACTIONS
 
 
+def test_stack_policy_equals_the_calls_made(cfn_aws: Aws, cert: str,  # noqa: F811
+                                            tmp_path: Path) -> None:
+    import boto3
+
+    from builder.stack.deploy import delete
+
+    path, _ = split_manifest(tmp_path, cert)
+    for verb in (["plan"], ["deploy"], ["deploy"], ["status"]):  # 2nd: no change
+        assert main(["stack", verb[0], str(path), *verb[1:]]) == 0
+    boto3.client("cloudformation", region_name="us-east-1").create_stack(
+        StackName="other", TemplateBody=SMALL)
+    assert delete(cfn_aws.clients.client("cloudformation"), "other", say=lambda _: None,
+                  sleep=lambda _: None)
+    assert recorded(cfn_aws) == STACK_ACTIONS
+
+
 def test_policy_document_and_cli(capsys: pytest.CaptureFixture[str]) -> None:
     doc = policy_document(publish=True, launch=False)
     (statement,) = doc["Statement"]
@@ -131,9 +149,13 @@ def test_policy_document_and_cli(capsys: pytest.CaptureFixture[str]) -> None:
     printed = json.loads(capsys.readouterr().out)
     actions = {a for s in printed["Statement"] for a in s["Action"]}
     assert actions == LAUNCH_ACTIONS | set(IMPLIED["launch"])
+    assert main(["iam-policy", "--stack", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert {a for s in printed["Statement"] for a in s["Action"]} == \
+        STACK_ACTIONS | set(IMPLIED["stack"])
     assert main(["iam-policy"]) == 0
     both = json.loads(capsys.readouterr().out)
-    assert {a for s in both["Statement"] for a in s["Action"]} >= PUBLISH_ACTIONS
+    assert {a for s in both["Statement"] for a in s["Action"]} >= PUBLISH_ACTIONS | STACK_ACTIONS
     assert not any(a.startswith("kms:") for s in both["Statement"] for a in s["Action"])
     assert main(["iam-policy", "--publish", "--kms"]) == 0
     with_kms = json.loads(capsys.readouterr().out)
@@ -147,18 +169,19 @@ def test_every_client_method_in_the_code_is_in_a_policy() -> None:
 
     ops = {}
     session = botocore.session.get_session()
-    for service in ("ec2", "ebs", "ssm", "sts"):
+    for service in ("ec2", "ebs", "ssm", "sts", "cloudformation"):
         model = session.get_service_model(service)
         for op in model.operation_names:
             snake = re.sub(r"(?<!^)(?=[A-Z])", "_", op).lower()
             ops[snake] = action_name(service, op)
     found = set()
-    for path in [*ROOT.glob("builder/aws/*.py"), *ROOT.glob("builder/publish/*.py")]:
+    for path in [*ROOT.glob("builder/aws/*.py"), *ROOT.glob("builder/publish/*.py"),
+                 *ROOT.glob("builder/stack/*.py")]:
         for name in re.findall(r"\.([a-z_]+)\b", path.read_text()):
             if name in ops and name not in {"get_paginator", "get_waiter"}:
                 found.add(ops[name])
     # paginators / waiters call these
     found |= {"ec2:DescribeInstances", "ec2:DescribeLaunchTemplates"}
-    all_actions = PUBLISH_ACTIONS | LAUNCH_ACTIONS
+    all_actions = PUBLISH_ACTIONS | LAUNCH_ACTIONS | STACK_ACTIONS
     assert found - all_actions == set(), found - all_actions
     assert all_actions - found == set(), all_actions - found

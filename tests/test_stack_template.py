@@ -4,7 +4,6 @@ and a deploy into moto's CloudFormation."""
 from __future__ import annotations
 
 import base64
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,11 +14,20 @@ import yaml
 from moto import mock_aws
 
 from builder.cli import main
-from builder.manifest import Manifest, load_manifest
+from builder.manifest import load_manifest
 from builder.render import split_user_data
 from builder.stack.template import template, template_yaml
 from tests.aws_fixtures import AWS_ENV
-from tests.stack_fixtures import CERT, EIP, ROOT, SPLIT, load, with_stack
+from tests.stack_fixtures import (
+    CERT,
+    EIP,
+    ROOT,
+    SPLIT,
+    as_cloudformation_resolves,
+    load,
+    published,
+    with_stack,
+)
 
 #: cfn-lint rules left out, each with its reason (none: the templates lint clean,
 #: informational rules included).
@@ -200,22 +208,6 @@ def test_verb_writes_the_template(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 # ------------------------------------------------------------------ moto
 
-def _as_cloudformation_resolves(body: str, ssm: Any) -> str:
-    """What CloudFormation does and moto does not: resolve `{{resolve:ssm:NAME}}`, and
-    start an AWS::EC2::Instance from its launch template (moto's Instance needs ImageId)."""
-    body = re.sub(r"\{\{resolve:ssm:([^}]+)\}\}",
-                  lambda m: ssm.get_parameter(Name=m[1])["Parameter"]["Value"], body)
-    doc = yaml.safe_load(body)
-    for resource in doc["Resources"].values():
-        if resource["Type"] == "AWS::EC2::Instance":
-            lt = resource["Properties"]["LaunchTemplate"]["LaunchTemplateId"]["Ref"]
-            data = doc["Resources"][lt]["Properties"]["LaunchTemplateData"]
-            resource["Properties"].update(ImageId=data["ImageId"],
-                                          InstanceType=data["InstanceType"],
-                                          UserData=data["UserData"])
-    return yaml.safe_dump(doc)
-
-
 @pytest.fixture
 def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[boto3.Session]:
     for key, value in AWS_ENV.items():
@@ -225,23 +217,13 @@ def moto_aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[boto3.Session]:
         yield boto3.Session(region_name="us-east-1")
 
 
-def _published(session: boto3.Session, m: Manifest) -> str:
-    """An AMI and the SSM parameter `publish` writes for it."""
-    ec2, ssm = session.client("ec2"), session.client("ssm")
-    image = ec2.register_image(Name=f"{m.name}-{m.version}", RootDeviceName="/dev/xvda",
-                               Architecture="x86_64")["ImageId"]
-    ssm.put_parameter(Name=f"/amibake/{m.name}/{m.version}", Value=image, Type="String",
-                      DataType="aws:ec2:image")
-    return image
-
-
 def test_deploys_into_moto(moto_aws: boto3.Session) -> None:
     cert = moto_aws.client("acm").request_certificate(
         DomainName="payroll.example.com")["CertificateArn"]
     m = load(SPLIT.replace(CERT, cert))
-    image = _published(moto_aws, m)
+    image = published(moto_aws, m)
     cfn = moto_aws.client("cloudformation")
-    body = _as_cloudformation_resolves(template_yaml(m), moto_aws.client("ssm"))
+    body = as_cloudformation_resolves(template_yaml(m), moto_aws.client("ssm"))
     cfn.create_stack(StackName="smallpayroll", TemplateBody=body,
                      Capabilities=["CAPABILITY_IAM"])
     stack = cfn.describe_stacks(StackName="smallpayroll")["Stacks"][0]

@@ -52,10 +52,25 @@ LAUNCH_ACTIONS: frozenset[str] = frozenset({
     "ec2:TerminateInstances",
 })
 
+#: stack plan|deploy|status|delete (builder/stack/changeset.py, deploy.py)
+STACK_ACTIONS: frozenset[str] = frozenset({
+    "cloudformation:DescribeStacks",
+    "cloudformation:DescribeStackEvents",
+    "cloudformation:CreateChangeSet",
+    "cloudformation:DescribeChangeSet",
+    "cloudformation:ExecuteChangeSet",
+    "cloudformation:DeleteChangeSet",
+    "cloudformation:DeleteStack",
+})
+
 #: actions AWS authorizes without a call of their own
 IMPLIED: dict[str, dict[str, str]] = {
     "launch": {
         "ec2:CreateTags": "RunInstances and CreateSecurityGroup tag on create",
+    },
+    "stack": {
+        "ssm:GetParameters": "CloudFormation resolves the launch templates' "
+                             "{{resolve:ssm:...}} image with the caller's permissions",
     },
 }
 
@@ -77,12 +92,17 @@ def action_name(service: str, operation: str) -> str:
     return f"{SERVICE_PREFIX.get(service, service)}:{operation}"
 
 
-def policy_document(*, publish: bool = True, launch: bool = True,
+def policy_document(*, publish: bool = True, launch: bool = True, stack: bool = False,
                     kms: bool = False) -> dict[str, Any]:
-    """The policy; `kms` adds the KMS permissions EBS encryption needs."""
+    """The policy; `kms` adds the KMS permissions EBS encryption needs.
+
+    `stack` covers amibake's own calls; CloudFormation then creates the template's
+    resources (VPC, instances, load balancers, IAM roles...) with the caller's
+    permissions, or with a service role's given to CloudFormation."""
     statements: list[dict[str, Any]] = []
     for sid, wanted, base in (("AmibakePublish", publish, PUBLISH_ACTIONS),
-                              ("AmibakeLaunch", launch, LAUNCH_ACTIONS | set(IMPLIED["launch"]))):
+                              ("AmibakeLaunch", launch, LAUNCH_ACTIONS | set(IMPLIED["launch"])),
+                              ("AmibakeStack", stack, STACK_ACTIONS | set(IMPLIED["stack"]))):
         if wanted:
             statements.append({"Sid": sid, "Effect": "Allow", "Action": sorted(base),
                                "Resource": "*"})

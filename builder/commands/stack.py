@@ -1,33 +1,170 @@
-"""`amibake stack template MANIFEST [--out FILE]`: the app as one CloudFormation stack."""
+"""`amibake stack template|plan|deploy|status|delete MANIFEST`: the app as one
+CloudFormation stack, driven through change sets.
+
+Arguments and printing only; the template is builder/stack/template.py, the change sets
+builder/stack/changeset.py, execution, deletion and status builder/stack/deploy.py."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
+from builder.errors import UserError
 from builder.output import Output
+
+ACTIONS = ("template", "plan", "deploy", "status", "delete")
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
+    from builder.aws.clients import add_aws_options
+
     p = subparsers.add_parser(
         "stack", parents=[parent], help="the whole app on AWS as one CloudFormation stack",
         description="template: write the CloudFormation template (YAML) of the manifest's "
                     "`stack:` section (VPC, security groups, instance profiles, launch "
-                    "templates, Auto Scaling groups, load balancers, private names).")
-    p.add_argument("action", choices=("template",))
+                    "templates, Auto Scaling groups, load balancers, private names). "
+                    "plan: create a change set and print what it adds, modifies and "
+                    "replaces. deploy: execute it (or a new one), wait, print the outputs. "
+                    "status: the stack's state, outputs and last events. delete: delete "
+                    "the stack (asks first; the backup bucket is not part of it).")
+    p.add_argument("action", choices=ACTIONS)
     p.add_argument("manifest", type=Path, metavar="MANIFEST")
     p.add_argument("--out", type=Path, metavar="FILE",
-                   help="write the template here (default: standard output)")
+                   help="template: write the template here (default: standard output)")
+    p.add_argument("--discard", action="store_true",
+                   help="plan: delete the change set after printing it")
+    p.add_argument("--yes", action="store_true",
+                   help="delete: do not ask (needed without a terminal)")
+    add_aws_options(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
-    from builder.atomic import write_atomically
     from builder.manifest import load_manifest
-    from builder.stack.template import stack_name, template, template_yaml
 
     manifest = load_manifest(args.manifest)
+    if args.action == "template":
+        return _template(args, manifest, out)
+    if args.out is not None:
+        raise UserError("--out is for `stack template` only")
+    if args.discard and args.action != "plan":
+        raise UserError("--discard is for `stack plan` only")
+    from builder.stack.template import stack_name
+
+    name = stack_name(manifest)  # a manifest without `stack:` stops here, before AWS
+    if args.action == "delete":
+        _confirm(args, name)
+    cfn = clients_for(args, manifest).client("cloudformation")
+    if args.action == "plan":
+        return _plan(args, manifest, cfn, out)
+    if args.action == "deploy":
+        return _deploy(manifest, cfn, out)
+    if args.action == "status":
+        from builder.stack.deploy import status
+
+        st = status(cfn, name)
+        out.result(st.as_json(), st.text())
+        return 0 if st.status else 1
+    from builder.stack.deploy import delete
+
+    deleted = delete(cfn, name, say=out.say, sleep=time.sleep)
+    out.result({"stack": name, "deleted": deleted},
+               f"stack {name} deleted" if deleted else f"stack {name} does not exist")
+    return 0
+
+
+def clients_for(args: argparse.Namespace, manifest: Any) -> Any:
+    """The AWS clients (the one retry policy) for --profile/--region/--endpoint-url."""
+    from builder.aws.clients import NO_CREDENTIALS_HINT, make_clients, target_from_args
+
+    clients = make_clients(target_from_args(args, manifest.publish.regions[0]))
+    if clients is None:
+        raise UserError("no AWS credentials configured: nothing was sent to AWS",
+                        hint=NO_CREDENTIALS_HINT)
+    return clients
+
+
+def _confirm(args: argparse.Namespace, name: str) -> None:
+    """Ask for the stack's name on a terminal; without one, only --yes deletes."""
+    if args.yes:
+        return
+    if not sys.stdin.isatty():
+        raise UserError(f"not deleting stack {name} without confirmation",
+                        hint="run it in a terminal, or pass --yes")
+    print(f"delete stack {name} and every resource it created (instances, load balancers, "
+          f"the VPC it made)? type its name to confirm: ", end="", file=sys.stderr, flush=True)
+    if sys.stdin.readline().strip() != name:
+        raise UserError(f"not deleting stack {name}: the name typed does not match")
+
+
+def _body(manifest: Any) -> str:
+    from builder.stack.template import template_yaml
+
+    return template_yaml(manifest)
+
+
+def _description(manifest: Any) -> str:
+    return f"amibake {manifest.name} {manifest.version} ({manifest.source.name})"
+
+
+def _plan(args: argparse.Namespace, manifest: Any, cfn: Any, out: Output) -> int:
+    from builder.stack.changeset import discard, plan
+    from builder.stack.template import stack_name
+    from builder.wait import Waiter
+
+    p = plan(cfn, stack_name(manifest), _body(manifest), description=_description(manifest),
+             waiter=Waiter("the change set to be computed", attempts=120, interval=5.0),
+             sleep=time.sleep)
+    doc = p.as_json()
+    text = p.text()
+    if args.discard:
+        discard(cfn, p)
+        doc["discarded"] = True
+        text += "\n(change set discarded)" if p.change_set else ""
+    elif p.change_set:
+        text += f"\ndeploy it with: amibake stack deploy {args.manifest}"
+    out.result(doc, text)
+    return 0
+
+
+def _deploy(manifest: Any, cfn: Any, out: Output) -> int:
+    from builder.stack.changeset import plan
+    from builder.stack.deploy import execute, outputs
+    from builder.stack.template import stack_name
+    from builder.wait import Waiter
+
+    name = stack_name(manifest)
+    p = plan(cfn, name, _body(manifest), description=_description(manifest),
+             waiter=Waiter("the change set to be computed", attempts=120, interval=5.0),
+             sleep=time.sleep)
+    if not p.change_set:
+        from builder.stack.changeset import describe_stack
+
+        current = describe_stack(cfn, name) or {}
+        found = outputs(current)
+        out.result({"stack": name, "changed": False, "outputs": found},
+                   "\n".join([f"stack {name}: up to date, nothing to deploy",
+                              *(f"  {k}: {v}" for k, v in sorted(found.items()))]))
+        return 0
+    out.say(p.text())
+    stack = execute(cfn, p, say=out.say, sleep=time.sleep)
+    found = outputs(stack)
+    out.result({"stack": name, "changed": True, "status": stack["StackStatus"],
+                "outputs": found},
+               "\n".join([f"stack {name}: {stack['StackStatus']}",
+                          *(f"  {k}: {v}" for k, v in sorted(found.items())),
+                          *(["(SiteAddress is the cutover's dns.new_address)"]
+                            if "SiteAddress" in found else [])]))
+    return 0
+
+
+def _template(args: argparse.Namespace, manifest: Any, out: Output) -> int:
+    from builder.atomic import write_atomically
+    from builder.stack.template import stack_name, template, template_yaml
+
     built = template(manifest)
     text = template_yaml(manifest, built)
     doc: dict[str, Any] = {"stack": stack_name(manifest), "resources": len(built["Resources"])}

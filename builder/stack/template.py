@@ -70,8 +70,7 @@ def logical_id(role: str, suffix: str) -> str:
 
 
 def stack_name(m: Manifest) -> str:
-    assert m.stack is not None
-    return m.stack.name or m.name
+    return _stack(m).name or m.name
 
 
 def zone_name(m: Manifest) -> str:
