@@ -113,10 +113,8 @@ def _description(manifest: Any) -> str:
 def _plan(args: argparse.Namespace, manifest: Any, cfn: Any, out: Output) -> int:
     from builder.stack.changeset import discard, plan
     from builder.stack.template import stack_name
-    from builder.wait import Waiter
 
     p = plan(cfn, stack_name(manifest), _body(manifest), description=_description(manifest),
-             waiter=Waiter("the change set to be computed", attempts=120, interval=5.0),
              sleep=time.sleep)
     doc = p.as_json()
     text = p.text()
@@ -134,11 +132,9 @@ def _deploy(manifest: Any, cfn: Any, out: Output) -> int:
     from builder.stack.changeset import plan
     from builder.stack.deploy import execute, outputs
     from builder.stack.template import stack_name
-    from builder.wait import Waiter
 
     name = stack_name(manifest)
     p = plan(cfn, name, _body(manifest), description=_description(manifest),
-             waiter=Waiter("the change set to be computed", attempts=120, interval=5.0),
              sleep=time.sleep)
     if not p.change_set:
         from builder.stack.changeset import describe_stack

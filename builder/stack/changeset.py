@@ -22,6 +22,9 @@ from builder.wait import NotYet, Waiter, wait_for
 MAX_TEMPLATE_BODY = 51_200
 #: the template's IAM roles have generated names: CAPABILITY_IAM is enough
 CAPABILITIES = ["CAPABILITY_IAM"]
+#: CloudFormation computes a change set in seconds to a minute
+PLAN_WAITER = Waiter("the change set to be computed", attempts=120, interval=5.0,
+                     hint="`amibake stack status MANIFEST` shows the stack")
 NO_CHANGES = ("didn't contain changes", "No updates are to be performed")
 #: stack states in which a stack does not exist yet for a change set (only reviewed)
 NOT_CREATED = ("REVIEW_IN_PROGRESS",)
@@ -141,8 +144,8 @@ def wait_computed(cfn: Any, stack: str, name: str, *, waiter: Waiter,
     return wait_for(computed, waiter, sleep=sleep)
 
 
-def plan(cfn: Any, stack: str, body: str, *, description: str, waiter: Waiter,
-         sleep: Callable[[float], None]) -> Plan:
+def plan(cfn: Any, stack: str, body: str, *, description: str,
+         sleep: Callable[[float], None], waiter: Waiter = PLAN_WAITER) -> Plan:
     """Create (or find, when this template's change set is still available) the change set
     and read its changes. A template that changes nothing leaves no change set behind."""
     check_size(body)
