@@ -1,4 +1,4 @@
-"""`amibake cutover plan|run|status|rollback MANIFEST`: move the live app."""
+"""`amibake cutover plan|rehearse|run|status|rollback MANIFEST`: move the live app."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
         "cutover", parents=[parent],
         help="move the live app (database, files, DNS) onto the new servers",
-        description="Plan, run, inspect or roll back the cutover described in the "
+        description="Plan, rehearse, run, inspect or roll back the cutover described in the "
                     "manifest's `cutover` section. Secrets: AMIBAKE_SECRET_<NAME> overrides "
                     "the secret store for local runs.",
     )
-    p.add_argument("action", choices=("plan", "run", "status", "rollback"))
+    p.add_argument("action", choices=("plan", "rehearse", "run", "status", "rollback"))
     p.add_argument("manifest", type=Path, metavar="MANIFEST")
     p.add_argument("--dry-run", action="store_true", help="print what each step would do")
     p.add_argument("--state", type=Path, help="state file (default: .amibake/ next to MANIFEST)")
@@ -51,8 +51,14 @@ def handle(args: argparse.Namespace, out: Output) -> int:
     path = args.state or procedure.default_state_path(cfg)
 
     if args.action == "plan":
-        doc = procedure.plan_doc(cfg, dns)
+        doc = procedure.plan_doc(cfg, dns, path)
         out.result(doc, plan.to_markdown(doc))
+        return 0
+    if args.action == "rehearse":
+        from builder.cutover import rehearse
+
+        doc = rehearse.rehearse(cfg, dns, say=out.say, save_to=rehearse.figures_path(path))
+        out.result(doc, "\n".join(plan.rehearsal_lines(doc)))
         return 0
     if args.action == "status":
         doc = procedure.status_doc(cfg, path)

@@ -14,13 +14,16 @@ _DUMP_FLAGS = ["--no-publications", "--no-subscriptions"]
 _RESTORE_FLAGS = ["--clean", "--if-exists", "--exit-on-error"]
 
 
-def dump_restore(cfg: CutoverConfig, *, workdir: Path | None = None) -> str:
-    """Copy the frozen old database onto the new one (idempotent: --clean)."""
+def dump_restore(cfg: CutoverConfig, *, workdir: Path | None = None,
+                 snapshot: str | None = None) -> str:
+    """Copy the frozen old database onto the new one (idempotent: --clean).
+    `snapshot`: an exported snapshot to dump (a rehearsal's, not frozen)."""
     cut = cfg.cutover
+    dump_flags = [*_DUMP_FLAGS, *([f"--snapshot={snapshot}"] if snapshot else [])]
     pg.drop_partitioned_tables(cfg.new)  # --clean cannot (a resume, a retry after rollback)
     if cut.dump_format == "stream":
         pg.pipeline(
-            ["pg_dump", "-Fc", *_DUMP_FLAGS, "-d", cfg.old.conninfo(with_password=False)],
+            ["pg_dump", "-Fc", *dump_flags, "-d", cfg.old.conninfo(with_password=False)],
             ["pg_restore", *_RESTORE_FLAGS, "-d", cfg.new.conninfo(with_password=False)],
             cfg.old, cfg.new, timeout=24 * 3600,
         )
@@ -29,7 +32,7 @@ def dump_restore(cfg: CutoverConfig, *, workdir: Path | None = None) -> str:
     try:
         out = tmp / "dump"
         jobs = str(max(1, cut.dump_jobs))
-        pg.tool(["pg_dump", "-Fd", "-j", jobs, *_DUMP_FLAGS, "-f", str(out)],
+        pg.tool(["pg_dump", "-Fd", "-j", jobs, *dump_flags, "-f", str(out)],
                 cfg.old, timeout=24 * 3600)
         pg.tool(["pg_restore", "-j", jobs, *_RESTORE_FLAGS, "-d", cfg.new.dbname, str(out)],
                 cfg.new, timeout=24 * 3600)

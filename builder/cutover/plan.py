@@ -140,7 +140,8 @@ def timeline(cut: Cutover, old_ttl: int | None) -> list[Entry]:
 
 
 def build(app_name: str, cut: Cutover, *, old_ttl: int | None, old_address: str | None,
-          checks: Sequence[Any], steps: Sequence[tuple[str, str, str]]) -> dict[str, Any]:
+          checks: Sequence[Any], steps: Sequence[tuple[str, str, str]],
+          rehearsal: dict[str, Any] | None = None) -> dict[str, Any]:
     start, end = window(cut)
     return {
         "strategy": cut.strategy,
@@ -162,6 +163,7 @@ def build(app_name: str, cut: Cutover, *, old_ttl: int | None, old_address: str 
                      "drop the publication and slot on the old server",
                      "every step runs even if one fails; what could not be undone is named "
                      "(run rollback again to retry it)"],
+        "rehearsal": rehearsal,
     }
 
 
@@ -181,4 +183,21 @@ def to_markdown(doc: dict[str, Any]) -> str:
               for i, s in enumerate(doc["steps"], 1)]
     lines += ["", "## Rollback (`amibake cutover rollback`)", ""]
     lines += [f"- {r}" for r in doc["rollback"]]
+    lines += ["", "## Last rehearsal (`amibake cutover rehearse`)", ""]
+    if doc.get("rehearsal"):
+        lines += rehearsal_lines(doc["rehearsal"])
+    else:
+        lines += ["None yet: rehearse before announcing the window, so its length is measured."]
     return "\n".join(lines) + "\n"
+
+
+def rehearsal_lines(doc: dict[str, Any]) -> list[str]:
+    """The figures as people read them (the CLI and the runbook)."""
+    lines = [f"| {r['step']} | {r['phase']} | {r['seconds']:.2f} s |" for r in doc["steps"]]
+    fits = "fits" if doc["fits_window"] else "does NOT fit"
+    return [f"Rehearsed {doc['rehearsed_at']} ({doc['strategy']}).", "",
+            "| step | phase | time |", "| --- | --- | --- |", *lines, "",
+            f"Measured window work: {doc['window_measured_s']:.2f} s — {fits} the announced "
+            f"{doc['window_minutes']} minutes.",
+            "Not measured: " + "; ".join(f"{k} ({v})" for k, v in doc["not_measured"].items()),
+            f"Reset: {doc['reset']}"]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from builder.cutover import pg, plan, preflight
+from builder.cutover import pg, plan, preflight, rehearse
 from builder.cutover.config import CutoverConfig
 from builder.cutover.dns.base import DnsProvider, countdown
 from builder.cutover.state import AfterStep, CutoverState, StepRecord, now_iso, run_steps
@@ -39,7 +39,9 @@ def load_state(cfg: CutoverConfig, path: Path, *, create: bool) -> CutoverState:
     return CutoverState.new(str(cfg.manifest.source), cfg.strategy, names)
 
 
-def plan_doc(cfg: CutoverConfig, dns: DnsProvider) -> dict[str, Any]:
+def plan_doc(cfg: CutoverConfig, dns: DnsProvider, path: Path | None = None) -> dict[str, Any]:
+    """The runbook; `path` is the state file, beside which the last rehearsal's
+    figures are found."""
     try:
         rec = dns.get()
         old_ttl: int | None = rec.ttl
@@ -52,8 +54,9 @@ def plan_doc(cfg: CutoverConfig, dns: DnsProvider) -> dict[str, Any]:
         checks = [preflight.Check("pre-flight", False, str(exc), exc.hint)]
     ctx = Ctx(cfg, CutoverState.new("", cfg.strategy, []), dns, lambda s: None)
     steps = [(s.name, s.phase, s.describe(ctx)) for s in forward_steps(cfg)]
+    figures = rehearse.load_figures(rehearse.figures_path(path or default_state_path(cfg)))
     return plan.build(cfg.manifest.app.name, cfg.cutover, old_ttl=old_ttl,
-                      old_address=old_address, checks=checks, steps=steps)
+                      old_address=old_address, checks=checks, steps=steps, rehearsal=figures)
 
 
 def dry_run(cfg: CutoverConfig, dns: DnsProvider, path: Path, *, rollback: bool = False,

@@ -37,13 +37,15 @@ def tables(conn: Conn, query: Query | None = None) -> list[str]:
     return [r[0] for r in (query or (lambda sql: pg.query(conn, sql)))(_USER_TABLES)]
 
 
-def row_counts(conn: Conn) -> dict[str, int]:
-    names = tables(conn)
+def row_counts(conn: Conn, snapshot: Snapshot | None = None) -> dict[str, int]:
+    """Per table: its row count; inside `snapshot` when given."""
+    query: Query = snapshot.query if snapshot else (lambda sql: pg.query(conn, sql, timeout=3600))
+    names = tables(conn, query)
     if not names:
         return {}
     sql = " UNION ALL ".join(
         f"SELECT {pg.literal(t)}, count(*) FROM {t}" for t in names)
-    return {t: int(n) for t, n in pg.query(conn, sql, timeout=3600)}
+    return {t: int(n) for t, n in query(sql)}
 
 
 def sequences(conn: Conn) -> dict[str, int | None]:
