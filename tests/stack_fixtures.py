@@ -25,7 +25,7 @@ stack:
       load_balancer: alb
       tls: {{certificate_arn: "{CERT}"}}
     app: {{min: 2, max: 4, desired: 3}}
-    db: {{count: 1}}
+    db: {{count: 1, image_version: 1.0.0}}
 """
 
 #: one web server with an Elastic IP in an existing VPC, no TLS
@@ -40,7 +40,7 @@ stack:
   roles:
     web: {elastic_ip: true}
     app: {count: 1}
-    db: {count: 1}
+    db: {count: 1, image_version: 1.0.0}
 """
 
 _STACK_SECTION = re.compile(r"^stack:.*?(?=^\S|\Z)", re.S | re.M)

@@ -17,11 +17,12 @@ import boto3
 import pytest
 import yaml
 
+from builder.aws.iam_policy import STACK_ROLL_ACTIONS
 from builder.cli import main
 from builder.manifest import Manifest, load_manifest
 from builder.stack.changeset import Change, Plan
 from builder.stack.deploy import first_failure
-from builder.stack.template import template
+from builder.stack.template import GRACE_SECONDS, template
 from tests.aws_fixtures import Aws
 from tests.stack_fixtures import (
     CERT,
@@ -36,7 +37,8 @@ from tests.stack_fixtures import (
 pytest_plugins = ("tests.aws_plugin",)  # fixtures: aws
 
 STACK = "smallpayroll"
-LAUNCH_TEMPLATES = {"WebLaunchTemplate", "AppLaunchTemplate", "DbLaunchTemplate"}
+#: what a new image version changes: the stateless roles' launch templates
+ROLLED = {"WebLaunchTemplate", "AppLaunchTemplate"}
 
 
 def _plain() -> boto3.Session:
@@ -82,7 +84,8 @@ def cert(cfn_aws: Aws) -> str:
 def split_manifest(tmp_path: Path, cert: str, version: str = "1.0.0") -> tuple[Path, Manifest]:
     """The split manifest at `version`, its image published."""
     base = SEED.read_text().replace("\nversion: 1.0.0\n", f"\nversion: {version}\n")
-    path = tmp_path / f"split-{version}.yaml"
+    path = tmp_path / version / "split.yaml"  # one manifest file, edited: the same name
+    path.parent.mkdir()
     path.write_text(with_stack(SPLIT.replace(CERT, cert), base))
     m = load_manifest(path)
     assert str(m.version) == version
@@ -169,15 +172,15 @@ def test_new_image_version_changes_the_launch_templates_only(
     assert doc["type"] == "UPDATE"
     changed = {c["logical_id"] for c in doc["changes"]}
     assert {c["action"] for c in doc["changes"]} == {"Modify"}
-    assert changed >= LAUNCH_TEMPLATES
-    # moto diffs the test's resolved template, where the db instance carries a copy of its
-    # launch template's image (moto's Instance needs one); the request below is the proof
-    assert changed - LAUNCH_TEMPLATES <= {"DbInstance"}
+    # the stateless roles' launch templates get a new version; the db (pinned, its data on
+    # the instance store) and everything else stay as they are
+    assert changed == ROLLED
     old, new = _bodies(cfn_aws)
     differs = {k for k in new["Resources"] if new["Resources"][k] != old["Resources"].get(k)}
-    assert differs == LAUNCH_TEMPLATES
+    assert differs == ROLLED
+    assert new["Resources"]["DbLaunchTemplate"] == old["Resources"]["DbLaunchTemplate"]
     assert set(new["Resources"]) == set(old["Resources"])
-    for name in LAUNCH_TEMPLATES:
+    for name in ROLLED:
         before = old["Resources"][name]["Properties"]["LaunchTemplateData"]
         after = new["Resources"][name]["Properties"]["LaunchTemplateData"]
         assert {k for k in after if after[k] != before.get(k)} <= {"ImageId", "UserData"}
@@ -189,19 +192,89 @@ def test_new_image_version_changes_the_launch_templates_only(
         assert all(a == b or (a.startswith("# ") and "1.0.0" in a and "1.1.0" in b)
                    for a, b in zip(old_lines, new_lines, strict=True))
     assert new["Outputs"] == old["Outputs"]
-    # the Auto Scaling groups take the launch template's latest version: the rolling update
+    # the Auto Scaling groups stay on the default version: deploy's instance refresh rolls
     for group in ("WebAutoScalingGroup", "AppAutoScalingGroup"):
         props = new["Resources"][group]["Properties"]
-        assert props["LaunchTemplate"]["Version"]["Fn::GetAtt"][1] == "LatestVersionNumber"
-        assert "AutoScalingRollingUpdate" in new["Resources"][group]["UpdatePolicy"]
+        assert props["LaunchTemplate"]["Version"]["Fn::GetAtt"][1] == "DefaultVersionNumber"
     assert (cfn_aws.recorder.of("CreateChangeSet")[-1].params["ChangeSetType"]) == "UPDATE"
+    refreshes = fake_instance_refresh(cfn_aws, "Successful")
     assert main(["stack", "deploy", str(second)]) == 0
-    assert f"stack {STACK}: UPDATE_COMPLETE" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert f"stack {STACK}: UPDATE_COMPLETE" in captured.out
+    # each group was refreshed onto version 2, health-checked, with automatic rollback
+    starts = cfn_aws.recorder.of("StartInstanceRefresh")
+    assert len(starts) == 2 == len(refreshes)
+    for call in starts:
+        assert call.params["Strategy"] == "Rolling"
+        assert call.params["Preferences"] == {
+            "MinHealthyPercentage": 100, "MaxHealthyPercentage": 200,
+            "InstanceWarmup": GRACE_SECONDS, "SkipMatching": True, "AutoRollback": True,
+            "StandbyInstances": "Terminate", "ScaleInProtectedInstances": "Refresh"}
+        assert call.params["DesiredConfiguration"]["LaunchTemplate"]["Version"] == "2"
+    # rollback returns to the group's saved configuration: version 1 before the refresh
+    saved = cfn_aws.recorder.of("UpdateAutoScalingGroup")
+    assert [c.params["LaunchTemplate"]["Version"] for c in saved] == ["1", "1"]
+    assert "launch template version 1 → 2" in captured.err
+    rolled = {c.params["LaunchTemplateId"]: c.params["DefaultVersion"]
+              for c in cfn_aws.recorder.of("ModifyLaunchTemplate")}
+    assert set(rolled.values()) == {"2"}
+    assert {c.params["DesiredConfiguration"]["LaunchTemplate"]["LaunchTemplateId"]
+            for c in starts} == set(rolled)
+    called = {f"{c.service}:{c.operation}" for c in cfn_aws.recorder.calls}
+    assert called >= STACK_ROLL_ACTIONS
+    # the db's launch template kept its one version
+    db = _plain().client("ec2").describe_launch_template_versions(
+        LaunchTemplateName="smallpayroll-db")["LaunchTemplateVersions"]
+    assert len(db) == 1
     image = _plain().client("ssm").get_parameter(
         Name=f"/amibake/smallpayroll/{m2.version}")["Parameter"]["Value"]
     versions = _plain().client("ec2").describe_launch_template_versions(
         LaunchTemplateName="smallpayroll-app")["LaunchTemplateVersions"]
     assert image in {v["LaunchTemplateData"].get("ImageId") for v in versions}
+
+
+def fake_instance_refresh(aws: Aws, status: str, reason: str = "") -> list[str]:
+    """moto has no instance refresh: answer StartInstanceRefresh and
+    DescribeInstanceRefreshes (finished with `status`) before they are sent. Returns the
+    groups refreshed."""
+    from botocore.awsrequest import AWSResponse
+
+    groups: list[str] = []
+    ok = AWSResponse("https://autoscaling.invalid/", 200, {}, None)  # type: ignore[arg-type]
+
+    def start(params: dict[str, Any], **_: Any) -> tuple[Any, dict[str, Any]]:
+        groups.append(params["body"]["AutoScalingGroupName"])  # the query-encoded request
+        return ok, {"InstanceRefreshId": f"refresh-{len(groups)}"}
+
+    def describe(params: dict[str, Any], **_: Any) -> tuple[Any, dict[str, Any]]:
+        body = params["body"]
+        return ok, {"InstanceRefreshes": [{
+            "InstanceRefreshId": body["InstanceRefreshIds.member.1"],
+            "AutoScalingGroupName": body["AutoScalingGroupName"], "Status": status,
+            "StatusReason": reason, "PercentageComplete": 100}]}
+
+    aws.on("before-call.autoscaling.StartInstanceRefresh", start)
+    aws.on("before-call.autoscaling.DescribeInstanceRefreshes", describe)
+    return groups
+
+
+def test_new_instances_failing_health_checks_roll_back(
+        cfn_aws: Aws, cert: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    first, _ = split_manifest(tmp_path, cert, "1.0.0")
+    assert main(["stack", "deploy", str(first)]) == 0
+    assert cfn_aws.recorder.of("StartInstanceRefresh") == []  # a new stack: nothing to roll
+    second, _ = split_manifest(tmp_path, cert, "1.1.0")
+    reason = "Instances failed to pass the ELB health check"
+    fake_instance_refresh(cfn_aws, "RollbackSuccessful", reason)
+    capsys.readouterr()
+    assert main(["stack", "deploy", str(second)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "AutoScalingGroup" in err and ": instance refresh RollbackSuccessful" in err
+    assert "RollbackSuccessful (rolled back to launch template version 1)" in err
+    assert reason in err
+    assert len(cfn_aws.recorder.of("StartInstanceRefresh")) == 1  # stopped at the first
+    assert cfn_aws.recorder.of("ModifyLaunchTemplate") == []  # the new version never default
+    assert "Traceback" not in err
 
 
 def test_failed_deploy_names_the_failing_resource(cfn_aws: Aws, cert: str, tmp_path: Path,

@@ -56,61 +56,73 @@ def _problem(section: str, marker: str, base: str | None = None) -> tuple[str, i
 
 BAD = {
     "db_count_zero": ("stack:\n  roles:\n    web: {count: 1}\n    app: {count: 1}\n"
-                      "    db: {count: 0}\n", "db: {count: 0}",
+                      "    db: {count: 0, image_version: 1.0.0}\n", "db: {count: 0",
                       "role 'db' runs postgresql: it is a single instance, so its count "
                       "must be 1 (got 0)"),
     "db_as_fleet": ("stack:\n  roles:\n    web: {count: 1}\n    app: {count: 1}\n"
-                    "    db: {min: 1, max: 3}\n", "db: {min",
+                    "    db: {min: 1, max: 3, image_version: 1.0.0}\n", "db: {min",
                     "role 'db' runs postgresql: it is a single instance; write count: 1"),
+    "db_image_not_pinned": ("stack:\n  roles:\n    web: {count: 1}\n    app: {count: 1}\n"
+                            "    db: {count: 1}\n", "db: {count: 1}",
+                            "role 'db' keeps its data on the instance store: a new image version "
+                            "would replace its server with an empty one; pin the version it runs "
+                            "with `image_version: 1.0.0` and change it only on purpose (after a "
+                            "backup)"),
     "tls_without_certificate": (
         "stack:\n  roles:\n    web:\n      load_balancer: alb\n      tls: {}\n"
-        "    app: {count: 1}\n    db: {count: 1}\n", "tls: {}",
+        "    app: {count: 1}\n    db: {count: 1, image_version: 1.0.0}\n", "tls: {}",
         "missing required key 'certificate_arn' in stack.roles.web.tls"),
     "tls_without_load_balancer": (
         f"stack:\n  roles:\n    web:\n      tls: {{certificate_arn: \"{CERT}\"}}\n"
-        "    app: {count: 1}\n    db: {count: 1}\n", "tls:",
+        "    app: {count: 1}\n    db: {count: 1, image_version: 1.0.0}\n", "tls:",
         "tls is served by the load balancer: set load_balancer: alb"),
     "ssh_network": ("stack:\n  ssh_cidr: 198.51.100.0/24\n  roles:\n    web: {count: 1}\n"
-                    "    app: {count: 1}\n    db: {count: 1}\n", "ssh_cidr",
+                    "    app: {count: 1}\n    db: {count: 1, image_version: 1.0.0}\n", "ssh_cidr",
                     "stack.ssh_cidr: 198.51.100.0/24 is a network of 256 addresses; SSH is "
                     "opened to one address only: write your address as a /32"),
     "ssh_world": ("stack:\n  ssh_cidr: 0.0.0.0/0\n  roles:\n    web: {count: 1}\n"
-                  "    app: {count: 1}\n    db: {count: 1}\n", "ssh_cidr",
+                  "    app: {count: 1}\n    db: {count: 1, image_version: 1.0.0}\n", "ssh_cidr",
                   "stack.ssh_cidr: 0.0.0.0/0 is a network of 4294967296 addresses; SSH is "
                   "opened to one address only: write your address as a /32"),
     "count_and_range": ("stack:\n  roles:\n    web: {count: 1}\n    app: {count: 2, max: 3}\n"
-                        "    db: {count: 1}\n", "app: {count",
+                        "    db: {count: 1, image_version: 1.0.0}\n", "app: {count",
                         "give either count or max, not both"),
     "min_above_max": ("stack:\n  roles:\n    web: {count: 1}\n    app: {min: 3, max: 2}\n"
-                      "    db: {count: 1}\n", "app: {min", "min 3 is above max 2"),
-    "peer_missing": ("stack:\n  roles:\n    web: {count: 1}\n    db: {count: 1}\n",
+                      "    db: {count: 1, image_version: 1.0.0}\n", "app: {min",
+                      "min 3 is above max 2"),
+    "peer_missing": ("stack:\n  roles:\n    web: {count: 1}\n"
+                     "    db: {count: 1, image_version: 1.0.0}\n",
                      "web: {count", "role 'web' proxies to role 'app', which is not in "
                                     "stack.roles"),
     "unknown_role": ("stack:\n  roles:\n    web: {count: 1}\n    app: {count: 1}\n"
-                     "    db: {count: 1}\n    dbb: {count: 1}\n", "dbb:",
+                     "    db: {count: 1, image_version: 1.0.0}\n    dbb: {count: 1}\n", "dbb:",
                      "stack role 'dbb' is not a role of this manifest (did you mean 'db'?)"),
     "one_subnet": ("stack:\n  vpc: {id: vpc-0123456789abcdef0, subnets: "
                    "[subnet-0123456789abcdef0]}\n  roles:\n    web: {count: 1}\n"
-                   "    app: {count: 1}\n    db: {count: 1}\n", "vpc:",
+                   "    app: {count: 1}\n    db: {count: 1, image_version: 1.0.0}\n", "vpc:",
                    "give at least two subnets, in two availability zones (an Application "
                    "Load Balancer needs two)"),
     "vpc_word": ("stack:\n  vpc: make\n  roles:\n    web: {count: 1}\n    app: {count: 1}\n"
-                 "    db: {count: 1}\n", "vpc: make", "stack.vpc: 'make' is not one of create"),
+                 "    db: {count: 1, image_version: 1.0.0}\n",
+                 "vpc: make", "stack.vpc: 'make' is not one of create"),
     "vpc_outside_db_network": ("stack:\n  cidr: 172.16.0.0/16\n  roles:\n    web: {count: 1}\n"
-                               "    app: {count: 1}\n    db: {count: 1}\n", "cidr:",
+                               "    app: {count: 1}\n    db: {count: 1, image_version: 1.0.0}\n",
+                               "cidr:",
                                "the vpc 172.16.0.0/16 is not inside app.database.network "
                                "(10.0.0.0/16): the database would refuse the app servers"),
     "vpc_too_big": ("stack:\n  cidr: 10.0.0.0/8\n  roles:\n    web: {count: 1}\n"
-                    "    app: {count: 1}\n    db: {count: 1}\n", "cidr:",
+                    "    app: {count: 1}\n    db: {count: 1, image_version: 1.0.0}\n", "cidr:",
                     "a created vpc's range must be an IPv4 network from /16 to /27 "
                     "(got 10.0.0.0/8)"),
     "eip_behind_alb": ("stack:\n  roles:\n    web: {load_balancer: alb, elastic_ip: true}\n"
-                       "    app: {count: 1}\n    db: {count: 1}\n", "elastic_ip",
+                       "    app: {count: 1}\n    db: {count: 1, image_version: 1.0.0}\n",
+                       "elastic_ip",
                        "a role behind a load balancer takes no Elastic IP (the load balancer "
                        "is its address)"),
     "bad_certificate": ("stack:\n  roles:\n    web:\n      load_balancer: alb\n"
                         "      tls: {certificate_arn: arn:aws:iam::1:server-certificate/x}\n"
-                        "    app: {count: 1}\n    db: {count: 1}\n", "certificate_arn",
+                        "    app: {count: 1}\n    db: {count: 1, image_version: 1.0.0}\n",
+                        "certificate_arn",
                         "stack.roles.web.tls.certificate_arn: "
                         "'arn:aws:iam::1:server-certificate/x' is not an ACM certificate ARN "
                         "(arn:aws:acm:REGION:ACCOUNT:certificate/UUID)"),

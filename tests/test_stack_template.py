@@ -16,7 +16,7 @@ from moto import mock_aws
 from builder.cli import main
 from builder.manifest import load_manifest
 from builder.render import split_user_data
-from builder.stack.template import template, template_yaml
+from builder.stack.template import GRACE_SECONDS, template, template_yaml
 from tests.aws_fixtures import AWS_ENV
 from tests.stack_fixtures import (
     CERT,
@@ -119,11 +119,29 @@ def test_fleet_rolls_and_db_is_one_instance() -> None:
     app = groups["AppAutoScalingGroup"]
     assert (app["Properties"]["MinSize"], app["Properties"]["MaxSize"],
             app["Properties"]["DesiredCapacity"]) == ("2", "4", "3")
-    assert app["Properties"]["HealthCheckType"] == "ELB"
-    rolling = app["UpdatePolicy"]["AutoScalingRollingUpdate"]
-    assert (rolling["MinInstancesInService"], rolling["MaxBatchSize"]) == ("2", "1")
+    for group in groups.values():
+        props = group["Properties"]
+        # the load balancer's health check decides, after the grace period; a new version
+        # is rolled by `stack deploy`'s instance refresh, never by CloudFormation unchecked
+        assert props["HealthCheckType"] == "ELB"
+        assert props["HealthCheckGracePeriod"] == GRACE_SECONDS
+        assert props["TargetGroupARNs"]
+        assert props["LaunchTemplate"]["Version"]["Fn::GetAtt"][1] == "DefaultVersionNumber"
+        assert "UpdatePolicy" not in group
     assert set(_of(tpl, "AWS::EC2::Instance")) == {"DbInstance"}
     assert tpl["Resources"]["DbInstance"]["UpdateReplacePolicy"] == "Retain"
+
+
+def test_db_image_is_pinned_and_others_follow_the_version() -> None:
+    tpl = template(load(SPLIT.replace("image_version: 1.0.0", "image_version: 0.9.0")))
+    data = {name: tpl["Resources"][f"{name}LaunchTemplate"]["Properties"]["LaunchTemplateData"]
+            for name in ("Web", "App", "Db")}
+    assert data["Db"]["ImageId"] == "{{resolve:ssm:/amibake/smallpayroll/0.9.0}}"
+    assert data["Web"]["ImageId"] == data["App"]["ImageId"] == \
+        "{{resolve:ssm:/amibake/smallpayroll/1.0.0}}"
+    # the db's role marker names its own version, not the manifest's
+    marker = base64.b64decode(data["Db"]["UserData"]).decode()
+    assert "0.9.0" in marker and "1.0.0" not in marker
 
 
 def test_tls_redirects_http_and_serves_the_certificate() -> None:

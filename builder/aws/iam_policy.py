@@ -52,7 +52,16 @@ LAUNCH_ACTIONS: frozenset[str] = frozenset({
     "ec2:TerminateInstances",
 })
 
-#: stack plan|deploy|status|delete (builder/stack/changeset.py, deploy.py)
+#: stack deploy's instance refresh of a group on an older launch template version
+#: (builder/stack/refresh.py)
+STACK_ROLL_ACTIONS: frozenset[str] = frozenset({
+    "autoscaling:UpdateAutoScalingGroup",
+    "autoscaling:StartInstanceRefresh",
+    "autoscaling:DescribeInstanceRefreshes",
+    "ec2:ModifyLaunchTemplate",
+})
+
+#: stack plan|deploy|status|delete (builder/stack/changeset.py, deploy.py, refresh.py)
 STACK_ACTIONS: frozenset[str] = frozenset({
     "cloudformation:DescribeStacks",
     "cloudformation:DescribeStackEvents",
@@ -61,7 +70,10 @@ STACK_ACTIONS: frozenset[str] = frozenset({
     "cloudformation:ExecuteChangeSet",
     "cloudformation:DeleteChangeSet",
     "cloudformation:DeleteStack",
-})
+    "cloudformation:ListStackResources",
+    "autoscaling:DescribeAutoScalingGroups",
+    "ec2:DescribeLaunchTemplates",
+}) | STACK_ROLL_ACTIONS
 
 #: actions AWS authorizes without a call of their own
 IMPLIED: dict[str, dict[str, str]] = {

@@ -57,11 +57,12 @@ def run(args: argparse.Namespace, out: Output) -> int:
     name = stack_name(manifest)  # a manifest without `stack:` stops here, before AWS
     if args.action == "delete":
         _confirm(args, name)
-    cfn = clients_for(args, manifest).client("cloudformation")
+    clients = clients_for(args, manifest)
+    cfn = clients.client("cloudformation")
     if args.action == "plan":
         return _plan(args, manifest, cfn, out)
     if args.action == "deploy":
-        return _deploy(manifest, cfn, out)
+        return _deploy(manifest, clients, out)
     if args.action == "status":
         from builder.stack.deploy import status
 
@@ -128,11 +129,12 @@ def _plan(args: argparse.Namespace, manifest: Any, cfn: Any, out: Output) -> int
     return 0
 
 
-def _deploy(manifest: Any, cfn: Any, out: Output) -> int:
+def _deploy(manifest: Any, clients: Any, out: Output) -> int:
     from builder.stack.changeset import plan
     from builder.stack.deploy import execute, outputs
     from builder.stack.template import stack_name
 
+    cfn = clients.client("cloudformation")
     name = stack_name(manifest)
     p = plan(cfn, name, _body(manifest), description=_description(manifest),
              sleep=time.sleep)
@@ -147,6 +149,7 @@ def _deploy(manifest: Any, cfn: Any, out: Output) -> int:
         return 0
     out.say(p.text())
     stack = execute(cfn, p, say=out.say, sleep=time.sleep)
+    _roll(clients, name, out)
     found = outputs(stack)
     out.result({"stack": name, "changed": True, "status": stack["StackStatus"],
                 "outputs": found},
@@ -155,6 +158,16 @@ def _deploy(manifest: Any, cfn: Any, out: Output) -> int:
                           *(["(SiteAddress is the cutover's dns.new_address)"]
                             if "SiteAddress" in found else [])]))
     return 0
+
+
+def _roll(clients: Any, name: str, out: Output) -> None:
+    """Instance refresh of every group whose instances run an older launch template version
+    (builder/stack/refresh.py); a failed one has rolled back and stops here."""
+    from builder.stack.refresh import pending, roll, stack_groups
+
+    asg, ec2 = clients.client("autoscaling"), clients.client("ec2")
+    for r in pending(asg, ec2, stack_groups(clients.client("cloudformation"), name)):
+        roll(asg, ec2, r, say=out.say, sleep=time.sleep)
 
 
 def _template(args: argparse.Namespace, manifest: Any, out: Output) -> int:

@@ -67,6 +67,7 @@ def check_stack(m: Manifest, report: Report) -> None:
                             f" (roles: {', '.join(m.roles)})"))
             continue
         _check_sizes(m, sr, path, report)
+        _check_pinned(m, sr, path, report)
         _check_front(m, sr, path, report)
         if sr.subnets and not isinstance(stack.vpc, ExistingVpc):
             report(f"{path}.subnets", "subnets are chosen only in an existing vpc; a created "
@@ -98,6 +99,18 @@ def _check_sizes(m: Manifest, sr: StackRole, path: str, report: Report) -> None:
         report(f"{path}.min", f"min {low} is above max {high}")
     elif not low <= desired <= high:
         report(f"{path}.desired", f"desired {desired} is outside min {low} .. max {high}")
+
+
+def _check_pinned(m: Manifest, sr: StackRole, path: str, report: Report) -> None:
+    """A server whose data lives on the instance store must not follow every new image:
+    replacing it would start an empty one."""
+    pg = m.components.postgresql
+    if pg is not None and pg.storage == "instance-store" and sr.image_version is None \
+            and "postgresql" in m.roles[sr.name].components:
+        report(path, f"role {sr.name!r} keeps its data on the instance store: a new image "
+                     "version would replace its server with an empty one; pin the version it "
+                     f"runs with `image_version: {m.version}` and change it only on purpose "
+                     "(after a backup)")
 
 
 def single_instance(m: Manifest, sr: StackRole) -> bool:

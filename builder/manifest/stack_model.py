@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from packaging.version import Version
+
 from builder.manifest import field_checks as fc
 from builder.manifest.model import setting
 
@@ -95,6 +97,10 @@ class StackRole:
                     "(a web role without a load balancer)")
     health_check_path: str = setting("/health", help="path the load balancer checks",
                                      check=fc.url_path)
+    image_version: Version | None = setting(
+        None, help="the published image version this role runs, changed only on purpose "
+                   "(needed by a role that keeps its data on the instance store: a new "
+                   "image would replace its server); default: stack.image")
 
     @property
     def sizes(self) -> tuple[int, int, int]:

@@ -13,9 +13,11 @@ as YAML, the same bytes for the same manifest. What it holds:
   reads, and a launch template: the AMI from the SSM parameter `publish`
   writes, the baked role marker (builder.render) as user-data with the
   peers' private names, IMDSv2 required;
-- an Auto Scaling group with a rolling update for each stateless role; one
-  instance for the db role (its data is on the instance store) and for a
-  role with an Elastic IP;
+- an Auto Scaling group for each stateless role, on its launch template's
+  default version with the load balancer's health check (a new version is
+  rolled out by `stack deploy`'s instance refresh, builder/stack/refresh.py);
+  one instance for the db role (its data is on the instance store; its image
+  version is pinned, `image_version`) and for a role with an Elastic IP;
 - an internet-facing Application Load Balancer (HTTP → HTTPS with `tls`), an
   internal one in front of the app servers, and a private Route 53 zone
   `<stack>.internal` where roles find each other by name.
@@ -26,7 +28,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import yaml
@@ -48,10 +50,6 @@ SSL_POLICY = "ELBSecurityPolicy-TLS13-1-2-2021-06"
 #: seconds an instance may boot before the load balancer's verdict counts
 GRACE_SECONDS = 300
 RECORD_TTL = "60"
-UPDATE_PAUSE = "PT5M"
-#: Auto Scaling processes suspended while a rolling update replaces instances
-SUSPENDED = ["HealthCheck", "ReplaceUnhealthy", "AZRebalance", "AlarmNotification",
-             "ScheduledActions"]
 WORLD = "0.0.0.0/0"
 
 
@@ -291,25 +289,32 @@ class _Builder:
         self.add(logical_id(name, "InstanceProfile"), "AWS::IAM::InstanceProfile",
                  {"Roles": [Ref(role)]})
 
-    def user_data(self, name: str) -> str:
+    def user_data(self, name: str, sr: StackRole) -> str:
         hosts = {link.server: [private_name(self.m, link.server)]
                  for link in self.links if link.client == name}
-        rendered = render_role(self.m, name, baked=True, hosts=hosts)
+        # a pinned role's marker names its own version: a new manifest version leaves its
+        # launch template as it was
+        m = self.m if sr.image_version is None else replace(self.m, version=sr.image_version)
+        rendered = render_role(m, name, baked=True, hosts=hosts)
         return base64.b64encode(rendered.user_data).decode("ascii")
 
-    def image_id(self) -> str:
-        leaf = str(self.m.version) if self.stack.image == "version" else "latest"
+    def image_id(self, sr: StackRole) -> str:
+        """The role's pinned version, else the manifest's version or `latest`."""
+        if sr.image_version is not None:
+            leaf = str(sr.image_version)
+        else:
+            leaf = str(self.m.version) if self.stack.image == "version" else "latest"
         name = ssm_name(self.m.publish.ssm_prefix, self.m.name, leaf)
         return "{{resolve:ssm:" + name + "}}"
 
     def launch_template(self, name: str, sr: StackRole) -> None:
         role = self.m.roles[name]
         data: dict[str, Any] = {
-            "ImageId": self.image_id(),
+            "ImageId": self.image_id(sr),
             "InstanceType": role.instance_type,
             "IamInstanceProfile": {"Arn": GetAtt(logical_id(name, "InstanceProfile"), "Arn")},
             "SecurityGroupIds": [GetAtt(logical_id(name, "SecurityGroup"), "GroupId")],
-            "UserData": self.user_data(name),
+            "UserData": self.user_data(name, sr),
             "MetadataOptions": {"HttpEndpoint": "enabled", "HttpTokens": "required",
                                 "HttpPutResponseHopLimit": 1, "InstanceMetadataTags": "enabled"},
             "TagSpecifications": [{"ResourceType": "instance", "Tags": [
@@ -325,9 +330,9 @@ class _Builder:
             "LaunchTemplateName": {"Fn::Sub": f"${{AWS::StackName}}-{name}"},
             "LaunchTemplateData": data})
 
-    def _template_ref(self, name: str) -> dict[str, Any]:
+    def _template_ref(self, name: str, version: str = "LatestVersionNumber") -> dict[str, Any]:
         lt = logical_id(name, "LaunchTemplate")
-        return {"LaunchTemplateId": Ref(lt), "Version": GetAtt(lt, "LatestVersionNumber")}
+        return {"LaunchTemplateId": Ref(lt), "Version": GetAtt(lt, version)}
 
     def instance(self, name: str, sr: StackRole, subnet: Any) -> None:
         instance = logical_id(name, "Instance")
@@ -352,7 +357,10 @@ class _Builder:
                            targets: list[dict[str, Any]]) -> None:
         low, high, desired = sr.sizes
         props: dict[str, Any] = {
-            "LaunchTemplate": self._template_ref(name),
+            # the default version: a new version is rolled out by `stack deploy`'s instance
+            # refresh (health-checked, rolled back on failure; builder/stack/refresh.py),
+            # which makes it the default once it has succeeded
+            "LaunchTemplate": self._template_ref(name, "DefaultVersionNumber"),
             "MinSize": str(low), "MaxSize": str(high), "DesiredCapacity": str(desired),
             "VPCZoneIdentifier": subnets,
             "HealthCheckType": "ELB" if targets else "EC2",
@@ -363,10 +371,7 @@ class _Builder:
         if targets:
             props["TargetGroupARNs"] = targets
         self.add(logical_id(name, "AutoScalingGroup"), "AWS::AutoScaling::AutoScalingGroup",
-                 props, UpdatePolicy={"AutoScalingRollingUpdate": {
-                     "MinInstancesInService": str(max(desired - 1, 0)),
-                     "MaxBatchSize": "1", "PauseTime": UPDATE_PAUSE,
-                     "SuspendProcesses": SUSPENDED}})
+                 props)
 
     def _target_group(self, name: str, port: int, vpc: Any, path: str) -> str:
         return self.add(name, "AWS::ElasticLoadBalancingV2::TargetGroup", {
