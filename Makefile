@@ -23,6 +23,10 @@ APT_PACKAGES := \
 APT_PACKAGES += ruby-rails bundler
 # systemd's own unit loader (systemd --test), sysusers and tmpfiles: tests/test_render_hostile.py
 APT_PACKAGES += systemd
+# bench/bake.py's contender: Debian's image builder
+APT_PACKAGES += mkosi
+# bench/bundle.py's contender: parallel gzip
+APT_PACKAGES += pigz
 
 .PHONY: setup system venv test test-fast check lint render image bench clean
 

@@ -102,9 +102,9 @@ def test_round_trip_awkward_sizes(tmp_path: Path, creds: BundleCredentials, pki:
     assert not list(tmp_path.glob("*.partial"))
 
 
-@pytest.mark.parametrize("engine", ["zlib", "zlib-ng"])
-def test_both_gzip_engines_make_one_valid_gzip_stream(tmp_path: Path, creds: BundleCredentials,
-                                                      pki: Pki, engine: str) -> None:
+@pytest.mark.parametrize("engine", ["zlib", "zlib-ng", "libdeflate"])
+def test_every_gzip_engine_makes_one_valid_gzip_stream(tmp_path: Path, creds: BundleCredentials,
+                                                       pki: Pki, engine: str) -> None:
     image = tmp_path / "disk.raw"
     text = b"".join(b"line %d of a log file\n" % i for i in range(400_000))  # compressible
     image.write_bytes(text + bytes(9 * MiB) + text[:12345])
@@ -116,6 +116,19 @@ def test_both_gzip_engines_make_one_valid_gzip_stream(tmp_path: Path, creds: Bun
     assert stream[512 : 512 + len(text)] == text
     unbundle(result.manifest_path, pki.key, output=tmp_path / "back.raw")
     assert (tmp_path / "back.raw").read_bytes() == image.read_bytes()
+
+
+def test_auto_engine_is_libdeflate_at_a_level_no_larger_than_gzip_6() -> None:
+    from builder.bundle import gzip_parallel as gp
+
+    assert gp.choose_engine("auto", gp.PROCESS_MIN_BYTES) == "libdeflate"
+    assert gp.choose_engine("auto", gp.PROCESS_MIN_BYTES - 1) == "zlib"  # no workers to start
+    # real content of the kind an image holds: a binary and licence texts
+    files = [Path("/bin/bash"), *sorted(Path("/usr/share/common-licenses").glob("*"))]
+    corpus = b"".join(p.read_bytes() for p in files if p.is_file())
+    assert len(corpus) > 1 * MiB
+    level = gp.DEFAULT_LEVEL["libdeflate"]
+    assert len(gp.gzip_member_libdeflate(corpus, level)) <= len(gp.gzip_member(corpus, 6))
 
 
 def test_last_part_exactly_full_has_no_empty_part(tmp_path: Path, creds: BundleCredentials,

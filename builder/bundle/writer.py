@@ -2,8 +2,8 @@
 
 One pass over the image, streamed: the tar stream (tarstream.py) is hashed
 (SHA-1: the manifest's image digest), cut into chunks that are compressed
-on every core as separate gzip members (gzip_parallel.py; concatenated
-members are one valid gzip stream), then encrypted in
+on every core as separate gzip members (gzip_parallel.py, libdeflate by
+default; concatenated members are one valid gzip stream), then encrypted in
 order with a fresh random AES-128 key and IV (PKCS#7 padding, as `openssl
 enc -aes-128-cbc`), and written to `<prefix>.part.NN` files of `part_size`
 bytes whose SHA-1s are taken on the way. Memory is bounded by the chunks in
@@ -50,10 +50,10 @@ class BundleRequest:
     ramdisk_id: str = ""
     part_size: int = PART_SIZE
     chunk_size: int = CHUNK_SIZE
-    level: int = 6  # gzip's default
+    level: int | None = None  # None: the engine's DEFAULT_LEVEL (no larger than gzip -6)
     workers: int = 0  # 0: one per CPU
     sparse: bool = True
-    engine: Engine = "auto"  # gzip_parallel: "zlib" threads or "zlib-ng" processes
+    engine: Engine = "auto"  # gzip_parallel: "zlib" threads, "libdeflate"/"zlib-ng" processes
 
 
 @dataclass(frozen=True)
