@@ -62,6 +62,9 @@ class StoredImage:
     build_time: str
     builder_version: str
     boot_test: dict[str, Any] = field(default_factory=dict)
+    #: where the app's code came from: {"code": sample|none|path|git|tarball, and for
+    #: the team's own code: commit, tarball_sha256, tree_digest, dirty, ...}
+    app: dict[str, Any] = field(default_factory=dict)
 
     @property
     def disk_path(self) -> Path:
@@ -95,6 +98,7 @@ class StoredImage:
             build_time=doc["build_time"],
             builder_version=doc["builder_version"],
             boot_test=dict(doc.get("boot_test") or {}),
+            app=dict(doc.get("app") or {}),
         )
 
     @classmethod

@@ -5,6 +5,8 @@
     <cache>/base/<key>.tree/     the same tree unpacked: a bake takes a copy
                                  made of hard links (`cp -al`, about a second);
                                  the config layer replaces files, never edits one
+    <cache>/app/<key>.tree/      a built app layer (app.root after the app's build),
+                                 checked out by hard links like the base tree
     <cache>/work/<pid>-<rand>/   a bake's scratch space (removed by the bake;
                                  `cache prune` removes those of dead processes)
     <cache>/boot/<name>-<version>-<pid>/  serial logs of a failed boot test,
@@ -56,6 +58,7 @@ class LayerCache:
         self.base_dir = root / "base"
         self.work_root = root / "work"
         self.boot_logs = root / "boot"
+        self.app_dir = root / "app"
 
     # ------------------------------------------------------------- base layers
 
@@ -163,6 +166,37 @@ class LayerCache:
                  for p in self.base_dir.glob("*.tar.zst") if not p.name.startswith(".")]
         return sorted((e for e in found if e), key=lambda e: e.last_used, reverse=True)
 
+    # -------------------------------------------------------------- app layers
+
+    def app_tree(self, key: str) -> Path | None:
+        """The cached app layer `key` (marked used), or None."""
+        tree = self.app_dir / f"{key}.tree"
+        if not tree.is_dir() or tree.is_symlink():
+            return None
+        os.utime(tree)
+        return tree
+
+    @contextlib.contextmanager
+    def app_staging(self, key: str) -> Iterator[Path]:
+        """A path (absent) to copy a built app layer to; renamed into the cache as
+        `key` when the block ends without an error, removed otherwise."""
+        self.app_dir.mkdir(parents=True, exist_ok=True)
+        holder = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:12]}-", dir=self.app_dir))
+        try:
+            yield holder / "tree"
+            final = self.app_dir / f"{key}.tree"
+            if (holder / "tree").is_dir() and not final.exists():
+                os.replace(holder / "tree", final)
+        finally:
+            shutil.rmtree(holder, ignore_errors=True)
+
+    def app_entries(self) -> list[Path]:
+        """Cached app layers, most recently used first."""
+        if not self.app_dir.is_dir():
+            return []
+        found = [p for p in self.app_dir.glob("*.tree") if not p.name.startswith(".")]
+        return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
     # -------------------------------------------------------------- scratch
 
     @contextlib.contextmanager
@@ -199,6 +233,15 @@ class LayerCache:
                 except FileNotFoundError:
                     continue
                 if age > 3600:
+                    _remove(tmp)
+                    removed.append(tmp)
+        for tree in self.app_entries()[keep:]:
+            _remove(tree)
+            removed.append(tree)
+        if self.app_dir.is_dir():
+            for tmp in self.app_dir.glob(".tmp-*"):
+                pid_dead = time.time() - tmp.lstat().st_mtime > 3600
+                if pid_dead:
                     _remove(tmp)
                     removed.append(tmp)
         if self.boot_logs.is_dir():

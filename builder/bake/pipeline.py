@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -29,7 +30,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from builder import __version__
+from builder.app.source import AppSource, resolve
 from builder.bake import bootloader, disk, rootfs
+from builder.bake.app_layer import APP_BUILD_HOOK, AppLayer, write_app_layer
 from builder.bake.cache import LayerCache
 from builder.bake.packages import dpkg_packages
 from builder.bake.sources import DEFAULT_APT_DIR, host_sources
@@ -51,6 +54,7 @@ class BakeOptions:
     force: bool = False
     skip_boot_test: bool = False
     apt_dir: Path = DEFAULT_APT_DIR
+    allow_dirty: bool = False
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,8 @@ class BakeRecipe:
     services: tuple[str, ...]
     inputs: dict[str, str]
     inputs_digest: str
+    app: AppSource = AppSource(kind="sample")
+    app_layer: AppLayer | None = None
 
     @property
     def name(self) -> str:
@@ -85,6 +91,8 @@ class BakeResult:
     action: Literal["built", "unchanged", "replaced"]
     base_cached: bool
     seconds: dict[str, float] = field(default_factory=dict)
+    #: None: no app layer (sample/none); else whether it came from the cache
+    app_cached: bool | None = None
 
 
 def with_roles(manifest: Manifest, roles: Sequence[str] | None) -> Manifest:
@@ -152,9 +160,19 @@ def _digest(doc: Any) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
-def recipe_for(manifest: Manifest, apt_dir: Path = DEFAULT_APT_DIR) -> BakeRecipe:
-    """Render the image's content and digest every input; no heavy work."""
+def recipe_for(manifest: Manifest, apt_dir: Path = DEFAULT_APT_DIR,
+               app: AppSource | None = None) -> BakeRecipe:
+    """Render the image's content and digest every input; no heavy work.
+
+    `app` is the resolved `app.code` (builder.app.source.resolve); without it
+    the team's own code is resolved here only to digest it.
+    """
     from builder.render import image_content
+
+    if app is None:
+        with tempfile.TemporaryDirectory(prefix="amibake-app-") as scratch:
+            app = dataclasses.replace(resolve(manifest, Path(scratch) / "app",
+                                              allow_dirty=True), tree=None)
 
     content = image_content(manifest)
     files = [rootfs.LayerFile(f.path, f.content, f.mode, f.owner) for f in content.files]
@@ -180,6 +198,15 @@ def recipe_for(manifest: Manifest, apt_dir: Path = DEFAULT_APT_DIR) -> BakeRecip
         }),
         "roles": _digest(list(manifest.baked_roles)),
     }
+    layer = None
+    if app.own:
+        inputs["app"] = _digest({k: v for k, v in app.as_json().items()
+                                 if k in ("code", "commit", "tarball_sha256", "tree_digest")})
+        hook = next((f.content for f in files if f.path == APP_BUILD_HOOK), None)
+        appserver = manifest.components.appserver
+        layer = AppLayer(source=app, root=manifest.app.root, hook=hook,
+                         environment=appserver.environment if appserver else "production")
+        inputs["app_layer"] = "sha256:" + layer.key(base.key())
     return BakeRecipe(
         manifest=manifest,
         roles=tuple(manifest.baked_roles),
@@ -188,6 +215,8 @@ def recipe_for(manifest: Manifest, apt_dir: Path = DEFAULT_APT_DIR) -> BakeRecip
         services=services,
         inputs=inputs,
         inputs_digest=_digest(inputs),
+        app=app,
+        app_layer=layer,
     )
 
 
@@ -216,23 +245,24 @@ def boot_test_disk(disk_path: Path, manifest: Manifest, roles: Sequence[str],
 
 def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
     """Bake `manifest` into the store at options.store_root; see the module doc."""
-    recipe = recipe_for(manifest, options.apt_dir)
-    store = Store(options.store_root)
-    existing = store.find(recipe.name, recipe.version)
-    if existing is not None and not options.force and \
-            existing.inputs_digest == recipe.inputs_digest:
-        return BakeResult(existing, "unchanged", base_cached=True)
-    if existing is not None and not options.force:
-        raise UserError(
-            f"{recipe.name} {recipe.version} is already stored with different inputs "
-            f"({existing.dir})",
-            hint="bump the version (--bump patch) or rebuild it with --force",
-        )
     cache = LayerCache(options.cache_dir)
     timer = _Timer(say)
     started = time.monotonic()
     with contextlib.ExitStack() as stack:
         work = stack.enter_context(cache.workdir())
+        app = resolve(manifest, work / "app", allow_dirty=options.allow_dirty)
+        recipe = recipe_for(manifest, options.apt_dir, app)
+        store = Store(options.store_root)
+        existing = store.find(recipe.name, recipe.version)
+        if existing is not None and not options.force and \
+                existing.inputs_digest == recipe.inputs_digest:
+            return BakeResult(existing, "unchanged", base_cached=True)
+        if existing is not None and not options.force:
+            raise UserError(
+                f"{recipe.name} {recipe.version} is already stored with different inputs "
+                f"({existing.dir})",
+                hint="bump the version (--bump patch) or rebuild it with --force",
+            )
         staged = stack.enter_context(store.staging(recipe.name, recipe.version))
         tree = work / "tree"
         key = recipe.base.key()
@@ -248,6 +278,9 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
                 entry = cache.store(key, building, base_meta(recipe.base, building))
         with timer.step("checkout", f"base layer {key[:12]} from the cache"):
             cache.checkout(entry, tree)
+        app_cached = None
+        if recipe.app_layer is not None:
+            app_cached = _app_layer(tree, recipe.app_layer, key, cache, timer)
         with timer.step("config", f"writing {len(recipe.files)} rendered files "
                         f"(roles: {', '.join(recipe.roles)})"):
             rootfs.write_config_layer(tree, recipe.files, recipe.services)
@@ -293,11 +326,28 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
                 build_time=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 builder_version=__version__,
                 boot_test=boot_test,
+                app=recipe.app.as_json(),
             )
             stored = store.commit(staged, image, replace=options.force)
     timer.seconds["total"] = round(time.monotonic() - started, 2)
     action: Literal["built", "replaced"] = "replaced" if existing is not None else "built"
-    return BakeResult(stored, action, base_cached, timer.seconds)
+    return BakeResult(stored, action, base_cached, timer.seconds, app_cached)
+
+
+def _app_layer(tree: Path, layer: AppLayer, base_key: str, cache: LayerCache,
+               timer: _Timer) -> bool:
+    """The app layer into `tree`, from the cache or built (then cached); cached?"""
+    key = layer.key(base_key)
+    cached = cache.app_tree(key)
+    digest = layer.source.tree_digest.removeprefix("sha256:")[:12]
+    if cached is not None:
+        with timer.step("app", f"app layer {key[:12]} (tree {digest}) from the cache"):
+            write_app_layer(tree, layer, cached, None)
+        return True
+    with timer.step("app", f"building the app layer {key[:12]} (tree {digest})"), \
+            cache.app_staging(key) as keep:
+        write_app_layer(tree, layer, None, keep)
+    return False
 
 
 def build_disk(disk_path: Path, tree: Path, work: Path, recipe: BakeRecipe, root_uuid: str) -> None:

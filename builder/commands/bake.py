@@ -32,6 +32,9 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
                    help="layer cache (default: $AMIBAKE_CACHE_DIR or ~/.cache/amibake)")
     p.add_argument("--store", type=Path, metavar="DIR",
                    help="local image store (default: $AMIBAKE_STORE or ./images)")
+    p.add_argument("--allow-dirty", action="store_true",
+                   help="bake an app.code path that is a git checkout with uncommitted "
+                        "changes (image.json records dirty: true)")
     p.add_argument("--skip-boot-test", action="store_true",
                    help="store the image without booting it (not for images you publish)")
     try:
@@ -63,6 +66,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
         cache_dir=args.cache_dir or default_cache_dir(),
         force=args.force,
         skip_boot_test=args.skip_boot_test,
+        allow_dirty=args.allow_dirty,
     )
     result = bake(manifest, options, out.say)
     if args.bump:
@@ -87,6 +91,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
         "roles": list(image.roles),
         "inputs_digest": image.inputs_digest,
         "base_layer_cached": result.base_cached,
+        "app_layer_cached": result.app_cached,
+        "app": image.app,
         "boot_test": "skipped" if image.boot_test.get("skipped") else "passed",
         "seconds": result.seconds,
     }

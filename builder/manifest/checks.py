@@ -291,9 +291,29 @@ def cutover_problems(m: Manifest) -> list[tuple[str, str]]:
     return found
 
 
+def check_app_code(m: Manifest, report: Report) -> None:
+    """`app.code` as a mapping: exactly one source, with what it needs."""
+    code = m.app.code
+    if isinstance(code, str):
+        return
+    given = [k for k in ("path", "git", "tarball") if getattr(code, k)]
+    if len(given) != 1:
+        report("app.code", "app.code needs exactly one of path, git or tarball"
+                           + (f" (got {', '.join(given)})" if given else ""))
+        return
+    if code.git and not code.ref:
+        report("app.code.git", "app.code.git needs `ref:` (a tag, branch or commit)")
+    if code.ref and not code.git:
+        report("app.code.ref", "app.code.ref goes with `git:`")
+    if code.tarball and not code.sha256:
+        report("app.code.tarball", "app.code.tarball needs `sha256:` (checked before unpacking)")
+    if code.sha256 and not code.tarball:
+        report("app.code.sha256", "app.code.sha256 goes with `tarball:`")
+
+
 CHECKS: tuple[Callable[[Manifest, Report], None], ...] = (
     check_roles, check_references, check_ports, check_ruby, check_web, check_database,
-    check_app_network, check_login_user, check_publish, check_cutover, check_backup,
+    check_app_network, check_app_code, check_login_user, check_publish, check_cutover, check_backup,
     stack_checks.check_instance_storage, stack_checks.check_stack,
 )
 

@@ -247,6 +247,29 @@ def sha256(value: str) -> str | None:
     return None if not value or SHA256.fullmatch(value) else "must be 64 lower-case hex digits"
 
 
+SOURCE_LOCATION = re.compile(r"[A-Za-z0-9._~%/+,=@:-]{1,4096}", A)
+GIT_REF = re.compile(r"[A-Za-z0-9._/+-]{1,255}", A)
+
+
+def source_location(value: str) -> str | None:
+    """Where the app's code is read from: a path (relative to the manifest) or a
+    URL; handed to git or read by amibake, never to a shell."""
+    if value.startswith("-"):
+        return f"{_shown(value)} must not start with '-'"
+    if not SOURCE_LOCATION.fullmatch(value):
+        return (f"{_shown(value)} is not a path or URL (ASCII letters, digits and "
+                "._~%/+,=@:-)")
+    return None
+
+
+def git_ref(value: str) -> str | None:
+    """A tag, branch or commit: git's ref grammar, never an option."""
+    if (value.startswith(("-", "/", ".")) or ".." in value or value.endswith(("/", ".lock"))
+            or "//" in value or not GIT_REF.fullmatch(value)):
+        return f"{_shown(value)} is not a git tag, branch or commit"
+    return None
+
+
 def md5(value: str) -> str | None:
     return None if not value or MD5.fullmatch(value) else "must be 32 lower-case hex digits"
 

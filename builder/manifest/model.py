@@ -237,6 +237,30 @@ class Database:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AppCode:
+    """Where the app's own code comes from (builder/app/source.py fetches it).
+
+    Exactly one of `path` (a directory, relative to the manifest), `git`
+    (with `ref`) or `tarball` (with `sha256`).
+    """
+
+    path: str = setting("", help="a local checkout, relative to the manifest",
+                        check=fc.optional(fc.source_location))
+    git: str = setting("", help="a git repository: a path (relative to the manifest) or URL",
+                       check=fc.optional(fc.source_location))
+    ref: str = setting("", help="tag, branch or commit of `git`; resolved to the exact commit",
+                       check=fc.optional(fc.git_ref))
+    tarball: str = setting("", help="a .tar(.gz|.xz|.bz2|.zst) of the app: path or URL",
+                           check=fc.optional(fc.source_location))
+    sha256: str = setting("", help="hex SHA-256 of the tarball, checked before unpacking",
+                          check=fc.optional(fc.sha256))
+
+    @property
+    def kind(self) -> Literal["path", "git", "tarball"]:
+        return "git" if self.git else "tarball" if self.tarball else "path"
+
+
+@dataclass(frozen=True, kw_only=True)
 class App:
     """The application the servers run."""
 
@@ -248,8 +272,10 @@ class App:
     uploads_dir: str = setting("/var/uploads", help="where uploaded files are kept",
                                check=fc.path)
     database: Database = setting(help="the app's database")
-    code: Literal["sample", "none"] = setting(
-        "sample", help="`sample`: amibake's Rack sample app; `none`: deployed separately"
+    code: Literal["sample", "none"] | AppCode = setting(
+        "sample", help="`sample`: amibake's Rack sample app; `none`: deployed separately; "
+        "or the team's own app: {path: DIR}, {git: URL, ref: REF} or "
+        "{tarball: PATH-or-URL, sha256: HEX}"
     )
 
 

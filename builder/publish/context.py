@@ -27,6 +27,8 @@ TAG_DISK_SHA256 = "amibake:disk-sha256"
 TAG_INPUTS_DIGEST = "amibake:inputs-digest"
 TAG_ROLES = "amibake:roles"
 TAG_BUILDER = "amibake:builder-version"
+TAG_APP_COMMIT = "amibake:app-commit"
+TAG_APP_TREE = "amibake:app-tree"
 TAG_COMPLETE = "amibake:complete"
 #: on an instance-store AMI (home region): its bundle, `bucket/prefix/<prefix>.manifest.xml`
 TAG_BUNDLE = "amibake:bundle-location"
@@ -148,12 +150,24 @@ class PublishContext:
             TAG_DISK_SHA256: img.disk.sha256,
             TAG_BUILD_ID: self.build_id,
             TAG_BUILDER: img.builder_version,
+            TAG_APP_COMMIT: app_commit(img.app),
+            TAG_APP_TREE: str(img.app.get("tree_digest") or ""),
         }
 
     def tag_list(self, extra: dict[str, str] | None = None) -> list[TagTypeDef]:
         tags = dict(self.tags())
         tags.update(extra or {})
         return [{"Key": k, "Value": v} for k, v in tags.items() if v != ""]
+
+
+def app_commit(app: dict[str, Any]) -> str:
+    """The app's exact source for a tag: its commit (`+dirty` when baked from a
+    dirty checkout), or `sha256:<hex>` of its tarball; '' for sample/none."""
+    if app.get("commit"):
+        return str(app["commit"]) + ("+dirty" if app.get("dirty") else "")
+    if app.get("tarball_sha256"):
+        return f"sha256:{app['tarball_sha256']}"
+    return ""
 
 
 def ami_name(template: str, name: str, version: str, arch: str) -> str:
