@@ -43,6 +43,8 @@ DEB_PACKAGE = re.compile(r"[a-z0-9][a-z0-9+.-]+", A)
 GEM = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}(:[0-9A-Za-z.]{1,40})?", A)
 SIZE = re.compile(r"[0-9]{1,9}[kKmMgG]?", A)
 ENV_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}", A)
+#: A process environment variable an app reads (SECRET_KEY_BASE, RAILS_MASTER_KEY, ...).
+ENV_VAR = re.compile(r"[A-Z][A-Z0-9_]{0,63}", A)
 GUC_NAME = re.compile(r"[a-z_][a-z0-9_.]{0,62}", A)
 SSM_PATH = re.compile(r"(/[A-Za-z0-9_.-]+)+", A)
 SHELL_WORD = re.compile(r"[A-Za-z0-9._+:-]{1,64}", A)
@@ -328,6 +330,25 @@ dns_name = matches(DNS_NAME, "a lower-case DNS name such as example.com.")
 deb_package = matches(DEB_PACKAGE, "a Debian package name")
 gem = matches(GEM, "a gem as `name` or `name:version`")
 size = matches(SIZE, "an nginx size such as 20m")
+#: Variables amibake sets for the app itself, or that change how programs
+#: load (an app secret may not take their place).
+RESERVED_ENV = frozenset({
+    "DATABASE_URL", "RAILS_ENV", "RACK_ENV", "PORT", "BIND", "UPLOADS_DIR", "APP_NAME",
+    "RAILS_LOG_TO_STDOUT", "RAILS_MAX_THREADS", "PATH", "HOME", "SHELL", "USER", "LANG",
+    "RUBYOPT", "RUBYLIB", "GEM_HOME", "GEM_PATH", "TZ",
+})
+_ENV_VAR_NAME = matches(ENV_VAR, "an environment variable name such as SECRET_KEY_BASE "
+                        "(upper-case letters, digits, _)")
+
+
+def env_var(value: str) -> str | None:
+    """An app secret's variable: not one amibake sets, nor one that changes loading."""
+    problem = _ENV_VAR_NAME(value)
+    if problem:
+        return problem
+    if value in RESERVED_ENV or value.startswith(("LD_", "BUNDLE_", "AMIBAKE_")):
+        return f"{value} is set by amibake or changes how programs load; use another name"
+    return None
 environment = matches(ENV_NAME, "an environment name such as production "
                                 "(lower-case letters, digits and _)")
 guc_name = matches(GUC_NAME, "a PostgreSQL setting name (lower-case letters, digits, _ and .)")

@@ -277,6 +277,12 @@ class App:
         "or the team's own app: {path: DIR}, {git: URL, ref: REF} or "
         "{tarball: PATH-or-URL, sha256: HEX}"
     )
+    secrets: dict[str, SecretRef] = setting(
+        default_factory=dict,
+        help="environment variable → secret store reference (SECRET_KEY_BASE, "
+             "RAILS_MASTER_KEY, ...), resolved on the instance at boot into a 0600 env file",
+        key=fc.env_var,
+    )
 
 
 # ------------------------------------------------------------------- roles
