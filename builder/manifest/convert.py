@@ -192,7 +192,8 @@ class Converter:
         for key, key_node, value_node in entries:
             child_path = f"{path}.{key}"
             anchor = self._remember(child_path, key_node, value_node)
-            if isinstance(item, type) and dataclasses.is_dataclass(item) and _has_name_field(item):
+            if (isinstance(item, type) and dataclasses.is_dataclass(item) and item is not SecretRef
+                    and _has_name_field(item)):
                 values[key] = self.dataclass(value_node, item, child_path, anchor, name=key)
             else:
                 values[key] = self.value(value_node, item, child_path, anchor)

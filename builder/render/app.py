@@ -1,21 +1,82 @@
-"""The application: the sample Rack app, its unix user, directories and env file."""
+"""The application: its unix user, directories and env file; the sample Rack app,
+or for the team's own app (`app.code` a path, git or tarball) the Rails pieces:
+config/database.yml (over the app's own, in the config layer), the
+app's secrets resolved into the env file at boot, and amibake-migrate with its
+oneshot unit ordered before the app servers."""
 
 from __future__ import annotations
 
 from builder.manifest.model import Manifest, Role
-from builder.render.common import SECRET_TOOL, SETUP_DIR, hosts_var
+from builder.render.common import (
+    LIB_DIR,
+    SECRET_TOOL,
+    SETUP_DIR,
+    UNIT_DIR,
+    hosts_var,
+    source_name,
+)
 from builder.render.fragment import File, Fragment
+from builder.render.quoting import systemd_env
 from builder.render.templates import TEMPLATES_SUBDIR_APP, read_static, render_template
 
 SETUP = f"{SETUP_DIR}/app.sh"
 ENV_SETUP = f"{SETUP_DIR}/app-env.sh"
 SYSUSERS = "/usr/lib/sysusers.d/amibake-app.conf"
 TMPFILES = "/usr/lib/tmpfiles.d/amibake-app.conf"
+MIGRATE = f"{LIB_DIR}/amibake-migrate"
+#: The bake-time build the app layer runs in the image (builder.bake.app_layer.APP_BUILD_HOOK).
+APP_BUILD = f"{LIB_DIR}/app-build"
+MIGRATE_UNIT = "amibake-migrate.service"
 
 #: The sample app's files under cloudinit/app/, relative to app.root: its
 #: static pages (nginx serves them), and the Rack code an app server runs.
 SAMPLE_PAGES: tuple[str, ...] = ("public/404.html", "public/500.html")
 SAMPLE_CODE: tuple[str, ...] = ("config.ru", "lib/payroll_app.rb")
+
+
+def own_app(manifest: Manifest) -> bool:
+    """The team's own app (a path, git or tarball), not the sample nor `none`."""
+    return manifest.app.code not in ("sample", "none")
+
+
+def secret_key(var: str) -> str:
+    """The name an app secret has in roles.json "secrets" (amibake-secret NAME)."""
+    return f"app:{var}"
+
+
+def app_environment(manifest: Manifest) -> tuple[tuple[str, str], ...]:
+    """Environment every process of the app gets (app servers and migrations)."""
+    appserver = manifest.components.appserver
+    env = appserver.environment if appserver is not None else "production"
+    pairs: list[tuple[str, str]] = [("RACK_ENV", env), ("RAILS_ENV", env)]
+    if own_app(manifest):
+        pairs.append(("RAILS_LOG_TO_STDOUT", "1"))
+        if appserver is not None:
+            pairs.append(("RAILS_MAX_THREADS", str(appserver.threads)))
+    return tuple(pairs)
+
+
+def rails_files(manifest: Manifest, app_units: tuple[str, ...]) -> tuple[File, ...]:
+    """database.yml, the migration wrapper and its unit (own apps with app servers)."""
+    app = manifest.app
+    db = app.database
+    pg = manifest.components.postgresql
+    appserver = manifest.components.appserver
+    environment = appserver.environment if appserver is not None else "production"
+    env_line = " ".join(systemd_env(k, v) for k, v in app_environment(manifest))
+    return (
+        # In the config layer, over the app's own (the app layer comes before it).
+        File(f"{app.root.rstrip('/')}/config/database.yml", render_template(
+            "app/database.yml.j2", manifest_file=source_name(manifest),
+            host_role=db.host_role, environment=environment, database=db.name,
+            username=db.user, port=pg.port if pg is not None else 5432)),
+        File(MIGRATE, read_static("rails/amibake-migrate"), mode=0o755),
+        File(APP_BUILD, read_static("rails/app-build"), mode=0o755),
+        File(f"{UNIT_DIR}/{MIGRATE_UNIT}", render_template(
+            "app/amibake-migrate.service.j2", manifest_file=source_name(manifest),
+            app_name=app.name, user=app.user, root=app.root, migrate=MIGRATE,
+            app_units=app_units, environment_lines=(env_line,))),
+    )
 
 
 def render(manifest: Manifest, role: Role) -> Fragment:
@@ -28,7 +89,10 @@ def render(manifest: Manifest, role: Role) -> Fragment:
             gecos=f"{app.name} app")),
         File(TMPFILES, render_template(
             "app/tmpfiles.conf.j2", app_name=app.name, user=app.user,
-            uploads_dir=app.uploads_dir)),
+            uploads_dir=app.uploads_dir,
+            # the team's app writes tmp/ and log/ as its user (the image's code is root's)
+            app_dirs=[f"{app.root.rstrip('/')}/{d}" for d in ("tmp", "log")]
+            if own_app(manifest) else [])),
         File(SETUP, render_template(
             "app/setup.sh.j2", app_name=app.name, sysusers_file=SYSUSERS,
             tmpfiles_file=TMPFILES), mode=0o755),
@@ -46,6 +110,8 @@ def render(manifest: Manifest, role: Role) -> Fragment:
             db_user=db.user,
             db_name=db.name,
             db_port=db_port,
+            app_secrets=[(var, secret_key(var)) for var in sorted(app.secrets)],
+            app_secret_vars=sorted(app.secrets),
         ), mode=0o755))
         if "appserver" in role.components:
             setup.append(ENV_SETUP)

@@ -1,9 +1,19 @@
-"""App servers: a systemd template unit, one instance per port (puma or mongrel)."""
+"""App servers: a systemd template unit, one instance per port (puma or mongrel).
+
+For the team's own app, puma reads the app's own config/puma.rb (or
+config/puma/<env>.rb) when it has one: amibake gives only the bind (its port)
+and the environment; and the units Require amibake-migrate.service."""
 
 from __future__ import annotations
 
 from builder.manifest.model import AppServer, Manifest, Role, Ruby
-from builder.render.app import ENV_SETUP
+from builder.render.app import (
+    ENV_SETUP,
+    MIGRATE_UNIT,
+    app_environment,
+    own_app,
+    rails_files,
+)
 from builder.render.common import UNIT_DIR, manifest_error, source_name
 from builder.render.fragment import File, Fragment
 from builder.render.quoting import Raw, integer, systemd_env, systemd_exec
@@ -32,11 +42,16 @@ def render(manifest: Manifest, role: Role) -> Fragment:
     bin_dir = ruby_bin_dir(manifest.components.ruby)
     root = app.root.rstrip("/") or "/"
     port = Raw("%i")
+    own = own_app(manifest)
     if appserver.kind == "puma":
+        # Without --threads for the team's own app: its config/puma.rb decides
+        # (RAILS_MAX_THREADS is set); the command line's bind wins over the file's.
+        threads = [] if own else [
+            "--threads", f"{integer(appserver.threads)}:{integer(appserver.threads)}"]
         argv: list[str | tuple[str, ...]] = [
             f"{bin_dir}/puma", "--environment", appserver.environment,
             "--bind", ("tcp://", appserver.bind, ":", port),
-            "--threads", f"{integer(appserver.threads)}:{integer(appserver.threads)}",
+            *threads,
             f"{root}/config.ru",
         ]
     else:
@@ -53,9 +68,9 @@ def render(manifest: Manifest, role: Role) -> Fragment:
         env_setup=ENV_SETUP,
         user=app.user,
         root=app.root,
+        unit_lines=(f"Requires={MIGRATE_UNIT}", f"After={MIGRATE_UNIT}") if own else (),
         environment_lines=(
-            " ".join([systemd_env("RACK_ENV", appserver.environment),
-                      systemd_env("RAILS_ENV", appserver.environment),
+            " ".join([*(systemd_env(k, v) for k, v in app_environment(manifest)),
                       systemd_env("PORT", port)]),
             " ".join([systemd_env("UPLOADS_DIR", app.uploads_dir),
                       systemd_env("APP_NAME", app.name)]),
@@ -73,8 +88,12 @@ def render(manifest: Manifest, role: Role) -> Fragment:
                 base_port=appserver.base_port, count=appserver.count,
             ),
         ))
+    services = service_names(appserver)
+    if own:
+        files.extend(rails_files(manifest, services))
+        services = (MIGRATE_UNIT, *services)
     return Fragment(
         component="appserver",
         files=tuple(files),
-        services=service_names(appserver),
+        services=services,
     )

@@ -15,6 +15,7 @@ from typing import Any
 
 import builder
 from builder.manifest.model import Manifest
+from builder.render.app import secret_key
 from builder.render.common import ETC_DIR, LIB_DIR, UNIT_DIR
 from builder.render.docstrings import is_python_script, strip_docstrings
 from builder.render.fragment import File, Fragment
@@ -126,7 +127,11 @@ def roles_json(manifest: Manifest, role_fragments: Mapping[str, Sequence[Fragmen
         "login_user": manifest.image.login_user,
         "roles": roles,
         "all_services": all_services,
-        "secrets": {"db_password": {"store": secret.store, "name": secret.name}},
+        "secrets": {
+            "db_password": {"store": secret.store, "name": secret.name},
+            **{secret_key(var): {"store": ref.store, "name": ref.name}
+               for var, ref in sorted(manifest.app.secrets.items())},
+        },
     }
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from builder.app.rails_build import BUILD_ONLY_PACKAGES
 from builder.manifest.model import Manifest, Role
+from builder.render.app import own_app
 from builder.render.common import SETUP_DIR, manifest_error
 from builder.render.fragment import File, Fragment
 from builder.render.templates import render_template
@@ -18,7 +20,10 @@ def render(manifest: Manifest, role: Role) -> Fragment:
     if ruby is None:
         raise manifest_error(manifest, f"roles.{role.name}.components", "ruby is not configured")
     if ruby.source == "debian":
-        return Fragment(component="ruby", packages=tuple(ruby.packages))
+        # The team's own app is built at bake time (Bundler, native extensions):
+        # the build-only packages are purged from the image after the build.
+        extra = ("bundler", *BUILD_ONLY_PACKAGES) if own_app(manifest) else ()
+        return Fragment(component="ruby", packages=(*ruby.packages, *extra))
     tarball = ruby.tarball
     if tarball is None:
         raise manifest_error(
