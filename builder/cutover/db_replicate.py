@@ -48,7 +48,7 @@ def replication_login(cfg: CutoverConfig) -> Conn:
     """(Re)create ROLE on the old server with a fresh random password; the
     publisher connection the subscription uses, logging in as it."""
     password = secrets.token_urlsafe(32)
-    verifier = pg.literal(pg.scram_verifier(cfg.old, ROLE, password))
+    verifier = pg.literal(cfg.old, pg.scram_verifier(cfg.old, ROLE, password))
     pg.execute(cfg.old, f"""
         DO $$ BEGIN
           IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '{ROLE}') THEN
@@ -56,8 +56,16 @@ def replication_login(cfg: CutoverConfig) -> Conn:
           ELSE
             CREATE ROLE {ROLE} WITH LOGIN REPLICATION NOSUPERUSER PASSWORD {verifier};
           END IF;
-        END $$;
-        GRANT pg_read_all_data TO {ROLE};""")
+        END $$;""")
+    if pg.version_num(cfg.old) >= 140000:
+        pg.execute(cfg.old, f"GRANT pg_read_all_data TO {ROLE}")
+    else:  # no pg_read_all_data before 14: each schema's tables (dropped with DROP OWNED)
+        schemas = [pg.ident(r[0]) for r in pg.query(cfg.old, """
+            SELECT nspname FROM pg_namespace WHERE nspname NOT IN ('information_schema')
+               AND nspname NOT LIKE 'pg\\_%'""")]
+        pg.execute(cfg.old, "\n".join(
+            f"GRANT USAGE ON SCHEMA {s} TO {ROLE}; GRANT SELECT ON ALL TABLES IN SCHEMA {s} "
+            f"TO {ROLE};" for s in schemas))
     return dataclasses.replace(cfg.publisher, user=ROLE, password=password)
 
 
@@ -72,8 +80,8 @@ def setup(cfg: CutoverConfig, say: Callable[[str], None], *, timeout: float = 36
         pg.execute(cfg.old, f"""
             SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
              WHERE slot_name = '{NAME}' AND NOT active""")
-        conninfo = replication_login(cfg).conninfo()
-        pg.execute(cfg.new, f"CREATE SUBSCRIPTION {NAME} CONNECTION {pg.literal(conninfo)} "
+        conninfo = pg.literal(cfg.new, replication_login(cfg).conninfo())
+        pg.execute(cfg.new, f"CREATE SUBSCRIPTION {NAME} CONNECTION {conninfo} "
                             f"PUBLICATION {NAME}")
     say("waiting for the initial copy of every table")
 
@@ -111,7 +119,7 @@ def wait_caught_up(cfg: CutoverConfig, final_lsn: str, *, timeout: float,
     """Until the slot on the old server confirms `final_lsn` (the subscriber
     applied and flushed everything committed before the freeze)."""
     start = clock()
-    sql = (f"SELECT confirmed_flush_lsn >= {pg.literal(final_lsn)}::pg_lsn "
+    sql = (f"SELECT confirmed_flush_lsn >= {pg.literal(cfg.old, final_lsn)}::pg_lsn "
            f"FROM pg_replication_slots WHERE slot_name = '{NAME}'")
     interval = 0.005  # one connection polled every few ms: this wait is inside the window
     try:
@@ -190,8 +198,9 @@ def detach(cfg: CutoverConfig, *, then: str = "") -> list[str]:
 def cleanup_old(cfg: CutoverConfig) -> list[str]:
     """Drop our slot, publication and replication role on the old server
     (ending the role's sessions first); what is left there."""
+    wait = ", 5000" if pg.version_num(cfg.old) >= 140000 else ""  # the timeout: 14+
     left = pg.query(cfg.old, f"""
-        SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity
+        SELECT pg_terminate_backend(pid{wait}) FROM pg_stat_activity
          WHERE usename = '{ROLE}' AND pid <> pg_backend_pid();
         SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
          WHERE slot_name = '{NAME}' AND NOT active;

@@ -5,10 +5,12 @@ walsenders (the replication connections) are left alone."""
 from __future__ import annotations
 
 import re
+import time
 
 from builder.cutover import pg
 from builder.cutover.config import Conn, CutoverConfig
 from builder.cutover.db_replicate import ROLE as REPLICATION_ROLE
+from builder.errors import UserError
 
 _CREATE_ROLE = re.compile(r'^CREATE ROLE ("(?:[^"]|"")+"|[^\s;]+);$')
 _ALTER_ROLE = re.compile(r'^ALTER ROLE ("(?:[^"]|"")+"|[^\s;]+) ')
@@ -59,9 +61,12 @@ def freeze(cfg: CutoverConfig, *, timeout: float = 30.0) -> tuple[str, list[list
     """Refuse the app's writes on the old server; return its final WAL position
     and sequence values once no app session is left."""
     role = pg.ident(cfg.app_user)
-    user = pg.literal(cfg.app_user)
+    user = pg.literal(cfg.old, cfg.app_user)
     # committed on its own: from here no new app session is admitted
     pg.execute(cfg.old, f"ALTER ROLE {role} NOLOGIN")
+    version = pg.version_num(cfg.old)
+    if version < 100000:
+        return _freeze_before_10(cfg.old, version, user, timeout)
     # then one round trip: end the sessions, read the final position
     rows = pg.query(cfg.old, f"""
         DO $$
@@ -87,9 +92,44 @@ def freeze(cfg: CutoverConfig, *, timeout: float = 30.0) -> tuple[str, list[list
     return lsn, sequences
 
 
+def _freeze_before_10(conn: Conn, version: int, user: str,
+                      timeout: float) -> tuple[str, list[list[object]]]:
+    """The freeze in the SQL of PostgreSQL 8.1-9.6 (only `dump` moves them):
+    no backend_type, pg_stat_activity's pid was procpid before 9.2, no DO
+    before 9.0, pg_terminate_backend from 8.4, xlog before it was WAL, no
+    pg_sequences (each sequence is read itself)."""
+    pid = "pid" if version >= 90200 else "procpid"
+    end = "pg_terminate_backend" if version >= 80400 else "pg_cancel_backend"
+    deadline = time.monotonic() + timeout
+    while True:
+        left = pg.value(conn, f"""
+            SELECT count({end}({pid})) FROM pg_stat_activity
+             WHERE usename = {user} AND {pid} <> pg_backend_pid()""")
+        if left in ("", "0"):
+            break
+        if time.monotonic() > deadline:
+            raise UserError(
+                f"sessions of {user} survived {end} on PostgreSQL {version}",
+                hint="stop the app servers on the old site, then run again"
+                + ("" if version >= 80400 else " (pg_terminate_backend is 8.4+)"))
+        time.sleep(0.005)
+    lsn = pg.value(conn, "SELECT pg_current_xlog_location()") if version >= 80200 else ""
+    seqs = pg.query(conn, """
+        SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.relkind = 'S' ORDER BY 1, 2""")
+    sequences: list[list[object]] = []
+    if seqs:
+        rows = pg.query(conn, " UNION ALL ".join(
+            f"SELECT {pg.literal(conn, s)}, {pg.literal(conn, n)}, "
+            f"CASE WHEN is_called THEN last_value END FROM {pg.ident(s)}.{pg.ident(n)}"
+            for s, n in seqs) + " ORDER BY 1, 2")
+        sequences = [[s, n, int(v) if v else None] for s, n, v in rows]
+    return lsn, sequences
+
+
 def set_login(conn: Conn, app_user: str, login: bool) -> None:
     """ALTER ROLE … LOGIN / NOLOGIN (idempotent)."""
-    exists = pg.value(conn, f"SELECT 1 FROM pg_roles WHERE rolname = {pg.literal(app_user)}")
+    exists = pg.value(conn, f"SELECT 1 FROM pg_roles WHERE rolname = {pg.literal(conn, app_user)}")
     if exists:
         pg.execute(conn, f"ALTER ROLE {pg.ident(app_user)} {'LOGIN' if login else 'NOLOGIN'}")
 
@@ -97,7 +137,7 @@ def set_login(conn: Conn, app_user: str, login: bool) -> None:
 def set_sequences(conn: Conn, sequences: list[list[object]]) -> int:
     """setval each sequence on `conn` to the value recorded on the old server."""
     stmts = [
-        f"SELECT setval({pg.literal(pg.ident(str(s)) + '.' + pg.ident(str(n)))}::regclass, "
+        f"SELECT setval({pg.literal(conn, pg.ident(str(s)) + '.' + pg.ident(str(n)))}::regclass, "
         f"{v}, true);"
         for s, n, v in sequences if v is not None
     ]

@@ -19,11 +19,13 @@ import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 from psycopg.adapt import AdaptersMap
-from psycopg.types.string import TextLoader
+from psycopg.types.string import StrDumper, TextLoader
 
 from builder.atomic import open_private
 from builder.cutover.config import Conn
@@ -32,17 +34,73 @@ from builder.proc import CommandError, run
 
 
 def ident(name: str) -> str:
-    """Quote an SQL identifier."""
-    return '"' + name.replace('"', '""') + '"'
+    """An SQL identifier, quoted by psycopg's `sql.Identifier` (libpq's rules)."""
+    return sql.Identifier(name).as_string(None)
 
 
-def literal(value: str) -> str:
-    """Quote an SQL string literal."""
-    return "'" + value.replace("'", "''") + "'"
+def literal(conn: Conn, value: str) -> str:
+    """An SQL string literal for `conn`'s server, quoted by libpq on that
+    server's own session (PQescapeLiteral through psycopg's `sql.Literal`):
+    it follows the server's standard_conforming_strings, off by default on
+    PostgreSQL 8.x-9.0, where a backslash inside '...' is an escape (a value
+    with one is written E'...' with the backslash doubled)."""
+    return sql.Literal(value).as_string(_session(conn))
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    """What the cutover needs to know of a server before choosing how to
+    move its data: read once per pre-flight, never trusted beyond its type."""
+
+    version_num: int  # libpq's PQserverVersion: 150004, 100023, 90624, 80123
+    version: str  # server_version as the server reports it
+    standard_conforming_strings: bool
+    encoding: str
+    wal_level: str  # '' before 9.0
+    max_replication_slots: int  # 0 before 9.4
+    max_wal_senders: int
+
+    @property
+    def major(self) -> str:
+        """'15', '10', '9.6', '8.1' (two-part majors before 10)."""
+        v = self.version_num
+        return str(v // 10000) if v >= 100000 else f"{v // 10000}.{v // 100 % 100}"
+
+
+def version_num(conn: Conn) -> int:
+    """The server's version as libpq reports it (150004, 90624, 80123)."""
+    return int(_session(conn).info.server_version)
+
+
+def server_facts(conn: Conn) -> ServerFacts:
+    """Version and settings of `conn`'s server. The version comes from the
+    connection's start-up (every server since 7.4 reports it; the
+    server_version_num setting exists only from 8.2); pg_settings exists on
+    every version the cutover can move (8.1+)."""
+    info = _session(conn).info
+    rows = dict((r[0], r[1]) for r in query(conn, """
+        SELECT name, setting FROM pg_settings WHERE name IN (
+          'standard_conforming_strings', 'server_encoding', 'wal_level',
+          'max_replication_slots', 'max_wal_senders')"""))
+
+    def number(name: str) -> int:
+        text = rows.get(name, "")
+        return int(text) if text.isdigit() else 0
+
+    return ServerFacts(
+        version_num=version_num(conn),
+        version=info.parameter_status("server_version") or "",
+        standard_conforming_strings=rows.get("standard_conforming_strings") == "on",
+        encoding=rows.get("server_encoding", ""),
+        wal_level=rows.get("wal_level", ""),
+        max_replication_slots=number("max_replication_slots"),
+        max_wal_senders=number("max_wal_senders"),
+    )
 
 
 _TEXT = AdaptersMap()
 _TEXT.register_loader(0, TextLoader)  # every type comes back as its text form
+_TEXT.register_dumper(str, StrDumper)  # sql.Literal: quoted by the session's libpq
 _local = threading.local()
 
 
@@ -57,12 +115,20 @@ def _connect(conn: Conn) -> psycopg.Connection[tuple[object, ...]]:
                            application_name="amibake-cutover", context=_TEXT)
 
 
+def _session(conn: Conn) -> psycopg.Connection[tuple[object, ...]]:
+    """This thread's session with `conn`, opened if need be."""
+    session = _sessions().get(conn)
+    if session is None or session.closed:
+        value(conn, "SELECT 1")
+        session = _sessions()[conn]
+    return session
+
+
 def scram_verifier(conn: Conn, role: str, password: str) -> str:
     """`password` as a SCRAM-SHA-256 verifier for `role`, computed here by
     libpq (PQencryptPasswordConn): for CREATE/ALTER ROLE … PASSWORD, so the
     password itself never reaches the server, its logs or pg_stat_activity."""
-    value(conn, "SELECT 1")  # the session, opened if need be
-    verifier = _sessions()[conn].pgconn.encrypt_password(
+    verifier = _session(conn).pgconn.encrypt_password(
         password.encode(), role.encode(), b"scram-sha-256")
     return verifier.decode()
 

@@ -16,6 +16,7 @@ from builder.cutover import files, pg
 from builder.cutover.config import Conn, CutoverConfig
 from builder.cutover.db_replicate import ROLE as REPLICATION_ROLE
 from builder.cutover.dns.base import DnsProvider
+from builder.cutover.pg import ServerFacts
 from builder.errors import UserError
 
 
@@ -27,9 +28,55 @@ class Check:
     hint: str = ""
 
 
+#: logical replication (publications, subscriptions, pg_replication_slots
+#: confirmed_flush_lsn, pg_current_wal_lsn, pg_sequences) is PostgreSQL 10+
+REPLICATE_MIN = 100000
+#: the oldest server the local pg_dump/pg_dumpall (PostgreSQL 15's) can read
+LOCAL_DUMP_MIN = 90200
+#: roles (ALTER ROLE … NOLOGIN: the freeze) exist from PostgreSQL 8.1
+DUMP_MIN = 80100
+
+
+def version_checks(strategy: str, old: ServerFacts, new: ServerFacts) -> list[Check]:
+    """Whether `strategy` can move `old` onto `new`, from the versions and
+    settings read from both servers: a strategy that cannot work is refused
+    here, before anything changes, with the reason and what can work."""
+    about = (f"old PostgreSQL {old.version} (standard_conforming_strings "
+             f"{'on' if old.standard_conforming_strings else 'off'}, {old.encoding}); "
+             f"new {new.version} ({new.encoding})")
+    checks = [Check(
+        "new server not older than the old one",
+        new.version_num >= old.version_num or new.major == old.major,
+        about, "the new server must run the same or a newer PostgreSQL major than the old")]
+    if strategy == "replicate":
+        ok = old.version_num >= REPLICATE_MIN and new.version_num >= REPLICATE_MIN
+        other = ("use strategy: dump" if old.version_num >= LOCAL_DUMP_MIN else
+                 "use strategy: dump with the old host's own pg_dump")
+        checks.append(Check(
+            "strategy replicate fits the servers", ok,
+            f"logical replication needs PostgreSQL 10 or later on both servers; {about}",
+            f"{other} (it reads PostgreSQL {DUMP_MIN // 10000}.{DUMP_MIN // 100 % 100} "
+            "and later), or upgrade the old server to 10+ first"))
+    else:
+        ok = old.version_num >= LOCAL_DUMP_MIN
+        checks.append(Check(
+            "strategy dump fits the servers", ok,
+            f"the local pg_dump (PostgreSQL 15) reads servers from 9.2; {about}",
+            "PostgreSQL 8.1-9.1 needs the old server's own pg_dump, run on the old host"
+            if old.version_num >= DUMP_MIN else
+            "PostgreSQL before 8.1 has no roles to freeze writes with: upgrade it first"))
+    if old.encoding != new.encoding:
+        checks.append(Check(
+            "encodings can be converted", old.encoding != "SQL_ASCII",
+            f"old {old.encoding}, new {new.encoding}",
+            "SQL_ASCII holds bytes of no known encoding: create the new database with "
+            "ENCODING 'SQL_ASCII', or clean the data into one encoding first"))
+    return checks
+
+
 def _connect(name: str, conn: Conn) -> Check:
     try:
-        version = pg.value(conn, "SHOW server_version_num", timeout=15)
+        version = pg.value(conn, "SHOW server_version", timeout=15)
     except UserError as exc:
         return Check(name, False, str(exc),
                      "check the address, pg_hba.conf and the password secret")
@@ -69,7 +116,7 @@ def _free_bytes(conn: Conn) -> int | None:
     rows = pg.query(conn, f"""
         CREATE TEMP TABLE IF NOT EXISTS amibake_df (line text);
         TRUNCATE amibake_df;
-        COPY amibake_df FROM PROGRAM {pg.literal("df -Pk " + _sh_quote(datadir))};
+        COPY amibake_df FROM PROGRAM {pg.literal(conn, "df -Pk " + _sh_quote(datadir))};
         SELECT line FROM amibake_df;""")
     for (line,) in rows[1:]:
         fields = line.split()
@@ -101,10 +148,14 @@ def run_preflight(cfg: CutoverConfig, *, fix_replica_identity_now: bool = False)
               _connect("new database reachable", cfg.new)]
     if not all(c.ok for c in checks):
         return checks
+    versions = version_checks(cfg.strategy, pg.server_facts(cfg.old), pg.server_facts(cfg.new))
+    checks += versions
+    if not all(c.ok for c in versions):
+        return checks  # the strategy's own checks would only fail on that server's catalog
     checks += [_superuser("old: cutover user is superuser", cfg.old),
                _superuser("new: cutover user is superuser", cfg.new)]
     app = pg.query(cfg.old, "SELECT rolsuper FROM pg_roles WHERE rolname = "
-                            f"{pg.literal(cfg.app_user)}")
+                            f"{pg.literal(cfg.old, cfg.app_user)}")
     checks.append(Check(
         "app role can be frozen",
         bool(app) and app[0][0] == "f",

@@ -83,14 +83,14 @@ class NewServer:
                      "cutover starts, on an empty new database")
         row = pg.query(_admin(new), f"""
             SELECT pg_get_userbyid(datdba), pg_encoding_to_char(encoding), datcollate, datctype
-              FROM pg_database WHERE datname = {pg.literal(new.dbname)}""")
+              FROM pg_database WHERE datname = {pg.literal(_admin(new), new.dbname)}""")
         if not row:
             raise UserError(f"the new server has no database {new.dbname}",
                             hint="the db role creates it at boot; check the new server")
         self.owner, self.encoding, self.collate, self.ctype = row[0]
         self.roles = {r[0] for r in pg.query(new, "SELECT rolname FROM pg_roles")}
         login = pg.query(new, "SELECT rolcanlogin FROM pg_roles WHERE rolname = "
-                              + pg.literal(cfg.app_user))
+                              + pg.literal(new, cfg.app_user))
         self.app_login: bool | None = login[0][0] == "t" if login else None
 
     def reset(self) -> str:
@@ -100,9 +100,9 @@ class NewServer:
         db = pg.ident(new.dbname)
         pg.execute(admin, f"DROP DATABASE IF EXISTS {db} WITH (FORCE)")
         pg.execute(admin, f"CREATE DATABASE {db} OWNER {pg.ident(self.owner)} TEMPLATE template0 "
-                          f"ENCODING {pg.literal(self.encoding)} "
-                          f"LC_COLLATE {pg.literal(self.collate)} "
-                          f"LC_CTYPE {pg.literal(self.ctype)}")
+                          f"ENCODING {pg.literal(admin, self.encoding)} "
+                          f"LC_COLLATE {pg.literal(admin, self.collate)} "
+                          f"LC_CTYPE {pg.literal(admin, self.ctype)}")
         added = sorted({r[0] for r in pg.query(admin, "SELECT rolname FROM pg_roles")}
                        - self.roles)
         for role in added:

@@ -23,18 +23,27 @@ from builder.errors import UserError
 T = TypeVar("T")
 
 _USER_TABLES = """
-    SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c
+    SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname) FROM pg_class c
       JOIN pg_namespace n ON n.oid = c.relnamespace
-     WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
-       AND n.nspname NOT IN ('pg_catalog', 'information_schema')
-       AND n.nspname NOT LIKE 'pg_toast%' AND c.relpersistence <> 't' ORDER BY 1"""
+     WHERE {kinds} AND n.nspname NOT IN ('pg_catalog', 'information_schema')
+       AND n.nspname NOT LIKE 'pg_toast%' AND n.nspname NOT LIKE 'pg_temp%' ORDER BY 1"""
+
+
+def _user_tables(version_num: int) -> str:
+    """The user tables' names, in SQL every server since 8.1 reads (temporary
+    tables live in pg_temp_N schemas); partitions count with their parent
+    (partitioned tables and relispartition are PostgreSQL 10+)."""
+    kinds = ("c.relkind IN ('r', 'p') AND NOT c.relispartition" if version_num >= 100000
+             else "c.relkind = 'r'")
+    return _USER_TABLES.format(kinds=kinds)
 
 
 Query = Callable[[str], list[list[str]]]
 
 
 def tables(conn: Conn, query: Query | None = None) -> list[str]:
-    return [r[0] for r in (query or (lambda sql: pg.query(conn, sql)))(_USER_TABLES)]
+    run = query or (lambda sql: pg.query(conn, sql))
+    return [r[0] for r in run(_user_tables(pg.version_num(conn)))]
 
 
 def row_counts(conn: Conn, snapshot: Snapshot | None = None) -> dict[str, int]:
@@ -44,7 +53,7 @@ def row_counts(conn: Conn, snapshot: Snapshot | None = None) -> dict[str, int]:
     if not names:
         return {}
     sql = " UNION ALL ".join(
-        f"SELECT {pg.literal(t)}, count(*) FROM {t}" for t in names)
+        f"SELECT {pg.literal(conn, t)}, count(*) FROM {t}" for t in names)
     return {t: int(n) for t, n in query(sql)}
 
 
@@ -54,13 +63,25 @@ def sequences(conn: Conn) -> dict[str, int | None]:
     return {n: int(v) if v else None for n, v in rows}
 
 
-def _order_by(query: Query, table: str) -> str:
+def _order_by(conn: Conn, query: Query, table: str) -> str:
+    """The primary key's columns in key order (SQL every server since 8.1 reads)."""
     cols = query(f"""
-        SELECT quote_ident(a.attname) FROM pg_index i
-          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
-         WHERE i.indrelid = {pg.literal(table)}::regclass AND i.indisprimary
-         ORDER BY array_position(i.indkey, a.attnum)""")
+        SELECT quote_ident(a.attname) FROM (
+          SELECT i.indrelid, i.indkey, generate_series(0, i.indnatts - 1) AS k FROM pg_index i
+           WHERE i.indrelid = {pg.literal(conn, table)}::regclass AND i.indisprimary) p
+          JOIN pg_attribute a ON a.attrelid = p.indrelid AND a.attnum = p.indkey[p.k]
+         ORDER BY p.k""")
     return ", ".join("t." + c[0] for c in cols) or "t::text"
+
+
+def _checksum_sql(version_num: int, table: str, order: str) -> str:
+    """md5 over the rows' md5s in `order`: string_agg … ORDER BY is 9.0+;
+    before, an ARRAY of the ordered rows joined."""
+    if version_num >= 90000:
+        return (f"SELECT md5(coalesce(string_agg(md5(t::text), '' ORDER BY {order}), '')) "
+                f"FROM {table} t")
+    return (f"SELECT md5(array_to_string(ARRAY(SELECT md5(t::text) FROM {table} t "
+            f"ORDER BY {order}), ''))")
 
 
 def table_checksums(conn: Conn, snapshot: Snapshot | None = None) -> dict[str, str]:
@@ -69,10 +90,9 @@ def table_checksums(conn: Conn, snapshot: Snapshot | None = None) -> dict[str, s
     query: Query = snapshot.query if snapshot else (
         lambda sql: pg.query(conn, sql, timeout=24 * 3600))
     out: dict[str, str] = {}
+    version = pg.version_num(conn)
     for t in tables(conn, query):
-        out[t] = query(
-            f"SELECT md5(coalesce(string_agg(md5(t::text), '' ORDER BY {_order_by(query, t)}),"
-            f" '')) FROM {t} t")[0][0]
+        out[t] = query(_checksum_sql(version, t, _order_by(conn, query, t)))[0][0]
     return out
 
 
