@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
-from builder.cutover import db_dump, db_replicate, files, maintenance, preflight, verify
+from builder.cutover import db_dump, db_replicate, files, login, maintenance, preflight, verify
 from builder.cutover.config import CutoverConfig
 from builder.cutover.db_roles import copy_roles, freeze, set_login, set_sequences
 from builder.cutover.dns.base import DnsProvider, cache_expiry, countdown
@@ -379,6 +379,10 @@ def forward_steps(cfg: CutoverConfig) -> list[FnStep]:
         steps.append(checksums)
     steps.append(FnStep("cleanup_old", "after",
                         lambda c: "drop anything left on the old server", _cleanup_old))
+    if cut.receive is not None:  # the db role's cutover login, last: it is what we connect as
+        steps.append(FnStep("retire_cutover_login", "after",
+                            lambda c: f"{cfg.new.user} NOLOGIN on the new server",
+                            lambda c: login.retire(c.cfg)))
     return steps
 
 

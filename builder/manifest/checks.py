@@ -277,6 +277,14 @@ def check_cutover(m: Manifest, report: Report) -> None:
         report("app.database.user", f"the app role {app_user!r} is also the cutover's "
                "superuser; the freeze would lock the cutover out (give the cutover its own "
                "superuser in cutover.old_db.user / new_db.user)")
+    if cut.receive is not None:
+        if cut.new_db.user == "postgres" or cut.new_db.password is None:
+            report("cutover.receive", "the db role creates new_db.user as the cutover's "
+                   "login: give it its own name (not postgres) and new_db.password")
+        net = cut.receive.from_address
+        if "/" in net and net.rsplit("/", 1)[1] not in ("32", "128"):
+            report("cutover.receive.from_address", f"{net!r} is wider than one address "
+                   "(a superuser login: use the cutover host's /32 or /128)")
     files = cut.files
     if files is not None and all(":" in p for p in (files.source, files.destination)):
         report("cutover.files.destination", "rsync copies between one remote side and this "

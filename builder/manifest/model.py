@@ -403,6 +403,19 @@ class Notice:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CutoverLogin:
+    """The new db role ready to receive: it creates cutover.new_db.user as a
+    superuser LOGIN with new_db.password (resolved on the instance) and a
+    pg_hba line for the address the cutover runs from; the cutover's last
+    step takes LOGIN away and the instance's next setup run drops the role
+    and the line."""
+
+    from_address: str = setting(help="where `amibake cutover` runs, one address as "
+                                     "a.b.c.d/32 (or /128)", check=fc.cidr)
+    tls: bool = setting(True, help="`hostssl` (true) or `host` line in pg_hba.conf")
+
+
+@dataclass(frozen=True, kw_only=True)
 class Cutover:
     """Moving the live app onto the new servers."""
 
@@ -441,6 +454,8 @@ class Cutover:
     )
     catch_up_timeout: int = setting(600, help="seconds to wait for the subscriber to catch up",
                                     check=fc.between(1, 7 * 24 * 3600))
+    receive: CutoverLogin | None = setting(
+        None, help="make the db role create the cutover's login on the new server")
 
 
 # ---------------------------------------------------------------- manifest

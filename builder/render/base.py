@@ -120,6 +120,15 @@ def roles_json(manifest: Manifest, role_fragments: Mapping[str, Sequence[Fragmen
         }
     all_services = sorted({s for r in roles.values() for s in r["services"]})
     secret = manifest.app.database.password
+    secrets = {
+        "db_password": {"store": secret.store, "name": secret.name},
+        **{secret_key(var): {"store": ref.store, "name": ref.name}
+           for var, ref in sorted(manifest.app.secrets.items())},
+    }
+    cut = manifest.cutover
+    if cut is not None and cut.receive is not None and cut.new_db.password is not None:
+        ref = cut.new_db.password  # the db role's cutover login (render/cutover_login.py)
+        secrets["cutover_password"] = {"store": ref.store, "name": ref.name}
     doc = {
         "version": 1,
         "name": manifest.name,
@@ -127,11 +136,7 @@ def roles_json(manifest: Manifest, role_fragments: Mapping[str, Sequence[Fragmen
         "login_user": manifest.image.login_user,
         "roles": roles,
         "all_services": all_services,
-        "secrets": {
-            "db_password": {"store": secret.store, "name": secret.name},
-            **{secret_key(var): {"store": ref.store, "name": ref.name}
-               for var, ref in sorted(manifest.app.secrets.items())},
-        },
+        "secrets": secrets,
     }
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 from builder.errors import UserError
 from builder.manifest.model import Manifest, Role
-from builder.render import app, appserver, assemble, base, nginx, postgresql, ruby
+from builder.render import app, appserver, assemble, base, cutover_login, nginx, postgresql, ruby
 from builder.render.common import DISPATCHER, HOSTS_ENV, hosts_var, manifest_error
 from builder.render.fragment import File, Fragment, ImageContent, Part, RenderedRole
 from builder.render.quoting import Unquotable, comment, file_name
@@ -57,8 +57,11 @@ def role_fragments(manifest: Manifest, role_name: str) -> tuple[Fragment, ...]:
     for implied, by in IMPLIED_BY.items():
         if active.intersection(by):
             active.add(implied)
-    return tuple(guarded(manifest, name, render, manifest, role)
-                 for name, render in RENDERERS.items() if name in active)
+    frags = [guarded(manifest, name, render, manifest, role)
+             for name, render in RENDERERS.items() if name in active]
+    # the db role's hook for the cutover's login (manifest cutover.receive)
+    login = guarded(manifest, "postgresql", cutover_login.render, manifest, role)
+    return tuple(frags + ([login] if login is not None else []))
 
 
 def guarded(manifest: Manifest, component: str, render: Callable[..., T], *args: Any,
