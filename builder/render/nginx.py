@@ -14,6 +14,13 @@ from builder.render.templates import read_static, render_template
 
 UPSTREAM_NAME = "app_servers"
 UPSTREAM_FILE = "/etc/nginx/amibake/upstream-servers.conf"
+#: written by setup when the upstream is one name: resolver + the name (see _port_map)
+RESOLVE_FILE = "/etc/nginx/amibake/upstream-resolve.conf"
+#: included by nginx.conf: a glob, so no file (the upstream block) is valid too
+RESOLVE_GLOB = "/etc/nginx/amibake/upstream-resolve*.conf"
+#: how long nginx trusts a resolved name before asking again
+RESOLVE_VALID = "5s"
+HEX = "0123456789abcdef"
 SETUP = f"{SETUP_DIR}/nginx.sh"
 FAIR_PACKAGE = "libnginx-mod-http-upstream-fair"
 _BALANCE = {"round_robin": "", "least_conn": "least_conn", "ip_hash": "ip_hash", "fair": "fair"}
@@ -45,6 +52,8 @@ def render(manifest: Manifest, role: Role) -> Fragment:
         upstream_name=UPSTREAM_NAME,
         upstream_file=UPSTREAM_FILE,
         balance_directive=_balance(nginx.balance),
+        resolve_glob=RESOLVE_GLOB,
+        port_map=_port_map(appserver.ports),
         maintenance_root=maintenance_root,
         maintenance_file=maintenance_file,
         error_page_lines=error_page_lines,
@@ -59,6 +68,8 @@ def render(manifest: Manifest, role: Role) -> Fragment:
         upstream_file=UPSTREAM_FILE,
         upstream_name=UPSTREAM_NAME,
         ports=appserver.ports,
+        resolve_file=RESOLVE_FILE,
+        resolve_valid=RESOLVE_VALID,
     )
     packages = ["nginx-light"]
     if nginx.balance == "fair":
@@ -79,6 +90,16 @@ def render(manifest: Manifest, role: Role) -> Fragment:
         services=("nginx.service",),
         setup=(SETUP,),
     )
+
+
+def _port_map(ports: tuple[int, ...]) -> list[tuple[str, int]]:
+    """`map $request_id` lines that spread requests evenly over the app ports: the request
+    id's last hex digit d goes to port d mod N (the last port is the default)."""
+    lines = []
+    for index, port in enumerate(ports[:-1]):
+        digits = "".join(d for i, d in enumerate(HEX) if i % len(ports) == index)
+        lines.append((f"~[{digits}]$", port))
+    return [*lines, ("default", ports[-1])]
 
 
 def _balance(balance: str) -> str:
