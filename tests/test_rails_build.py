@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from builder.app.rails_build import DATABASE_YML
+from builder.render import image_content
+from tests.test_rails_render import own_app_manifest
 from tests.test_sample_rails import APP
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,11 +27,14 @@ BUILD = ROOT / "cloudinit" / "rails" / "app-build"
 PREFIX = "amibake-app-build: "
 
 
-def build(app: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def build(app: Path, tmp_path: Path,
+          database_yml: Path | None = None) -> subprocess.CompletedProcess[str]:
     home = tmp_path / "home"
     home.mkdir(exist_ok=True)
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8",
-           "RAILS_ENV": "production", "RACK_ENV": "production"}
+           "RAILS_ENV": "production", "RACK_ENV": "production",
+           # the image's /etc/amibake/rails/database.yml
+           "AMIBAKE_DATABASE_YML": str(database_yml or tmp_path / "absent.yml")}
     return subprocess.run([str(BUILD), str(app)], cwd=app, env=env, capture_output=True,
                           text=True, timeout=600, check=False)
 
@@ -110,3 +116,22 @@ def test_a_rack_app_without_a_gemfile_has_nothing_to_build(tmp_path: Path) -> No
     done = build(app, tmp_path)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in app.iterdir()) == ["config.ru"]
+
+
+def test_the_manifests_database_yml_replaces_the_apps_own_even_a_link(
+        app: Path, tmp_path: Path) -> None:
+    """The rendered one (ERB reading DATABASE_URL), as the image holds it:
+    precompiling reads it with no database to ask."""
+    rendered = tmp_path / "database.yml"
+    rendered.write_bytes(next(f.content for f in image_content(own_app_manifest()).files
+                              if f.path == DATABASE_YML))
+    outside = tmp_path / "outside.yml"
+    outside.write_text("untouched\n")
+    (app / "config" / "database.yml").unlink()
+    (app / "config" / "database.yml").symlink_to(outside)
+    done = build(app, tmp_path, rendered)
+    assert done.returncode == 0, done.stderr
+    target = app / "config" / "database.yml"
+    assert not target.is_symlink() and target.read_bytes() == rendered.read_bytes()
+    assert target.stat().st_mode & 0o777 == 0o644
+    assert outside.read_text() == "untouched\n"

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from builder.app.rails_build import BUILD_ONLY_PACKAGES
+from builder.app.rails_build import APP_BUILD, BUILD_ONLY_PACKAGES, DATABASE_YML
 from builder.manifest import load_manifest_text
 from builder.manifest.model import Manifest, SecretRef
 from builder.render import image_content, render_role
-from builder.render.app import APP_BUILD, ENV_SETUP, MIGRATE, MIGRATE_UNIT
+from builder.render.app import ENV_SETUP, MIGRATE, MIGRATE_UNIT
 from builder.render.fragment import File
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -99,7 +99,7 @@ def test_the_app_role_starts_the_migration_before_its_app_servers() -> None:
 def test_database_yml_is_the_manifests_database_with_the_url_from_the_environment(
         files: dict[str, File], tmp_path: Path) -> None:
     path = tmp_path / "database.yml"
-    path.write_bytes(files["/srv/app/config/database.yml"].content)
+    path.write_bytes(files[DATABASE_YML].content)
     url = "postgres://payroll:p%40ss%3A%23%27@10.0.1.20:5432/payroll_prod"
     done = subprocess.run(
         ["ruby", "-rerb", "-ryaml", "-rjson", "-e",
@@ -109,7 +109,7 @@ def test_database_yml_is_the_manifests_database_with_the_url_from_the_environmen
     assert json.loads(done.stdout) == {"production": {
         "adapter": "postgresql", "encoding": "unicode", "database": "payroll_prod",
         "username": "payroll", "port": 5432, "url": url, "pool": 5}}
-    assert "10.0.1.20" not in files["/srv/app/config/database.yml"].content.decode()
+    assert "10.0.1.20" not in files[DATABASE_YML].content.decode()
 
 
 def run_env_setup(files: dict[str, File], tmp_path: Path,
@@ -170,7 +170,7 @@ def test_the_image_carries_bundler_and_the_build_packages_the_bake_purges() -> N
     assert "bundler" in content.packages
     assert set(BUILD_ONLY_PACKAGES) <= set(content.packages)
     paths = {f.path for f in content.files}
-    assert {APP_BUILD, MIGRATE, "/srv/app/config/database.yml"} <= paths
+    assert {APP_BUILD, MIGRATE, DATABASE_YML} <= paths
     tmpfiles = next(f for f in content.files if f.path.endswith("tmpfiles.d/amibake-app.conf"))
     assert b"d /srv/app/tmp 0750 app app -" in tmpfiles.content
 
@@ -179,7 +179,7 @@ def test_the_sample_manifest_renders_none_of_it() -> None:
     m = load_manifest_text(MANIFEST.read_text(), MANIFEST)
     paths = {f.path for f in image_content(m).files}
     assert not paths & {APP_BUILD, MIGRATE, f"/etc/systemd/system/{MIGRATE_UNIT}",
-                        "/srv/app/config/database.yml"}
+                        DATABASE_YML}
     assert "bundler" not in image_content(m).packages
 
 

@@ -1,11 +1,12 @@
 """The application: its unix user, directories and env file; the sample Rack app,
 or for the team's own app (`app.code` a path, git or tarball) the Rails pieces:
-config/database.yml (over the app's own, in the config layer), the
+database.yml (put over the app's own by builder.app.rails_build), the
 app's secrets resolved into the env file at boot, and amibake-migrate with its
 oneshot unit ordered before the app servers."""
 
 from __future__ import annotations
 
+from builder.app.rails_build import APP_BUILD, DATABASE_YML
 from builder.manifest.model import Manifest, Role
 from builder.render.common import (
     LIB_DIR,
@@ -24,8 +25,6 @@ ENV_SETUP = f"{SETUP_DIR}/app-env.sh"
 SYSUSERS = "/usr/lib/sysusers.d/amibake-app.conf"
 TMPFILES = "/usr/lib/tmpfiles.d/amibake-app.conf"
 MIGRATE = f"{LIB_DIR}/amibake-migrate"
-#: The bake-time build the app layer runs in the image (builder.bake.app_layer.APP_BUILD_HOOK).
-APP_BUILD = f"{LIB_DIR}/app-build"
 MIGRATE_UNIT = "amibake-migrate.service"
 
 #: The sample app's files under cloudinit/app/, relative to app.root: its
@@ -65,8 +64,8 @@ def rails_files(manifest: Manifest, app_units: tuple[str, ...]) -> tuple[File, .
     environment = appserver.environment if appserver is not None else "production"
     env_line = " ".join(systemd_env(k, v) for k, v in app_environment(manifest))
     return (
-        # In the config layer, over the app's own (the app layer comes before it).
-        File(f"{app.root.rstrip('/')}/config/database.yml", render_template(
+        # builder.app.rails_build puts it over the app's own config/database.yml.
+        File(DATABASE_YML, render_template(
             "app/database.yml.j2", manifest_file=source_name(manifest),
             host_role=db.host_role, environment=environment, database=db.name,
             username=db.user, port=pg.port if pg is not None else 5432)),
