@@ -9,8 +9,10 @@ import time
 
 from builder.cutover import pg
 from builder.cutover.config import Conn, CutoverConfig
+from builder.cutover.db_dump import old_host_command
 from builder.cutover.db_replicate import ROLE as REPLICATION_ROLE
 from builder.errors import UserError
+from builder.proc import CommandError, run
 
 _CREATE_ROLE = re.compile(r'^CREATE ROLE ("(?:[^"]|"")+"|[^\s;]+);$')
 _ALTER_ROLE = re.compile(r'^ALTER ROLE ("(?:[^"]|"")+"|[^\s;]+) ')
@@ -28,9 +30,20 @@ def copy_roles(cfg: CutoverConfig) -> str:
     cutover's own login on the new server is never touched (its password
     may differ), nor is the replication role copied. Idempotent.
     """
-    script = pg.tool(
-        ["pg_dumpall", "--roles-only", "-l", cfg.old.dbname], cfg.old, timeout=120
-    )
+    if cfg.strategy == "dump" and cfg.cutover.old_pg_dump != "local":
+        # the old host's own pg_dumpall (8.1-9.1 too): --globals-only is what
+        # every version has (--roles-only is 8.3+); its tablespaces stay there
+        cmd, stdin = old_host_command(cfg, "pg_dumpall", "--globals-only")
+        try:
+            out = run(cmd, input=stdin.decode(), capture=True, timeout=120).stdout
+        except CommandError as err:
+            raise UserError(f"the old host's pg_dumpall failed: {pg.last_error(err.stderr)}",
+                            hint="check cutover.old_pg_dump and its SSH access") from err
+        script = "\n".join(ln for ln in out.splitlines() if not ln.startswith(
+            ("CREATE TABLESPACE", "ALTER TABLESPACE", "\\")))
+    else:
+        script = pg.tool(
+            ["pg_dumpall", "--roles-only", "-l", cfg.old.dbname], cfg.old, timeout=120)
     existing = {r[0] for r in pg.query(cfg.new, "SELECT rolname FROM pg_roles")}
     keep: list[str] = []
     copied: list[str] = []

@@ -209,12 +209,12 @@ def _psql(conn: Conn, sql: str, *, timeout: float | None) -> subprocess.Complete
             )
     except CommandError as err:
         raise UserError(
-            f"{conn}: {_last_error(err.stderr) or err.message}",
+            f"{conn}: {last_error(err.stderr) or err.message}",
             hint="run with --debug for the SQL and psql's full output",
         ) from err
 
 
-def _last_error(stderr: str) -> str:
+def last_error(stderr: str) -> str:
     lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
     errors = [ln for ln in lines if "ERROR" in ln or "FATAL" in ln or "error" in ln]
     return (errors or lines or [""])[-1]
@@ -235,7 +235,7 @@ def tool(cmd: Sequence[str], conn: Conn, *, timeout: float | None = None) -> str
                        timeout=timeout).stdout
     except CommandError as err:
         raise UserError(
-            f"{cmd[0]} ({conn}): {_last_error(err.stderr) or err.message}",
+            f"{cmd[0]} ({conn}): {last_error(err.stderr) or err.message}",
             hint="run with --debug for the full output",
         ) from err
 
@@ -270,7 +270,7 @@ def pipeline(producer: Sequence[str], consumer: Sequence[str], *conns: Conn,
                 capture=True, timeout=timeout)
         except CommandError as err:
             raise UserError(
-                f"{producer[0]} | {consumer[0]}: {_last_error(err.stderr) or err.message}",
+                f"{producer[0]} | {consumer[0]}: {last_error(err.stderr) or err.message}",
                 hint="run with --debug for the full output",
             ) from err
 

@@ -37,7 +37,8 @@ LOCAL_DUMP_MIN = 90200
 DUMP_MIN = 80100
 
 
-def version_checks(strategy: str, old: ServerFacts, new: ServerFacts) -> list[Check]:
+def version_checks(strategy: str, old: ServerFacts, new: ServerFacts, *,
+                   old_pg_dump: str = "local") -> list[Check]:
     """Whether `strategy` can move `old` onto `new`, from the versions and
     settings read from both servers: a strategy that cannot work is refused
     here, before anything changes, with the reason and what can work."""
@@ -57,12 +58,19 @@ def version_checks(strategy: str, old: ServerFacts, new: ServerFacts) -> list[Ch
             f"logical replication needs PostgreSQL 10 or later on both servers; {about}",
             f"{other} (it reads PostgreSQL {DUMP_MIN // 10000}.{DUMP_MIN // 100 % 100} "
             "and later), or upgrade the old server to 10+ first"))
+    elif old_pg_dump != "local":
+        checks.append(Check(
+            "strategy dump fits the servers", old.version_num >= DUMP_MIN,
+            f"the old host's own pg_dump ({old_pg_dump}), plain SQL rewritten for "
+            f"{new.major}; {about}",
+            "PostgreSQL before 8.1 has no roles to freeze writes with: upgrade it first"))
     else:
         ok = old.version_num >= LOCAL_DUMP_MIN
         checks.append(Check(
             "strategy dump fits the servers", ok,
             f"the local pg_dump (PostgreSQL 15) reads servers from 9.2; {about}",
-            "PostgreSQL 8.1-9.1 needs the old server's own pg_dump, run on the old host"
+            "PostgreSQL 8.1-9.1 needs the old server's own pg_dump: set cutover.old_pg_dump: "
+            "ssh:user@old-host (streamed from there, no copy on disk)"
             if old.version_num >= DUMP_MIN else
             "PostgreSQL before 8.1 has no roles to freeze writes with: upgrade it first"))
     if old.encoding != new.encoding:
@@ -148,7 +156,8 @@ def run_preflight(cfg: CutoverConfig, *, fix_replica_identity_now: bool = False)
               _connect("new database reachable", cfg.new)]
     if not all(c.ok for c in checks):
         return checks
-    versions = version_checks(cfg.strategy, pg.server_facts(cfg.old), pg.server_facts(cfg.new))
+    versions = version_checks(cfg.strategy, pg.server_facts(cfg.old), pg.server_facts(cfg.new),
+                              old_pg_dump=cfg.cutover.old_pg_dump)
     checks += versions
     if not all(c.ok for c in versions):
         return checks  # the strategy's own checks would only fail on that server's catalog
@@ -173,7 +182,8 @@ def run_preflight(cfg: CutoverConfig, *, fix_replica_identity_now: bool = False)
         + ("unknown" if free is None else f"{free / 2**20:.0f} MiB"),
         "grow the new server's data volume",
     ))
-    if cfg.strategy == "dump" and cfg.cutover.dump_format == "directory":
+    if (cfg.strategy == "dump" and cfg.cutover.dump_format == "directory"
+            and cfg.cutover.old_pg_dump == "local"):
         local_free = shutil.disk_usage(tempfile.gettempdir()).free
         checks.append(Check(
             "local space for the dump", local_free >= size,

@@ -438,6 +438,13 @@ class Cutover:
     old_web_ssh_options: tuple[str, ...] = setting(
         (), help="extra ssh options for old_web (the same allow-list as files.ssh_options)",
         check=fc.ssh_options)
+    old_pg_dump: str = setting(
+        "local", help="dump strategy: `local` (this machine's pg_dump, PostgreSQL 15's, reads "
+        "servers from 9.2) or `ssh:user@host` (the old host's own pg_dump, streamed: "
+        "PostgreSQL 8.1-9.1)", check=fc.old_web)
+    old_pg_dump_ssh_options: tuple[str, ...] = setting(
+        (), help="extra ssh options for old_pg_dump (the same allow-list as files.ssh_options)",
+        check=fc.ssh_options)
     checksum_when: Literal["before_switch", "after_switch"] = setting(
         "before_switch", help="when per-table content checksums run"
     )
