@@ -10,10 +10,11 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from builder.cutover.config import derive, resolve_secret, secret_env_name
+from builder.cutover.config import derive
 from builder.errors import UserError
 from builder.manifest import load_manifest, load_manifest_text
 from builder.manifest.model import SecretRef
+from builder.secret_values import resolve_secret, secret_env_name
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "manifests" / "smallpayroll.yaml"

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from builder.db import config
 from builder.errors import UserError
 from builder.manifest import load_manifest_text
 from builder.manifest.model import Manifest
 from builder.proc import run
+from builder.render import pgbackrest as config
 from builder.render.quoting import Unquotable
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -23,7 +23,11 @@ on what issue 11 asks for:
 - Instance credentials: `repo1-s3-key-type=auto` reads the instance
   profile's role credentials from instance metadata.
 
-Modules: config.py renders the engine's files from the manifest (pure);
-repo.py runs pgBackRest against the repository from this machine (list,
-restore, verify) and turns its failures into one-line UserErrors.
+Modules: builder/render/pgbackrest.py renders the engine's files from the
+manifest (pure; db/config.py re-exports its names); repo.py runs pgBackRest
+against the repository from this machine (list, restore, verify) and turns
+its failures into one-line UserErrors; restore.py restores and verifies. On
+the instance, the db role's setup script (cloudinit/templates/postgresql/
+backup.sh.j2, unit amibake-db-restore.service) restores or creates the
+cluster at boot.
 """

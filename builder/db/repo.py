@@ -25,11 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from builder.atomic import write_atomically
-from builder.db import config
 from builder.errors import UserError
 from builder.manifest.backup_model import Backup
 from builder.manifest.model import Manifest
 from builder.proc import run
+from builder.render import pgbackrest as config
 from builder.render.quoting import Unquotable
 
 #: pgBackRest's `info` status codes that mean "nothing here yet"
@@ -204,7 +204,7 @@ def _passphrase(manifest: Manifest, backup: Backup) -> str:
         return ""
     import boto3
 
-    from builder.cutover.config import resolve_secret
+    from builder.secret_values import resolve_secret
 
     region = backup.repository.region
     return resolve_secret(ref, ssm=boto3.client("ssm", region_name=region),

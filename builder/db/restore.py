@@ -26,6 +26,7 @@ from builder.db.repo import BackupInfo, Repo, own
 from builder.errors import UserError
 from builder.manifest.backup_model import LABEL
 from builder.proc import CommandError, run
+from builder.render.pgbackrest import pg_time
 from builder.wait import NotYet, Waiter, wait_for
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -65,11 +66,6 @@ def parse_target(text: str) -> Target:
         raise UserError(f"--to {text!r}: the time needs a UTC offset",
                         hint=f"e.g. --to {text}+00:00")
     return Target("time", time=when)
-
-
-def _pg_time(when: datetime) -> str:
-    """A PostgreSQL timestamptz literal, as recovery_target_time reads it."""
-    return when.strftime("%Y-%m-%d %H:%M:%S.%f%z")
 
 
 def _choose(backups: tuple[BackupInfo, ...], target: Target, url: str) -> BackupInfo:
@@ -139,7 +135,7 @@ def restore(repo: Repo, pgdata: Path, target: Target) -> Restored:
         if target.kind == "label":
             args += ["--type=immediate", "--target-action=promote"]
         elif target.kind == "time" and target.time is not None:
-            args += ["--type=time", f"--target={_pg_time(target.time)}",
+            args += ["--type=time", f"--target={pg_time(target.time)}",
                      "--target-action=promote"]
         repo.pgbackrest("restore", args, action=f"restore {chosen.label} from")
         _complete_config(pgdata, repo.user)

@@ -20,6 +20,7 @@ from builder.render.common import ETC_DIR, LIB_DIR, UNIT_DIR
 from builder.render.docstrings import is_python_script, strip_docstrings
 from builder.render.fragment import File, Fragment
 from builder.render.inline import inline_modules
+from builder.render.postgresql import PASSPHRASE_SECRET
 from builder.render.quoting import comment, yaml_flow
 
 ROLES_JSON = f"{ETC_DIR}/roles.json"
@@ -129,6 +130,10 @@ def roles_json(manifest: Manifest, role_fragments: Mapping[str, Sequence[Fragmen
     if cut is not None and cut.receive is not None and cut.new_db.password is not None:
         ref = cut.new_db.password  # the db role's cutover login (render/cutover_login.py)
         secrets["cutover_password"] = {"store": ref.store, "name": ref.name}
+    pg = manifest.components.postgresql
+    passphrase = pg.backup.repository.cipher_passphrase if pg and pg.backup else None
+    if passphrase is not None:  # the backup repository's (render/postgresql.py)
+        secrets[PASSPHRASE_SECRET] = {"store": passphrase.store, "name": passphrase.name}
     doc = {
         "version": 1,
         "name": manifest.name,

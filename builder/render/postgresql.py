@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import posixpath
 
+from builder.inputs import read_input
+from builder.manifest.backup_model import Backup
 from builder.manifest.model import Manifest, Role
+from builder.render import pgbackrest as engine
 from builder.render.common import (
     DISPATCHER,
     SECRET_TOOL,
@@ -20,6 +23,10 @@ from builder.render.templates import render_template
 SETUP = f"{SETUP_DIR}/postgresql.sh"
 CLUSTER = "main"
 CONF_DIR = "/etc/amibake/postgresql"
+#: runs before PostgreSQL on every boot when backups are configured
+RESTORE_UNIT = "amibake-db-restore.service"
+#: roles.json's name for the repository passphrase (resolved on the instance)
+PASSPHRASE_SECRET = "backup_passphrase"
 
 
 def service_name(version: str) -> str:
@@ -53,16 +60,18 @@ def render(manifest: Manifest, role: Role) -> Fragment:
     if app_rule not in rules:  # the app's network, unless the manifest already lists it
         rules.append(app_rule)
     common = {"app_name": app.name, "manifest_file": source_name(manifest)}
+    backup = pg.backup
     hba = render_template("postgresql/pg_hba.conf.j2", rules=rules, **common)
     conf = render_template(
         "postgresql/amibake.conf.j2",
         listen_addresses=pg.listen_addresses,
         port=pg.port,
         settings=sorted(pg.settings.items()),
+        archive_settings=sorted(engine.postgresql_settings(manifest).items()),
         **common,
     )
     dropin = render_template(
-        "postgresql/mnt.conf.j2", mount_point=mount, data_dir=data_dir
+        "postgresql/mnt.conf.j2", mount_point=mount, data_dir=data_dir, backup=bool(backup)
     )
     setup = render_template(
         "postgresql/setup.sh.j2",
@@ -76,20 +85,71 @@ def render(manifest: Manifest, role: Role) -> Fragment:
         db_name=db.name,
         secret_tool=SECRET_TOOL,
         dispatcher=DISPATCHER,
+        backup=bool(backup),
+        default_steps=("start_postgresql create_database" if backup
+                       else "mount_store create_cluster create_database"),
+        **(_backup_context(manifest, backup) if backup else {}),
         **common,
     )
+    files = [
+        File(f"{CONF_DIR}/pg_hba.conf", hba),
+        File(f"{CONF_DIR}/amibake.conf", conf),
+        File(f"{UNIT_DIR}/postgresql@.service.d/amibake-instance-store.conf", dropin),
+        File(SETUP, setup, mode=0o755),
+    ]
+    packages = [f"postgresql-{pg.version}", f"postgresql-client-{pg.version}"]
+    services = [service_name(pg.version)]
+    if backup:
+        backup_files, timers = _backup_files(manifest, backup, pg.version, common)
+        files += backup_files
+        packages.append("pgbackrest")
+        services += timers
     return Fragment(
         component="postgresql",
-        packages=(f"postgresql-{pg.version}", f"postgresql-client-{pg.version}"),
-        files=(
-            File(f"{CONF_DIR}/pg_hba.conf", hba),
-            File(f"{CONF_DIR}/amibake.conf", conf),
-            File(f"{UNIT_DIR}/postgresql@.service.d/amibake-instance-store.conf", dropin),
-            File(SETUP, setup, mode=0o755),
-        ),
-        services=(service_name(pg.version),),
+        packages=tuple(packages),
+        files=tuple(files),
+        services=tuple(services),
         setup=(SETUP,),
     )
+
+
+def _backup_context(manifest: Manifest, backup: Backup) -> dict[str, object]:
+    """The setup script's values for restore-or-create at boot (builder/render/pgbackrest.py's)."""
+    restore_args = ([] if backup.restore_on_boot == "never"
+                    else engine.boot_restore_args(backup))
+    return {
+        "engine_args": engine.engine_args(manifest),
+        "restore_args": restore_args,
+        "restore_command": engine.restore_command(manifest),
+        "restore_on_boot": backup.restore_on_boot,
+        "repo_url": engine.repo_url(manifest, backup),
+        "include_dir": engine.CONF_INCLUDE_DIR,
+        "cipher_name": posixpath.basename(engine.CIPHER_CONF),
+        "cipher_item": PASSPHRASE_SECRET if backup.repository.cipher_passphrase else "",
+    }
+
+
+def _backup_files(manifest: Manifest, backup: Backup, version: str,
+                  common: dict[str, str]) -> tuple[list[File], list[str]]:
+    """pgbackrest.conf, the endpoint's CA, the backup timers and the boot unit;
+    and the timers the role enables."""
+    ca = backup.repository.ca_file
+    instance = engine.Instance(ca_file=engine.INSTANCE_CA_FILE if ca else "")
+    files = [File(engine.CONF_PATH, engine.pgbackrest_conf(manifest, instance=instance).encode(),
+                  mode=0o640, owner="root:postgres")]
+    if ca:
+        pem = read_input(manifest.source.parent / ca, 1 << 20, "repository.ca_file")
+        if b"-----BEGIN CERTIFICATE-----" not in pem:
+            raise manifest_error(manifest, "components.postgresql.backup.repository.ca_file",
+                                 f"{ca} holds no PEM certificate",
+                                 hint="name the CA bundle that signs the endpoint's certificate")
+        files.append(File(engine.INSTANCE_CA_FILE, pem))
+    units = engine.timer_units(manifest)
+    files += [File(f"{UNIT_DIR}/{name}", text.encode()) for name, text in sorted(units.items())]
+    files.append(File(f"{UNIT_DIR}/{RESTORE_UNIT}", render_template(
+        "postgresql/db-restore.service.j2", version=version, cluster=CLUSTER, setup=SETUP,
+        repo_url=engine.repo_url(manifest, backup), **common)))
+    return files, [name for name in sorted(units) if name.endswith(".timer")]
 
 
 def _hba_line(kind: str, database: str, user: str, address: str, method: str,

@@ -30,6 +30,10 @@ def secret_values(manifest: Manifest) -> dict[str, str]:
     values: dict[str, str] = {}
     db = manifest.app.database.password
     values[db.name] = secrets.token_urlsafe(18)
+    pg = manifest.components.postgresql
+    passphrase = pg.backup.repository.cipher_passphrase if pg and pg.backup else None
+    if passphrase is not None:
+        values[passphrase.name] = secrets.token_urlsafe(24)
     return values
 
 
