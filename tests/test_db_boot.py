@@ -12,6 +12,7 @@ cluster and nothing listening.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -240,8 +241,8 @@ def test_db_role_renders_the_engine_only_with_backup(tmp_path: Path) -> None:
     assert "AMIBAKE_PG_STEPS:-start_postgresql create_database}" in script
     assert "correct horse" not in script
 
-    from builder.render.base import secret_refs
-    assert secret_refs(manifest)["backup_passphrase"] == {
+    from builder.render.base import roles_json
+    assert json.loads(roles_json(manifest, {}))["secrets"]["backup_passphrase"] == {
         "store": "ssm", "name": "/smallpayroll/backup-passphrase"}
 
 
