@@ -1,4 +1,4 @@
-"""`amibake cutover plan|rehearse|run|status|rollback MANIFEST`: move the live app."""
+"""`amibake cutover plan|rehearse|run|status|finish|rollback MANIFEST`: move the live app."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
                     "manifest's `cutover` section. Secrets: AMIBAKE_SECRET_<NAME> overrides "
                     "the secret store for local runs.",
     )
-    p.add_argument("action", choices=("plan", "rehearse", "run", "status", "rollback"))
+    p.add_argument("action", choices=("plan", "rehearse", "run", "status", "finish", "rollback"))
     p.add_argument("manifest", type=Path, metavar="MANIFEST")
     p.add_argument("--dry-run", action="store_true", help="print what each step would do")
     p.add_argument("--state", type=Path, help="state file (default: .amibake/ next to MANIFEST)")
@@ -61,6 +61,11 @@ def handle(args: argparse.Namespace, out: Output) -> int:
         out.result(doc, "\n".join(plan.rehearsal_lines(doc)))
         return 0
     if args.action == "status":
+        doc = procedure.status_doc(cfg, path)
+        out.result(doc, procedure.status_text(doc))
+        return 0
+    if args.action == "finish":  # after the watch period: the TTL raised back
+        procedure.finish_cutover(cfg, dns, path, say=out.say)
         doc = procedure.status_doc(cfg, path)
         out.result(doc, procedure.status_text(doc))
         return 0

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from builder.cutover import pg, plan, preflight, rehearse
+from builder.cutover import checklist, pg, plan, preflight, rehearse
 from builder.cutover.config import CutoverConfig
 from builder.cutover.dns.base import DnsProvider, countdown
 from builder.cutover.state import AfterStep, CutoverState, StepRecord, now_iso, run_steps
@@ -124,6 +124,16 @@ def rollback_cutover(cfg: CutoverConfig, dns: DnsProvider, path: Path, *, say: S
     return state
 
 
+def finish_cutover(cfg: CutoverConfig, dns: DnsProvider, path: Path, *, say: Say) -> CutoverState:
+    """After the watch period: the record's TTL raised back (checklist.raise_ttl)."""
+    state = load_state(cfg, path, create=False)
+    detail = checklist.raise_ttl(cfg, state, dns)
+    say(detail)
+    state.record("dns_raise_ttl", "done", detail)
+    state.save(path)
+    return state
+
+
 def status_doc(cfg: CutoverConfig, path: Path) -> dict[str, Any]:
     state = load_state(cfg, path, create=False)
     f = state.facts
@@ -138,6 +148,8 @@ def status_doc(cfg: CutoverConfig, path: Path) -> dict[str, Any]:
         "downtime_s": state.downtime_s(),
         "pending_old_cleanup": f.pending_old_cleanup,
         "rolled_back_at": f.rolled_back_at,
+        "rollback_dump": f.rollback_dump,
+        "ttl_raised_at": f.ttl_raised_at,
         "events": state.events,
     }
     if f.dns_switched_at:
@@ -160,4 +172,10 @@ def status_text(doc: dict[str, Any]) -> str:
                      f"more (until {doc['dns_cache_expires']})")
     if doc["pending_old_cleanup"]:
         lines.append("still on the old server: " + ", ".join(doc["pending_old_cleanup"]))
+    if doc.get("rollback_dump"):
+        lines.append(f"rollback point (old database before the cutover): {doc['rollback_dump']}")
+    if doc.get("ttl_raised_at"):
+        lines.append(f"TTL raised back at {doc['ttl_raised_at']}")
+    elif doc["complete"]:
+        lines.append("after the watch period: `amibake cutover finish` raises the TTL back")
     return "\n".join(lines)

@@ -63,6 +63,9 @@ class Facts:
     #: resources left on the old server when it was unreachable
     pending_old_cleanup: list[str] = field(default_factory=list)
     rolled_back_at: str | None = None
+    #: the old database's dump taken before anything changed (rollback_dump)
+    rollback_dump: str | None = None
+    ttl_raised_at: str | None = None
 
 
 @dataclass

@@ -10,7 +10,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
-from builder.cutover import db_dump, db_replicate, files, login, maintenance, preflight, verify
+from builder.cutover import (
+    checklist,
+    db_dump,
+    db_replicate,
+    files,
+    login,
+    maintenance,
+    preflight,
+    verify,
+)
 from builder.cutover.config import CutoverConfig
 from builder.cutover.db_roles import copy_roles, freeze, set_login, set_sequences
 from builder.cutover.dns.base import DnsProvider, cache_expiry, countdown
@@ -308,6 +317,14 @@ def forward_steps(cfg: CutoverConfig) -> list[FnStep]:
                lambda c: "connectivity, privileges, wal_level, replica identity, free space, "
                "files source, a no-op DNS update"
                + (" (fixing replica identity)" if c.fix_replica_identity else ""), _preflight),
+    ]
+    if cut.rollback_dump:
+        steps.append(FnStep(
+            "backup_old", "prepare",
+            lambda c: f"pg_dump -Fc of the old database into {cut.rollback_dump}, checked "
+                      "with pg_restore --list and kept as the rollback point",
+            lambda c: checklist.backup_old(c.cfg, c.state, c.checkpoint)))
+    steps += [
         FnStep("dns_lower_ttl", "prepare",
                lambda c: f"read {d.record} and lower its TTL to {d.low_ttl} s", _lower_ttl),
         FnStep("db_copy_roles", "prepare",

@@ -382,6 +382,13 @@ class DnsSpec:
     record: str = setting(help="record name, e.g. payroll.example.com.", check=fc.dns_name)
     new_address: str = setting(help="address of the new site", check=fc.ip_address)
     low_ttl: int = setting(60, help="TTL set ahead of the window", check=fc.between(0, 86400))
+    final_ttl: int = setting(
+        0, help="TTL set back after the watch period; 0: the record's TTL before the cutover",
+        check=fc.between(0, 7 * 86400))
+    raise_ttl_after: int = setting(
+        3600, help="seconds of watching after the switch before the TTL is raised back "
+                   "(never before the old address has left every cache)",
+        check=fc.between(0, 30 * 86400))
     hosted_zone_id: str = setting("", help="Route53 zone id (required for route53)",
                                   check=fc.optional(fc.zone_id))
     server: str = setting("", help="RFC 2136 primary, host[:port] (required for rfc2136)",
@@ -461,6 +468,10 @@ class Cutover:
     )
     catch_up_timeout: int = setting(600, help="seconds to wait for the subscriber to catch up",
                                     check=fc.between(1, 7 * 24 * 3600))
+    rollback_dump: str = setting(
+        "", help="directory where a fresh `pg_dump -Fc` of the old database is kept as the "
+                 "rollback point before anything changes; '' keeps none",
+        check=fc.optional(fc.path))
     receive: CutoverLogin | None = setting(
         None, help="make the db role create the cutover's login on the new server")
 
