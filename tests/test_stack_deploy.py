@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -137,7 +138,8 @@ def test_deploy_creates_the_stack_and_prints_outputs(cfn_aws: Aws, cert: str, tm
     assert f"stack {STACK}: CREATE_COMPLETE" in captured.out
     site = [line for line in captured.out.splitlines() if "SiteAddress:" in line]
     assert site and site[0].strip().endswith(".elb.amazonaws.com")
-    assert "dns.new_address" in captured.out
+    assert "SiteAddress is a DNS name: point the site's record at it with a CNAME" \
+        in captured.out
     assert "CREATE_COMPLETE" in captured.err  # progress lines from the stack's events
     # the plan's change set was executed: one change set created in all
     assert len(cfn_aws.recorder.of("CreateChangeSet")) == 1
@@ -203,7 +205,7 @@ def test_new_image_version_changes_the_launch_templates_only(
     assert f"stack {STACK}: UPDATE_COMPLETE" in captured.out
     # each group was refreshed onto version 2, health-checked, with automatic rollback
     starts = cfn_aws.recorder.of("StartInstanceRefresh")
-    assert len(starts) == 2 == len(refreshes)
+    assert len(starts) == 2 == len(refreshes.groups)
     for call in starts:
         assert call.params["Strategy"] == "Rolling"
         assert call.params["Preferences"] == {
@@ -233,29 +235,36 @@ def test_new_image_version_changes_the_launch_templates_only(
     assert image in {v["LaunchTemplateData"].get("ImageId") for v in versions}
 
 
-def fake_instance_refresh(aws: Aws, status: str, reason: str = "") -> list[str]:
-    """moto has no instance refresh: answer StartInstanceRefresh and
-    DescribeInstanceRefreshes (finished with `status`) before they are sent. Returns the
-    groups refreshed."""
+@dataclass
+class FakeRefresh:
+    """moto has no instance refresh: StartInstanceRefresh and DescribeInstanceRefreshes are
+    answered before they are sent, every refresh finished with `status`."""
+
+    status: str
+    reason: str = ""
+    groups: list[str] = field(default_factory=list)
+
+
+def fake_instance_refresh(aws: Aws, status: str, reason: str = "") -> FakeRefresh:
     from botocore.awsrequest import AWSResponse
 
-    groups: list[str] = []
+    fake = FakeRefresh(status, reason)
     ok = AWSResponse("https://autoscaling.invalid/", 200, {}, None)  # type: ignore[arg-type]
 
     def start(params: dict[str, Any], **_: Any) -> tuple[Any, dict[str, Any]]:
-        groups.append(params["body"]["AutoScalingGroupName"])  # the query-encoded request
-        return ok, {"InstanceRefreshId": f"refresh-{len(groups)}"}
+        fake.groups.append(params["body"]["AutoScalingGroupName"])  # the query-encoded request
+        return ok, {"InstanceRefreshId": f"refresh-{len(fake.groups)}"}
 
     def describe(params: dict[str, Any], **_: Any) -> tuple[Any, dict[str, Any]]:
         body = params["body"]
         return ok, {"InstanceRefreshes": [{
             "InstanceRefreshId": body["InstanceRefreshIds.member.1"],
-            "AutoScalingGroupName": body["AutoScalingGroupName"], "Status": status,
-            "StatusReason": reason, "PercentageComplete": 100}]}
+            "AutoScalingGroupName": body["AutoScalingGroupName"], "Status": fake.status,
+            "StatusReason": fake.reason, "PercentageComplete": 100}]}
 
     aws.on("before-call.autoscaling.StartInstanceRefresh", start)
     aws.on("before-call.autoscaling.DescribeInstanceRefreshes", describe)
-    return groups
+    return fake
 
 
 def test_new_instances_failing_health_checks_roll_back(
@@ -265,7 +274,7 @@ def test_new_instances_failing_health_checks_roll_back(
     assert cfn_aws.recorder.of("StartInstanceRefresh") == []  # a new stack: nothing to roll
     second, _ = split_manifest(tmp_path, cert, "1.1.0")
     reason = "Instances failed to pass the ELB health check"
-    fake_instance_refresh(cfn_aws, "RollbackSuccessful", reason)
+    fake = fake_instance_refresh(cfn_aws, "RollbackSuccessful", reason)
     capsys.readouterr()
     assert main(["stack", "deploy", str(second)]) == 1
     err = capsys.readouterr().err.strip().splitlines()[-1]
@@ -275,6 +284,13 @@ def test_new_instances_failing_health_checks_roll_back(
     assert len(cfn_aws.recorder.of("StartInstanceRefresh")) == 1  # stopped at the first
     assert cfn_aws.recorder.of("ModifyLaunchTemplate") == []  # the new version never default
     assert "Traceback" not in err
+    # the same manifest again: nothing for CloudFormation, the refresh is tried again
+    fake.status, fake.reason = "Successful", ""
+    assert main(["stack", "deploy", str(second)]) == 0
+    out = capsys.readouterr()
+    assert "up to date, nothing to deploy" in out.out
+    assert len(cfn_aws.recorder.of("StartInstanceRefresh")) == 3  # both groups this time
+    assert len(cfn_aws.recorder.of("ModifyLaunchTemplate")) == 2
 
 
 def test_failed_deploy_names_the_failing_resource(cfn_aws: Aws, cert: str, tmp_path: Path,

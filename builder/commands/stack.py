@@ -7,6 +7,7 @@ builder/stack/changeset.py, execution, deletion and status builder/stack/deploy.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 import time
 from pathlib import Path
@@ -142,6 +143,7 @@ def _deploy(manifest: Any, clients: Any, out: Output) -> int:
         from builder.stack.changeset import describe_stack
 
         current = describe_stack(cfn, name) or {}
+        _roll(clients, name, out)  # a refresh that rolled back is tried again
         found = outputs(current)
         out.result({"stack": name, "changed": False, "outputs": found},
                    "\n".join([f"stack {name}: up to date, nothing to deploy",
@@ -155,9 +157,21 @@ def _deploy(manifest: Any, clients: Any, out: Output) -> int:
                 "outputs": found},
                "\n".join([f"stack {name}: {stack['StackStatus']}",
                           *(f"  {k}: {v}" for k, v in sorted(found.items())),
-                          *(["(SiteAddress is the cutover's dns.new_address)"]
-                            if "SiteAddress" in found else [])]))
+                          *_site_note(found.get("SiteAddress"))]))
     return 0
+
+
+def _site_note(address: str | None) -> list[str]:
+    """How the cutover takes the site's address: an Elastic IP is `dns.new_address`; a
+    load balancer's DNS name is pointed at by a CNAME or alias record."""
+    if not address:
+        return []
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return ["(SiteAddress is a DNS name: point the site's record at it with a CNAME or a "
+                "Route 53 alias; cutover.dns.new_address takes an IP address)"]
+    return ["(SiteAddress is the cutover's dns.new_address)"]
 
 
 def _roll(clients: Any, name: str, out: Output) -> None:

@@ -71,7 +71,7 @@ def pending(asg: Any, ec2: Any, groups: list[str]) -> list[Roll]:
         latest = str(lt["LatestVersionNumber"])
         running = {str((i.get("LaunchTemplate") or {}).get("Version", spec.get("Version")))
                    for i in g.get("Instances", [])}
-        old = min(running - {latest}, key=int, default=None)
+        old = min((v for v in running - {latest} if v.isdigit()), key=int, default=None)
         if old is not None:
             rolls.append(Roll(g["AutoScalingGroupName"], template_id, old, latest))
     return rolls
