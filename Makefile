@@ -109,9 +109,9 @@ test-fast: setup
 
 lint: setup
 	@# the on-instance scripts (Python run as root, no .py suffix) are named explicitly
-	$(BIN)/ruff check builder tests bench cloudinit/boot/amibake-dispatch cloudinit/boot/amibake-secret cloudinit/boot/*.py
+	$(BIN)/ruff check builder tests bench cloudinit/boot/amibake-dispatch cloudinit/boot/amibake-secret cloudinit/boot/role/amibake-ebs-attach cloudinit/boot/*.py
 	$(BIN)/mypy
-	$(BIN)/mypy --scripts-are-modules cloudinit/boot/amibake-dispatch cloudinit/boot/amibake-secret cloudinit/boot/*.py
+	$(BIN)/mypy --scripts-are-modules cloudinit/boot/amibake-dispatch cloudinit/boot/amibake-secret cloudinit/boot/role/amibake-ebs-attach cloudinit/boot/*.py
 
 check: lint test
 

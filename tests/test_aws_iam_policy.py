@@ -29,6 +29,7 @@ from tests.aws_fixtures import (
     fake_response,
     make_stored_image,
 )
+from tests.test_aws_instance_profile import ebs_manifest
 from tests.test_aws_launch import drop_instance_store_mapping, published_ami
 from tests.test_publish_ebs import fast_steps, make_ctx
 from tests.test_publish_lifecycle import publish_versions
@@ -103,7 +104,7 @@ def test_launch_policy_equals_the_calls_made(aws: Aws, manifest: Manifest,
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
-    published_ami(aws)
+    ami = published_ami(aws)
     aws.recorder.clear()
     aws.on("before-call.ec2.RunInstances", drop_instance_store_mapping)
     launch_aws(aws.clients, manifest, "db", ssh_cidr="203.0.113.7", key_dir=tmp_path / "k")
@@ -123,6 +124,12 @@ def test_launch_policy_equals_the_calls_made(aws: Aws, manifest: Manifest,
     with pytest.raises(Exception, match="terminated"):
         launch_aws(aws.clients, manifest, "web", ssh_cidr="203.0.113.7", public_key=pub,
                    key_name="other", key_dir=tmp_path / "k")
+    # a db role on EBS (another stack) whose instance dies: its new instance profile and
+    # data volume are made, then removed
+    other = ebs_manifest(name="payroll-two")
+    with pytest.raises(Exception, match="terminated"):
+        launch_aws(aws.clients, other, "db", ssh_cidr="203.0.113.7", public_key=pub,
+                   key_name="other", key_dir=tmp_path / "k", image_id=ami)
     assert recorded(aws) == LAUNCH_ACTIONS
 
 
@@ -171,7 +178,7 @@ def test_every_client_method_in_the_code_is_in_a_policy() -> None:
 
     ops = {}
     session = botocore.session.get_session()
-    for service in ("ec2", "ebs", "ssm", "sts", "cloudformation", "autoscaling"):
+    for service in ("ec2", "ebs", "ssm", "sts", "cloudformation", "autoscaling", "iam"):
         model = session.get_service_model(service)
         for op in model.operation_names:
             snake = re.sub(r"(?<!^)(?=[A-Z])", "_", op).lower()

@@ -306,7 +306,8 @@ def test_deploys_into_moto(moto_aws: boto3.Session) -> None:
     assert "app.smallpayroll.internal." in records
 
     iam = moto_aws.client("iam")
-    policy = iam.get_role_policy(RoleName=physical["AppInstanceRole"], PolicyName="read-secrets")
+    policy = iam.get_role_policy(RoleName=physical["AppInstanceRole"],
+                                 PolicyName="amibake-instance")
     # moto's CloudFormation keeps the policy as the Python text of the resolved document
     document = str(policy["PolicyDocument"])
     assert "ssm:GetParameter" in document

@@ -50,6 +50,22 @@ LAUNCH_ACTIONS: frozenset[str] = frozenset({
     "ec2:RunInstances",
     "ec2:DescribeInstances",
     "ec2:TerminateInstances",
+    # the instance profile (builder/aws/instance_profile.py)
+    "sts:GetCallerIdentity",
+    "iam:GetRole",
+    "iam:CreateRole",
+    "iam:DeleteRole",
+    "iam:PutRolePolicy",
+    "iam:DeleteRolePolicy",
+    "iam:GetInstanceProfile",
+    "iam:CreateInstanceProfile",
+    "iam:DeleteInstanceProfile",
+    "iam:AddRoleToInstanceProfile",
+    "iam:RemoveRoleFromInstanceProfile",
+    # storage: ebs (builder/aws/data_volume.py)
+    "ec2:DescribeVolumes",
+    "ec2:CreateVolume",
+    "ec2:DeleteVolume",
 })
 
 #: stack deploy's instance refresh of a group on an older launch template version
@@ -78,7 +94,10 @@ STACK_ACTIONS: frozenset[str] = frozenset({
 #: actions AWS authorizes without a call of their own
 IMPLIED: dict[str, dict[str, str]] = {
     "launch": {
-        "ec2:CreateTags": "RunInstances and CreateSecurityGroup tag on create",
+        "ec2:CreateTags": "RunInstances, CreateSecurityGroup and CreateVolume tag on create",
+        "iam:PassRole": "RunInstances with an instance profile passes its role to EC2",
+        "iam:TagRole": "CreateRole tags on create",
+        "iam:TagInstanceProfile": "CreateInstanceProfile tags on create",
     },
     "stack": {
         "ssm:GetParameters": "CloudFormation resolves the launch templates' "
@@ -96,7 +115,7 @@ KMS_ACTIONS: tuple[str, ...] = (
     "kms:ReEncryptTo",
 )
 
-SERVICE_PREFIX = {"ec2": "ec2", "ebs": "ebs", "ssm": "ssm", "sts": "sts"}
+SERVICE_PREFIX = {"ec2": "ec2", "ebs": "ebs", "ssm": "ssm", "sts": "sts", "iam": "iam"}
 
 
 def action_name(service: str, operation: str) -> str:

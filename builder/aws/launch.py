@@ -6,8 +6,12 @@ SSH from the caller's one address (IPv4 /32 or IPv6 /128) plus the role's
 service ports (rules a previous launch added and this one does not ask for
 are revoked), run_instances with IMDSv2
 required (hop limit 1), the role in user-data and the `Role` tag, the
-instance-store mapping the db role needs. Waits until running. A failed
-launch removes what it created.
+instance-store mapping the db role needs. An instance profile with the
+role's policy (builder/aws/instance_profile.py: made or reused, or
+`instance_profile` given), and for `storage: ebs` the role's data volume
+(builder/aws/data_volume.py: the instance starts in its zone, or one is made
+in the instance's zone). Waits until running. A failed launch removes what
+it created.
 """
 
 from __future__ import annotations
@@ -23,6 +27,10 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from builder.aws.clients import Clients, error_code
+from builder.aws.data_volume import create_volume, delete_volume, find_volume
+from builder.aws.instance_policy import instance_tags
+from builder.aws.instance_profile import check_profile_name, ensure_instance_profile
+from builder.db_storage.volume import ebs_roles
 from builder.errors import UserError
 from builder.manifest.model import Manifest
 from builder.ssh_keys import read_public_key
@@ -33,6 +41,8 @@ if TYPE_CHECKING:
     from mypy_boto3_ec2.type_defs import InstanceTypeDef, IpPermissionTypeDef, TagTypeDef
 
 RUNNING_WAITER = Waiter("the instance to be running", attempts=120, interval=5.0)
+#: a new instance profile takes a few seconds before EC2 accepts it
+PROFILE_WAITER = Waiter("EC2 to accept the new instance profile", attempts=20, interval=3.0)
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,8 @@ class LaunchResult:
     security_group_id: str
     ssh_command: str
     hosts_line: str
+    instance_profile: str = ""  # "" when the role needs no permission
+    data_volume: str = ""  # the `storage: ebs` volume
 
     def as_json(self) -> dict[str, str]:
         # the private key itself is never part of any output, only its path
@@ -55,6 +67,7 @@ class LaunchResult:
             "region": self.region, "public_ip": self.public_ip, "key_name": self.key_name,
             "key_file": self.key_file, "security_group_id": self.security_group_id,
             "ssh_command": self.ssh_command, "hosts_line": self.hosts_line,
+            "instance_profile": self.instance_profile, "data_volume": self.data_volume,
         }
 
 
@@ -231,13 +244,17 @@ def launch_aws(
     public_key: Path | None = None,
     key_dir: Path | None = None,
     instance_type: str | None = None,
+    instance_profile: str | None = None,
     user_data: Callable[[Manifest, str], bytes] = _default_user_data,
     waiter: Waiter = RUNNING_WAITER,
+    profile_waiter: Waiter = PROFILE_WAITER,
 ) -> LaunchResult:
     if role not in manifest.roles:
         raise UserError(f"no role {role!r} in {manifest.source}",
                         hint=f"roles: {', '.join(sorted(manifest.roles))}")
     cidr = ssh_source_cidr(ssh_cidr or os.environ.get("AMIBAKE_SSH_CIDR"))
+    if instance_profile is not None:
+        check_profile_name(instance_profile)
     key_material = read_public_key(public_key).encode() if public_key is not None else None
     spec = manifest.roles[role]
     ec2 = clients.ec2()
@@ -247,6 +264,7 @@ def launch_aws(
     tags: list[TagTypeDef] = [{"Key": "Role", "Value": role},
                               {"Key": "Name", "Value": f"{manifest.name}-{role}"},
                               {"Key": "amibake:name", "Value": manifest.name}]
+    tags += [{"Key": k, "Value": v} for k, v in instance_tags(manifest, role).items()]
     body = user_data(manifest, role)
     with ExitStack() as stack:
         key_file = ensure_key_pair(ec2, key_name, key_dir, key_material, stack)
@@ -268,12 +286,30 @@ def launch_aws(
                                   {"ResourceType": "volume", "Tags": tags}],
         }
         pg = manifest.components.postgresql
-        if "postgresql" in spec.components and pg is not None:
+        ebs = role in ebs_roles(manifest)
+        if "postgresql" in spec.components and pg is not None and not ebs:
             request["BlockDeviceMappings"] = [
                 {"DeviceName": "/dev/sdb", "VirtualName": pg.instance_store}
             ]
-        instance_id = ec2.run_instances(**request)["Instances"][0]["InstanceId"]
+        volume = find_volume(ec2, manifest, role) if ebs else None
+        if volume is not None:  # a volume is attached in its own zone only
+            request["Placement"] = {"AvailabilityZone": volume["AvailabilityZone"]}
+        made = None
+        if instance_profile is None:
+            made = ensure_instance_profile(clients, manifest, role, stack)
+            instance_profile = made[0] if made else ""
+        if instance_profile:
+            request["IamInstanceProfile"] = {"Name": instance_profile}
+        # removed after the instance is terminated (an ExitStack unwinds last-in first)
+        after_instance = stack.enter_context(ExitStack())
+        launched = _run(ec2, request, profile_waiter if made and made[1] else None)
+        instance_id = launched["InstanceId"]
         stack.callback(_terminate, ec2, instance_id)
+        volume_id = volume["VolumeId"] if volume is not None else ""
+        if ebs and volume is None:
+            volume_id = create_volume(ec2, manifest, role,
+                                      launched["Placement"]["AvailabilityZone"])
+            after_instance.callback(delete_volume, ec2, volume_id)
         instance = _wait_running(ec2, instance_id, waiter)
         stack.pop_all()
     ip = str(instance.get("PublicIpAddress") or instance.get("PrivateIpAddress") or "")
@@ -284,7 +320,24 @@ def launch_aws(
         public_ip=ip, key_name=key_name, key_file=key_file, security_group_id=group_id,
         ssh_command=f"ssh {key_opt}{login}@{ip}",
         hosts_line=f"{ip} {manifest.app.server_name}",
+        instance_profile=instance_profile, data_volume=volume_id,
     )
+
+
+def _run(ec2: EC2Client, request: dict[str, Any], new_profile: Waiter | None
+         ) -> InstanceTypeDef:
+    """run_instances; with a profile made moments ago, retried while EC2 does not know it
+    yet (IAM is eventually consistent)."""
+    def run() -> InstanceTypeDef:
+        try:
+            return ec2.run_instances(**request)["Instances"][0]
+        except ClientError as exc:
+            if new_profile is not None and error_code(exc) == "InvalidParameterValue" \
+                    and "iamInstanceProfile" in str(exc):
+                raise NotYet(str(exc)) from exc
+            raise
+
+    return run() if new_profile is None else wait_for(run, new_profile)
 
 
 def _terminate(ec2: EC2Client, instance_id: str) -> None:

@@ -39,6 +39,9 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     aws.add_argument("--public-key", type=Path, metavar="FILE",
                      help="import this public key instead of creating a key pair")
     aws.add_argument("--instance-type", help="override the role's instance type")
+    aws.add_argument("--instance-profile", metavar="NAME",
+                     help="attach this existing instance profile instead of making or reusing "
+                          "amibake-NAME-ROLE (its policy: amibake iam-policy --role ROLE MANIFEST)")
     aws.add_argument("--key-dir", type=Path, default=Path.home() / ".ssh", metavar="DIR",
                      help="where a created key pair's private key is written (default: ~/.ssh)")
     from builder.aws.clients import add_aws_options
@@ -110,11 +113,13 @@ def _launch_aws(args: argparse.Namespace, manifest: Any, out: Output) -> int:
     result = launch_aws(clients, manifest, args.role, ssh_cidr=args.ssh_cidr,
                         version=args.image_version, key_name=args.key_name,
                         public_key=args.public_key, instance_type=args.instance_type,
-                        key_dir=args.key_dir)
+                        key_dir=args.key_dir, instance_profile=args.instance_profile)
     out.result(result.as_json(), "\n".join([
         f"instance {result.instance_id} ({result.role}) is running from {result.image_id} "
         f"in {result.region}",
         f"  ssh:   {result.ssh_command}",
         f"  hosts: {result.hosts_line}",
+        *([f"  instance profile: {result.instance_profile}"] if result.instance_profile else []),
+        *([f"  data volume: {result.data_volume}"] if result.data_volume else []),
     ]))
     return 0

@@ -202,6 +202,8 @@ class PostgreSQL:
     storage: Literal["instance-store", "ebs"] = setting(
         "instance-store", help="where data_dir lives: instance store, or a persistent EBS volume"
     )
+    volume_size: int = setting(20, help="GiB of the gp3 volume made for `storage: ebs`",
+                               check=fc.between(1, 16384))
     backup: backup_model.Backup | None = setting(None, help="continuous backup to S3 (pgBackRest)")
 
 

@@ -39,7 +39,7 @@ def check_instance_storage(m: Manifest, report: Report) -> None:
     """PostgreSQL keeps its data on the instance store: a stack's db role needs one.
     (Only for roles the stack starts: `launch` and the boot tests take any type.)"""
     pg = m.components.postgresql
-    if pg is None or m.stack is None:
+    if pg is None or m.stack is None or pg.storage == "ebs":
         return
     for name in m.stack.roles:
         role = m.roles.get(name)

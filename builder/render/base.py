@@ -63,10 +63,14 @@ def image_cloud_settings(
     return text.encode()
 
 
+#: scripts a role's fragment ships itself (only where it is needed), not every image
+ROLE_SCRIPTS = "role"
+
+
 def boot_files() -> tuple[File, ...]:
-    """Every file in cloudinit/boot/ (the dispatcher, secret resolver, units);
-    the Python scripts with the modules they share inlined (builder.render.inline)
-    and without their docstrings (builder.render.docstrings)."""
+    """Every file in cloudinit/boot/ (the dispatcher, secret resolver, units) but
+    those under role/; the Python scripts with the modules they share inlined
+    (builder.render.inline) and without their docstrings (builder.render.docstrings)."""
     boot = builder.TEMPLATES_DIR / "boot"
     if not boot.is_dir():
         return ()
@@ -86,6 +90,7 @@ def _boot_files(boot: Path, stamp: tuple[tuple[str, int, int], ...]) -> tuple[Fi
         if (
             not path.is_file()
             or any(p.startswith(".") or p == "__pycache__" for p in rel.parts)
+            or rel.parts[0] == ROLE_SCRIPTS
             or path.name.endswith(_SKIP_SUFFIXES)
             or path.name.upper().startswith("README")
         ):
@@ -97,11 +102,24 @@ def _boot_files(boot: Path, stamp: tuple[tuple[str, int, int], ...]) -> tuple[Fi
             files.append(File(f"{UNIT_DIR}/{path.name}", content))
             continue
         if is_python_script(content):  # user-data is capped at 16 KiB
-            origin = f"cloudinit/boot/{rel.as_posix()}"
-            source = inline_modules(content.decode(), path.parent, origin)
-            content = strip_docstrings(source, origin).encode()
+            content = _shipped(content, boot, f"cloudinit/boot/{rel.as_posix()}")
         files.append(File(f"{LIB_DIR}/{rel.as_posix()}", content, mode=0o755))
     return tuple(files)
+
+
+def _shipped(content: bytes, modules: Path, origin: str) -> bytes:
+    source = inline_modules(content.decode(), modules, origin)
+    return strip_docstrings(source, origin).encode()
+
+
+def role_script(name: str) -> File:
+    """cloudinit/boot/role/NAME as /usr/lib/amibake/NAME, shipped like the boot files
+    (the modules beside them inlined, docstrings stripped), for a fragment to carry."""
+    boot = builder.TEMPLATES_DIR / "boot"
+    path = boot / ROLE_SCRIPTS / name
+    return File(f"{LIB_DIR}/{name}",
+                _shipped(path.read_bytes(), boot, f"cloudinit/boot/{ROLE_SCRIPTS}/{name}"),
+                mode=0o755)
 
 
 def roles_json(manifest: Manifest, role_fragments: Mapping[str, Sequence[Fragment]]) -> bytes:

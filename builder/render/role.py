@@ -11,9 +11,20 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from builder.db_storage.volume import ebs_roles
 from builder.errors import UserError
 from builder.manifest.model import Manifest, Role
-from builder.render import app, appserver, assemble, base, cutover_login, nginx, postgresql, ruby
+from builder.render import (
+    app,
+    appserver,
+    assemble,
+    base,
+    cutover_login,
+    ebs_storage,
+    nginx,
+    postgresql,
+    ruby,
+)
 from builder.render.common import DISPATCHER, HOSTS_ENV, hosts_var, manifest_error
 from builder.render.fragment import File, Fragment, ImageContent, Part, RenderedRole
 from builder.render.quoting import Unquotable, comment, file_name
@@ -23,7 +34,8 @@ T = TypeVar("T")
 Renderer = Callable[[Manifest, Role], Fragment]
 
 #: Component → renderer, in the order their boot setup runs: Ruby, the app's
-#: user and env, the app servers, nginx, then the database. The dispatcher
+#: user and env, the app servers, nginx, then the database (its EBS volume first,
+#: with `storage: ebs`). The dispatcher
 #: queues each component's services as soon as its setup is done, so the app
 #: servers boot while the database's setup (mkfs, initdb) runs; none of the
 #: earlier setups needs the database (the app connects per request).
@@ -32,12 +44,14 @@ RENDERERS: dict[str, Renderer] = {
     "app": app.render,
     "appserver": appserver.render,
     "nginx": nginx.render,
+    "ebs-storage": ebs_storage.render,
     "postgresql": postgresql.render,
 }
-#: `app` is not named in roles: it comes with nginx (static pages) or app servers.
-IMPLIED_BY = {"app": ("nginx", "appserver")}
+#: `app` is not named in roles: it comes with nginx (static pages) or app servers;
+#: `ebs-storage` with postgresql when its data is on an EBS volume (`storage: ebs`).
+IMPLIED_BY = {"app": ("nginx", "appserver"), "ebs-storage": ("postgresql",)}
 #: Where a component's values live in the manifest (for errors).
-SECTIONS = {"app": "app", "base": "components"}
+SECTIONS = {"app": "app", "base": "components", "ebs-storage": "components.postgresql"}
 LOCALE = "C.UTF-8"
 _MARKER_KEY = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 _ROLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*\Z")
@@ -57,6 +71,8 @@ def role_fragments(manifest: Manifest, role_name: str) -> tuple[Fragment, ...]:
     for implied, by in IMPLIED_BY.items():
         if active.intersection(by):
             active.add(implied)
+    if role_name not in ebs_roles(manifest):
+        active.discard("ebs-storage")
     frags = [guarded(manifest, name, render, manifest, role)
              for name, render in RENDERERS.items() if name in active]
     # the db role's hook for the cutover's login (manifest cutover.receive)

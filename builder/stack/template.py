@@ -9,15 +9,18 @@ as YAML, the same bytes for the same manifest. What it holds:
   (load balancer → web on nginx's port, web → app on the app ports through
   the app's internal load balancer, app → db on PostgreSQL's port) and SSH
   from `stack.ssh_cidr` alone;
-- per role an instance profile that may read exactly the secrets its setup
-  reads, and a launch template: the AMI from the SSM parameter `publish`
-  writes, the baked role marker (builder.render) as user-data with the
-  peers' private names, IMDSv2 required;
+- per role an instance profile with the role's policy (builder/aws/instance_policy.py:
+  its secrets, the db role's backup prefix and data volume), and a launch
+  template: the AMI from the SSM parameter `publish` writes, the baked role
+  marker (builder.render) as user-data with the peers' private names, IMDSv2
+  required;
 - an Auto Scaling group for each stateless role, on its launch template's
   default version with the load balancer's health check (a new version is
   rolled out by `stack deploy`'s instance refresh, builder/stack/refresh.py);
   one instance for the db role (its data is on the instance store; its image
-  version is pinned, `image_version`) and for a role with an Elastic IP;
+  version is pinned, `image_version`) and for a role with an Elastic IP; with
+  `storage: ebs` the db role's gp3 data volume (snapshotted when the stack
+  deletes or replaces it) in its subnet's zone;
 - an internet-facing Application Load Balancer (HTTP → HTTPS with `tls`), an
   internal one in front of the app servers, and a private Route 53 zone
   `<stack>.internal` where roles find each other by name.
@@ -33,13 +36,19 @@ from typing import Any
 
 import yaml
 
+from builder.aws.instance_policy import (
+    POLICY_NAME,
+    CloudFormationArns,
+    instance_tags,
+    role_policy_document,
+)
+from builder.db_storage.volume import DEVICE, VOLUME_TYPE, ebs_roles, volume_size, volume_tags
 from builder.errors import UserError
 from builder.manifest.model import Manifest
 from builder.manifest.stack_checks import single_instance
 from builder.manifest.stack_model import ExistingVpc, Stack, StackRole
 from builder.publish.step_ssm import ssm_name
 from builder.render import render_role
-from builder.stack.instance_policy import policy_statements
 
 FORMAT_VERSION = "2010-09-09"
 SSH_PORT = 22
@@ -281,10 +290,9 @@ class _Builder:
                                "Action": "sts:AssumeRole"}]},
             "Tags": self.tags(f"{name}-instance"),
         }
-        statements = policy_statements(self.m, name)
-        if statements:
-            props["Policies"] = [{"PolicyName": "read-secrets", "PolicyDocument": {
-                "Version": "2012-10-17", "Statement": statements}}]
+        document = role_policy_document(self.m, name, CloudFormationArns())
+        if document is not None:
+            props["Policies"] = [{"PolicyName": POLICY_NAME, "PolicyDocument": document}]
         self.add(role, "AWS::IAM::Role", props)
         self.add(logical_id(name, "InstanceProfile"), "AWS::IAM::InstanceProfile",
                  {"Roles": [Ref(role)]})
@@ -318,10 +326,11 @@ class _Builder:
             "MetadataOptions": {"HttpEndpoint": "enabled", "HttpTokens": "required",
                                 "HttpPutResponseHopLimit": 1, "InstanceMetadataTags": "enabled"},
             "TagSpecifications": [{"ResourceType": "instance", "Tags": [
-                *self.tags(name), {"Key": "Role", "Value": name}]}],
+                *self.tags(name), {"Key": "Role", "Value": name},
+                *({"Key": k, "Value": v} for k, v in instance_tags(self.m, name).items())]}],
         }
         pg = self.m.components.postgresql
-        if pg is not None and "postgresql" in role.components:
+        if pg is not None and "postgresql" in role.components and name not in ebs_roles(self.m):
             data["BlockDeviceMappings"] = [{"DeviceName": "/dev/sdb",
                                             "VirtualName": pg.instance_store}]
         if self.stack.key_name:
@@ -341,6 +350,8 @@ class _Builder:
             # a new image never terminates the database server with its data
             extra["UpdateReplacePolicy"] = "Retain"
             extra["DeletionPolicy"] = "Delete"
+        if name in ebs_roles(self.m) and self.data_volume(name, instance, subnet):
+            extra["DependsOn"] = logical_id(name, "DataVolume")  # there before the boot
         self.add(instance, "AWS::EC2::Instance", {
             "LaunchTemplate": self._template_ref(name), "SubnetId": subnet}, **extra)
         if sr.elastic_ip:
@@ -352,6 +363,24 @@ class _Builder:
             self.outputs["SiteAddress"] = {
                 "Description": "the site's address (cutover.dns.new_address): an Elastic IP",
                 "Value": Ref(eip)}
+
+    def data_volume(self, name: str, instance: str, subnet: Any) -> bool:
+        """The db role's persistent volume, found at boot by its tags
+        (cloudinit/boot/amibake-ebs-attach); True when the instance can wait for it."""
+        if isinstance(subnet, dict) and "Ref" in subnet:  # a subnet of this stack
+            zone, depends = GetAtt(subnet["Ref"], "AvailabilityZone"), True
+        else:  # an existing subnet's id: its zone is the instance's
+            zone, depends = GetAtt(instance, "AvailabilityZone"), False
+        tags = [*self.tags(f"{name}-data"),
+                *({"Key": k, "Value": v} for k, v in volume_tags(self.m, name).items())]
+        volume = self.add(logical_id(name, "DataVolume"), "AWS::EC2::Volume", {
+            "AvailabilityZone": zone, "Size": volume_size(self.m), "VolumeType": VOLUME_TYPE,
+            "Encrypted": True, "Tags": tags},
+            DeletionPolicy="Snapshot", UpdateReplacePolicy="Snapshot")
+        self.outputs[logical_id(name, "DataVolume")] = {
+            "Description": f"role {name}'s data volume (attached as {DEVICE} at boot)",
+            "Value": Ref(volume)}
+        return depends
 
     def auto_scaling_group(self, name: str, sr: StackRole, subnets: list[Any],
                            targets: list[dict[str, Any]]) -> None:
