@@ -34,6 +34,8 @@ def secret_values(manifest: Manifest) -> dict[str, str]:
     passphrase = pg.backup.repository.cipher_passphrase if pg and pg.backup else None
     if passphrase is not None:
         values[passphrase.name] = secrets.token_urlsafe(24)
+    for ref in manifest.app.secrets.values():  # SECRET_KEY_BASE and the like: hex
+        values[ref.name] = secrets.token_hex(64)
     return values
 
 
