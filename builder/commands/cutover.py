@@ -1,4 +1,4 @@
-"""`amibake cutover plan|rehearse|run|status|finish|rollback MANIFEST`: move the live app."""
+"""`amibake cutover plan|rehearse|notify|run|status|finish|rollback MANIFEST`: move the live app."""
 
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
                     "manifest's `cutover` section. Secrets: AMIBAKE_SECRET_<NAME> overrides "
                     "the secret store for local runs.",
     )
-    p.add_argument("action", choices=("plan", "rehearse", "run", "status", "finish", "rollback"))
+    p.add_argument("action", choices=("plan", "rehearse", "notify", "run", "status", "finish",
+                                      "rollback"))
     p.add_argument("manifest", type=Path, metavar="MANIFEST")
     p.add_argument("--dry-run", action="store_true", help="print what each step would do")
     p.add_argument("--state", type=Path, help="state file (default: .amibake/ next to MANIFEST)")
@@ -63,6 +64,25 @@ def handle(args: argparse.Namespace, out: Output) -> int:
     if args.action == "status":
         doc = procedure.status_doc(cfg, path)
         out.result(doc, procedure.status_text(doc))
+        return 0
+    if args.action == "notify":  # the user notice by mail (cutover.notice.mail)
+        from builder.cutover import notice_mail
+        from builder.cutover.config import resolve_secret
+
+        mail = cfg.cutover.notice.mail
+        if args.dry_run and mail is not None:
+            to = notice_mail.recipients(mail.recipients_file)
+            msg = notice_mail.message(cfg, mail)
+            out.result({"recipients": len(to), "subject": msg["Subject"],
+                        "body": msg.get_content()},
+                       f"would send to {len(to)} recipient(s): {msg['Subject']}\n\n"
+                       + msg.get_content())
+            return 0
+        password = (resolve_secret(mail.password, ssm=aws.client("ssm"),
+                                   secretsmanager=aws.client("secretsmanager"))
+                    if mail is not None and mail.password is not None else None)
+        detail = notice_mail.send(cfg, password=password)
+        out.result({"notify": detail}, detail)
         return 0
     if args.action == "finish":  # after the watch period: the TTL raised back
         procedure.finish_cutover(cfg, dns, path, say=out.say)

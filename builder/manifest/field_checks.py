@@ -59,6 +59,9 @@ AMI_NAME = re.compile(r"[A-Za-z0-9()\[\]./@_-]{3,128}", A)
 INSTANCE_TYPE = re.compile(r"[a-z0-9-]+\.[a-z0-9]+", A)
 PG_VERSION = re.compile(r"[0-9]+(\.[0-9]+)?", A)
 INSTANCE_STORE = re.compile(r"ephemeral[0-9]{1,2}", A)
+#: a plain mail address (no display name, comments or quoting): what lands in
+#: an SMTP envelope and a From header as is
+EMAIL = re.compile(rf"[A-Za-z0-9._%+-]{{1,64}}@{HOST_LABEL}(\.{HOST_LABEL})+", A)
 #: one line of free text: no control characters (newline, CR, NUL, tab, escape)
 CONTROL = re.compile(r"[\x00-\x1f\x7f\u0085\u2028\u2029]")
 MAX_APP_SERVERS = 64
@@ -354,6 +357,9 @@ environment = matches(ENV_NAME, "an environment name such as production "
 guc_name = matches(GUC_NAME, "a PostgreSQL setting name (lower-case letters, digits, _ and .)")
 shell_word = matches(SHELL_WORD, "a version such as 1.8.7-2012.02 (ASCII letters, digits "
                                  "and ._+:-)")
+email = matches(EMAIL, "a plain mail address such as ops@example.com", limit=254)
+email_or_name = matches(re.compile(rf"{EMAIL.pattern}|[A-Za-z0-9._-]{{1,64}}", A),
+                        "a login name or mail address (ASCII letters, digits, ._-)", limit=254)
 pg_version = matches(PG_VERSION, "a PostgreSQL major version such as 15")
 instance_store = matches(INSTANCE_STORE, "an instance store name such as ephemeral0")
 instance_type = matches(INSTANCE_TYPE, "an EC2 instance type")

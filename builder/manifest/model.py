@@ -403,12 +403,30 @@ class DnsSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class NoticeMail:
+    """The notice sent by mail (`amibake cutover notify`)."""
+
+    smtp_host: str = setting(help="SMTP server (submission)", check=fc.host)
+    smtp_port: int = setting(587, help="its port", check=fc.port)
+    starttls: bool = setting(True, help="STARTTLS (certificate checked) before anything is sent")
+    sender: str = setting(help="From address", check=fc.email)
+    recipients_file: str = setting(
+        help="file with one address a line (# comments, blank lines allowed)", check=fc.path)
+    username: str = setting("", help="SMTP login; none: send without one",
+                            check=fc.optional(fc.email_or_name))
+    password: SecretRef | None = setting(None, help="SMTP password, a secret reference")
+    subject: str = setting("", help="subject; default: the app's name and the window",
+                           check=fc.optional(fc.text_line))
+
+
+@dataclass(frozen=True, kw_only=True)
 class Notice:
     """What users are told."""
 
     contact: str = setting(help="whom to contact", check=fc.text_line)
     lead_days: int = setting(14, help="days between the notice and the window",
                              check=fc.between(0, 365))
+    mail: NoticeMail | None = setting(None, help="send the notice by mail")
 
 
 @dataclass(frozen=True, kw_only=True)
