@@ -122,7 +122,8 @@ def publish(args: argparse.Namespace, manifest: Any, image_dir: Path,
     """--target aws: the one call into the publisher (builder.commands.publish)."""
     try:
         from builder.aws.clients import target_from_args
-        from builder.commands.publish import bundle_args, publish_stored_image, regions_for
+        from builder.commands.publish import bundle_args
+        from builder.publish.run import publish_stored_image, regions_for
     except ImportError as exc:
         raise UserError(
             "--target aws: publishing is not available in this amibake",

@@ -12,7 +12,7 @@ from types import FrameType
 from typing import Any
 
 from builder.errors import UserError
-from builder.imds import ImdsConfig, ImdsServer
+from builder.imds.config import ImdsConfig
 from builder.imds.secrets_file import read_secrets_file, read_secrets_stream
 from builder.inputs import read_input
 from builder.output import Output
@@ -111,6 +111,8 @@ def serve_command(args: argparse.Namespace, out: Output) -> int:
 
     def on_term(signum: int, frame: FrameType | None) -> None:
         stop.set()
+
+    from builder.imds.server import ImdsServer
 
     previous = signal.signal(signal.SIGTERM, on_term)
     try:

@@ -12,10 +12,9 @@ from typing import Any
 
 from builder.errors import UserError
 from builder.output import Output
-from builder.publish.run import BACKINGS, publish_stored_image, regions_for
+from builder.manifest.model import BACKINGS
 
-__all__ = ["BundleArgs", "add_backing_options", "bundle_args", "publish_stored_image",
-           "regions_for", "register", "run"]
+__all__ = ["BundleArgs", "add_backing_options", "bundle_args", "register", "run"]
 
 
 @dataclass(frozen=True)
@@ -95,6 +94,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, out: Output) -> int:
     from builder.aws.clients import target_from_args
     from builder.manifest import load_manifest
+    from builder.publish.run import publish_stored_image, regions_for
     from builder.store import Store, default_store_root
 
     if args.concurrency < 1:

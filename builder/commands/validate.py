@@ -50,8 +50,9 @@ def run(args: argparse.Namespace, out: Output) -> int:
     if not paths:
         out.stderr.write("amibake validate: error: no manifests found\n")
         return EXIT_USAGE
-    from builder.validate.schema import cloudinit_version
+    from builder.validate.schema import cloudinit_version, keep_verdicts_on_disk
 
+    keep_verdicts_on_disk()
     version = cloudinit_version()  # fails early, with its hint, when not set up
     from builder.validate.check import check_manifest
 

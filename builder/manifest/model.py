@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from packaging.version import Version
 
@@ -56,6 +56,10 @@ def setting(
 
 # --------------------------------------------------------------------- secrets
 
+
+#: AMI root device types: an EBS snapshot, or an instance-store bundle in S3.
+Backing = Literal["ebs", "instance-store"]
+BACKINGS: tuple[str, ...] = get_args(Backing)
 
 @dataclass(frozen=True)
 class SecretRef:
@@ -326,7 +330,7 @@ class ImageSpec:
         "{name}-{version}", help="AMI name; {name}, {version}, {arch} are filled in",
         check=fc.template,
     )
-    backing: Literal["ebs", "instance-store"] = setting("ebs", help="AMI root device type")
+    backing: Backing = setting("ebs", help="AMI root device type")
 
 
 @dataclass(frozen=True, kw_only=True)

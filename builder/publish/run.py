@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from builder.errors import UserError
+from builder.manifest.model import BACKINGS
 from builder.output import Output
 from builder.publish.context import BundleState, InstanceStoreOptions, PublishContext, ami_name
 from builder.publish.step_bundle import BundleStep
@@ -19,7 +20,6 @@ from builder.publish.step_ssm import SsmParametersStep
 from builder.publish.step_tag import TagImageStep
 from builder.publish.steps import describe_steps, run_steps
 
-BACKINGS = ("ebs", "instance-store")
 
 
 class BundleOptions(Protocol):

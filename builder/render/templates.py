@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +14,30 @@ from builder.errors import UserError
 from builder.render import quoting
 
 
+def _bytecode_cache() -> jinja2.BytecodeCache | None:
+    """Compiled templates kept in amibake's cache between runs (Jinja checks each
+    template's source checksum). The directory is named for what else the code
+    depends on, this module (the environment's settings) and Jinja's version,
+    so a change to either never reads old code. None when it cannot be made."""
+    from builder.bake.cache import default_cache_dir
+
+    st = Path(__file__).stat()
+    key = hashlib.sha256(
+        f"{builder.__version__} {jinja2.__version__} {st.st_size} {st.st_mtime_ns}".encode()
+    ).hexdigest()[:32]
+    directory = default_cache_dir() / "templates" / key
+    try:
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    except OSError:
+        return None
+    return jinja2.FileSystemBytecodeCache(str(directory))
+
+
 @functools.lru_cache(maxsize=4)
 def _environment(templates: Path) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(templates)),
+        bytecode_cache=_bytecode_cache(),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         trim_blocks=True,

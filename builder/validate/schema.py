@@ -32,6 +32,7 @@ from typing import Any, TypeVar
 import builder
 from builder.errors import UserError
 from builder.validate.isolated import IsolatedImports
+from builder.validate.verdict_store import TreeFacts, VerdictStore, default_store
 
 EXPECTED_VERSION = "22.4.2"
 EXPECTED_JSONSCHEMA = "4.10.3"
@@ -124,20 +125,44 @@ def bookworm_python() -> Iterator[None]:
         yield
 
 
+#: Where verdicts are kept between runs; None (the default: library calls and
+#: tests judge every document afresh) until `keep_verdicts_on_disk()`.
+_disk: VerdictStore | None = None
+
+
+def keep_verdicts_on_disk() -> None:
+    """From now on, read and keep verdicts and the tree's facts in amibake's
+    cache (`amibake validate` does this; see builder/validate/verdict_store.py)."""
+    global _disk
+    _disk = default_store(cloudinit_root() / DIST_PACKAGES)
+    _facts.cache_clear()
+    _cached_verdict.cache_clear()
+
+
 def cloudinit_version() -> str:
-    return _bookworm().version
+    return _facts().version
+
+
+def known_keys() -> frozenset[str]:
+    """Every top-level key some cloud-init module reads (from the schema itself)."""
+    return _facts().known_keys
 
 
 @functools.lru_cache(maxsize=1)
-def known_keys() -> frozenset[str]:
-    """Every top-level key some cloud-init module reads (from the schema itself)."""
-    schema = _bookworm().schema
+def _facts() -> TreeFacts:
+    if _disk is not None and (kept := _disk.facts()) is not None:
+        return kept
+    ci = _bookworm()
+    schema = ci.schema
     keys: set[str] = set()
     for entry in schema.get("allOf", []):
         ref = entry.get("$ref", "")
         target = schema.get("$defs", {}).get(ref.rpartition("/")[2], entry)
         keys.update(target.get("properties", {}))
-    return frozenset(keys)
+    facts = TreeFacts(ci.version, frozenset(keys))
+    if _disk is not None:
+        _disk.save_facts(facts)
+    return facts
 
 
 def schema_problems(content: bytes | str) -> list[SchemaIssue]:
@@ -155,10 +180,16 @@ def forget_verdicts() -> None:
 def _cached_verdict(data: bytes) -> tuple[SchemaIssue, ...]:
     """The verdict depends on the bytes only: `render` and `bake` check the
     documents `validate` already checked in the same process (cloud-init's
-    pure-Python YAML load is most of the cost)."""
+    pure-Python YAML load is most of the cost), and, once `validate` asked
+    for it, on disk between runs."""
+    if _disk is not None and (kept := _disk.get(data)) is not None:
+        return tuple(SchemaIssue(path, message) for path, message in kept)
     ci = _bookworm()
     with ci.imports.active():
-        return tuple(_at_cli_depth(lambda: _verdict(ci, data)))
+        issues = tuple(_at_cli_depth(lambda: _verdict(ci, data)))
+    if _disk is not None:
+        _disk.put(data, [(i.path, i.message) for i in issues])
+    return issues
 
 
 def _verdict(ci: _Bookworm, data: bytes) -> list[SchemaIssue]:
