@@ -30,7 +30,7 @@ APT_PACKAGES += pigz
 # npm (with node) fetches the old PostgreSQL server below: tests/test_cutover_versions.py
 APT_PACKAGES += nodejs
 
-.PHONY: setup system venv test test-fast check lint render image bench clean
+.PHONY: setup system venv test test-fast test-vm check lint render image bench clean
 
 setup: system venv cloud-init-schema old-postgres
 
@@ -99,13 +99,24 @@ $(BIN)/amibake: pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	@touch $@
 
-test: setup
-	$(BIN)/python -m pytest -q
+# Workers for the tier without VMs: its tests spend much of their time waiting
+# on servers (PostgreSQL, moto, Knot, nginx) and subprocesses, so a worker more
+# than the cores pays. Each test file stays on one worker (--dist loadfile):
+# its module fixtures (clusters, servers) are set up once.
+JOBS ?= 3
+
+# Every test, tier by tier: pytest prints each tier's count and wall time.
+test: test-fast test-vm
 
 # Everything but the tests that bake (mmdebstrap) or boot qemu: the loop while
-# developing. `make test` (and CI) still run every test.
+# developing.
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not vm and not bake"
+	$(BIN)/python -m pytest -q -m "not vm and not bake" -n $(JOBS) --dist loadfile
+
+# The tests that bake or boot qemu, one at a time: TCG guests on a small
+# machine only slow each other down.
+test-vm: setup
+	$(BIN)/python -m pytest -q -m "vm or bake"
 
 lint: setup
 	@# the on-instance scripts (Python run as root, no .py suffix) are named explicitly

@@ -29,18 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from builder.cache_dir import (
+    default_cache_dir as default_cache_dir,  # its home; imported from here too
+)
 from builder.proc import run
 
 TAR_OPTIONS = ("--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls")
-
-
-def default_cache_dir() -> Path:
-    """$AMIBAKE_CACHE_DIR, else $XDG_CACHE_HOME/amibake, else ~/.cache/amibake."""
-    env = os.environ.get("AMIBAKE_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "amibake"
 
 
 @dataclass(frozen=True)

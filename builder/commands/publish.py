@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from builder.errors import UserError
-from builder.output import Output
 from builder.manifest.model import BACKINGS
+from builder.output import Output
 
 __all__ = ["BundleArgs", "add_backing_options", "bundle_args", "register", "run"]
 

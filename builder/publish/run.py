@@ -21,7 +21,6 @@ from builder.publish.step_tag import TagImageStep
 from builder.publish.steps import describe_steps, run_steps
 
 
-
 class BundleOptions(Protocol):
     """Where an instance-store publish takes its certificates and bucket from."""
 

@@ -19,7 +19,7 @@ def _bytecode_cache() -> jinja2.BytecodeCache | None:
     template's source checksum). The directory is named for what else the code
     depends on, this module (the environment's settings) and Jinja's version,
     so a change to either never reads old code. None when it cannot be made."""
-    from builder.bake.cache import default_cache_dir
+    from builder.cache_dir import default_cache_dir
 
     st = Path(__file__).stat()
     key = hashlib.sha256(

@@ -57,7 +57,7 @@ def cloudinit_root() -> Path:
         return Path(env)
     if builder.CHECKOUT is not None:
         return builder.CHECKOUT / ".cache" / "cloud-init" / "root"
-    from builder.bake.cache import default_cache_dir
+    from builder.cache_dir import default_cache_dir
 
     return default_cache_dir() / "cloud-init" / "root"
 

@@ -138,6 +138,6 @@ def default_store(dist: Path) -> VerdictStore | None:
     identity = judge_identity(dist)
     if identity is None:
         return None
-    from builder.bake.cache import default_cache_dir
+    from builder.cache_dir import default_cache_dir
 
     return VerdictStore(default_cache_dir() / "cloud-init-verdicts", identity)
