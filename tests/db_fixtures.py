@@ -48,19 +48,22 @@ class S3:
                             aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
-def _certificate(directory: Path) -> tuple[Path, Path]:
+def _certificate(directory: Path, extra_ip: str = "") -> tuple[Path, Path]:
     cert, key = directory / "cert.pem", directory / "key.pem"
+    # pgBackRest matches the host against DNS names only: an address is named both ways
+    san = "DNS:localhost,IP:127.0.0.1" + (f",IP:{extra_ip},DNS:{extra_ip}" if extra_ip else "")
     run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
          "-nodes", "-days", "2",
          "-keyout", key, "-out", cert, "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"], capture=True)
+         "-addext", f"subjectAltName={san}"], capture=True)
     cert.chmod(0o644)
     return cert, key
 
 
 @contextmanager
-def serve_s3_tls() -> Iterator[S3]:
-    """moto's S3 over HTTPS on a free loopback port, with the bucket BUCKET."""
+def serve_s3_tls(extra_ip: str = "") -> Iterator[S3]:
+    """moto's S3 over HTTPS on a free loopback port, with the bucket BUCKET (its
+    certificate also names `extra_ip`: the address a VM reaches it at)."""
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
     from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
@@ -76,7 +79,7 @@ def serve_s3_tls() -> Iterator[S3]:
     logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
     directory = Path(tempfile.mkdtemp(prefix="amibake-s3-"))
     directory.chmod(0o755)
-    cert, key = _certificate(directory)
+    cert, key = _certificate(directory, extra_ip)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
     port = free_port()

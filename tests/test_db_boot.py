@@ -255,3 +255,17 @@ def test_restore_on_boot_targets() -> None:
     assert engine.boot_restore_args(
         Backup(repository=repo, restore_on_boot="2026-11-30T12:00:00+00:00")) == \
         ["--type=time", "--target=2026-11-30 12:00:00.000000+0000", "--target-action=promote"]
+
+
+def test_vm_forwards_more_guest_addresses(tmp_path: Path) -> None:
+    from builder.vm.accel import TCG_ARGS, Accel
+    from builder.vm.firmware import prepare_firmware
+    from builder.vm.qemu import Ports, VmPaths, VmSpec, build_command
+    spec = VmSpec(disk=tmp_path / "disk.raw", imds_port=41234, instance_id="i-0123456789abcdef0",
+                  forwards=(("169.254.169.253", 443, 50443),))
+    cmd = build_command(spec, VmPaths(tmp_path), Ports(ssh=1, http=2),
+                        prepare_firmware("uefi", tmp_path), Accel("tcg", TCG_ARGS, "test"),
+                        python="/py")
+    netdev = cmd[cmd.index("-netdev") + 1]
+    assert "guestfwd=tcp:169.254.169.253:443-cmd:/py -S -I " in netdev
+    assert netdev.count("guestfwd=") == 2 and "50443" in netdev

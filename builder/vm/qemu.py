@@ -64,6 +64,12 @@ class VmSpec:
     cpus: int = 2
     instance_store_gib: int = 1
     timeout: float = 300.0  # hard limit on the VM's life inside the context
+    #: more guest → host forwards, like the metadata service's: (guest address,
+    #: guest port, loopback port on the host), one relay process per connection
+    forwards: tuple[tuple[str, int, int], ...] = ()
+    #: keep the root overlay between boots (a stopped and started instance:
+    #: same root disk, a new blank instance store); the caller removes it
+    keep_root: bool = False
 
     @property
     def smbios_uuid(self) -> str:
@@ -152,6 +158,8 @@ def build_command(
         f"hostfwd=tcp:127.0.0.1:{ports.ssh}-:22",
         f"hostfwd=tcp:127.0.0.1:{ports.http}-:80",
         f"guestfwd=tcp:{METADATA_ADDRESS}:80-cmd:{_opt(relay_command(spec.imds_port, python))}",
+        *(f"guestfwd=tcp:{addr}:{port}-cmd:{_opt(relay_command(host_port, python))}"
+          for addr, port, host_port in spec.forwards),
     ])
     return [
         "qemu-system-x86_64",
@@ -266,8 +274,9 @@ class Vm:
         self.paths.workdir.mkdir(parents=True, exist_ok=True)
         if not self.spec.disk.is_file():
             raise UserError(f"disk image not found: {self.spec.disk}")
-        run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(self.spec.disk.resolve()),
-             "-F", "raw", str(self.paths.overlay)])
+        if not (self.spec.keep_root and self.paths.overlay.exists()):
+            run(["qemu-img", "create", "-q", "-f", "qcow2", "-b",
+                 str(self.spec.disk.resolve()), "-F", "raw", str(self.paths.overlay)])
         with open(self.paths.instance_store, "wb") as f:
             f.truncate(self.spec.instance_store_gib << 30)
         self._firmware = prepare_firmware(self.spec.boot, self.paths.workdir)
@@ -338,8 +347,10 @@ class Vm:
     def close(self) -> None:
         """Kill the VM and remove everything but the logs."""
         self.kill()
+        kept = (self.paths.overlay,) if self.spec.keep_root else ()
         for path in (self.paths.overlay, self.paths.instance_store, self.paths.pidfile):
-            path.unlink(missing_ok=True)
+            if path not in kept:
+                path.unlink(missing_ok=True)
         if self._firmware is not None and self._firmware.vars is not None:
             self._firmware.vars.unlink(missing_ok=True)
 
