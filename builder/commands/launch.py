@@ -20,7 +20,8 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
         "local store under qemu, in the background, with amibake's metadata service "
         "(a tiny local EC2); `amibake instances list|stop` manage it.",
     )
-    p.add_argument("role", metavar="ROLE", help="the role the instance takes at boot")
+    p.add_argument("role", metavar="ROLE", nargs="?",
+                   help="the role the instance takes at boot (not with --stack)")
     p.add_argument("--target", choices=("local", "aws"), default="local",
                    help="where to launch (default: local)")
     p.add_argument("--version", dest="image_version", metavar="V",
@@ -32,6 +33,13 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
                    help="local image store (default: $AMIBAKE_STORE or ./images)")
     p.add_argument("--boot", choices=("uefi", "bios"), default="uefi",
                    help="firmware for a local VM (default: uefi)")
+    p.add_argument("--stack", type=Path, metavar="MANIFEST",
+                   help="--target local: every role of MANIFEST's stack: section as its own VM "
+                        "on one private network, finding each other by the stack's names")
+    p.add_argument("--stop", action="store_true",
+                   help="with --stack: stop the local stack's VMs and its DNS")
+    p.add_argument("--replace", metavar="ROLE",
+                   help="with --stack: stop ROLE's VM and boot another in its place")
     aws = p.add_argument_group("--target aws")
     aws.add_argument("--ssh-cidr", metavar="IP/32",
                      help="your public address: SSH is opened to it only")
@@ -64,7 +72,16 @@ def default_manifest(directory: Path = DEFAULT_MANIFEST_DIR) -> Path:
 def run(args: argparse.Namespace, out: Output) -> int:
     from builder.manifest import load_manifest
 
+    if args.stack is not None:
+        if args.target != "local" or args.role or args.manifest:
+            raise UserError("--stack MANIFEST boots every stack role locally: give no ROLE, "
+                            "no --manifest and no --target aws")
+        return _stack_local(args, load_manifest(args.stack), out)
+    if args.stop or args.replace:
+        raise UserError("--stop and --replace go with --stack MANIFEST")
     manifest = load_manifest(args.manifest or default_manifest())
+    if args.role is None:
+        raise UserError("name the ROLE to launch (or --stack MANIFEST)")
     if args.role not in manifest.roles:
         raise UserError(f"unknown role {args.role!r}",
                         hint=f"roles in {manifest.source}: {', '.join(manifest.roles)}")
@@ -89,6 +106,43 @@ def _launch_local(args: argparse.Namespace, manifest: Any, out: Output) -> int:
         f"  stop:   amibake instances stop {inst.instance_id}",
     ])
     out.result(inst.as_json(), text)
+    return 0
+
+
+def _stack_local(args: argparse.Namespace, manifest: Any, out: Output) -> int:
+    from builder.stack.template import stack_name
+    from builder.store import Store, default_store_root
+    from builder.vm.stack_launch import launch_stack, load_state, replace_role, stop_stack
+
+    name = stack_name(manifest)
+    if args.stop:
+        stopped = stop_stack(name)
+        out.result({"stack": name, "stopped": stopped},
+                   f"local stack {name} stopped ({len(stopped)} VMs)")
+        return 0
+    image = Store(args.store or default_store_root()).get(manifest.name, args.image_version)
+    label = f"{image.name} {image.version} ({image.id})"
+    if args.replace:
+        out.say(f"replacing {args.replace} of local stack {name} ...")
+        replace_role(name, image, manifest, args.replace, boot=args.boot, image_label=label)
+    else:
+        out.say(f"booting local stack {name} from {label} under qemu ...")
+        launch_stack(image, manifest, boot=args.boot, image_label=label)
+    state = load_state(name)
+    from builder.vm.launch import list_instances
+
+    running = {i.instance_id: i for i in list_instances()}
+    members = {role: {**member, "name": f"{role}.{state.zone}",
+                      **(running[member["instance_id"]].as_json()
+                         if member["instance_id"] in running else {})}
+               for role, member in state.members.items()}
+    lines = [f"local stack {name} (network {state.network}, names *.{state.zone}):"]
+    for role, member in members.items():
+        lines.append(f"  {role:<6} {member['instance_id']} {member['address']:<15} "
+                     f"http://127.0.0.1:{member.get('http_port', '?')}/")
+    lines.append(f"  stop: amibake launch --target local --stack {args.stack} --stop")
+    out.result({"stack": name, "network": state.network, "zone": state.zone,
+                "members": members}, "\n".join(lines))
     return 0
 
 

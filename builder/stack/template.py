@@ -77,7 +77,7 @@ def logical_id(role: str, suffix: str) -> str:
 
 
 def stack_name(m: Manifest) -> str:
-    return _stack(m).name or m.name
+    return stack_section(m).name or m.name
 
 
 def zone_name(m: Manifest) -> str:
@@ -102,7 +102,7 @@ class Link:
 def links(m: Manifest) -> Iterator[Link]:
     """Who talks to whom inside the stack (the security groups' references and the private
     names each role's user-data carries)."""
-    stack = _stack(m)
+    stack = stack_section(m)
     c = m.components
     for name in stack.roles:
         components = m.roles[name].components
@@ -117,7 +117,7 @@ def links(m: Manifest) -> Iterator[Link]:
             yield Link(name, db, c.postgresql.port, c.postgresql.port, "PostgreSQL")
 
 
-def _stack(m: Manifest) -> Stack:
+def stack_section(m: Manifest) -> Stack:
     if m.stack is None:
         raise UserError(f"{m.source}: the manifest has no `stack:` section",
                         hint="add one (`amibake schema` lists its settings), e.g. "
@@ -128,7 +128,7 @@ def _stack(m: Manifest) -> Stack:
 class _Builder:
     def __init__(self, m: Manifest) -> None:
         self.m = m
-        self.stack = _stack(m)
+        self.stack = stack_section(m)
         self.resources: dict[str, dict[str, Any]] = {}
         self.outputs: dict[str, dict[str, Any]] = {}
         self.links = list(links(m))

@@ -161,11 +161,15 @@ def list_instances(root: Path | None = None) -> list[LocalInstance]:
 def launch_local(
     image: ImageLike, manifest: Manifest, role: str, *, root: Path | None = None,
     boot: BootMode = "uefi", image_label: str = "", start_timeout: float = 60,
+    user_data: bytes | None = None, secrets: dict[str, str] | None = None,
+    private_network: str | None = None, instance_id: str | None = None,
 ) -> LocalInstance:
     """Boot `image` in `role` in the background; returns once qemu runs.
 
     The instance keeps running after this process exits; stop it with
-    `stop_instance`. The guest is still booting when this returns.
+    `stop_instance`. The guest is still booting when this returns. A local stack
+    (builder/vm/stack_launch.py) gives its own `user_data`, the `secrets` its VMs share
+    and the `private_network` they are on.
     """
     from builder.vm.metadata import local_user_data, new_instance_id, secret_values
 
@@ -176,20 +180,22 @@ def launch_local(
     if not disk.is_file():
         raise UserError(f"image disk not found: {disk}", hint="run `make image` first")
     root = root or state_root()
-    instance_id = new_instance_id()
+    instance_id = instance_id or new_instance_id()
     root.mkdir(parents=True, exist_ok=True, mode=0o700)
     idir = root / instance_id
     idir.mkdir(mode=0o700)
     try:
         key = generate_key(idir / "id_ed25519", comment=f"amibake-{instance_id}")
-        user_data = local_user_data(manifest, role, baked=True)
+        if user_data is None:
+            user_data = local_user_data(manifest, role, baked=True)
         label = image_label or f"{manifest.name} {manifest.version}"
         launch = {
             "instance_id": instance_id, "role": role, "image": label, "disk": str(disk),
             "boot": boot, "instance_type": manifest.roles[role].instance_type,
             "login_user": manifest.image.login_user, "public_key": key.openssh_public(),
             "user_data_b64": base64.b64encode(user_data).decode(),
-            "secrets": secret_values(manifest),
+            "secrets": secret_values(manifest) if secrets is None else secrets,
+            "private_network": private_network,
         }
         write_atomically(idir / "launch.json", json.dumps(launch, indent=2), mode=0o600)
         with os.fdopen(open_private(idir / "supervisor.log"), "wb") as log:

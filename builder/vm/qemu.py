@@ -70,6 +70,9 @@ class VmSpec:
     #: keep the root overlay between boots (a stopped and started instance:
     #: same root disk, a new blank instance store); the caller removes it
     keep_root: bool = False
+    #: a second NIC on a private network shared with other VMs (a local stack):
+    #: qemu's multicast socket netdev, "GROUP:PORT" on loopback; None: no second NIC
+    private_network: str | None = None
 
     @property
     def smbios_uuid(self) -> str:
@@ -80,6 +83,15 @@ class VmSpec:
     @property
     def mac(self) -> str:
         return mac_for(self.instance_id)
+
+    @property
+    def private_mac(self) -> str:
+        return private_mac_for(self.instance_id)
+
+
+def private_mac_for(instance_id: str) -> str:
+    """The MAC of the instance's NIC on a local stack's private network."""
+    return mac_for("private-" + instance_id)
 
 
 def mac_for(instance_id: str) -> str:
@@ -181,6 +193,10 @@ def build_command(
         "-device", "virtio-blk-pci,drive=eph0,serial=ephemeral0",
         "-netdev", netdev,
         "-device", f"virtio-net-pci,netdev=net0,mac={spec.mac}",
+        *(["-netdev", f"socket,id=net1,mcast={_opt(spec.private_network)},"
+                      "localaddr=127.0.0.1",
+           "-device", f"virtio-net-pci,netdev=net1,mac={spec.private_mac}"]
+          if spec.private_network else []),
         "-device", "virtio-rng-pci",
         "-serial", f"file:{paths.serial_log}",
         "-pidfile", str(paths.pidfile),

@@ -40,7 +40,8 @@ def supervise(idir: Path) -> int:
     with imds_server(identity) as imds:
         spec = VmSpec(disk=Path(launch["disk"]), imds_port=imds.port,
                       instance_id=identity.instance_id, boot=launch["boot"],
-                      instance_type=identity.instance_type, timeout=math.inf)
+                      instance_type=identity.instance_type, timeout=math.inf,
+                      private_network=launch.get("private_network"))
         with Vm(spec, idir) as vm:
             doc = {
                 "instance_id": identity.instance_id, "role": identity.role,
