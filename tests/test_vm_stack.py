@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from builder.cli import main
 from builder.vm.checks import http_get
 from builder.wait import NotYet, Waiter, wait_for
+from tests.test_boot_launch import _alive, _json
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(2400)]
 
@@ -20,19 +20,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SEED = ROOT / "manifests" / "smallpayroll.yaml"
 HOST = "payroll.example.com"
 THROUGH = Waiter("GET / through web → app → db", attempts=600, interval=3, timeout=1200)
-
-
-def _json(capsys: pytest.CaptureFixture[str], argv: list[str]) -> dict[str, Any]:
-    assert main(["--json", *argv]) == 0
-    return dict(json.loads(capsys.readouterr().out))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 def _rows(port: int) -> list[Any]:
