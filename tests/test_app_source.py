@@ -157,6 +157,19 @@ def test_dirty_checkout_refused_unless_allowed(tmp_path: Path) -> None:
     assert app_commit(dirty.as_json()) == head + "+dirty"
 
 
+def test_checkout_leaves_out_what_git_ignores(tmp_path: Path) -> None:
+    repo = write_app(tmp_path / "repo", {**KEPT, ".gitignore": "/vendor/bundle/\ncoverage/\n",
+                                         "vendor/bundle/ruby/x.so": "binary\n",
+                                         "coverage/index.html": "report\n"})
+    git(repo, "init", "-q")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "one")
+    app = resolved(tmp_path, "{path: repo}")
+    assert app.tree is not None
+    assert files_in(app.tree) == {*KEPT, ".gitignore"}
+    assert not (app.tree / "vendor").exists() and not (app.tree / "coverage").exists()
+
+
 # --------------------------------------------------------------------- git
 
 

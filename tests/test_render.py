@@ -300,10 +300,19 @@ def test_2010_stack() -> None:
     nginx = content["/etc/nginx/nginx.conf"].content.decode()
     assert "        fair;\n" in nginx
     assert "libnginx-mod-http-upstream-fair" in image_content(manifest).packages
-    cluster = content["/etc/mongrel_cluster/smallpayroll.yml"].content.decode()
-    assert 'port: "8100"' in cluster and "servers: 2" in cluster
+    # systemd runs the cluster: no mongrel_cluster YAML that nothing reads; each
+    # mongrel's pid and log directories are made by systemd for its unit.
+    assert not any(path.startswith("/etc/mongrel_cluster") for path in content)
     unit = content["/etc/systemd/system/amibake-app@.service"].content.decode()
     assert "ExecStart=/opt/ree/bin/mongrel_rails start" in unit
+    assert "--pid /run/amibake-app-%i/mongrel.pid" in unit
+    assert "--log /var/log/amibake-app-%i/mongrel.log" in unit
+    assert "RuntimeDirectory=amibake-app-%i\n" in unit and "LogsDirectory=amibake-app-%i\n" in unit
+    profile = content["/etc/profile.d/amibake-ruby.sh"].content.decode()
+    assert 'PATH=/opt/ree/bin:"$PATH"' in profile
+    assert "rack:1.0.1" in manifest.components.ruby.gems  # actionpack 2.3.5: rack ~> 1.0.0
+    assert "libpq-dev" in image_content(manifest).packages or \
+        "libpq-dev" in manifest.image.packages  # the pg gem's headers
     build = content["/usr/lib/amibake/setup/ruby-build.sh"].content.decode()
     assert "PREFIX=/opt/ree" in build and "sha256sum --check" in build
     assert "MD5=4df7b09c01adfd711b0ab76837611542" in build and "md5sum --check" in build

@@ -582,20 +582,6 @@ def test_every_hostile_value_is_a_file_or_a_refusal() -> None:
 
 
 @pytest.mark.parametrize(("field", "name", "value"), cases(
-    "components.appserver.environment", "components.appserver.bind", "app.root"))
-def test_mongrel_cluster_yaml_reads_values_as_written(field: str, name: str, value: str
-                                                      ) -> None:
-    manifest = changed(SEED_2010, field, "/srv/" + value if field == "app.root" else value)
-    files = render_files(manifest)
-    if files is None:
-        return
-    doc = yaml.safe_load(files[f"/etc/mongrel_cluster/{manifest.app.name}.yml"])
-    server = manifest.components.appserver
-    assert (doc["environment"], doc["address"], doc["cwd"], doc["port"]) == (
-        server.environment, server.bind, manifest.app.root, str(server.base_port))
-
-
-@pytest.mark.parametrize(("field", "name", "value"), cases(
     "app.database.name", "app.database.user"))
 def test_app_env_script_writes_the_names_as_written(
         field: str, name: str, value: str, tmp_path: Path) -> None:

@@ -109,7 +109,12 @@ def _from_path(manifest: Manifest, code: AppCode, base: Path, tree: Path,
                         f"app.code.path: {source} has uncommitted changes ({first} …)",
                         hint="commit them, or bake with --allow-dirty (the image then "
                              "records dirty: true)")
-    copy_filtered(source, tree)
+    only = None
+    if top is not None:  # a checkout: what git ignores stays out too (vendor/bundle, coverage …)
+        listed = run(["git", "-c", "safe.directory=*", "ls-files", "-z", "--cached", "--others",
+                      "--exclude-standard", "--", "."], cwd=source, capture=True).stdout
+        only = {name for name in listed.split("\0") if name}
+    copy_filtered(source, tree, only)
     return {"kind": "path", "location": str(source), "commit": commit, "dirty": dirty}
 
 
@@ -236,12 +241,14 @@ def _single_top(raw: Path) -> Path:
 # ------------------------------------------------------------------- common
 
 
-def copy_filtered(source: Path, dest: Path) -> None:
+def copy_filtered(source: Path, dest: Path, only: set[str] | None = None) -> None:
     """Copy `source` to `dest` (absent) without what excludes.py leaves out.
 
     Regular files, directories and symbolic links only; a link must stay
     inside the tree (relative, no way out by `..`); modes are kept (setuid,
-    setgid and sticky bits dropped), owners are not.
+    setgid and sticky bits dropped), owners are not. With `only` (paths
+    relative to `source`), files and links not named there are left out too,
+    and directories are made only to hold what is copied.
     """
     dest.mkdir(mode=0o755)
     for dirpath, dirnames, filenames in os.walk(source):
@@ -249,24 +256,28 @@ def copy_filtered(source: Path, dest: Path) -> None:
         rel_dir = PurePosixPath(here.relative_to(source).as_posix())
         keep = []
         for name in sorted(dirnames):
-            rel = rel_dir / name if rel_dir.parts else PurePosixPath(name)
+            rel = rel_dir / name
             full = here / name
             if full.is_symlink():
                 filenames.append(name)  # a link to a directory is copied as a link
                 continue
             if excludes.excluded_dir(rel):
                 continue
-            (dest / rel).mkdir(mode=0o755)
-            os.chmod(dest / rel, stat.S_IMODE(full.lstat().st_mode) & 0o777 | 0o700)
+            if only is None:
+                _make_dir(dest / rel, full)
             keep.append(name)
         dirnames[:] = keep
         for name in sorted(filenames):
-            rel = rel_dir / name if rel_dir.parts else PurePosixPath(name)
+            rel = rel_dir / name
             full = here / name
+            if only is not None and rel.as_posix() not in only:
+                continue
             if excludes.excluded_file(rel, full):
                 continue
             st = full.lstat()
             target = dest / rel
+            if only is not None:
+                _make_parents(source, dest, rel)
             if stat.S_ISLNK(st.st_mode):
                 link = os.readlink(full)
                 check_link(rel, link)
@@ -277,6 +288,18 @@ def copy_filtered(source: Path, dest: Path) -> None:
             else:
                 raise UserError(f"{full}: not a file, directory or link; an app tree holds "
                                 "none of those (devices, FIFOs, sockets)")
+
+
+def _make_dir(target: Path, like: Path) -> None:
+    target.mkdir(mode=0o755)
+    os.chmod(target, stat.S_IMODE(like.lstat().st_mode) & 0o777 | 0o700)
+
+
+def _make_parents(source: Path, dest: Path, rel: PurePosixPath) -> None:
+    for i in range(1, len(rel.parts)):
+        part = PurePosixPath(*rel.parts[:i])
+        if not (dest / part).is_dir():
+            _make_dir(dest / part, source / part)
 
 
 def check_link(rel: PurePosixPath, link: str) -> None:

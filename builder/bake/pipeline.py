@@ -4,6 +4,9 @@
     check     same version stored with the same inputs → nothing to do;
               with other inputs → refused unless --force
     base      the base layer from the cache, or mmdebstrap (then cached)
+    app       resolve `app.code` (builder.app.source) before the check: its tree
+              digest is an input; after the config layer, the app layer
+              (builder.bake.app_layer: cached on the tree digest, built on a miss)
     config    the rendered files of every baked role, written into the tree
     disk      root ext4 (mkfs -d), ESP (mtools), GPT, GRUB for UEFI and BIOS
     test      boot the disk in every role (builder.vm), before anything is kept
@@ -32,7 +35,8 @@ from typing import Any, Literal
 from builder import __version__
 from builder.app.source import AppSource, resolve
 from builder.bake import bootloader, disk, rootfs
-from builder.bake.app_layer import APP_BUILD_HOOK, AppLayer, write_app_layer
+from builder.bake.app_layer import AppLayer, app_layer_for, write_app_layer
+from builder.bake.bakeable import check_bakeable
 from builder.bake.cache import LayerCache
 from builder.bake.packages import dpkg_packages
 from builder.bake.sources import DEFAULT_APT_DIR, host_sources
@@ -202,10 +206,7 @@ def recipe_for(manifest: Manifest, apt_dir: Path = DEFAULT_APT_DIR,
     if app.own:
         inputs["app"] = _digest({k: v for k, v in app.as_json().items()
                                  if k in ("code", "commit", "tarball_sha256", "tree_digest")})
-        hook = next((f.content for f in files if f.path == APP_BUILD_HOOK), None)
-        appserver = manifest.components.appserver
-        layer = AppLayer(source=app, root=manifest.app.root, hook=hook,
-                         environment=appserver.environment if appserver else "production")
+        layer = app_layer_for(manifest, app, files)
         inputs["app_layer"] = "sha256:" + layer.key(base.key())
     return BakeRecipe(
         manifest=manifest,
@@ -245,6 +246,7 @@ def boot_test_disk(disk_path: Path, manifest: Manifest, roles: Sequence[str],
 
 def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
     """Bake `manifest` into the store at options.store_root; see the module doc."""
+    check_bakeable(manifest)
     cache = LayerCache(options.cache_dir)
     timer = _Timer(say)
     started = time.monotonic()
@@ -278,9 +280,6 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
                 entry = cache.store(key, building, base_meta(recipe.base, building))
         with timer.step("checkout", f"base layer {key[:12]} from the cache"):
             cache.checkout(entry, tree)
-        app_cached = None
-        if recipe.app_layer is not None:
-            app_cached = _app_layer(tree, recipe.app_layer, key, cache, timer)
         with timer.step("config", f"writing {len(recipe.files)} rendered files "
                         f"(roles: {', '.join(recipe.roles)})"):
             rootfs.write_config_layer(tree, recipe.files, recipe.services)
@@ -289,7 +288,10 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
             replace_file(tree, "/boot/grub/grub.cfg",
                          bootloader.grub_cfg(kernel, root_uuid).encode())
             set_owner_mode(tree, "/boot/grub/grub.cfg", 0, 0, 0o644)
-            packages = dpkg_packages(tree)
+        app_cached = None
+        if recipe.app_layer is not None:
+            app_cached = _app_layer(tree, recipe.app_layer, manifest, key, cache, timer)
+        packages = dpkg_packages(tree)
         disk_path = staged / DISK_FILE
         with timer.step("disk", "writing the disk (root ext4, ESP, GPT, GRUB)"):
             build_disk(disk_path, tree, work, recipe, root_uuid)
@@ -334,19 +336,19 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
     return BakeResult(stored, action, base_cached, timer.seconds, app_cached)
 
 
-def _app_layer(tree: Path, layer: AppLayer, base_key: str, cache: LayerCache,
-               timer: _Timer) -> bool:
+def _app_layer(tree: Path, layer: AppLayer, manifest: Manifest, base_key: str,
+               cache: LayerCache, timer: _Timer) -> bool:
     """The app layer into `tree`, from the cache or built (then cached); cached?"""
     key = layer.key(base_key)
     cached = cache.app_tree(key)
     digest = layer.source.tree_digest.removeprefix("sha256:")[:12]
     if cached is not None:
         with timer.step("app", f"app layer {key[:12]} (tree {digest}) from the cache"):
-            write_app_layer(tree, layer, cached, None)
+            write_app_layer(tree, layer, manifest, cached, None)
         return True
     with timer.step("app", f"building the app layer {key[:12]} (tree {digest})"), \
             cache.app_staging(key) as keep:
-        write_app_layer(tree, layer, None, keep)
+        write_app_layer(tree, layer, manifest, None, keep)
     return False
 
 

@@ -49,13 +49,15 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace, out: Output) -> int:
+    from builder.bake.bakeable import check_bakeable
     from builder.bake.cache import default_cache_dir
     from builder.bake.pipeline import BakeOptions, bake, with_roles
-    from builder.manifest import bump_version
+    from builder.manifest import bump_version, load_manifest
     from builder.manifest.bump import next_version
     from builder.store import default_store_root
     from builder.validate.check import load_checked
 
+    check_bakeable(load_manifest(args.manifest))  # at once: before any rendering
     manifest = load_checked(args.manifest)  # the checks `amibake validate` runs
     roles = [r.strip() for r in args.roles.split(",") if r.strip()] if args.roles else None
     manifest = with_roles(manifest, roles)

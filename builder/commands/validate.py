@@ -54,10 +54,15 @@ def run(args: argparse.Namespace, out: Output) -> int:
 
     keep_verdicts_on_disk()
     version = cloudinit_version()  # fails early, with its hint, when not set up
+    from builder.bake.bakeable import render_only_reason
     from builder.validate.check import check_manifest
 
     reports = [check_manifest(p) for p in paths]
     problems = [pr for r in reports for pr in r.problems]
+    render_only = {r.path: render_only_reason(r.manifest) for r in reports
+                   if r.manifest is not None and not r.problems}
+    notes = [f"{path}: render-only, `amibake bake` refuses it: {reason}"
+             for path, reason in render_only.items() if reason]
     roles = sum(len(r.roles) for r in reports)
     summary = (
         f"{len(reports)} manifest(s), {roles} role(s): "
@@ -69,7 +74,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
             "ok": not problems,
             "cloud_init": version,
             "manifests": [
-                {"path": r.path, "name": r.name, "roles": r.roles} for r in reports
+                {"path": r.path, "name": r.name, "roles": r.roles,
+                 "render_only": render_only.get(r.path)} for r in reports
             ],
             "problems": [
                 {"file": p.location.file, "line": p.location.line, "col": p.location.col,
@@ -77,6 +83,6 @@ def run(args: argparse.Namespace, out: Output) -> int:
                 for p in problems
             ],
         },
-        text="\n".join([str(p) for p in problems] + [summary]),
+        text="\n".join([str(p) for p in problems] + notes + [summary]),
     )
     return EXIT_PROBLEMS if problems else EXIT_OK

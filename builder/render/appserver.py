@@ -59,6 +59,7 @@ def render(manifest: Manifest, role: Role) -> Fragment:
             f"{bin_dir}/mongrel_rails", "start", "--environment", appserver.environment,
             "--address", appserver.bind, "--port", (port,), "--chdir", app.root,
             "--pid", ("/run/amibake-app-", port, "/mongrel.pid"),
+            "--log", ("/var/log/amibake-app-", port, "/mongrel.log"),
         ]
     unit = render_template(
         "appserver/amibake-app@.service.j2",
@@ -77,17 +78,10 @@ def render(manifest: Manifest, role: Role) -> Fragment:
         ),
         exec_start=systemd_exec(argv),
     )
+    # mongrel_cluster's own YAML is not written: systemd runs the cluster, one
+    # amibake-app@<port> instance per mongrel, each with its pid and log
+    # directories (RuntimeDirectory, LogsDirectory) made by systemd.
     files = [File(f"{UNIT_DIR}/{UNIT}", unit)]
-    if appserver.kind == "mongrel_cluster":
-        files.append(File(
-            f"/etc/mongrel_cluster/{app.name}.yml",
-            render_template(
-                "appserver/mongrel_cluster.yml.j2",
-                app_name=app.name, user=app.user, root=app.root,
-                environment=appserver.environment, bind=appserver.bind,
-                base_port=appserver.base_port, count=appserver.count,
-            ),
-        ))
     services = service_names(appserver)
     if own:
         files.extend(rails_files(manifest, services))

@@ -7,9 +7,12 @@ from builder.manifest.model import Manifest, Role
 from builder.render.app import own_app
 from builder.render.common import SETUP_DIR, manifest_error
 from builder.render.fragment import File, Fragment
+from builder.render.quoting import sh
 from builder.render.templates import render_template
 
 SETUP = f"{SETUP_DIR}/ruby-build.sh"
+#: Login shells find a tarball Ruby first (the seed put /opt/ree/bin on PATH in /etc/bashrc).
+PROFILE = "/etc/profile.d/amibake-ruby.sh"
 BUILD_PACKAGES: tuple[str, ...] = (
     "build-essential", "ca-certificates", "curl", "libreadline-dev", "libssl-dev", "zlib1g-dev",
 )
@@ -44,6 +47,8 @@ def render(manifest: Manifest, role: Role) -> Fragment:
     return Fragment(
         component="ruby",
         packages=BUILD_PACKAGES,
-        files=(File(SETUP, script, mode=0o755),),
+        files=(File(SETUP, script, mode=0o755),
+               File(PROFILE, ("# amibake: the Ruby built from its tarball comes first.\n"
+                             f"PATH={sh(prefix + '/bin')}:\"$PATH\"\nexport PATH\n").encode())),
         setup=(SETUP,),
     )
