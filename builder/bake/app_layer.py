@@ -20,14 +20,12 @@ Nothing is cached when the build fails.
 from __future__ import annotations
 
 import hashlib
-import importlib
-import importlib.util
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from types import ModuleType
 
+from builder.app import rails_build
 from builder.app.source import AppSource
 from builder.bake.rootfs import LayerFile
 from builder.bake.tree import in_tree, make_dirs
@@ -37,22 +35,11 @@ from builder.proc import run
 
 #: Part of the layer's key: bump when this module changes what the layer holds.
 APP_LAYER_CODE_VERSION = "app-layer-1"
-#: The module that builds an app tree in the image (apprails' part).
-BUILD_MODULE = "builder.app.rails_build"
-#: Rendered files the build reads: their bytes are part of the key.
-BUILD_READS = ("/etc/amibake/rails/",)
-
-
-def build_module() -> ModuleType | None:
-    """The app build module, or None while this amibake has none."""
-    if importlib.util.find_spec(BUILD_MODULE) is None:
-        return None
-    return importlib.import_module(BUILD_MODULE)
-
-
-def _module_digest(module: ModuleType | None) -> str | None:
-    source = getattr(module, "__file__", None)
-    return hashlib.sha256(Path(source).read_bytes()).hexdigest() if source else None
+#: Rendered files the build reads (its script, the Rails settings): their bytes
+#: are part of the key.
+BUILD_READS = (rails_build.APP_BUILD, rails_build.RAILS_DIR + "/")
+#: The build code itself is part of the key too.
+BUILD_CODE = hashlib.sha256(Path(rails_build.__file__).read_bytes()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -64,8 +51,8 @@ class AppLayer:
     environment: str
     #: path → sha256 of the rendered files the build reads
     reads: tuple[tuple[str, str], ...]
-    #: sha256 of the build code (None: no build step)
-    build: str | None
+    #: sha256 of the build code
+    build: str
 
     def key(self, base_key: str) -> str:
         doc = {
@@ -86,7 +73,7 @@ def app_layer_for(manifest: Manifest, app: AppSource, files: Sequence[LayerFile]
                          if f.path.startswith(BUILD_READS)))
     return AppLayer(source=app, root=manifest.app.root,
                     environment=appserver.environment if appserver else "production",
-                    reads=reads, build=_module_digest(build_module()))
+                    reads=reads, build=BUILD_CODE)
 
 
 def write_app_layer(tree: Path, layer: AppLayer, manifest: Manifest, cached: Path | None,
@@ -105,16 +92,12 @@ def write_app_layer(tree: Path, layer: AppLayer, manifest: Manifest, cached: Pat
                         hint="choose another app.root (e.g. /srv/app)")
     if dest.exists():
         dest.rmdir()
-    module = build_module()
     if cached is not None:
         run(["cp", "-a", "--link", cached, dest])
     else:
         run(["cp", "-a", "--no-preserve=ownership", layer.source.tree, dest])
         run(["chown", "-R", "--no-dereference", "0:0", dest])
-        if module is not None:
-            module.build_app(tree, manifest)
+        rails_build.build_app(tree, manifest)
         if keep is not None:
             run(["cp", "-a", dest, keep])
-    purge = getattr(module, "purge_build_packages", None)
-    if purge is not None:
-        purge(tree, manifest)
+    rails_build.purge_build_packages(tree, manifest)
