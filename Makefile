@@ -29,6 +29,8 @@ APT_PACKAGES += mkosi
 APT_PACKAGES += pigz
 # npm (with node) fetches the old PostgreSQL server below: tests/test_cutover_versions.py
 APT_PACKAGES += nodejs
+# a network namespace with 169.254.169.254 on its loopback (unshare, ip): tests/test_db_boot.py
+APT_PACKAGES += util-linux iproute2
 
 .PHONY: setup system venv test test-fast test-vm check lint render image bench clean
 

@@ -16,6 +16,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,8 @@ class Node:
 
 
 def _node(base: Path, s3: S3, prefix: str, *, passphrase: str = PASSPHRASE,
-          bucket: str = "amibake-backups") -> Node:
+          bucket: str = "amibake-backups", key_type: str = "shared") -> Node:
+    """`key_type="auto"`: S3 credentials from instance metadata, as on an instance."""
     manifest = load_manifest(manifest_with_backup(base, s3, prefix=prefix, bucket=bucket))
     data, conf, sock, inc = base / "data", base / "conf", base / "sock", base / "conf.d"
     for d in (conf, sock, inc):
@@ -79,7 +81,7 @@ def _node(base: Path, s3: S3, prefix: str, *, passphrase: str = PASSPHRASE,
     pgb_conf.write_text(engine.pgbackrest_conf(
         manifest, pg_path=str(data), pg_port=port, pg_socket_path=str(sock),
         instance=engine.Instance(log_path=str(base / "log"), spool_path=str(base / "spool"),
-                                 lock_path=str(base / "lock"), key_type="shared")))
+                                 lock_path=str(base / "lock"), key_type=key_type)))
     settings = engine.postgresql_settings(manifest, config=str(pgb_conf), include_dir=str(inc))
     (conf / "pg_hba.conf").write_text("local all all trust\n")
     (conf / "postgresql.conf").write_text("\n".join([
@@ -105,8 +107,9 @@ def _node(base: Path, s3: S3, prefix: str, *, passphrase: str = PASSPHRASE,
         "AMIBAKE_RESTORE_COMMAND": engine.restore_command(
             manifest, config=str(pgb_conf), include_dir=str(inc)),
         "AMIBAKE_SECRET_TOOL": str(secret),
-        "PGBACKREST_REPO1_S3_KEY": "testing", "PGBACKREST_REPO1_S3_KEY_SECRET": "testing",
     }
+    if key_type == "shared":
+        env.update(PGBACKREST_REPO1_S3_KEY="testing", PGBACKREST_REPO1_S3_KEY_SECRET="testing")
     for d in ("log", "spool", "lock"):
         (base / d).mkdir()
         shutil.chown(base / d, PG_OS_USER, PG_OS_USER)
@@ -269,3 +272,58 @@ def test_vm_forwards_more_guest_addresses(tmp_path: Path) -> None:
     netdev = cmd[cmd.index("-netdev") + 1]
     assert "guestfwd=tcp:169.254.169.253:443-cmd:/py -S -I " in netdev
     assert netdev.count("guestfwd=") == 2 and "50443" in netdev
+
+
+def _instance_profile_boot(with_role: bool) -> dict[str, object]:
+    """In a network namespace of its own (169.254.169.254 on its loopback, as an
+    instance sees it): amibake's IMDS emulator (IMDSv2 tokens required) with or
+    without an instance role, moto's S3 over TLS, and the boot steps with
+    pgBackRest's `repo1-s3-key-type=auto`."""
+    proc = subprocess.run(
+        ["unshare", "-n", sys.executable, "-m", "tests.test_db_boot", "--netns-boot",
+         "role" if with_role else "no-role"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return dict(json.loads(proc.stdout.splitlines()[-1]))
+
+
+def test_credentials_come_from_the_instance_profile() -> None:
+    with_role = _instance_profile_boot(True)
+    assert with_role["rc"] == 0, with_role
+    assert any("first full backup taken" in str(ln) for ln in with_role["lines"])  # type: ignore[attr-defined]
+    # the emulator saw pgBackRest take an IMDSv2 token and read the role's credentials
+    assert "PUT /latest/api/token" in with_role["requests"]  # type: ignore[operator]
+    assert "GET /latest/meta-data/iam/security-credentials/amibake-instance" \
+        in with_role["requests"]  # type: ignore[operator]
+
+    no_role = _instance_profile_boot(False)
+    assert no_role["rc"] == 1 and len(no_role["lines"]) == 1, no_role  # type: ignore[arg-type]
+    line = str(no_role["lines"][0])  # type: ignore[index]
+    assert line.startswith("amibake-postgresql: cannot use the backup repository "
+                           "s3://amibake-backups/netns: ")
+    assert "IAM role" in line and line.endswith("(PostgreSQL not started)")
+
+
+def _netns_boot(with_role: bool) -> None:  # pragma: no cover - runs in the namespace
+    from builder.imds import ImdsConfig, ImdsServer
+    from tests.db_fixtures import serve_s3_tls
+
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    subprocess.run(["ip", "addr", "add", "169.254.169.254/32", "dev", "lo"], check=True)
+    base = _own_tmpdir("amibake-dbboot-netns-", PG_OS_USER)
+    base.chmod(0o755)
+    requests: list[str] = []
+    try:
+        config = ImdsConfig(iam_role="amibake-instance" if with_role else "")
+        with ImdsServer(config, host="169.254.169.254", port=80) as imds, \
+                serve_s3_tls() as s3:
+            node = _node(base, s3, "netns", key_type="auto")
+            done = node.boot()
+            requests = [f"{r.method} {r.path}" for r in imds.requests]
+        print(json.dumps({"rc": done.returncode, "lines": _lines(done), "requests": requests}))
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--netns-boot"]:
+    _netns_boot(sys.argv[2] == "role")
