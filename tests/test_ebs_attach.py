@@ -340,11 +340,12 @@ def test_rendered_step_and_units() -> None:
     assert sorted(config["roles"]) == ["all-in-one", "db"]
     assert config["roles"]["all-in-one"]["tags"]["amibake:role"] == "all-in-one"
     unit = files["/etc/systemd/system/amibake-ebs-attach.service"]
-    assert "Before=postgresql@15-main.service amibake-db-storage.service " \
-           "amibake-db-restore.service" in unit
+    assert "Before=postgresql@15-main.service amibake-db-restore.service" in unit
     assert "ExecStart=/usr/lib/amibake/amibake-ebs-attach" in unit
-    dropin = files["/etc/systemd/system/postgresql@.service.d/amibake-ebs.conf"]
-    assert "Requires=amibake-ebs-attach.service" in dropin
+    for unit_name in ("postgresql@.service", "amibake-db-restore.service"):
+        dropin = files[f"/etc/systemd/system/{unit_name}.d/amibake-ebs.conf"]
+        assert "Requires=amibake-ebs-attach.service" in dropin
+        assert "After=amibake-ebs-attach.service" in dropin
     # nothing of it without storage: ebs, and never on roles without postgresql
     assert not [f for f in role_fragments(manifest(), "db") if f.component == "ebs-storage"]
     assert not [f for f in role_fragments(m, "web") if f.component == "ebs-storage"]

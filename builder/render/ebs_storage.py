@@ -4,7 +4,8 @@ blank, mount it, before PostgreSQL (cloudinit/boot/amibake-ebs-attach does it).
 A fragment of its own ("ebs-storage", set up before postgresql): the script
 (cloudinit/boot/role/amibake-ebs-attach, only in roles that use it), the unit, the
 volume's description for the script (/etc/amibake/ebs-volume.json: tags, mount
-point, device, per role) and a PostgreSQL drop-in that requires the unit. At
+point, device, per role) and drop-ins by which PostgreSQL and the restore step
+require the unit. At
 first boot the dispatcher runs the script as the step's setup; it enables the
 unit, so every later boot (a stop/start) attaches and mounts again.
 """
@@ -27,9 +28,9 @@ SCRIPT_NAME = "amibake-ebs-attach"
 CONFIG = f"{ETC_DIR}/ebs-volume.json"
 #: seconds the boot step waits for the volume to exist, attach and show up
 WAIT_SECONDS = 300
-#: the database's storage/restore units (engineer dbboot's, /work/wt/_notes/db-interface.md):
-#: ordered after this one when they exist
-DB_UNITS = ("amibake-db-storage.service", "amibake-db-restore.service")
+#: the database's restore-or-initdb step (with `backup`, builder/render/postgresql.py): it
+#: runs after this one and only when the volume is mounted
+RESTORE_UNIT = "amibake-db-restore.service"
 
 
 def config_json(m: Manifest) -> bytes:
@@ -54,12 +55,15 @@ def render(manifest: Manifest, role: Role) -> Fragment:
               "mount_point": mount}
     script = role_script(SCRIPT_NAME)
     unit = render_template("storage/amibake-ebs-attach.service.j2", script=script.path,
-                           before=[service_name(pg.version), *DB_UNITS], **common)
+                           before=[service_name(pg.version), RESTORE_UNIT], **common)
     dropin = render_template("storage/postgresql-ebs.conf.j2", **common)
+    # the same requirement for the restore step: never a restore or initdb without the volume
+    restore_dropin = File(f"{UNIT_DIR}/{RESTORE_UNIT}.d/amibake-ebs.conf", dropin)
     return Fragment(
         component="ebs-storage",
         files=(script, File(f"{UNIT_DIR}/{UNIT}", unit), File(CONFIG, config_json(manifest)),
-               File(f"{UNIT_DIR}/postgresql@.service.d/amibake-ebs.conf", dropin)),
+               File(f"{UNIT_DIR}/postgresql@.service.d/amibake-ebs.conf", dropin),
+               restore_dropin),
         services=(UNIT,),
         setup=(script.path,),
     )

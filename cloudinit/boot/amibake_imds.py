@@ -5,22 +5,19 @@ replaced by this file's code when the script is rendered for an instance, see
 builder/render/inline.py), so each shipped script stays one self-contained
 file. Run from the repository, the scripts import it from their own directory.
 Python 3 standard library only: an IMDSv2 client with bounded retries,
-journal-aware logging, the user-data marker reader, roles.json, and SigV4
-signing with the instance role's credentials (for the AWS calls scripts make).
+journal-aware logging, the user-data marker reader and roles.json (the
+instance role's credentials and SigV4 signing are amibake_aws.py: only the
+scripts that call AWS carry them).
 """
 
-import datetime
 import email
 import gzip
-import hashlib
-import hmac
 import json
 import os
 import re
 import sys
 import time
 import urllib.error
-import urllib.parse
 import urllib.request
 from typing import Any, TextIO
 
@@ -211,65 +208,3 @@ def load_roles_json(root: str) -> tuple[str, dict[str, Any]]:
     if not isinstance(doc, dict) or doc.get("version") != 1:
         raise Failure(f"{path}: expected a JSON object with \"version\": 1")
     return path, doc
-
-
-def _hmac(key, msg):
-    return hmac.new(key, msg.encode("utf-8"), hashlib.sha256).digest()
-
-
-def sign(method, url, headers, body, creds, region, service, now=None):
-    """Add SigV4 headers (X-Amz-Date, X-Amz-Security-Token, Authorization)."""
-    now = now or datetime.datetime.now(datetime.UTC)
-    amz_date = now.strftime("%Y%m%dT%H%M%SZ")
-    date = amz_date[:8]
-    parts = urllib.parse.urlsplit(url)
-    headers = dict(headers)
-    headers["Host"] = parts.netloc
-    headers["X-Amz-Date"] = amz_date
-    if creds.get("Token"):
-        headers["X-Amz-Security-Token"] = creds["Token"]
-    canonical = {k.lower(): " ".join(str(v).split()) for k, v in headers.items()}
-    signed = sorted(canonical)
-    query = "&".join(
-        "{}={}".format(urllib.parse.quote(k, safe="-_.~"), urllib.parse.quote(v, safe="-_.~"))
-        for k, v in sorted(urllib.parse.parse_qsl(parts.query, keep_blank_values=True)))
-    request = "\n".join([
-        method,
-        urllib.parse.quote(parts.path or "/", safe="/~"),
-        query,
-        "".join(f"{k}:{canonical[k]}\n" for k in signed),
-        ";".join(signed),
-        hashlib.sha256(body).hexdigest(),
-    ])
-    scope = f"{date}/{region}/{service}/aws4_request"
-    to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope,
-                         hashlib.sha256(request.encode("utf-8")).hexdigest()])
-    key = _hmac(("AWS4" + creds["SecretAccessKey"]).encode("utf-8"), date)
-    for part in (region, service, "aws4_request"):
-        key = _hmac(key, part)
-    signature = hmac.new(key, to_sign.encode("utf-8"), hashlib.sha256).hexdigest()
-    headers["Authorization"] = (
-        f"AWS4-HMAC-SHA256 Credential={creds['AccessKeyId']}/{scope}, "
-        f"SignedHeaders={';'.join(signed)}, Signature={signature}")
-    return headers
-
-
-def role_credentials(imds, purpose):
-    """The instance role's temporary credentials (meta-data/iam/security-credentials/<role>):
-    a dict with AccessKeyId, SecretAccessKey, Token. `purpose` completes the hint of the
-    failure when the instance has no role ("an instance profile that <purpose>")."""
-    listing = imds.text("/latest/meta-data/iam/security-credentials/")
-    if not listing:
-        raise Failure(f"this instance has no IAM role (IMDS {imds.base}/latest/meta-data/iam/"
-                      f"security-credentials/ is empty): attach an instance profile "
-                      f"that {purpose}")
-    role = listing.splitlines()[0].strip()
-    raw = imds.text(f"/latest/meta-data/iam/security-credentials/{role}")
-    try:
-        creds = json.loads(raw or "")
-    except ValueError:
-        creds = None
-    if not isinstance(creds, dict) or not creds.get("AccessKeyId") \
-            or not creds.get("SecretAccessKey"):
-        raise Failure(f"IMDS credentials of role {role!r} are not usable JSON")
-    return creds
