@@ -9,12 +9,12 @@ import shlex
 from pathlib import Path
 
 from builder.atomic import write_atomically
+from builder.cutover import remote
 from builder.cutover.config import CutoverConfig
 from builder.cutover.plan import announced_window, format_time
 from builder.errors import UserError
-from builder.manifest.paths import HOST_SPEC, unsafe_path_reason
-from builder.manifest.ssh_options import ssh_options_problem
-from builder.proc import CommandError, run
+from builder.manifest.paths import unsafe_path_reason
+from builder.proc import CommandError
 from builder.render.templates import render_template
 
 
@@ -35,20 +35,11 @@ def _write_local(path: Path, content: str) -> None:
 
 
 def _ssh(target: str, options: tuple[str, ...], script: str, input: str | None = None) -> None:
-    host = target.removeprefix("ssh:")
-    # checked again here, whatever the loader let through: an option such as
-    # ProxyCommand, or a "host" that is an option, runs a local command
-    if not HOST_SPEC.fullmatch(host):
-        raise UserError(f"cutover.old_web {target[:80]!r}: the host must be `ssh:host` or "
-                        "`ssh:user@host` (letters, digits, ._-)")
-    problem = ssh_options_problem(options)
-    if problem:
-        raise UserError(f"cutover.old_web_ssh_options: {problem}")
     try:
-        run(["ssh", "-o", "BatchMode=yes", *options, "--", host, script], input=input,
-            capture=True, timeout=60)
+        remote.command(target, options, script, setting="old_web", input=input)
     except CommandError as err:
-        raise UserError(f"maintenance switch on {host} failed: {err.message}",
+        raise UserError(f"maintenance switch on {target.removeprefix('ssh:')} failed: "
+                        f"{err.message}",
                         hint="check SSH access (cutover.old_web) and sudo rights") from err
 
 

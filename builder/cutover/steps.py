@@ -17,6 +17,7 @@ from builder.cutover import (
     files,
     login,
     maintenance,
+    migrate,
     preflight,
     verify,
 )
@@ -387,6 +388,10 @@ def forward_steps(cfg: CutoverConfig) -> list[FnStep]:
         steps.append(FnStep("verify_files", "window",
                             lambda c: "gate: rsync --checksum --dry-run finds no difference",
                             _verify_files))
+    if cut.new_app:  # after the content gates (they compare with the old schema)
+        steps.append(FnStep("app_migrate", "window",
+                            lambda c: f"run `{cut.migrate_command}` on {cut.new_app}",
+                            lambda c: migrate.run_migrations(c.cfg)))
     steps += [
         FnStep("smoke_new_site", "window",
                lambda c: f"GET {', '.join(cut.smoke_paths)} from {cut.new_site} resolved to "

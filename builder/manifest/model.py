@@ -492,6 +492,17 @@ class Cutover:
     )
     catch_up_timeout: int = setting(600, help="seconds to wait for the subscriber to catch up",
                                     check=fc.between(1, 7 * 24 * 3600))
+    new_app: str = setting(
+        "", help="`local` or `ssh:user@host` of a new app server: the app's migrations run "
+                 "there after the data copy (none: no migrations)",
+        check=fc.optional(fc.old_web))
+    new_app_ssh_options: tuple[str, ...] = setting(
+        (), help="extra ssh options for new_app (the allow-list of files.ssh_options)",
+        check=fc.ssh_options)
+    migrate_command: str = setting(
+        "sudo systemctl restart amibake-migrate.service",
+        help="the command run on new_app (the image's migration unit; exit 0: applied)",
+        check=fc.text_line)
     rollback_dump: str = setting(
         "", help="directory where a fresh `pg_dump -Fc` of the old database is kept as the "
                  "rollback point before anything changes; '' keeps none",
