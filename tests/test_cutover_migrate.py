@@ -48,7 +48,8 @@ def test_migrations_run_after_the_copy_and_before_the_smoke_test(
     old, new = pg_pair
     cmd = _migration(tmp_path, new, "ALTER TABLE employees ADD COLUMN migrated boolean "
                                     "NOT NULL DEFAULT true")
-    cfg = derive(cutover_manifest(old, new, knot, sites, strategy="dump", new_app=f"ssh:{sshd.login}",
+    cfg = derive(cutover_manifest(old, new, knot, sites, strategy="dump",
+                                  new_app=f"ssh:{sshd.login}",
                                   new_app_ssh_options=sshd.options, migrate_command=cmd))
     names = [s.name for s in forward_steps(cfg)]
     assert (names.index("db_dump_restore") < names.index("verify_checksums")
@@ -68,7 +69,8 @@ def test_a_failed_migration_stops_with_its_error_and_rolls_back(
 ) -> None:
     old, new = pg_pair
     cmd = _migration(tmp_path, new, "ALTER TABLE no_such_table ADD COLUMN x int")
-    cfg = derive(cutover_manifest(old, new, knot, sites, strategy="dump", new_app=f"ssh:{sshd.login}",
+    cfg = derive(cutover_manifest(old, new, knot, sites, strategy="dump",
+                                  new_app=f"ssh:{sshd.login}",
                                   new_app_ssh_options=sshd.options, migrate_command=cmd))
     dns = provider_for(cfg)
     path = tmp_path / "s.json"
