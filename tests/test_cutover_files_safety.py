@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from builder.cutover import files, maintenance, procedure
+from builder.cutover import files, maintenance, procedure, remote
 from builder.cutover.config import TsigKey, derive
 from builder.errors import UserError
 from builder.manifest.model import FilesSync
@@ -33,7 +33,7 @@ def no_commands(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         raise AssertionError(f"a command was run: {cmd}")
 
     monkeypatch.setattr(files, "run", record)
-    monkeypatch.setattr(maintenance, "run", record)
+    monkeypatch.setattr(remote, "run", record)  # the maintenance switch and migrations
     return ran
 
 
