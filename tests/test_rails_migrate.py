@@ -67,10 +67,6 @@ def finish(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
     return proc.returncode, err.decode(errors="replace")
 
 
-def migrated(db: Cluster, database: str) -> list[tuple[object, ...]]:
-    return db.sql("SELECT to_regclass('schema_migrations') IS NOT NULL", dbname=database)
-
-
 def test_two_instances_booting_the_same_release_migrate_once_and_both_proceed(
         db: Cluster, app: Path) -> None:
     """The test holds the wrapper's lock until both processes are waiting on it
