@@ -1,0 +1,153 @@
+"""Benchmark: the Rails sample baked as the team's own app (app.code: {path: …}).
+
+    flock /tmp/amibake-heavy.lock .venv/bin/python bench/bake_app.py --runs 3
+    ... --cache-dir D     # reuse D ("cold" is then cold only for the app layer)
+
+The rows bench/bake.py has for the Rack sample, for an app with its own
+layer; each run is `amibake bake MANIFEST --skip-boot-test --json` as a child
+process (wall time includes Python's start-up), on a copy of the seed
+manifest whose app.code is a copy of cloudinit/app-rails, into a temporary
+store:
+
+- cold:          base layer (mmdebstrap, unless --cache-dir has it), the
+                 config layer, the app layer built (bundler, assets), disk.
+- app-code-only: one line of a controller changed, version bumped: base layer
+                 from the cache, app layer rebuilt, config layer, disk.
+- config-only:   nginx's Retry-After changed, version bumped: the app layer
+                 comes from its cache.
+- no-op:         the same manifest again.
+The three warm kinds are interleaved (app-code-only, no-op, config-only per
+round), so they see the same load. Target: app-code-only <= 15 s.
+Writes bench/results/bake_app.json (figures, the bakes' own step times,
+load average before and after).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SEED = ROOT / "manifests" / "smallpayroll.yaml"
+RAILS = ROOT / "cloudinit" / "app-rails"
+RESULTS = ROOT / "bench" / "results" / "bake_app.json"
+TARGETS = {"app-code-only": 15.0, "no-op": 2.0}
+CONTROLLER = "app/controllers/health_controller.rb"
+
+
+def bake(manifest: Path, store: Path, cache: Path) -> tuple[float, dict]:
+    cmd = [sys.executable, "-m", "builder", "bake", str(manifest), "--skip-boot-test",
+           "--store", str(store), "--cache-dir", str(cache), "--json"]
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.monotonic() - start
+    if proc.returncode != 0:
+        sys.exit(f"bake failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
+    return wall, json.loads(proc.stdout)
+
+
+def seed_text() -> str:
+    text = SEED.read_text()
+    lines = [line for line in text.splitlines() if line.startswith("  code:")]
+    if len(lines) != 1:
+        sys.exit(f"{SEED}: expected one `  code:` line under app")
+    return text.replace(lines[0], "  code: {path: app-rails}", 1)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3, help="rounds of the warm kinds")
+    parser.add_argument("--cache-dir", type=Path, help="layer cache (default: a fresh one)")
+    args = parser.parse_args()
+
+    load_before = os.getloadavg()
+    work = Path(tempfile.mkdtemp(prefix="amibake-bench-bake-app-"))
+    cache = args.cache_dir or work / "cache"
+    store = work / "images"
+    app = work / "app-rails"
+    tracked = subprocess.run(["git", "ls-files", "-z", "--", "."], cwd=RAILS, check=True,
+                             capture_output=True, text=True).stdout.split("\0")
+    for rel in filter(None, tracked):  # the sample as committed, not a test's leftovers
+        (app / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(RAILS / rel, app / rel)
+    manifest = work / SEED.name
+    text = seed_text()
+    manifest.write_text(text)
+    kinds = ("cold", "app-code-only", "no-op", "config-only")
+    runs: dict[str, list[float]] = {k: [] for k in kinds}
+    steps: dict[str, list[dict]] = {k: [] for k in kinds}
+    cached: dict[str, list[object]] = {k: [] for k in kinds}
+
+    def record(kind: str, wall: float, doc: dict) -> None:
+        runs[kind].append(wall)
+        steps[kind].append(doc.get("seconds", {}))
+        cached[kind].append(doc.get("app_layer_cached"))
+        print(f"{kind:<14} {wall:7.1f} s  app layer cached: {doc.get('app_layer_cached')}  "
+              f"steps {doc.get('seconds')}", flush=True)
+
+    try:
+        record("cold", *bake(manifest, store, cache))
+        controller = app / CONTROLLER
+        original = controller.read_text()
+        version = 0
+        for i in range(args.runs):
+            version += 1
+            controller.write_text(original + f"\n# bench round {i}\n")
+            manifest.write_text(text.replace("version: 1.0.0", f"version: 1.0.{version}", 1))
+            wall, doc = bake(manifest, store, cache)
+            assert doc["action"] == "built" and doc["app_layer_cached"] is False, doc
+            record("app-code-only", wall, doc)
+            wall, doc = bake(manifest, store, cache)
+            assert doc["action"] == "unchanged", doc
+            record("no-op", wall, doc)
+            version += 1
+            manifest.write_text(text.replace("version: 1.0.0", f"version: 1.0.{version}", 1)
+                                .replace("retry_after: 300", f"retry_after: {301 + i}", 1))
+            wall, doc = bake(manifest, store, cache)
+            assert doc["action"] == "built" and doc["app_layer_cached"] is True, doc
+            record("config-only", wall, doc)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    load_after = os.getloadavg()
+    medians = {k: round(statistics.median(v), 2) for k, v in runs.items() if v}
+    result = {
+        "benchmark": "bake_app",
+        "manifest": f"{SEED.relative_to(ROOT)} with app.code: {{path: {RAILS.relative_to(ROOT)}}}",
+        "command": "flock /tmp/amibake-heavy.lock .venv/bin/python bench/bake_app.py "
+                   f"--runs {args.runs}" + (f" --cache-dir {args.cache_dir}"
+                                            if args.cache_dir else ""),
+        "cpus": os.cpu_count(),
+        "runs": {k: [round(x, 2) for x in v] for k, v in runs.items()},
+        "median_seconds": medians,
+        "app_layer_cached": cached,
+        "steps_seconds": steps,
+        "targets_seconds": TARGETS,
+        "meets_targets": {k: medians[k] <= TARGETS[k] for k in TARGETS if k in medians},
+        "loadavg_before": [round(x, 2) for x in load_before],
+        "loadavg_after": [round(x, 2) for x in load_after],
+        "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    print(f"{'kind':<14} {'median':>8} {'target':>8}")
+    for k, m in medians.items():
+        target = TARGETS.get(k)
+        mark = "" if target is None else "ok" if m <= target else "MISSED"
+        shown = f"{target:7.0f}s" if target is not None else "       -"
+        print(f"{k:<14} {m:7.1f}s {shown}  {mark}")
+    print(f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f}; "
+          f"written to {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
