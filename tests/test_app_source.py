@@ -357,3 +357,29 @@ def test_image_json_keeps_the_app_record(tmp_path: Path) -> None:
     image = StoredImage.from_json(tmp_path, doc)
     assert image.to_json()["app"]["tree_digest"] == app.tree_digest
     assert image.app["code"] == "path"
+
+
+def test_app_layer_cache_keeps_only_what_finished(tmp_path: Path) -> None:
+    from builder.bake.cache import LayerCache
+
+    cache = LayerCache(tmp_path / "cache")
+    with cache.app_staging("a" * 64) as keep:
+        write_app(keep, KEPT)
+    assert cache.app_tree("a" * 64) is not None
+    with pytest.raises(RuntimeError), cache.app_staging("b" * 64) as keep:
+        write_app(keep, KEPT)
+        raise RuntimeError("the build failed")
+    assert cache.app_tree("b" * 64) is None
+    assert [p.name for p in (tmp_path / "cache" / "app").iterdir()] == ["a" * 64 + ".tree"]
+    assert cache.prune(keep=0) and cache.app_tree("a" * 64) is None
+
+
+def test_a_link_out_of_a_path_app_is_refused(tmp_path: Path) -> None:
+    app = write_app(tmp_path / "myapp", KEPT)
+    (app / "config" / "secrets.yml").symlink_to("/etc/shadow")
+    with pytest.raises(UserError, match="a link that points outside the app"):
+        resolved(tmp_path, "{path: myapp}")
+    (app / "config" / "secrets.yml").unlink()
+    (app / "config" / "inside.rb").symlink_to("../lib/payroll.rb")
+    inside = resolve(load_manifest(manifest_with(tmp_path, "{path: myapp}")), tmp_path / "w2")
+    assert inside.tree is not None and (inside.tree / "config" / "inside.rb").is_symlink()

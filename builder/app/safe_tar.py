@@ -27,7 +27,8 @@ def _member_path(name: str) -> PurePosixPath | None:
     return PurePosixPath(*parts) if parts else None
 
 
-def _escapes(rel: PurePosixPath, link: str) -> bool:
+def escapes(rel: PurePosixPath, link: str) -> bool:
+    """Does a link at `rel` (relative to a tree's root) pointing to `link` leave the tree?"""
     target = PurePosixPath(link)
     if target.is_absolute():
         return True
@@ -59,7 +60,7 @@ def extract_tar(archive: Path, dest: Path, fail: Fail) -> None:
                 raise fail(f"the archive names {m.name!r}: absolute or with '..'") from None
             if rel is None:
                 continue
-            if m.issym() and _escapes(rel, m.linkname):
+            if m.issym() and escapes(rel, m.linkname):
                 raise fail(f"{rel}: a link that points outside the archive ({m.linkname})")
             if m.islnk():
                 try:

@@ -26,7 +26,7 @@ from typing import Any
 
 from builder.app import excludes
 from builder.app.digest import tree_digest
-from builder.app.safe_tar import extract_tar
+from builder.app.safe_tar import escapes, extract_tar
 from builder.errors import UserError
 from builder.manifest.model import AppCode, Manifest
 from builder.proc import CommandError, run
@@ -304,13 +304,7 @@ def _make_parents(source: Path, dest: Path, rel: PurePosixPath) -> None:
 
 def check_link(rel: PurePosixPath, link: str) -> None:
     """A symbolic link at `rel` pointing to `link` must stay inside the app tree."""
-    target = PurePosixPath(link)
-    depth = len(rel.parts) - 1
-    for part in target.parts:
-        depth += -1 if part == ".." else 0 if part == "." else 1
-        if depth < 0:
-            break
-    if target.is_absolute() or depth < 0:
+    if escapes(rel, link):
         raise UserError(f"{rel}: a link that points outside the app ({link})",
                         hint="an app's links must be relative and stay inside its tree")
 
