@@ -16,7 +16,7 @@ import subprocess
 import threading
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,8 @@ def script(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class Ec2Server:
     url: str
     requests: list[dict[str, Any]] = field(default_factory=list)
+    #: (action, moto's answer) -> the answer the script gets (what moto cannot be made to say)
+    rewrite: Callable[[str, bytes], bytes] | None = None
 
     def client(self) -> Any:
         return boto3.client("ec2", endpoint_url=self.url, region_name=REGION,
@@ -76,12 +78,23 @@ def ec2() -> Iterator[Ec2Server]:
     def recording(environ: dict[str, Any], start: Any) -> Any:
         body = environ["wsgi.input"].read(int(environ.get("CONTENT_LENGTH") or 0))
         environ["wsgi.input"] = io.BytesIO(body)
+        form = dict(urllib.parse.parse_qsl(body.decode()))
         server.requests.append({
-            "form": dict(urllib.parse.parse_qsl(body.decode())),
+            "form": form,
             "auth": environ.get("HTTP_AUTHORIZATION", ""),
             "token": environ.get("HTTP_X_AMZ_SECURITY_TOKEN", ""),
             "agent": environ.get("HTTP_USER_AGENT", "")})
-        return app(environ, start)
+        if server.rewrite is None:
+            return app(environ, start)
+        answer: dict[str, Any] = {}
+
+        def capture(status: str, headers: list[tuple[str, str]], exc: Any = None) -> None:
+            answer.update(status=status, headers=headers)
+
+        out = server.rewrite(form.get("Action", ""), b"".join(app(environ, capture)))
+        headers = [(k, v) for k, v in answer["headers"] if k.lower() != "content-length"]
+        start(answer["status"], [*headers, ("Content-Length", str(len(out)))])
+        return [out]
 
     http = make_server("127.0.0.1", port, recording, threaded=True)
     thread = threading.Thread(target=http.serve_forever, daemon=True)
@@ -271,6 +284,34 @@ def test_volume_attached_elsewhere_is_refused(ec2: Ec2Server, instance: Instance
     assert not ec2.actions("AttachVolume")
     assert blkid(device) == {}  # still blank: never formatted
     assert not instance.mounts.exists()
+
+
+def test_waits_while_an_old_instance_lets_go(ec2: Ec2Server, instance: Instance) -> None:
+    """A replacement boots while the old instance's termination detaches the volume: the
+    first answers say `detaching` (moto never does: they are rewritten), then it is free."""
+    vid = volume(ec2)
+    blank_device(instance, vid)
+    answers = {"detaching": 2}
+
+    def old_attachment(action: str, body: bytes) -> bytes:
+        if action != "DescribeVolumes" or not answers["detaching"]:
+            return body
+        answers["detaching"] -= 1
+        item = (b"<attachmentSet><item><volumeId>" + vid.encode() + b"</volumeId>"
+                b"<instanceId>i-0123456789abcdef9</instanceId><device>/dev/sdf</device>"
+                b"<status>detaching</status></item></attachmentSet>")
+        empty = [b"<attachmentSet/>", b"<attachmentSet></attachmentSet>"]
+        found = [e for e in empty if e in body]
+        assert found, body[:2000]
+        return body.replace(found[0], item)
+
+    ec2.rewrite = old_attachment
+    proc = attach(instance, AMIBAKE_EBS_WAIT="30")
+    assert proc.returncode == 0, proc.stderr
+    assert answers["detaching"] == 0
+    assert "detaching from another instance; waiting" in proc.stderr
+    (request,) = ec2.actions("AttachVolume")
+    assert request["form"]["InstanceId"] == instance.instance_id
 
 
 def test_no_volume_in_this_zone_names_where_it_is(ec2: Ec2Server, instance: Instance) -> None:
