@@ -9,7 +9,7 @@ import pytest
 from builder.bake import rootfs
 from builder.bake.cache import LayerCache
 from builder.bake.pipeline import recipe_for, with_roles
-from builder.bake.sources import host_sources
+from builder.bake.sources import host_sources, release_mirror
 from builder.errors import UserError
 from builder.manifest import load_manifest
 from tests.bake_fixture import SEED_MANIFEST, copy_manifest
@@ -96,9 +96,11 @@ def test_host_sources_are_read_from_apt(tmp_path: Path) -> None:
         "Types: deb\nURIs: http://mirror.invalid/debian\nSuites: bookworm bookworm-updates\n"
         "Components: main\n\nTypes: deb-src\nSuites: bookworm\n")
     assert host_sources("bookworm", apt) == (apt / "sources.list.d/y.sources",)
+    assert release_mirror("bookworm", apt) == "http://mirror.invalid/debian"
     (apt / "sources.list").write_text(
-        "deb [arch=amd64] http://mirror.invalid/debian bookworm main\n")
+        "deb [arch=amd64] http://one.invalid/debian bookworm main\n")
     assert host_sources("bookworm", apt)[0] == apt / "sources.list"
+    assert release_mirror("bookworm", apt) == "http://one.invalid/debian"
 
 
 def test_cache_prune_keeps_recent_and_drops_dead_workdirs(tmp_path: Path) -> None:

@@ -275,7 +275,8 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
             stack.callback(rootfs.remove_build_tree, building)
             with timer.step("base", f"building the base layer {key[:12]} "
                             f"({len(recipe.base.packages)} packages, mmdebstrap)"):
-                rootfs.build_base(recipe.base, building, work / "hooks")
+                phases = rootfs.build_base(recipe.base, building, work / "hooks")
+            timer.seconds.update({f"base.{name}": s for name, s in phases.items()})
             with timer.step("cache", "caching the base layer"):
                 entry = cache.store(key, building, base_meta(recipe.base, building))
         with timer.step("checkout", f"base layer {key[:12]} from the cache"):

@@ -13,6 +13,7 @@ import json
 import os
 import shlex
 import shutil
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -100,8 +101,24 @@ def base_spec(
     return BaseSpec(distro, release, architecture, packages, tuple(sources))
 
 
-def build_base(spec: BaseSpec, tree: Path, hookdir: Path) -> None:
-    """mmdebstrap the base tree into `tree` (absent or empty)."""
+#: dpkg without an fsync per file (as mkosi and debootstrap's users do): the
+#: tree is archived into the cache when it is done, nothing needs to survive
+#: a crash half-way. The file is removed again before the tree is cached.
+UNSAFE_IO_CONF = "/etc/dpkg/dpkg.cfg.d/amibake-unsafe-io"
+
+#: mmdebstrap's phases, each stamped by a hook as it ends (see build_base):
+#: apt update, download of every package and the essential set unpacked;
+#: the essential set installed; the other packages unpacked and configured
+#: (maintainer scripts); the customize hook (fstab, update-initramfs).
+BASE_PHASES = ("download_extract", "essential", "install", "initramfs")
+
+
+def build_base(spec: BaseSpec, tree: Path, hookdir: Path) -> dict[str, float]:
+    """mmdebstrap the base tree into `tree` (absent or empty).
+
+    Returns the seconds each of BASE_PHASES took (hooks write a timestamp as
+    each phase ends), then "scrub"; they add up to the build's wall time.
+    """
     hookdir.mkdir(parents=True, exist_ok=True)
     setup = hookdir / "setup.sh"
     setup.write_text(SETUP_HOOK)
@@ -109,17 +126,40 @@ def build_base(spec: BaseSpec, tree: Path, hookdir: Path) -> None:
     customize.write_text(CUSTOMIZE_HOOK.replace("@ROOT_UUID@", spec.root_uuid()))
     for hook in (setup, customize):
         hook.chmod(0o755)
+    stamps = hookdir / "phases"
+    stamps.write_text("")
+
+    def stamp(name: str) -> str:
+        return f"date '+{name} %s.%N' >> {shlex.quote(str(stamps))}"
+
+    unsafe_io = f'"$1"{UNSAFE_IO_CONF}'
+    start = time.time()
     run(
         [
             "mmdebstrap", "--mode=root", "--variant=apt", "--format=directory",
             f"--architectures={spec.debian_arch}",
             "--include=" + ",".join(spec.packages),
-            f"--setup-hook={setup}", f"--customize-hook={customize}",
+            f"--setup-hook={setup}",
+            f"--setup-hook=mkdir -p \"$(dirname {unsafe_io})\"; "
+            f"echo force-unsafe-io > {unsafe_io}",
+            f"--extract-hook={stamp('extract')}",
+            f"--essential-hook={stamp('essential')}",
+            f"--customize-hook={stamp('customize')}",
+            f"--customize-hook={customize}",
+            f"--customize-hook=rm -f {unsafe_io}; {stamp('customize')}",
             spec.release, tree, *spec.sources,
         ],
         capture=True,
     )
+    marks = [float(line.split()[1]) for line in stamps.read_text().splitlines()]
     _scrub_identity(tree)
+    ends = [*marks, time.time()]
+    seconds: dict[str, float] = {}
+    last = start
+    for phase, end in zip((*BASE_PHASES, "scrub"), ends, strict=False):
+        seconds[phase] = round(end - last, 2)
+        last = end
+    return seconds
 
 
 def mounts_under(path: Path) -> list[Path]:

@@ -39,25 +39,32 @@ def _deb822_stanzas(text: str) -> list[dict[str, str]]:
     return stanzas
 
 
-def _deb822_offers(path: Path, release: str) -> bool:
+def _deb822_uris(path: Path, release: str) -> list[str]:
+    """Mirror URIs of the enabled `deb` stanzas of `path` that offer `release`."""
+    uris: list[str] = []
     for stanza in _deb822_stanzas(path.read_text()):
         if stanza.get("enabled", "yes").lower() == "no":
             continue
         if "deb" in stanza.get("types", "").split() and release in stanza.get(
             "suites", ""
         ).split():
-            return True
-    return False
+            uris += stanza.get("uris", "").split()
+    return uris
 
 
-def _one_line_offers(path: Path, release: str) -> bool:
+def _one_line_uris(path: Path, release: str) -> list[str]:
+    """Mirror URIs of the `deb` lines of a one-line sources file that offer `release`."""
+    uris: list[str] = []
     for raw in path.read_text().splitlines():
         words = raw.split("#", 1)[0].split()
         if words and words[0] == "deb":
             rest = [w for w in words[1:] if not w.startswith("[")]
             if len(rest) >= 2 and rest[1] == release:
-                return True
-    return False
+                uris.append(rest[0])
+    return uris
+
+
+_URIS = {".sources": _deb822_uris, ".list": _one_line_uris}
 
 
 def host_sources(release: str, apt_dir: Path = DEFAULT_APT_DIR) -> tuple[Path, ...]:
@@ -67,13 +74,13 @@ def host_sources(release: str, apt_dir: Path = DEFAULT_APT_DIR) -> tuple[Path, .
     """
     found: list[Path] = []
     main_list = apt_dir / "sources.list"
-    if main_list.is_file() and _one_line_offers(main_list, release):
+    if main_list.is_file() and _one_line_uris(main_list, release):
         found.append(main_list)
     parts = apt_dir / "sources.list.d"
     if parts.is_dir():
         for path in sorted(parts.iterdir()):
-            offers = {".sources": _deb822_offers, ".list": _one_line_offers}.get(path.suffix)
-            if offers is not None and offers(path, release):
+            uris = _URIS.get(path.suffix)
+            if uris is not None and uris(path, release):
                 found.append(path)
     if not found:
         raise UserError(
@@ -81,3 +88,15 @@ def host_sources(release: str, apt_dir: Path = DEFAULT_APT_DIR) -> tuple[Path, .
             hint=f"add a Debian {release} entry to {parts}/debian.sources",
         )
     return tuple(found)
+
+
+def release_mirror(release: str, apt_dir: Path = DEFAULT_APT_DIR) -> str:
+    """The first mirror URI the host's apt sources use for `release`.
+
+    For tools that take one mirror on their command line (mkosi in
+    bench/bake.py): read from the host's configuration at run time, never
+    written into a file.
+    """
+    path = host_sources(release, apt_dir)[0]
+    uris = (_one_line_uris if path.name == "sources.list" else _URIS[path.suffix])(path, release)
+    return uris[0]
