@@ -27,6 +27,10 @@ two tools, so both see the same load on this shared machine:
                    version bumped: base from the cache, new config layer, disk.
 - mkosi incremental: the same mkosi build again with its cache, one file
                    changed in an `--extra-tree` (its config-only rebuild).
+                   mkosi 14 without a build script never writes the
+                   "cache-pre-dev" image its need_cache_images() looks for, so
+                   each `--incremental` build makes its cache again: what
+                   Debian's mkosi does when asked, measured as it is.
 - amibake no-op:   the same manifest again: nothing is built.
 
 Targets (issue 16): amibake cold <= 0.75 x mkosi cold (ratio of medians),
