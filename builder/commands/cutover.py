@@ -1,4 +1,5 @@
-"""`amibake cutover plan|rehearse|notify|run|status|finish|rollback MANIFEST`: move the live app."""
+"""`amibake cutover plan|rehearse|notify|run|status|watch|finish|rollback MANIFEST`:
+move the live app."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
                     "manifest's `cutover` section. Secrets: AMIBAKE_SECRET_<NAME> overrides "
                     "the secret store for local runs.",
     )
-    p.add_argument("action", choices=("plan", "rehearse", "notify", "run", "status", "finish",
-                                      "rollback"))
+    p.add_argument("action", choices=("plan", "rehearse", "notify", "run", "status", "watch",
+                                      "finish", "rollback"))
     p.add_argument("manifest", type=Path, metavar="MANIFEST")
     p.add_argument("--dry-run", action="store_true", help="print what each step would do")
+    p.add_argument("--once", action="store_true", help="watch: report once, do not wait")
     p.add_argument("--state", type=Path, help="state file (default: .amibake/ next to MANIFEST)")
     p.add_argument("--now", action="store_true",
                    help="start the window steps now, without waiting for window_start / old TTL")
@@ -83,6 +85,12 @@ def handle(args: argparse.Namespace, out: Output) -> int:
                     if mail is not None and mail.password is not None else None)
         detail = notice_mail.send(cfg, password=password)
         out.result({"notify": detail}, detail)
+        return 0
+    if args.action == "watch":  # requests still reaching the old site
+        from builder.cutover import watch
+
+        doc = watch.watch(cfg, path, say=out.say, once=args.once)
+        out.result(doc, watch.line(doc))
         return 0
     if args.action == "finish":  # after the watch period: the TTL raised back
         procedure.finish_cutover(cfg, dns, path, say=out.say)

@@ -492,6 +492,9 @@ class Cutover:
     )
     catch_up_timeout: int = setting(600, help="seconds to wait for the subscriber to catch up",
                                     check=fc.between(1, 7 * 24 * 3600))
+    old_access_log: str = setting(
+        "/var/log/nginx/access.log", help="the old site's nginx access log (combined format) "
+        "on old_web, read by `cutover watch`", check=fc.path)
     new_app: str = setting(
         "", help="`local` or `ssh:user@host` of a new app server: the app's migrations run "
                  "there after the data copy (none: no migrations)",
