@@ -150,7 +150,8 @@ def test_dirty_checkout_refused_unless_allowed(tmp_path: Path) -> None:
     with pytest.raises(UserError) as err:
         resolve(load_manifest(path), tmp_path / "work2")
     assert str(err.value).startswith(f"{path}:{code_line(path)}:")
-    assert "uncommitted changes" in str(err.value) and "--allow-dirty" in err.value.hint
+    assert "uncommitted changes (lib/payroll.rb" in str(err.value)
+    assert "--allow-dirty" in err.value.hint
     dirty = resolve(load_manifest(path), tmp_path / "work3", allow_dirty=True)
     assert dirty.dirty and dirty.commit == head
     assert dirty.tree_digest != clean.tree_digest

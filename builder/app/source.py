@@ -104,7 +104,7 @@ def _from_path(manifest: Manifest, code: AppCode, base: Path, tree: Path,
                       source) or ""
         dirty = bool(status.strip())
         if dirty and not allow_dirty:
-            first = status.strip().splitlines()[0][3:]
+            first = status.strip().splitlines()[0].split(maxsplit=1)[-1]
             raise _fail(manifest, where,
                         f"app.code.path: {source} has uncommitted changes ({first} …)",
                         hint="commit them, or bake with --allow-dirty (the image then "
