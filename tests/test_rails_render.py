@@ -29,9 +29,31 @@ from builder.manifest.model import Manifest, SecretRef
 from builder.render import image_content, render_role
 from builder.render.app import ENV_SETUP, MIGRATE, MIGRATE_UNIT
 from builder.render.fragment import File
+from tests.bake_fixture import copy_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "manifests" / "smallpayroll.yaml"
+RAILS_APP = ROOT / "cloudinit" / "app-rails"
+#: Debian's packaged gems that Gemfile.lock of the sample names (plus Ruby).
+RAILS_PACKAGES = ("ruby, puma, ruby-pg, ruby-railties, ruby-actionpack, ruby-actionview, "
+                  "ruby-activemodel, ruby-activerecord, ruby-activesupport, ruby-sprockets, "
+                  "ruby-sprockets-rails, ruby-nokogiri, ruby-mini-portile2, ruby-rack, "
+                  "ruby-rack-test, racc, rake")
+
+
+def rails_manifest(dest: Path) -> Path:
+    """The seed manifest with the Rails sample by `path:`, its gems and SECRET_KEY_BASE."""
+    return copy_manifest(
+        dest,
+        ("  code: sample\n",
+         f"  code: {{path: {RAILS_APP}}}\n"
+         "  secrets:\n"
+         "    SECRET_KEY_BASE: {ssm: /smallpayroll/secret-key-base}\n"),
+        ("    packages: [ruby, ruby-rack, puma, ruby-pg]",
+         f"    packages: [{RAILS_PACKAGES}]"),
+    )
+
+
 SECRETS = {"SECRET_KEY_BASE": SecretRef("ssm", "/smallpayroll/secret-key-base"),
            "PAYROLL_API_TOKEN": SecretRef("secretsmanager", "smallpayroll/api-token")}
 
@@ -194,3 +216,12 @@ def test_an_app_secret_may_not_replace_what_amibake_sets() -> None:
     assert "LD_PRELOAD is set by amibake" in message
     assert "'lower' is not an environment variable name" in message
     assert os.path.basename(MANIFEST) in message
+
+
+def test_an_own_app_is_checked_baked_only_and_is_clean(tmp_path: Path) -> None:
+    """Its code is only in the image: no fried user-data to size or lint."""
+    from builder.validate.check import check_manifest
+
+    report = check_manifest(rails_manifest(tmp_path))
+    assert report.problems == []
+    assert {mode for modes in report.roles.values() for mode in modes} == {"baked"}

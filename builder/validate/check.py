@@ -2,7 +2,8 @@
 each problem of a rendered role at the manifest line behind it.
 
 `check_manifest(path)`: load (every load-time check), render every role fried
-and baked, cloud-init's schema and the lints, every problem collected.
+and baked (baked only for an own app: its code is only in the image),
+cloud-init's schema and the lints, every problem collected.
 `load_checked(path)`: the same, as a Manifest or one UserError listing them.
 """
 
@@ -40,6 +41,7 @@ def check_manifest(path: Path) -> ManifestCheck:
     """Load, render every role fried and baked, schema and lints: every problem."""
     from builder.manifest import load_manifest
     from builder.render import render_role
+    from builder.render.app import own_app
 
     report = ManifestCheck(str(path))
     try:
@@ -48,8 +50,10 @@ def check_manifest(path: Path) -> ManifestCheck:
         report.problems += _problems(err, path)
         return report
     report.manifest = manifest
+    # The team's own app reaches an instance only inside an image: no fried boot.
+    modes = (True,) if own_app(manifest) else (False, True)
     for role in manifest.roles:
-        for baked in (False, True):
+        for baked in modes:
             mode = "baked" if baked else "fried"
             try:
                 rendered = render_role(manifest, role, baked=baked)
