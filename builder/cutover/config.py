@@ -11,7 +11,7 @@ name upper-cased with every run of non-alphanumerics turned into `_`
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from builder.errors import UserError
@@ -82,6 +82,8 @@ class CutoverConfig:
     server_name: str
     nginx: Nginx
     tsig: TsigKey | None
+    #: cutover.form_smoke.secret_fields, resolved
+    form_secrets: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def strategy(self) -> str:
@@ -135,6 +137,8 @@ def derive(
         publisher = Conn(host, int(port), old.dbname, old.user, old.password)
     tsig = parse_tsig(resolve_secret(dns.tsig_key, **secrets)) if dns.tsig_key else None
     app_user = manifest.app.database.user
+    form_secrets = {name: resolve_secret(ref, **secrets) for name, ref in
+                    (cut.form_smoke.secret_fields.items() if cut.form_smoke else ())}
     return CutoverConfig(
         manifest=manifest,
         cutover=cut,
@@ -145,4 +149,5 @@ def derive(
         server_name=manifest.app.server_name,
         nginx=nginx,
         tsig=tsig,
+        form_secrets=form_secrets,
     )

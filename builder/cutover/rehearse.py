@@ -31,6 +31,7 @@ from builder.cutover.config import Conn, CutoverConfig
 from builder.cutover.db_roles import copy_roles, set_login
 from builder.cutover.dns.base import DnsProvider
 from builder.cutover.state import now_iso
+from builder.cutover.steps import smoke_new_site
 from builder.errors import UserError
 
 Say = Callable[[str], None]
@@ -151,15 +152,6 @@ def _sequences_gate(cfg: CutoverConfig) -> str:
     return f"sequences: {len(old)} present, none ahead of production"
 
 
-def _smoke(cfg: CutoverConfig) -> str:
-    from urllib.parse import urlsplit
-
-    cut = cfg.cutover
-    host = urlsplit(cut.new_site).hostname or cfg.server_name
-    results = verify.smoke(cut.new_site, host, cut.smoke_paths, address=cut.dns.new_address)
-    return verify.require_smoke(results, f"{cut.new_site} at {cut.dns.new_address}", host)
-
-
 def rehearse(cfg: CutoverConfig, dns: DnsProvider, *, say: Say,
              save_to: Path | None = None) -> dict[str, Any]:
     """Run the rehearsal; the figures are returned (and saved to `save_to`)."""
@@ -198,7 +190,7 @@ def rehearse(cfg: CutoverConfig, dns: DnsProvider, *, say: Say,
         # the new app servers need their role's LOGIN for the smoke test; the
         # reset puts it back as it was
         set_login(cfg.new, cfg.app_user, True)
-        timer("smoke_new_site", "window", lambda: _smoke(cfg))
+        timer("smoke_new_site", "window", lambda: smoke_new_site(cfg))
     finally:
         if snapshot is not None:
             snapshot.close()

@@ -19,6 +19,7 @@ from builder.cutover import (
     maintenance,
     migrate,
     preflight,
+    smoke_form,
     verify,
 )
 from builder.cutover.config import CutoverConfig
@@ -267,11 +268,20 @@ def _verify_files(ctx: Ctx) -> str:
     return f"{check.files} file(s) equal by checksum{repaired}"
 
 
-def _smoke(ctx: Ctx) -> str:
-    cut = ctx.cfg.cutover
-    host = urlsplit(cut.new_site).hostname or ctx.cfg.server_name
+def smoke_new_site(cfg: CutoverConfig) -> str:
+    """The GET smoke paths, then the scripted login/POST, against the new
+    site under its real host name (no DNS involved)."""
+    cut = cfg.cutover
+    host = urlsplit(cut.new_site).hostname or cfg.server_name
     results = verify.smoke(cut.new_site, host, cut.smoke_paths, address=cut.dns.new_address)
-    return verify.require_smoke(results, f"{cut.new_site} at {cut.dns.new_address}", host)
+    detail = verify.require_smoke(results, f"{cut.new_site} at {cut.dns.new_address}", host)
+    if cut.form_smoke is not None:
+        detail += "; " + smoke_form.run_form(cfg, cut.form_smoke, cfg.form_secrets)
+    return detail
+
+
+def _smoke(ctx: Ctx) -> str:
+    return smoke_new_site(ctx.cfg)
 
 
 def _dns_switch(ctx: Ctx) -> str:

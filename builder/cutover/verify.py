@@ -159,20 +159,25 @@ class SmokeResult:
         return self.status == 200
 
 
+def connection(url: str, host_name: str, *, address: str | None = None,
+               timeout: float = 10.0) -> http.client.HTTPConnection:
+    """A connection to `url`'s port at `address` (curl --resolve): TLS with SNI
+    and certificate checks for `host_name` when the URL is https."""
+    parts = urlsplit(url)
+    address = address or parts.hostname or "127.0.0.1"
+    https = parts.scheme == "https"
+    port = parts.port or (443 if https else 80)
+    if https:
+        return _PinnedHTTPS(address, port, host_name, timeout)
+    return http.client.HTTPConnection(address, port, timeout=timeout)
+
+
 def fetch(
     url: str, path: str, host_name: str, *, address: str | None = None, timeout: float = 10.0
 ) -> tuple[int, dict[str, str], bytes]:
     """GET `path` from `url` with its host name forced to resolve to `address`
     (curl --resolve): the request carries Host (and SNI) `host_name`."""
-    parts = urlsplit(url)
-    address = address or parts.hostname or "127.0.0.1"
-    https = parts.scheme == "https"
-    port = parts.port or (443 if https else 80)
-    conn: http.client.HTTPConnection
-    if https:
-        conn = _PinnedHTTPS(address, port, host_name, timeout)
-    else:
-        conn = http.client.HTTPConnection(address, port, timeout=timeout)
+    conn = connection(url, host_name, address=address, timeout=timeout)
     try:
         conn.request("GET", path, headers={"Host": host_name, "User-Agent": "amibake-cutover"})
         resp = conn.getresponse()

@@ -447,6 +447,29 @@ class CutoverLogin:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FormSmoke:
+    """A scripted login or form POST against the new site before DNS moves
+    (the seed: "make sure users can log in")."""
+
+    form_path: str = setting("", help="page holding the form (its CSRF token is read there); "
+                                      "none: POST without one", check=fc.optional(fc.url_path))
+    action: str = setting(help="path the form is POSTed to", check=fc.url_path)
+    fields: dict[str, str] = setting(default_factory=dict, help="field → value",
+                                     key=fc.text_line, item=fc.text_line)
+    secret_fields: dict[str, SecretRef] = setting(
+        default_factory=dict, help="field → secret reference (a test user's password)",
+        key=fc.text_line)
+    csrf_field: str = setting("authenticity_token", help="hidden field holding the CSRF token "
+                              "(Rails' default); '' for none", check=fc.optional(fc.text_line))
+    expect_status: int = setting(0, help="HTTP status expected; 0: any 2xx or 3xx",
+                                 check=fc.between(0, 599))
+    expect_redirect: str = setting("", help="path the answer redirects to (Location)",
+                                   check=fc.optional(fc.url_path))
+    expect_text: str = setting("", help="text the answer (or the page it redirects to) holds",
+                               check=fc.optional(fc.text_line))
+
+
+@dataclass(frozen=True, kw_only=True)
 class Cutover:
     """Moving the live app onto the new servers."""
 
@@ -492,6 +515,8 @@ class Cutover:
     )
     catch_up_timeout: int = setting(600, help="seconds to wait for the subscriber to catch up",
                                     check=fc.between(1, 7 * 24 * 3600))
+    form_smoke: FormSmoke | None = setting(
+        None, help="a scripted login/POST on the new site, with the GET smoke tests")
     old_access_log: str = setting(
         "/var/log/nginx/access.log", help="the old site's nginx access log (combined format) "
         "on old_web, read by `cutover watch`", check=fc.path)
