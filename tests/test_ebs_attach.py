@@ -24,6 +24,7 @@ from typing import Any
 import boto3
 import pytest
 
+from builder.aws.instance_policy import EBS_ATTACH_ACTIONS, LiteralArns, ebs_statements
 from builder.imds import ImdsConfig, ImdsServer
 from builder.ports import free_port
 from builder.render.ebs_storage import CONFIG, config_json
@@ -213,6 +214,13 @@ def test_attaches_formats_blank_and_mounts(ec2: Ec2Server, instance: Instance) -
     assert instance.mounts.read_text().split() == [
         "-o", "noatime", str(device), str(instance.root / "mnt")]
     assert f"volume {vid}" in proc.stderr and "is mounted at /mnt" in proc.stderr
+    # what the script called is exactly what the role's policy grants for its volume
+    sent = {f"ec2:{r['form']['Action']}" for r in ec2.requests
+            if r["agent"].startswith("Python-urllib")}
+    assert sent == set(EBS_ATTACH_ACTIONS)
+    granted = {a for st in ebs_statements(manifest(storage="ebs"), "db", LiteralArns())
+               for a in st["Action"]}
+    assert granted == set(EBS_ATTACH_ACTIONS)
 
     # the next boot (stop/start): attached already, filesystem kept, mounted again
     uuid = probe["UUID"]
