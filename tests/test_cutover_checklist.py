@@ -27,6 +27,7 @@ from tests.cutover_fixtures import (
     Site,
     cutover_manifest,
 )
+from tests.manifest_problems import problems_with
 
 
 def test_rollback_dump_then_ttl_raised_after_the_watch(
@@ -110,14 +111,5 @@ def test_finish_refuses_an_unfinished_cutover(
     ("  rollback_dump: \"/srv/dumps\\n/etc\"\n", "ASCII letters"),
 ])
 def test_rollback_dump_checked_at_load(tmp_path: Path, setting: str, message: str) -> None:
-    from builder.manifest import load_manifest
-    from tests.cutover_fixtures import ROOT
-
-    text = (ROOT / "manifests" / "smallpayroll.yaml").read_text()
-    text = text.replace("  new_db:\n", setting + "  new_db:\n", 1)
-    (tmp_path / "m.yaml").write_text(text)
-    with pytest.raises(UserError) as info:
-        load_manifest(tmp_path / "m.yaml")
-    line = text[:text.index("  rollback_dump:")].count("\n") + 1
-    shown = [f"{p.location}: {p.message}" for p in info.value.problems]
+    shown, line = problems_with(tmp_path, setting)
     assert len(shown) == 1 and message in shown[0] and f"m.yaml:{line}:" in shown[0], shown

@@ -21,8 +21,6 @@ import pytest
 from builder.cutover.config import derive
 from builder.cutover.login import retire
 from builder.cutover.steps import forward_steps
-from builder.errors import UserError
-from builder.manifest import load_manifest
 from builder.manifest.model import CutoverLogin, DbEndpoint, Manifest, SecretRef
 from builder.render import cutover_login
 from builder.render.base import roles_json
@@ -38,6 +36,7 @@ from tests.cutover_fixtures import (
     destroy_cluster,
     start_cluster,
 )
+from tests.manifest_problems import problems_with
 
 LOGIN, PASSWORD = "amibake_cutover", "it's a \\ secret"
 
@@ -167,22 +166,11 @@ def test_receive_checked_at_load(tmp_path: Path, receive: str, message: str) -> 
     new_login = "    user: postgres\n    password: {ssm: /smallpayroll/new-db"
     assert new_login in text
     text = text.replace(new_login, new_login.replace("postgres", LOGIN))
-    text = text.replace("  new_db:\n", receive + "  new_db:\n", 1)
-    path = tmp_path / "m.yaml"
-    path.write_text(text)
-    with pytest.raises(UserError) as info:
-        load_manifest(path)
-    line = text[:text.index("  receive:")].count("\n") + 1
-    shown = [f"{p.location}: {p.message}" for p in info.value.problems]
+    shown, line = problems_with(tmp_path, receive, text=text)
     assert len(shown) == 1 and message in shown[0], shown
     assert f"m.yaml:{line}:" in shown[0]
 
 
 def test_receive_needs_its_own_login(tmp_path: Path) -> None:
-    text = (ROOT / "manifests" / "smallpayroll.yaml").read_text()
-    text = text.replace("  new_db:\n", "  receive: {from_address: 10.1.2.3/32}\n  new_db:\n", 1)
-    path = tmp_path / "m.yaml"
-    path.write_text(text)
-    with pytest.raises(UserError) as info:
-        load_manifest(path)  # smallpayroll's new_db.user is postgres
-    assert ["not postgres" in p.message for p in info.value.problems] == [True]
+    shown, _ = problems_with(tmp_path, "  receive: {from_address: 10.1.2.3/32}\n")
+    assert len(shown) == 1 and "not postgres" in shown[0]  # smallpayroll's new_db.user
