@@ -84,3 +84,41 @@ def test_private_nic_is_a_multicast_socket_on_loopback(tmp_path: Path) -> None:
     devices = [stacked[i + 1] for i, a in enumerate(stacked) if a == "-device"]
     assert f"virtio-net-pci,netdev=net1,mac={private_mac_for('i-0123456789abcdef0')}" in devices
     assert len([a for a in plain if a == "-netdev"]) == 1
+
+
+def test_dispatcher_waits_for_the_peers_names(tmp_path: Path) -> None:
+    """cloud-init writes hosts.env in parallel with the dispatcher: the dispatcher waits
+    for it before the setup scripts read it (only when the user-data writes it)."""
+    import importlib.machinery
+    import importlib.util
+    import threading
+
+    from tests.shipped_boot import shipped
+
+    loader = importlib.machinery.SourceFileLoader("amibake_dispatch_test",
+                                                  str(shipped("amibake-dispatch")))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    dispatch = importlib.util.module_from_spec(spec)
+    loader.exec_module(dispatch)
+    m = load_manifest(SEED)
+    web = stack_user_data(m, "web", _state(), "10.0.0.12", "i-0fedcba9876543210")
+    hosts = tmp_path / "etc/amibake/hosts.env"
+    hosts.parent.mkdir(parents=True)
+    logged: list[str] = []
+
+    class Log:
+        def info(self, message: str) -> None:
+            logged.append(message)
+
+        warning = info
+
+    writer = threading.Timer(0.5, lambda: hosts.write_text('AMIBAKE_HOSTS_APP="app"\n'))
+    writer.start()
+    dispatch.wait_for_hosts(str(tmp_path), web, Log())
+    writer.join()
+    assert hosts.read_text() and logged == []
+    # user-data without other roles' names: nothing to wait for
+    hosts.unlink()
+    dispatch.wait_for_hosts(str(tmp_path), b"#cloud-config\n# amibake-role: db\n", Log())
+    assert not hosts.exists() and logged == []
