@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import builder
+from builder.cache_dir import DiskMemo
 from builder.manifest.model import Manifest
+from builder.render import docstrings
 from builder.render.app import secret_key
 from builder.render.common import ETC_DIR, LIB_DIR, UNIT_DIR
 from builder.render.docstrings import is_python_script, strip_docstrings
@@ -109,7 +111,20 @@ def _boot_files(boot: Path, stamp: tuple[tuple[str, int, int], ...]) -> tuple[Fi
 
 def _shipped(content: bytes, modules: Path, origin: str) -> bytes:
     source = inline_modules(content.decode(), modules, origin)
-    return strip_docstrings(source, origin).encode()
+    key = f"{origin}\n{source}".encode()
+    memo = _shipping_memo()
+    if (kept := memo.get(key)) is not None:
+        return kept
+    shipped = strip_docstrings(source, origin).encode()
+    memo.put(key, shipped)
+    return shipped
+
+
+@functools.lru_cache(maxsize=1)
+def _shipping_memo() -> DiskMemo:
+    """Stripped scripts kept between runs (parsing and tokenizing them is most
+    of a warm `validate`), named for the stripping code."""
+    return DiskMemo("shipped-scripts", [Path(docstrings.__file__)])
 
 
 def role_script(name: str) -> File:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
 import builder
+from builder.cache_dir import code_identity, default_cache_dir
 from builder.errors import UserError
 from builder.render import quoting
 
@@ -19,12 +19,9 @@ def _bytecode_cache() -> jinja2.BytecodeCache | None:
     template's source checksum). The directory is named for what else the code
     depends on, this module (the environment's settings) and Jinja's version,
     so a change to either never reads old code. None when it cannot be made."""
-    from builder.cache_dir import default_cache_dir
-
-    st = Path(__file__).stat()
-    key = hashlib.sha256(
-        f"{builder.__version__} {jinja2.__version__} {st.st_size} {st.st_mtime_ns}".encode()
-    ).hexdigest()[:32]
+    key = code_identity(f"templates {jinja2.__version__}", [Path(__file__)])
+    if key is None:
+        return None
     directory = default_cache_dir() / "templates" / key
     try:
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)

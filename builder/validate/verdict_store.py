@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import builder
 from builder.atomic import write_atomically
+from builder.cache_dir import code_identity, default_cache_dir
 
 FORMAT = 1
 
@@ -52,16 +52,9 @@ JUDGE_FILES = (
 def judge_identity(dist: Path) -> str | None:
     """A digest naming the code that judges; None when a file is missing (the
     caller then loads the tree, which explains what is not set up)."""
-    h = hashlib.sha256(f"amibake-verdicts {FORMAT} {builder.__version__}\n".encode())
-    sources = [(Path(__file__).with_name("schema.py"), "schema.py")]
-    sources += [(dist / rel, rel) for rel in JUDGE_FILES]
-    for path, name in sources:
-        try:
-            st = path.stat()
-        except OSError:
-            return None
-        h.update(f"{name} {st.st_size} {st.st_mtime_ns}\n".encode())
-    return h.hexdigest()
+    return code_identity(f"amibake-verdicts {FORMAT}",
+                         [Path(__file__).with_name("schema.py")]
+                         + [dist / rel for rel in JUDGE_FILES])
 
 
 @dataclass(frozen=True)
@@ -138,6 +131,4 @@ def default_store(dist: Path) -> VerdictStore | None:
     identity = judge_identity(dist)
     if identity is None:
         return None
-    from builder.cache_dir import default_cache_dir
-
     return VerdictStore(default_cache_dir() / "cloud-init-verdicts", identity)
