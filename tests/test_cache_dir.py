@@ -42,8 +42,8 @@ def test_memo_round_trip_and_a_new_identity_misses(tmp_path: Path,
     assert DiskMemo("t", [code]).get(b"input") is None
 
 
-def test_memo_without_its_code_or_a_writable_cache_computes(tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_memo_without_its_code_or_a_writable_cache_computes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     blocked = tmp_path / "file"
     blocked.write_text("not a directory")
     monkeypatch.setenv("AMIBAKE_CACHE_DIR", str(blocked))
