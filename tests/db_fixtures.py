@@ -141,6 +141,16 @@ def aws_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(PASSPHRASE_ENV, "correct horse battery staple")
 
 
+def no_aws_credentials(monkeypatch: pytest.MonkeyPatch, empty: Path) -> None:
+    """No AWS credentials anywhere boto3 or pgBackRest looks (`empty`: a missing file)."""
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                 "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(empty))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(empty))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+
 #: where the test clusters' sockets are, for pgBackRest (it connects by socket)
 SOCKETS = "/tmp"
 

@@ -27,6 +27,7 @@ from tests.db_fixtures import (
     archiving_cluster,
     full_backup,
     manifest_with_backup,
+    no_aws_credentials,
     s3_tls,
 )
 
@@ -208,12 +209,7 @@ def test_a_wrong_bucket_is_one_line(
 def test_no_credentials_is_one_line(
         scenario: Scenario, target_dir: Path, monkeypatch: pytest.MonkeyPatch,
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                 "AWS_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    no_aws_credentials(monkeypatch, tmp_path / "none")
     doc = _error(capsys, "db", "verify", str(scenario.manifest))
     assert "no AWS credentials" in str(doc["error"])
 

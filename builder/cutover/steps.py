@@ -11,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
 from builder.cutover import (
+    backup_check,
     checklist,
     db_dump,
     db_replicate,
@@ -84,7 +85,11 @@ def _now() -> datetime:
 
 def _preflight(ctx: Ctx) -> str:
     checks = preflight.run_preflight(ctx.cfg, fix_replica_identity_now=ctx.fix_replica_identity)
-    if all(c.ok for c in checks):  # the one check that writes (a no-op), last
+    if all(c.ok for c in checks):  # the checks that write (and undo it), last
+        repo = backup_check.repo_writable(ctx.cfg)
+        if repo is not None:
+            checks.append(repo)
+    if all(c.ok for c in checks):
         checks.append(preflight.dns_update(ctx.dns))
     return preflight.require(checks)
 
@@ -296,6 +301,12 @@ def _dns_switch(ctx: Ctx) -> str:
             f"resolvers may cache the old address for {left} s more")
 
 
+def _backup_after_switch(ctx: Ctx) -> str:
+    switched = ctx.state.facts.dns_switched_at
+    assert switched is not None
+    return backup_check.after_switch(ctx.cfg, datetime.fromisoformat(switched))
+
+
 def _cleanup_old(ctx: Ctx) -> str:
     f = ctx.state.facts
     if ctx.cfg.strategy != "replicate":
@@ -323,10 +334,14 @@ def forward_steps(cfg: CutoverConfig) -> list[FnStep]:
     d = cut.dns
     rep = cut.strategy == "replicate"
     fs = cut.files
+    pg = cfg.manifest.components.postgresql
+    backed_up = pg is not None and pg.backup is not None
     steps = [
         FnStep("preflight", "prepare",
                lambda c: "connectivity, privileges, wal_level, replica identity, free space, "
-               "files source, a no-op DNS update"
+               "files source, "
+               + ("the backup repository writable, " if backed_up else "")
+               + "a no-op DNS update"
                + (" (fixing replica identity)" if c.fix_replica_identity else ""), _preflight),
     ]
     if cut.rollback_dump:
@@ -412,6 +427,13 @@ def forward_steps(cfg: CutoverConfig) -> list[FnStep]:
     ]
     if cut.checksum_when == "after_switch":
         steps.append(checksums)
+    if backed_up:
+        steps.append(FnStep(
+            "backup_after_switch", "after",
+            lambda c: "a full pgBackRest backup of the new server taken after the switch"
+                      + (f" (`{cut.backup_command}` on {cut.new_db_host} unless one is there)"
+                         if cut.new_db_host else " must be in the repository"),
+            _backup_after_switch))
     steps.append(FnStep("cleanup_old", "after",
                         lambda c: "drop anything left on the old server", _cleanup_old))
     if cut.receive is not None:  # the db role's cutover login, last: it is what we connect as

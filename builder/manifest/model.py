@@ -537,6 +537,18 @@ class Cutover:
         check=fc.optional(fc.path))
     receive: CutoverLogin | None = setting(
         None, help="make the db role create the cutover's login on the new server")
+    new_db_host: str = setting(
+        "", help="`local` or `ssh:user@host` of the new db server: with "
+                 "components.postgresql.backup, `backup_command` runs there after the DNS "
+                 "switch unless a full backup taken after it is already in the repository "
+                 "(none: only check for one)", check=fc.optional(fc.old_web))
+    new_db_host_ssh_options: tuple[str, ...] = setting(
+        (), help="extra ssh options for new_db_host (the allow-list of files.ssh_options)",
+        check=fc.ssh_options)
+    backup_command: str = setting(
+        "sudo systemctl start amibake-backup-full.service",
+        help="the command run on new_db_host for a full backup (the db role's full-backup "
+             "unit; exit 0: taken)", check=fc.text_line)
 
 
 # ---------------------------------------------------------------- manifest
