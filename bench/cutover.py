@@ -1,12 +1,21 @@
-"""Cutover downtime under a steady pgbench write load, three ways, one run.
+"""Cutover downtime under a steady pgbench write load, several ways, one run.
 
     .venv/bin/python bench/cutover.py --scale 70      # ≥ 1 GB (pgbench -i -s 70)
+    .venv/bin/python bench/cutover.py --old-major 10 --runs 3 --out bench/results/cutover-pg10.json
+    .venv/bin/python bench/cutover.py --methods replicate --runs 10 \
+        --out bench/results/cutover-replicate10.json
 
-Methods, each onto a fresh new cluster from the same old one:
+Methods, each onto a fresh new cluster from the same old one, interleaved
+run by run (`--runs N`: medians, and p95 by nearest rank):
   seed       the seed's runbook: freeze, `pg_dump | gzip > f`, `zcat f | psql`
   dump       amibake strategy dump: pg_dump -Fd -j 2 + pg_restore -j 2
   replicate  amibake strategy replicate: initial sync before the window,
              freeze → catch up → sequences → drop subscription in it
+  pgcopydb   the contender: freeze, `pgcopydb clone --table-jobs 2
+             --index-jobs 2` (Debian's pgcopydb), app role LOGIN on new
+
+`--old-major 10` runs the old server on PostgreSQL 10 (`make old-postgres`),
+the oldest major a package here carries; the new one is always 15.
 
 Downtime = writes refused until the new site serves: measured by the app
 stand-in (a writer inserting a counter row per transaction as the app role)
@@ -26,6 +35,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,6 +63,7 @@ from tests.cutover_fixtures import (  # noqa: E402
     destroy_cluster,
     knot_server,
     make_template,
+    old_pg_bin,
     start_cluster,
     web_sites,
 )
@@ -112,6 +123,30 @@ def _seed(old: Cluster, new: Cluster, cfg: Any, writer: Writer, work: Path) -> d
             "db_window_s": round(t2 - t0, 2), "dump_file_bytes": dump.stat().st_size}
 
 
+def _pgcopydb(old: Cluster, new: Cluster, cfg: Any, writer: Writer, work: Path) -> dict[str, Any]:
+    copy_roles(cfg)  # as for the seed: roles ahead of the window
+    t0 = time.monotonic()
+    freeze(cfg)
+
+    def uri(c: Cluster) -> str:
+        return f"postgres://postgres@127.0.0.1:{c.port}/payroll"
+
+    run(["pgcopydb", "clone", "--source", uri(old), "--target", uri(new), "--dir",
+         str(work / "pgcopydb"), "--table-jobs", "2", "--index-jobs", "2"],
+        env={"PGPASSWORD": SUPER_PASSWORD}, capture=True)
+    set_login(cfg.new, cfg.app_user, True)
+    t1 = time.monotonic()
+    writer.target = new
+    return {"clone_s": round(t1 - t0, 2), "db_window_s": round(t1 - t0, 2)}
+
+
+#: the window's phases as the steps record them (issue 16's budget)
+PHASES = {"maintenance_on": "maintenance", "db_freeze": "freeze", "db_catch_up": "catch_up",
+          "db_sequences": "sequences", "db_detach": "detach", "db_dump_restore": "dump_restore",
+          "files_final_sync": "files", "verify_db": "gates", "verify_checksums": "gates",
+          "verify_files": "gates", "smoke_new_site": "smoke_test", "dns_switch": "dns"}
+
+
 def _amibake(cfg: Any, writer: Writer, new: Cluster, work: Path) -> dict[str, Any]:
     def after(step: str) -> None:
         if step == "dns_switch":
@@ -136,9 +171,14 @@ def _amibake(cfg: Any, writer: Writer, new: Cluster, work: Path) -> dict[str, An
     f = state.facts
     db = (datetime.fromisoformat(f.new_writable_at or "")
           - datetime.fromisoformat(f.freeze_at or "")).total_seconds()
+    phases: dict[str, float] = {}
+    after_switch = cfg.cutover.checksum_when == "after_switch"
+    for step, phase in PHASES.items():
+        if step in durations and not (step == "verify_checksums" and after_switch):
+            phases[phase] = round(phases.get(phase, 0.0) + durations[step], 3)
     return {"prepare_before_window_s": round(prepared[0], 1) if prepared else -1,
             "window_recorded_s": round(state.downtime_s() or -1, 3),
-            "db_window_s": round(db, 3), "steps_s": durations}
+            "db_window_s": round(db, 3), "steps_s": durations, "phases_s": phases}
 
 
 def _method(name: str, old: Cluster, template: Path, knot: Any, sites: Any,
@@ -164,6 +204,8 @@ def _method(name: str, old: Cluster, template: Path, knot: Any, sites: Any,
         with tempfile.TemporaryDirectory(prefix="amibake-bench-") as tmp:
             if name == "seed":
                 detail = _seed(old, new, cfg, writer, Path(tmp))
+            elif name == "pgcopydb":
+                detail = _pgcopydb(old, new, cfg, writer, Path(tmp))
             else:
                 detail = _amibake(cfg, writer, new, Path(tmp))
             deadline = time.monotonic() + 60
@@ -193,6 +235,25 @@ def _method(name: str, old: Cluster, template: Path, knot: Any, sites: Any,
         destroy_cluster(new)
 
 
+def _p(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..1) of at least one value."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, -(-int(q * 100) * len(ordered) // 100) - 1))]
+
+
+def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    down = [r["downtime_s"] for r in runs]
+    out: dict[str, Any] = {"runs": len(runs), "downtime_s": down,
+                           "downtime_p50_s": round(statistics.median(down), 3),
+                           "downtime_p95_s": round(_p(down, 0.95), 3),
+                           "lost_writes_total": sum(r["lost_writes"] for r in runs)}
+    phases = sorted({k for r in runs for k in r.get("phases_s", {})})
+    if phases:
+        out["phases_p50_s"] = {k: round(statistics.median(
+            r["phases_s"].get(k, 0.0) for r in runs), 3) for k in phases}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=int, default=70, help="pgbench scale (70 ≈ 1.05 GB)")
@@ -200,48 +261,72 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--warmup", type=float, default=5.0, help="seconds of load before the freeze")
     ap.add_argument("--methods", default="seed,dump,replicate")
+    ap.add_argument("--runs", type=int, default=1, help="rounds of every method, interleaved")
+    ap.add_argument("--old-major", choices=("15", "10"), default="15",
+                    help="the old server's PostgreSQL major (10: `make old-postgres`)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "cutover.json")
     args = ap.parse_args()
     for var, val in (("AMIBAKE_SECRET_TEST_OLD_DB", SUPER_PASSWORD),
                      ("AMIBAKE_SECRET_TEST_NEW_DB", SUPER_PASSWORD)):
         os.environ[var] = val
     template = make_template()
-    old = start_cluster(template, "old", BENCH_CONF)
-    results: dict[str, dict[str, Any]] = {}
+    old_bin = old_pg_bin() if args.old_major == "10" else None
+    old_template = make_template(old_bin) if old_bin else template
+    old = start_cluster(old_template, "old", BENCH_CONF,
+                        **({"bin_dir": old_bin} if old_bin else {}))
+    methods = args.methods.split(",")
+    results: dict[str, list[dict[str, Any]]] = {m: [] for m in methods}
     try:
         with knot_server() as knot, web_sites() as sites:
             k = knot.key
             os.environ["AMIBAKE_SECRET_TEST_TSIG"] = f"{k.name}:{k.algorithm}:{k.secret}"
             setup = _prepare_old(old, args.scale)
-            print(f"old database: {setup['db_bytes'] / 2**30:.2f} GiB (pgbench scale "
-                  f"{args.scale}, init {setup['pgbench_init_s']} s)", flush=True)
-            for name in args.methods.split(","):
-                print(f"{name}: running …", flush=True)
-                results[name] = _method(name, old, template, knot, sites, args)
-                r = results[name]
-                print(f"{name}: downtime {r['downtime_s']} s, lost writes {r['lost_writes']}",
-                      flush=True)
+            version = old.sql("SHOW server_version")[0][0]
+            print(f"old database: PostgreSQL {version}, {setup['db_bytes'] / 2**30:.2f} GiB "
+                  f"(pgbench scale {args.scale}, init {setup['pgbench_init_s']} s)", flush=True)
+            for round_ in range(args.runs):
+                for name in methods:
+                    print(f"{name} (round {round_ + 1}/{args.runs}): running …", flush=True)
+                    r = _method(name, old, template, knot, sites, args)
+                    results[name].append(r)
+                    print(f"{name}: downtime {r['downtime_s']} s, lost writes "
+                          f"{r['lost_writes']}" + (f", phases {r['phases_s']}"
+                                                   if "phases_s" in r else ""), flush=True)
     finally:
         destroy_cluster(old)
         shutil.rmtree(template.parent, ignore_errors=True)
-    doc = {
-        "benchmark": "cutover", "scale": args.scale, "rate_tps": args.rate,
-        "clients": args.clients, "db_bytes": setup["db_bytes"], "methods": results,
+        if old_bin is not None:
+            shutil.rmtree(old_template.parent, ignore_errors=True)
+            shutil.rmtree(old_bin.parent.parent, ignore_errors=True)
+    summary = {name: _summary(runs) for name, runs in results.items() if runs}
+    doc: dict[str, Any] = {
+        "benchmark": "cutover", "old_server": version, "new_server": "15",
+        "scale": args.scale, "rate_tps": args.rate, "clients": args.clients,
+        "db_bytes": setup["db_bytes"], "runs": args.runs, "summary": summary,
+        "methods": results,
+        "command": "bench/cutover.py " + " ".join(sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg()},
     }
-    seed = results.get("seed", {}).get("downtime_s")
-    rep = results.get("replicate", {}).get("downtime_s")
-    if seed and rep:
-        doc["seed_over_replicate"] = round(seed / rep, 1)
-        doc["targets"] = {"replicate_le_2s": rep <= 2.0, "ten_x_shorter": seed / rep >= 10,
-                          "zero_lost": all(r["lost_writes"] == 0 for r in results.values())}
+    p50 = {name: s["downtime_p50_s"] for name, s in summary.items()}
+    for a, b in (("seed", "replicate"), ("seed", "dump"), ("pgcopydb", "dump")):
+        if a in p50 and b in p50 and p50[b]:
+            doc[f"{a}_over_{b}"] = round(p50[a] / p50[b], 2)
+    if "replicate" in summary and args.runs >= 10:
+        rep = summary["replicate"]
+        doc["targets"] = {"replicate_p50_le_0_5s": rep["downtime_p50_s"] <= 0.5,
+                          "replicate_p95_le_1s": rep["downtime_p95_s"] <= 1.0}
+    if "pgcopydb" in p50 and "dump" in p50:
+        doc.setdefault("targets", {})["dump_le_pgcopydb"] = p50["dump"] <= p50["pgcopydb"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    print(f"\n{'method':10} {'downtime s':>11} {'db window s':>12} {'lost':>5}")
-    for name, r in results.items():
-        print(f"{name:10} {r['downtime_s']:>11} {r['db_window_s']:>12} {r['lost_writes']:>5}")
-    if "seed_over_replicate" in doc:
-        print(f"seed / replicate: {doc['seed_over_replicate']}×")
+    print(f"\nold PostgreSQL {version} → 15, {args.runs} round(s)")
+    print(f"{'method':10} {'p50 s':>8} {'p95 s':>8} {'lost':>5}  phases p50 s")
+    for name, s_ in summary.items():
+        print(f"{name:10} {s_['downtime_p50_s']:>8} {s_['downtime_p95_s']:>8} "
+              f"{s_['lost_writes_total']:>5}  {s_.get('phases_p50_s', '')}")
+    for key in ("seed_over_replicate", "seed_over_dump", "pgcopydb_over_dump"):
+        if key in doc:
+            print(f"{key}: {doc[key]}×")
     print(f"written to {args.out}")
     return 0
 
