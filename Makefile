@@ -27,6 +27,8 @@ APT_PACKAGES += systemd
 APT_PACKAGES += mkosi
 # bench/bundle.py's contender: parallel gzip
 APT_PACKAGES += pigz
+# bench/cutover.py's contender: pgcopydb clone
+APT_PACKAGES += pgcopydb
 # npm (with node) fetches the old PostgreSQL server below: tests/test_cutover_versions.py
 APT_PACKAGES += nodejs
 # a network namespace with 169.254.169.254 on its loopback (unshare, ip): tests/test_db_boot.py

@@ -78,6 +78,13 @@ def _pg_env(c: Cluster, user: str = "app", password: str = APP_PASSWORD) -> dict
             "PGUSER": user, "PGPASSWORD": password}
 
 
+def _one_int(c: Cluster, query: str) -> int:
+    """The single integer a query returns (a count, a size)."""
+    value = c.sql(query)[0][0]
+    assert isinstance(value, int), value
+    return value
+
+
 def _prepare_old(old: Cluster, scale: int) -> dict[str, float]:
     old.sql("CREATE DATABASE payroll", dbname="postgres")
     old.sql(f"CREATE ROLE app LOGIN PASSWORD '{APP_PASSWORD}'")
@@ -87,8 +94,8 @@ def _prepare_old(old: Cluster, scale: int) -> dict[str, float]:
     init_s = time.monotonic() - t
     old.sql("CREATE TABLE writes (id bigserial PRIMARY KEY, n int NOT NULL UNIQUE, "
             "at timestamptz DEFAULT now()); ALTER TABLE writes OWNER TO app")
-    size = old.sql("SELECT pg_database_size('payroll')")[0][0]
-    return {"pgbench_init_s": round(init_s, 1), "db_bytes": int(size)}
+    size = _one_int(old, "SELECT pg_database_size('payroll')")
+    return {"pgbench_init_s": round(init_s, 1), "db_bytes": size}
 
 
 def _start_load(old: Cluster, rate: int, clients: int) -> subprocess.Popen[bytes]:
@@ -217,13 +224,13 @@ def _method(name: str, old: Cluster, template: Path, knot: Any, sites: Any,
         load.wait(30)
         have = {r[0] for r in new.sql("SELECT n FROM writes")}
         lost_acked = len(set(writer.acked) - have)
-        hist_old = old.sql("SELECT count(*) FROM pgbench_history")[0][0]
-        hist_new = new.sql("SELECT count(*) FROM pgbench_history")[0][0]
+        hist_old = _one_int(old, "SELECT count(*) FROM pgbench_history")
+        hist_new = _one_int(new, "SELECT count(*) FROM pgbench_history")
         return {
             "downtime_s": round(_gap(writer, old, new), 3),
-            "lost_writes": lost_acked + int(hist_old) - int(hist_new),
+            "lost_writes": lost_acked + hist_old - hist_new,
             "acked_writes": len(writer.acked),
-            "pgbench_txns_moved": int(hist_new),
+            "pgbench_txns_moved": hist_new,
             **detail,
         }
     finally:

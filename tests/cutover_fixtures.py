@@ -204,9 +204,9 @@ def pg_pair(pg_template: Path) -> Iterator[tuple[Cluster, Cluster]]:
         app_schema(old)
         yield old, new
     finally:
-        for c in (old, new):
-            if c is not None:
-                destroy_cluster(c)
+        for cluster in (old, new):
+            if cluster is not None:
+                destroy_cluster(cluster)
 
 
 def app_schema(c: Cluster) -> None:
