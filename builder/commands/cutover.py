@@ -1,4 +1,5 @@
-"""`amibake cutover plan|rehearse|notify|run|status|watch|finish|rollback MANIFEST`:
+"""`amibake cutover plan|rehearse|notify|banner-on|banner-off|run|status|watch|finish|rollback
+MANIFEST`:
 move the live app."""
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
                     "manifest's `cutover` section. Secrets: AMIBAKE_SECRET_<NAME> overrides "
                     "the secret store for local runs.",
     )
-    p.add_argument("action", choices=("plan", "rehearse", "notify", "run", "status", "watch",
-                                      "finish", "rollback"))
+    p.add_argument("action", choices=("plan", "rehearse", "notify", "banner-on", "banner-off",
+                                      "run", "status", "watch", "finish", "rollback"))
     p.add_argument("manifest", type=Path, metavar="MANIFEST")
     p.add_argument("--dry-run", action="store_true", help="print what each step would do")
     p.add_argument("--once", action="store_true", help="watch: report once, do not wait")
@@ -85,6 +86,17 @@ def handle(args: argparse.Namespace, out: Output) -> int:
                     if mail is not None and mail.password is not None else None)
         detail = notice_mail.send(cfg, password=password)
         out.result({"notify": detail}, detail)
+        return 0
+    if args.action in ("banner-on", "banner-off"):  # the notice on the old site
+        from builder.cutover import banner
+
+        on = args.action == "banner-on"
+        if args.dry_run:
+            detail = (banner.banner_conf_text(cfg) if on else
+                      f"would remove the notice banner from {cfg.cutover.old_site}")
+        else:
+            detail = banner.switch(cfg, on)
+        out.result({"banner": detail}, detail)
         return 0
     if args.action == "watch":  # requests still reaching the old site
         from builder.cutover import watch

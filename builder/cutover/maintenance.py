@@ -52,21 +52,29 @@ def switch(cfg: CutoverConfig, on: bool) -> str:
             raise UserError(f"components.nginx.{name} {path[:80]!r}: {reason}",
                             hint="a path of the site's own, e.g. /var/www/maintenance/on")
     target = cfg.cutover.old_web
+    from builder.cutover import banner  # the notice banner goes when the page comes (or rollback)
+
+    # on: the banner first (not on the maintenance page); off (a rollback): the
+    # site back first, then the banner that a reload failure could keep
+    unbanner = banner.off_script(cfg)
     if target == "local":
         if on:
+            banner.switch(cfg, False, check=False)
             _write_local(Path(page), render_page(cfg))
             Path(flag).parent.mkdir(parents=True, exist_ok=True)
             Path(flag).touch()
         else:
             Path(flag).unlink(missing_ok=True)
+            banner.switch(cfg, False, check=False)
     elif target.startswith("ssh:"):
         q = shlex.quote
         if on:
-            script = (f"mkdir -p {q(os.path.dirname(page))} {q(os.path.dirname(flag))} && "
+            script = (f"{unbanner} && "
+                      f"mkdir -p {q(os.path.dirname(page))} {q(os.path.dirname(flag))} && "
                       f"cat > {q(page)}.tmp && mv {q(page)}.tmp {q(page)} && touch {q(flag)}")
             _ssh(target, cfg.cutover.old_web_ssh_options, script, input=render_page(cfg))
         else:
-            _ssh(target, cfg.cutover.old_web_ssh_options, f"rm -f {q(flag)}")
+            _ssh(target, cfg.cutover.old_web_ssh_options, f"rm -f {q(flag)} && {unbanner}")
     else:
         raise UserError(f"cutover.old_web must be `local` or `ssh:user@host`, not {target!r}")
     return f"maintenance {'on' if on else 'off'} ({flag} on {target})"

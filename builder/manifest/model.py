@@ -517,6 +517,9 @@ class Cutover:
                                     check=fc.between(1, 7 * 24 * 3600))
     form_smoke: FormSmoke | None = setting(
         None, help="a scripted login/POST on the new site, with the GET smoke tests")
+    old_web_reload: str = setting(
+        "sudo systemctl reload nginx", help="the command that reloads the old nginx on "
+        "old_web (after the notice banner's file is written or removed)", check=fc.text_line)
     old_access_log: str = setting(
         "/var/log/nginx/access.log", help="the old site's nginx access log (combined format) "
         "on old_web, read by `cutover watch`", check=fc.path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import posixpath
 import re
 
-from builder.manifest.model import Manifest, Role
+from builder.manifest.model import Manifest, Nginx, Role
 from builder.render import quoting
 from builder.render.common import SETUP_DIR, hosts_var, manifest_error, source_name
 from builder.render.fragment import File, Fragment
@@ -24,6 +24,15 @@ HEX = "0123456789abcdef"
 SETUP = f"{SETUP_DIR}/nginx.sh"
 FAIR_PACKAGE = "libnginx-mod-http-upstream-fair"
 _BALANCE = {"round_robin": "", "least_conn": "least_conn", "ip_hash": "ip_hash", "fair": "fair"}
+
+
+#: the notice banner's sub_filter file (`amibake cutover banner-on`), beside the
+#: maintenance flag: the cutover writes it where it writes the flag
+BANNER_FILE = "amibake-banner.conf"
+
+
+def banner_conf(nginx: Nginx) -> str:
+    return posixpath.join(posixpath.dirname(nginx.maintenance_flag), BANNER_FILE)
 
 
 def render(manifest: Manifest, role: Role) -> Fragment:
@@ -56,6 +65,7 @@ def render(manifest: Manifest, role: Role) -> Fragment:
         port_map=_port_map(appserver.ports),
         maintenance_root=maintenance_root,
         maintenance_file=maintenance_file,
+        banner_glob=banner_conf(nginx).removesuffix(".conf") + "*.conf",
         error_page_lines=error_page_lines,
     )
     servers = render_template(
