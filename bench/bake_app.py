@@ -36,22 +36,15 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.bake import bake  # noqa: E402  (one way to time a bake)
+
 SEED = ROOT / "manifests" / "smallpayroll.yaml"
 RAILS = ROOT / "cloudinit" / "app-rails"
 RESULTS = ROOT / "bench" / "results" / "bake_app.json"
 TARGETS = {"app-code-only": 15.0, "no-op": 2.0}
 CONTROLLER = "app/controllers/health_controller.rb"
-
-
-def bake(manifest: Path, store: Path, cache: Path) -> tuple[float, dict]:
-    cmd = [sys.executable, "-m", "builder", "bake", str(manifest), "--skip-boot-test",
-           "--store", str(store), "--cache-dir", str(cache), "--json"]
-    start = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    wall = time.monotonic() - start
-    if proc.returncode != 0:
-        sys.exit(f"bake failed ({proc.returncode}): {proc.stdout}{proc.stderr}")
-    return wall, json.loads(proc.stdout)
 
 
 def seed_text() -> str:

@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import dns.message
 import dns.query
@@ -57,7 +58,7 @@ __all__ = [
     "Writer", "app_schema", "cutover_manifest", "destroy_cluster", "edit_keeping_size_and_mtime",
     "free_port", "knot", "old_pg_bin",
     "knot_server", "make_template", "pg_pair", "pg_template", "secret_env", "sites",
-    "ssh_server", "sshd", "start_cluster", "uploads", "web_sites",
+    "run_under_writer", "ssh_server", "sshd", "start_cluster", "uploads", "web_sites",
 ]
 
 
@@ -288,6 +289,28 @@ class Writer(threading.Thread):
     def stop(self) -> None:
         self.stop_event.set()
         self.join(10)
+
+
+def run_under_writer(cfg: Any, old: Cluster, new: Cluster, state_path: Path,
+                     **kw: Any) -> tuple[Any, Writer]:
+    """`run_cutover` while the app writes to `old`, following DNS to `new` at the
+    switch (as resolvers send it there): the state and the writer, stopped."""
+    from builder.cutover.dns import provider_for
+    from builder.cutover.procedure import run_cutover
+
+    writer = Writer(old)
+    writer.start()
+
+    def after(step: str) -> None:
+        if step == "dns_switch":
+            writer.target = new
+
+    try:
+        state = run_cutover(cfg, provider_for(cfg), state_path, say=print, start_now=True,
+                            after_step=after, **kw)
+    finally:
+        writer.stop()
+    return state, writer
 
 
 # ------------------------------------------------------------------ Knot DNS

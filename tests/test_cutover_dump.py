@@ -20,8 +20,8 @@ from tests.cutover_fixtures import (
     Cluster,
     Knot,
     Site,
-    Writer,
     cutover_manifest,
+    run_under_writer,
 )
 
 
@@ -33,18 +33,7 @@ def test_dump_end_to_end_with_writes(
     old, new = pg_pair
     cfg = derive(cutover_manifest(old, new, knot, sites, uploads, strategy="dump",
                                   dump_format=dump_format, dump_jobs=2))
-    writer = Writer(old)
-    writer.start()
-
-    def after(step: str) -> None:
-        if step == "dns_switch":
-            writer.target = new
-
-    try:
-        state = run_cutover(cfg, provider_for(cfg), tmp_path / "s.json", say=print,
-                            start_now=True, after_step=after)
-    finally:
-        writer.stop()
+    state, writer = run_under_writer(cfg, old, new, tmp_path / "s.json")
     assert state.complete
     assert "db_dump_restore" in [r.name for r in state.steps]
     have = {r[0] for r in new.sql("SELECT n FROM writes")}

@@ -17,8 +17,6 @@ import pytest
 
 from builder.cutover import db_dump, dump_sql, pg, verify
 from builder.cutover.config import derive
-from builder.cutover.dns import provider_for
-from builder.cutover.procedure import run_cutover
 from builder.errors import UserError
 from tests.cutover_fixtures import *  # noqa: F403
 from tests.cutover_fixtures import (
@@ -28,12 +26,12 @@ from tests.cutover_fixtures import (
     Knot,
     Site,
     Sshd,
-    Writer,
     app_schema,
     cutover_manifest,
     destroy_cluster,
     make_template,
     old_pg_bin,
+    run_under_writer,
     start_cluster,
 )
 
@@ -205,18 +203,7 @@ def test_dump_through_the_old_hosts_own_pg_dump_over_ssh(
         cfg = derive(cutover_manifest(old, new, knot, sites, strategy="dump",
                                       old_pg_dump=f"ssh:{sshd.login}",
                                       old_pg_dump_ssh_options=sshd.options))
-        writer = Writer(old)
-        writer.start()
-
-        def after(step: str) -> None:
-            if step == "dns_switch":
-                writer.target = new
-
-        try:
-            state = run_cutover(cfg, provider_for(cfg), tmp_path / "s.json", say=print,
-                                start_now=True, after_step=after)
-        finally:
-            writer.stop()
+        state, writer = run_under_writer(cfg, old, new, tmp_path / "s.json")
         assert state.complete
         detail = next(r.detail for r in state.steps if r.name == "db_dump_restore")
         assert "the old host's own pg_dump over SSH" in detail

@@ -29,12 +29,12 @@ from tests.cutover_fixtures import (
     Cluster,
     Knot,
     Site,
-    Writer,
     app_schema,
     cutover_manifest,
     destroy_cluster,
     make_template,
     old_pg_bin,
+    run_under_writer,
     start_cluster,
 )
 
@@ -145,18 +145,8 @@ def test_postgresql_10_onto_15_under_a_writer(
     old, new = pg10_pair
     cfg = derive(cutover_manifest(old, new, knot, sites, strategy=strategy,
                                   dump_format="stream"))
-    writer = Writer(old)
-    writer.start()
-
-    def after(step: str) -> None:
-        if step == "dns_switch":
-            writer.target = new
-
-    try:
-        state = run_cutover(cfg, provider_for(cfg), tmp_path / "s.json", say=print,
-                            start_now=True, fix_replica_identity=True, after_step=after)
-    finally:
-        writer.stop()
+    state, writer = run_under_writer(cfg, old, new, tmp_path / "s.json",
+                                     fix_replica_identity=True)
     assert state.complete
     have = {r[0] for r in new.sql("SELECT n FROM writes")}
     assert writer.acked and not set(writer.acked) - have  # 0 acknowledged writes lost
