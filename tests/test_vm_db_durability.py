@@ -113,6 +113,14 @@ def sql(ssh: Ssh, query: str, db: str = "postgres") -> str:
     return ssh.output(f"sudo -u postgres psql -X -A -t -d {db} -c \"{query}\"").strip()
 
 
+def app_sql(stack: Stack, ssh: Ssh, query: str) -> str:
+    """`query` as the app's own role, over TCP with its password (as the app and its
+    migrations do: the tables are the app's)."""
+    app = stack.manifest.app.database
+    return ssh.output(f"PGPASSWORD={stack.db_password} psql -X -A -t -h 127.0.0.1 "
+                      f"-U {app.user} -d {app.name} -c \"{query}\"").strip()
+
+
 def _backups(stack: Stack) -> list[str]:
     listed = stack.s3.client().list_objects_v2(Bucket=BUCKET, Prefix=f"{PREFIX}/backup/")
     return [o["Key"] for o in listed.get("Contents", []) if o["Key"].endswith("backup.manifest")]
@@ -130,8 +138,8 @@ def test_db_survives_stop_start_and_replacement(stack: Stack) -> None:
         assert len(_backups(stack)) == 1
         assert ssh.run("systemctl is-enabled amibake-backup-full.timer").stdout.strip() \
             == "enabled"
-        sql(ssh, "CREATE TABLE pay (id int PRIMARY KEY, note text); "
-                 "INSERT INTO pay SELECT g, 'row ' || g FROM generate_series(1, 300) g", db)
+        app_sql(stack, ssh, "CREATE TABLE pay (id int PRIMARY KEY, note text); "
+                "INSERT INTO pay SELECT g, 'row ' || g FROM generate_series(1, 300) g")
         segment = sql(ssh, "SELECT pg_walfile_name(pg_switch_wal())")
 
         def archived() -> None:
@@ -162,11 +170,8 @@ def test_db_survives_stop_start_and_replacement(stack: Stack) -> None:
         started = ssh.output("systemctl show -p ExecMainStartTimestampMonotonic --value "
                              "postgresql@15-main").strip()
         assert 0 < int(done) <= int(started)
-        # the app's role logs in over TCP with its password
-        app = stack.manifest.app.database
-        assert ssh.output(f"PGPASSWORD={stack.db_password} psql -X -A -t -h 127.0.0.1 "
-                          f"-U {app.user} -d {db} -c 'SELECT count(*) FROM pay'").strip() \
-            == "300"
+        # the app's role logs in over TCP with its password and reads its rows
+        assert app_sql(stack, ssh, "SELECT count(*) FROM pay") == "300"
 
     # bad input: a passphrase that does not decrypt the repository
     with booted(stack, stack.identity(new_instance_id(), "not the passphrase"), "bad") as ssh:
