@@ -22,7 +22,8 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=("plan", "rehearse", "notify", "banner-on", "banner-off",
                                       "run", "status", "watch", "finish", "rollback"))
     p.add_argument("manifest", type=Path, metavar="MANIFEST")
-    p.add_argument("--dry-run", action="store_true", help="print what each step would do")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print what each step (or notify, banner-on/off) would do; change nothing")
     p.add_argument("--once", action="store_true", help="watch: report once, do not wait")
     p.add_argument("--state", type=Path, help="state file (default: .amibake/ next to MANIFEST)")
     p.add_argument("--now", action="store_true",
@@ -68,24 +69,20 @@ def handle(args: argparse.Namespace, out: Output) -> int:
         doc = procedure.status_doc(cfg, path)
         out.result(doc, procedure.status_text(doc))
         return 0
-    if args.action == "notify":  # the user notice by mail (cutover.notice.mail)
-        from builder.cutover import notice_mail
+    if args.action == "notify":  # at the notice time: the banner on the old site, the mail
+        from builder.cutover import notify
         from builder.cutover.config import resolve_secret
 
-        mail = cfg.cutover.notice.mail
-        if args.dry_run and mail is not None:
-            to = notice_mail.recipients(mail.recipients_file)
-            msg = notice_mail.message(cfg, mail)
-            out.result({"recipients": len(to), "subject": msg["Subject"],
-                        "body": msg.get_content()},
-                       f"would send to {len(to)} recipient(s): {msg['Subject']}\n\n"
-                       + msg.get_content())
+        if args.dry_run:
+            lines = notify.would(cfg)
+            out.result({"would": lines}, "\n\n".join(lines))
             return 0
+        mail = cfg.cutover.notice.mail
         password = (resolve_secret(mail.password, ssm=aws.client("ssm"),
                                    secretsmanager=aws.client("secretsmanager"))
                     if mail is not None and mail.password is not None else None)
-        detail = notice_mail.send(cfg, password=password)
-        out.result({"notify": detail}, detail)
+        done = notify.notify(cfg, password=password)
+        out.result({"notify": done}, "\n".join(done))
         return 0
     if args.action in ("banner-on", "banner-off"):  # the notice on the old site
         from builder.cutover import banner

@@ -1,12 +1,16 @@
 """The user notice as a banner on the OLD site, from the notice time until
-the window (`amibake cutover banner-on|banner-off MANIFEST`).
+the window (`amibake cutover notify` puts it up with the mail;
+`banner-on|banner-off MANIFEST` by hand).
 
 The web role's nginx includes `amibake-banner*.conf` beside the maintenance
-flag (builder/render/nginx.py); `on` writes there one `sub_filter` that puts
-the banner before `</body>` of every HTML page, `off` removes it; each then
-runs `cutover.old_web_reload` on old_web (through the maintenance machinery's
-remote.command) and checks the old site's answer. The maintenance page going
-up (and a rollback) takes the banner down first.
+flag (builder/render/nginx.py), in its server block and in the location that
+proxies to the app; `on` writes there one `sub_filter` that puts the banner
+before `</body>` of every HTML page, and asks the app for uncompressed
+answers (`proxy_set_header Accept-Encoding ""`: sub_filter cannot read a
+gzip'd body; nginx compresses for the client after the substitution); `off`
+removes it. Each then runs `cutover.old_web_reload` on old_web (through the
+maintenance machinery's remote.command) and checks the old site's answer.
+The maintenance page going up (and a rollback) takes the banner down first.
 
 The banner is HTML from an autoescaped template (the notice's text escaped),
 made one line, `$` written as `&#36;` (nginx expands `$` and has no escape
@@ -49,8 +53,11 @@ def banner_conf_text(cfg: CutoverConfig) -> str:
         raise UserError(f"{cfg.manifest.where('cutover.notice')}: the notice banner cannot "
                         f"be written into nginx's configuration: {exc}",
                         hint="the notice's text must be printable, one line") from None
-    return ("# amibake cutover banner-on: the user notice before the window\n"
-            f"sub_filter {quoting.nginx('</body>')} {replacement};\nsub_filter_once on;\n")
+    # valid in the server block and in a proxying location (the include is in
+    # both: a location with proxy_set_header lines of its own inherits none)
+    return ("# amibake cutover notify: the user notice before the window\n"
+            f"sub_filter {quoting.nginx('</body>')} {replacement};\nsub_filter_once on;\n"
+            'proxy_set_header Accept-Encoding "";\n')
 
 
 def _run(cfg: CutoverConfig, script: str, input: str | None = None) -> None:
@@ -69,7 +76,7 @@ def _shown(cfg: CutoverConfig) -> bool:
     return MARKER in body
 
 
-def _path(cfg: CutoverConfig) -> str:
+def banner_file(cfg: CutoverConfig) -> str:
     path = banner_conf(cfg.nginx)
     reason = unsafe_path_reason(path)  # again at run time: this writes as root
     if reason:
@@ -81,14 +88,14 @@ def _path(cfg: CutoverConfig) -> str:
 def off_script(cfg: CutoverConfig) -> str:
     """The shell line that removes the banner (and reloads nginx) if it is up:
     the maintenance switch runs it first, in its own command."""
-    path = shlex.quote(_path(cfg))
+    path = shlex.quote(banner_file(cfg))
     return f"if [ -e {path} ]; then rm -f {path} && {cfg.cutover.old_web_reload}; fi"
 
 
 def switch(cfg: CutoverConfig, on: bool, *, check: bool = True) -> str:
     """Write (on) or remove (off) the banner's file, reload the old nginx and,
     with `check`, wait until the old site's page shows (hides) it."""
-    path = _path(cfg)
+    path = banner_file(cfg)
     if on:
         q, text = shlex.quote, banner_conf_text(cfg)
         _run(cfg, f"cat > {q(path)}.tmp && mv {q(path)}.tmp {q(path)} && "

@@ -114,7 +114,11 @@ def timeline(cut: Cutover, old_ttl: int | None) -> list[Entry]:
                 "initial sync finish" if cut.strategy == "replicate" else "copy roles")
     return [
         Entry(start - timedelta(days=cut.notice.lead_days), "start", "send the user notice",
-              f"{cut.notice.lead_days} days ahead; text below"),
+              f"`amibake cutover notify`, {cut.notice.lead_days} days ahead; text below"
+              + "".join(part for part, on in (
+                  ("; mailed to notice.mail's recipients", cut.notice.mail is not None),
+                  ("; shown as a banner on the old site's pages until the maintenance page "
+                   "goes up", cut.notice.banner)) if on)),
         Entry(start - timedelta(seconds=lead), "start", "prepare: `amibake cutover run`",
               f"pre-flight checks; lower the TTL of {cut.dns.record} from "
               + (f"its current {ttl} s" if old_ttl is not None else

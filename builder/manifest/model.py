@@ -431,6 +431,9 @@ class Notice:
     lead_days: int = setting(14, help="days between the notice and the window",
                              check=fc.between(0, 365))
     mail: NoticeMail | None = setting(None, help="send the notice by mail")
+    banner: bool = setting(True, help="`cutover notify` also shows the notice as a banner on "
+                                      "the old site's pages until the window (its nginx "
+                                      "includes the banner file; cutover.old_web_reload)")
 
 
 @dataclass(frozen=True, kw_only=True)
