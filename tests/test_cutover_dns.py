@@ -114,8 +114,10 @@ def test_route53_upsert_then_waits_for_insync(route53: Any) -> None:
     sent.clear()
     p.set("203.0.113.25", 60)
     ops = [op for op, _ in sent]
-    assert ops[0] == "ChangeResourceRecordSets" and "GetChange" in ops[1:]
-    batch = sent[0][1]["ChangeBatch"]
+    # one read of the name's record sets (is there a CNAME to delete?), then the change
+    assert ops[:2] == ["ListResourceRecordSets", "ChangeResourceRecordSets"]
+    assert "GetChange" in ops[2:]
+    batch = sent[1][1]["ChangeBatch"]
     assert batch["Changes"] == [{"Action": "UPSERT", "ResourceRecordSet": {
         "Name": "payroll.example.com.", "Type": "A", "TTL": 60,
         "ResourceRecords": [{"Value": "203.0.113.25"}]}}]

@@ -138,6 +138,8 @@ def test_deploy_creates_the_stack_and_prints_outputs(cfn_aws: Aws, cert: str, tm
     assert f"stack {STACK}: CREATE_COMPLETE" in captured.out
     site = [line for line in captured.out.splitlines() if "SiteAddress:" in line]
     assert site and site[0].strip().endswith(".elb.amazonaws.com")
+    # the line the cutover takes as it is (its switch writes a CNAME to that name)
+    assert f"cutover.dns.new_address: {site[0].split()[-1]}" in captured.out.splitlines()[-2]
     assert "SiteAddress is a DNS name: point the site's record at it with a CNAME" \
         in captured.out
     assert "CREATE_COMPLETE" in captured.err  # progress lines from the stack's events

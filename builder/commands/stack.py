@@ -68,7 +68,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
         from builder.stack.deploy import status
 
         st = status(cfn, name)
-        out.result(st.as_json(), st.text())
+        out.result(st.as_json(), "\n".join([st.text(),
+                                             *_site_note(st.outputs.get("SiteAddress"))]))
         return 0 if st.status else 1
     from builder.stack.deploy import delete
 
@@ -162,16 +163,20 @@ def _deploy(manifest: Any, clients: Any, out: Output) -> int:
 
 
 def _site_note(address: str | None) -> list[str]:
-    """How the cutover takes the site's address: an Elastic IP is `dns.new_address`; a
-    load balancer's DNS name is pointed at by a CNAME or alias record."""
+    """The line the cutover takes: `SiteAddress` is `cutover.dns.new_address` as it is,
+    an Elastic IP (an A record) or the load balancer's DNS name (the switch writes a
+    CNAME to it)."""
     if not address:
         return []
     try:
         ipaddress.ip_address(address)
     except ValueError:
-        return ["(SiteAddress is a DNS name: point the site's record at it with a CNAME or a "
-                "Route 53 alias; cutover.dns.new_address takes an IP address)"]
-    return ["(SiteAddress is the cutover's dns.new_address)"]
+        return [f"cutover.dns.new_address: {address}",
+                "(SiteAddress is a DNS name: point the site's record at it with a CNAME — "
+                "the cutover's switch writes one; the zone's apex needs a Route 53 alias, "
+                "by hand)"]
+    return [f"cutover.dns.new_address: {address}",
+            "(SiteAddress is an Elastic IP: the cutover's switch writes an A record)"]
 
 
 def _roll(clients: Any, name: str, out: Output) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from builder.atomic import fsync_dir, open_private
 from builder.cutover import pg
 from builder.cutover.config import CutoverConfig
-from builder.cutover.dns.base import DnsProvider, countdown
+from builder.cutover.dns.base import DnsProvider, countdown, same_address
 from builder.cutover.state import CutoverState, now_iso
 from builder.errors import UserError
 from builder.manifest.paths import unsafe_path_reason
@@ -83,7 +83,7 @@ def raise_ttl(cfg: CutoverConfig, state: CutoverState, dns: DnsProvider,
         raise UserError("the record's TTL before the cutover is unknown",
                         hint="set cutover.dns.final_ttl")
     rec = dns.get()
-    if rec.address != spec.new_address:
+    if not same_address(rec.address, spec.new_address):
         raise UserError(f"{spec.record} points at {rec.address}, not the new site "
                         f"{spec.new_address}: not raising its TTL",
                         hint="was it rolled back or changed by hand?")

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from builder.errors import UserError
+from builder.manifest.field_checks import is_host_name
 from builder.manifest.model import Cutover
 
 Edge = Literal["start", "end"]
@@ -132,8 +133,10 @@ def timeline(cut: Cutover, old_ttl: int | None) -> list[Entry]:
               + ", final file sync, verification gates, smoke tests as "
               "the real host name"),
         Entry(switch, "start", "DNS switch (expected)",
-              f"{cut.dns.record} → {cut.dns.new_address}, TTL {cut.dns.low_ttl} s; verified on "
-              "every authoritative server"),
+              f"{cut.dns.record} → {cut.dns.new_address}, TTL {cut.dns.low_ttl} s"
+              + (" (its A record replaced by a CNAME to that name, in one update)"
+                 if is_host_name(cut.dns.new_address) else "")
+              + "; verified on every authoritative server"),
         Entry(switch + timedelta(seconds=cut.dns.low_ttl), "end", "watch",
               "resolvers may return the old address until about here (`amibake cutover status` "
               "counts down); the old site keeps answering 503, so nothing is written there"),
@@ -141,6 +144,19 @@ def timeline(cut: Cutover, old_ttl: int | None) -> list[Entry]:
               "if any gate failed: `amibake cutover rollback` (DNS and TTL restored, writes "
               "re-enabled on the old server, maintenance page off)"),
     ]
+
+
+def by_hand(cut: Cutover, old_address: str | None, old_ttl: int | None) -> dict[str, str]:
+    """The switch and its rollback as `nsupdate` input (RFC 2136 only), for when amibake
+    cannot run: `nsupdate -y <tsig key>` reads it."""
+    if cut.dns.provider != "rfc2136" or not cut.dns.server:
+        return {}
+    from builder.cutover.dns.rfc2136 import nsupdate_script
+
+    out = {"switch": nsupdate_script(cut.dns, cut.dns.new_address, cut.dns.low_ttl)}
+    if old_address is not None and old_ttl is not None:
+        out["rollback"] = nsupdate_script(cut.dns, old_address, old_ttl)
+    return out
 
 
 def build(app_name: str, cut: Cutover, *, old_ttl: int | None, old_address: str | None,
@@ -154,7 +170,8 @@ def build(app_name: str, cut: Cutover, *, old_ttl: int | None, old_address: str 
                    "announced_end": format_time(end, "end")},
         "dns": {"record": cut.dns.record, "current_address": old_address,
                 "current_ttl": old_ttl, "new_address": cut.dns.new_address,
-                "low_ttl": cut.dns.low_ttl},
+                "new_type": "CNAME" if is_host_name(cut.dns.new_address) else "A",
+                "low_ttl": cut.dns.low_ttl, "by_hand": by_hand(cut, old_address, old_ttl)},
         "notice": {"send_at": (start - timedelta(days=cut.notice.lead_days)).isoformat(),
                    "text": notice_text(app_name, cut)},
         "timeline": [e.to_json() for e in timeline(cut, old_ttl)],
@@ -163,7 +180,9 @@ def build(app_name: str, cut: Cutover, *, old_ttl: int | None, old_address: str 
         "steps": [{"name": n, "phase": p, "does": d} for n, p, d in steps],
         "rollback": ["re-enable the app role's LOGIN on the old server",
                      "maintenance page off; check the old site answers",
-                     "restore the DNS record's old address and TTL",
+                     "restore the DNS record's old address and TTL"
+                     + (" (the CNAME replaced by the old A record)"
+                        if is_host_name(cut.dns.new_address) else ""),
                      "drop the publication and slot on the old server",
                      "every step runs even if one fails; what could not be undone is named "
                      "(run rollback again to retry it)"],
@@ -187,6 +206,12 @@ def to_markdown(doc: dict[str, Any]) -> str:
               for i, s in enumerate(doc["steps"], 1)]
     lines += ["", "## Rollback (`amibake cutover rollback`)", ""]
     lines += [f"- {r}" for r in doc["rollback"]]
+    hand = doc["dns"].get("by_hand") or {}
+    if hand:
+        lines += ["", "## DNS by hand (`nsupdate -y KEY`), only if amibake cannot run", ""]
+        for what, script in hand.items():
+            lines += [f"{what}:", "", "```", *script.splitlines(), "```", ""]
+        lines.pop()
     lines += ["", "## Last rehearsal (`amibake cutover rehearse`)", ""]
     if doc.get("rehearsal"):
         lines += rehearsal_lines(doc["rehearsal"])

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from builder.cutover import files, pg
 from builder.cutover.config import Conn, CutoverConfig
 from builder.cutover.db_replicate import ROLE as REPLICATION_ROLE
-from builder.cutover.dns.base import DnsProvider
+from builder.cutover.dns.base import DnsProvider, record_type, resolve_site
 from builder.cutover.pg import ServerFacts
 from builder.errors import UserError
 
@@ -228,6 +228,31 @@ def run_preflight(cfg: CutoverConfig, *, fix_replica_identity_now: bool = False)
                 f"no primary key or replica identity: {', '.join(missing)}",
                 "a FOR ALL TABLES publication breaks their UPDATE/DELETE on the live server; "
                 "add primary keys, or run with --fix-replica-identity (REPLICA IDENTITY FULL)"))
+    return checks
+
+
+def site_address(dns: DnsProvider) -> list[Check]:
+    """A host-name new_address (a load balancer's DNS name): it resolves, and the
+    record's name holds nothing a CNAME cannot share it with. Reads only."""
+    spec = dns.spec
+    if record_type(spec.new_address) != "CNAME":
+        return []
+    try:
+        address = resolve_site(spec)
+        checks = [Check("new site's name resolves", True,
+                        f"{spec.new_address} → {address}")]
+    except UserError as exc:
+        checks = [Check("new site's name resolves", False, str(exc), exc.hint)]
+    try:
+        others = dns.other_types()
+    except UserError as exc:
+        return [*checks, Check("record can become a CNAME", False, str(exc), exc.hint)]
+    checks.append(Check(
+        "record can become a CNAME", not others,
+        f"{spec.record} holds only its A record" if not others else
+        f"{spec.record} also holds {', '.join(others)} record(s); a CNAME shares its name "
+        "with nothing",
+        "move them, or give the site a name of its own"))
     return checks
 
 

@@ -52,6 +52,7 @@ def plan_doc(cfg: CutoverConfig, dns: DnsProvider, path: Path | None = None) -> 
         checks = preflight.run_preflight(cfg)
     except UserError as exc:
         checks = [preflight.Check("pre-flight", False, str(exc), exc.hint)]
+    checks += preflight.site_address(dns)
     ctx = Ctx(cfg, CutoverState.new("", cfg.strategy, []), dns, lambda s: None)
     steps = [(s.name, s.phase, s.describe(ctx)) for s in forward_steps(cfg)]
     figures = rehearse.load_figures(rehearse.figures_path(path or default_state_path(cfg)))

@@ -15,6 +15,7 @@ from html.parser import HTMLParser
 from urllib.parse import urlencode, urlsplit
 
 from builder.cutover.config import CutoverConfig
+from builder.cutover.dns.base import resolve_site
 from builder.cutover.verify import connection
 from builder.errors import UserError
 from builder.manifest.model import FormSmoke
@@ -40,14 +41,17 @@ def _cookies(headers: list[tuple[str, str]]) -> str:
                      if k.lower() == "set-cookie")
 
 
-def run_form(cfg: CutoverConfig, spec: FormSmoke, secrets: Mapping[str, str]) -> str:
+def run_form(cfg: CutoverConfig, spec: FormSmoke, secrets: Mapping[str, str], *,
+             address: str | None = None) -> str:
+    """`address`: where new_address resolved (default: resolved here)."""
     cut = cfg.cutover
     host = urlsplit(cut.new_site).hostname or cfg.server_name
-    where = f"{cut.new_site} at {cut.dns.new_address}"
+    address = address or resolve_site(cut.dns)
+    where = f"{cut.new_site} at {address}"
 
     def request(method: str, path: str, body: str = "", cookie: str = "",
                 ) -> tuple[int, list[tuple[str, str]], str]:
-        conn = connection(cut.new_site, host, address=cut.dns.new_address)
+        conn = connection(cut.new_site, host, address=address)
         headers = {"Host": host, "User-Agent": "amibake-cutover"}
         if body:
             headers["Content-Type"] = "application/x-www-form-urlencoded"

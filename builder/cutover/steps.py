@@ -25,7 +25,13 @@ from builder.cutover import (
 )
 from builder.cutover.config import CutoverConfig
 from builder.cutover.db_roles import copy_roles, freeze, set_login, set_sequences
-from builder.cutover.dns.base import DnsProvider, cache_expiry, countdown
+from builder.cutover.dns.base import (
+    DnsProvider,
+    cache_expiry,
+    countdown,
+    record_type,
+    resolve_site,
+)
 from builder.cutover.plan import window
 from builder.cutover.state import CutoverState, NotYet, now_iso
 from builder.errors import UserError
@@ -89,6 +95,7 @@ def _preflight(ctx: Ctx) -> str:
         repo = backup_check.repo_writable(ctx.cfg)
         if repo is not None:
             checks.append(repo)
+    checks += preflight.site_address(ctx.dns)
     if all(c.ok for c in checks):
         checks.append(preflight.dns_update(ctx.dns))
     return preflight.require(checks)
@@ -278,10 +285,15 @@ def smoke_new_site(cfg: CutoverConfig) -> str:
     site under its real host name (no DNS involved)."""
     cut = cfg.cutover
     host = urlsplit(cut.new_site).hostname or cfg.server_name
-    results = verify.smoke(cut.new_site, host, cut.smoke_paths, address=cut.dns.new_address)
-    detail = verify.require_smoke(results, f"{cut.new_site} at {cut.dns.new_address}", host)
+    address = resolve_site(cut.dns)  # a load balancer's name: one of its addresses
+    shown = cut.dns.new_address + ("" if address == cut.dns.new_address else f" ({address})")
+    results = verify.smoke(cut.new_site, host, cut.smoke_paths, address=address)
+    detail = verify.require_smoke(results, f"{cut.new_site} at {shown}", host)
+    if address != cut.dns.new_address:
+        detail += f" at {shown}"
     if cut.form_smoke is not None:
-        detail += "; " + smoke_form.run_form(cfg, cut.form_smoke, cfg.form_secrets)
+        detail += "; " + smoke_form.run_form(cfg, cut.form_smoke, cfg.form_secrets,
+                                             address=address)
     return detail
 
 
@@ -420,10 +432,13 @@ def forward_steps(cfg: CutoverConfig) -> list[FnStep]:
     steps += [
         FnStep("smoke_new_site", "window",
                lambda c: f"GET {', '.join(cut.smoke_paths)} from {cut.new_site} resolved to "
-                         f"{d.new_address} (no DNS involved)", _smoke),
+                         + (f"an address of {d.new_address} (the site's record untouched)"
+                            if record_type(d.new_address) == "CNAME" else
+                            f"{d.new_address} (no DNS involved)"), _smoke),
         FnStep("dns_switch", "window",
-               lambda c: f"{d.record} → {d.new_address} (TTL {d.low_ttl} s), verified on "
-                         "every authoritative server", _dns_switch),
+               lambda c: f"{d.record} → {d.new_address} ({record_type(d.new_address)} "
+                         f"record, TTL {d.low_ttl} s), verified on every authoritative "
+                         "server", _dns_switch),
     ]
     if cut.checksum_when == "after_switch":
         steps.append(checksums)

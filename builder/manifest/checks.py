@@ -13,10 +13,11 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Iterator
 
+from builder.manifest import field_checks as fc
 from builder.manifest import stack_checks
 from builder.manifest.backup_model import check_backup
 from builder.manifest.field_checks import NAME, template
-from builder.manifest.model import COMPONENT_NAMES, Manifest
+from builder.manifest.model import COMPONENT_NAMES, DnsSpec, Manifest
 from builder.manifest.paths import under
 from builder.manifest.scalars import did_you_mean
 
@@ -259,6 +260,23 @@ def check_instance_store(m: Manifest, report: Report) -> None:
                "use boot_mode uefi-preferred (the baked disk boots both ways), or backing: ebs")
 
 
+def check_site_address(dns: DnsSpec, report: Report) -> None:
+    """A host-name new_address makes the record a CNAME: not at the zone's apex (which
+    holds SOA and NS, and a CNAME shares its name with nothing), not to itself."""
+    if not fc.is_host_name(dns.new_address):
+        return
+    record, target = fc.absolute_name(dns.record), fc.absolute_name(dns.new_address)
+    if record == fc.absolute_name(dns.zone):
+        report("cutover.dns.new_address",
+               f"{dns.new_address} is a host name, so {dns.record} would become a CNAME, "
+               f"and a CNAME cannot be at the zone's apex ({dns.zone} holds SOA and NS): "
+               "move the site to a sub-name such as www." + dns.zone + " (and redirect the "
+               "apex there), or point the apex by hand with a provider's alias record "
+               "(Route 53 alias to the load balancer)")
+    elif record == target:
+        report("cutover.dns.new_address", f"{dns.record} would be a CNAME to itself")
+
+
 def check_cutover(m: Manifest, report: Report) -> None:
     """What the cutover needs beyond each value's own check (secrets resolve at run time)."""
     cut = m.cutover
@@ -272,6 +290,7 @@ def check_cutover(m: Manifest, report: Report) -> None:
     if dns.provider == "rfc2136" and (not dns.server or dns.tsig_key is None):
         report("cutover.dns", "rfc2136 needs dns.server and dns.tsig_key "
                "(server: host[:port] of the primary; tsig_key: {ssm: NAME})")
+    check_site_address(dns, report)
     app_user = m.app.database.user
     if app_user in (cut.old_db.user, cut.new_db.user):
         report("app.database.user", f"the app role {app_user!r} is also the cutover's "

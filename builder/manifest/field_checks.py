@@ -160,6 +160,32 @@ def ip_address(value: str) -> str | None:
     return None
 
 
+def is_host_name(site: str) -> bool:
+    """A site_address that is a host name (a CNAME target), not an IP address."""
+    return ip_address(site) is not None
+
+
+def absolute_name(name: str) -> str:
+    """A DNS name as compared and written: lower case, with the root's final dot."""
+    return name.lower().rstrip(".") + "."
+
+
+def site_address(value: str) -> str | None:
+    """Where the site's DNS record points: an IP address (an A record) or a host name
+    of two labels or more (a CNAME to it, e.g. a load balancer's DNS name; case is not
+    significant, a final dot optional, the last label not all digits so a mistyped
+    address is not taken for a name)."""
+    if ip_address(value) is None:
+        return None
+    name = value[:-1] if value.endswith(".") else value
+    labels = name.split(".")
+    if (len(labels) >= 2 and len(name) <= 253 and HOSTNAME.fullmatch(name.lower())
+            and not labels[-1].isdigit()):
+        return None
+    return (f"{_shown(value)} is neither an IP address nor a DNS host name such as "
+            "my-alb-123.us-east-1.elb.amazonaws.com")
+
+
 def host(value: str) -> str | None:
     """A host name or an IP address."""
     if HOSTNAME.fullmatch(value) and len(value) <= 253:

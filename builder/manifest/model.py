@@ -386,7 +386,10 @@ class DnsSpec:
     provider: Literal["route53", "rfc2136"] = setting(help="DNS provider")
     zone: str = setting(help="zone name, e.g. example.com.", check=fc.dns_name)
     record: str = setting(help="record name, e.g. payroll.example.com.", check=fc.dns_name)
-    new_address: str = setting(help="address of the new site", check=fc.ip_address)
+    new_address: str = setting(
+        help="the new site: an IP address (A record), or a host name such as the stack's "
+             "load balancer (`stack deploy`'s SiteAddress): the record becomes a CNAME to it",
+        check=fc.site_address)
     low_ttl: int = setting(60, help="TTL set ahead of the window", check=fc.between(0, 86400))
     final_ttl: int = setting(
         0, help="TTL set back after the watch period; 0: the record's TTL before the cutover",
@@ -402,6 +405,11 @@ class DnsSpec:
     tsig_key: SecretRef | None = setting(None, help="RFC 2136 TSIG key (name:algorithm:secret)")
     nameservers: tuple[str, ...] = setting(
         (), help="authoritative servers to verify against, host[:port]; default: the zone's NS",
+        item=fc.host_port,
+    )
+    resolvers: tuple[str, ...] = setting(
+        (), help="recursive resolvers, host[:port], that pre-flight and the smoke test ask "
+                 "for the addresses of a host-name new_address; default: the system's",
         item=fc.host_port,
     )
 

@@ -1,6 +1,12 @@
 """One interface for the record that moves: read it, lower its TTL, switch
 its address, verify it on every authoritative server, and say how long
-resolvers may still hand out the old address."""
+resolvers may still hand out the old address.
+
+The record's "address" is an IP address (an A record) or a host name (a
+CNAME to it: a load balancer's DNS name, `stack deploy`'s SiteAddress).
+Names are compared and written absolute and in lower case (`canonical`);
+a switch from one kind to the other replaces the record in one update, so
+the old site's A record comes back on rollback."""
 
 from __future__ import annotations
 
@@ -15,11 +21,13 @@ import dns.exception
 import dns.flags
 import dns.message
 import dns.name
+import dns.nameserver
 import dns.query
 import dns.rdatatype
 import dns.resolver
 
 from builder.errors import UserError
+from builder.manifest.field_checks import absolute_name, is_host_name
 from builder.manifest.model import DnsSpec
 from builder.wait import NotYet, Waiter, WaitTimeout, wait_for
 
@@ -37,7 +45,80 @@ class ServerAnswer:
     ttl: int | None
 
     def ok(self, expected: str) -> bool:
-        return self.addresses == (expected,)
+        return self.addresses == (canonical(expected),)
+
+
+#: record types that cannot share a name with a CNAME (asked before a switch to one)
+OTHER_TYPES = ("AAAA", "MX", "TXT", "SPF", "SRV", "CAA", "HTTPS", "SVCB", "NS", "DS",
+               "DNAME", "SSHFP", "TLSA", "NAPTR", "LOC", "HINFO", "RP", "PTR")
+
+
+def record_type(address: str) -> str:
+    """A for an IP address, CNAME for a host name (checked at load: fc.site_address)."""
+    return "CNAME" if is_host_name(address) else "A"
+
+
+def canonical(address: str) -> str:
+    """An address as answers are compared: IPs in their normal form, names absolute
+    and lower-case."""
+    return absolute_name(address) if is_host_name(address) else \
+        str(ipaddress.ip_address(address))
+
+
+def same_address(a: str, b: str) -> bool:
+    return canonical(a) == canonical(b)
+
+
+def answer_of(resp: dns.message.Message, name: str) -> tuple[tuple[str, ...], int | None]:
+    """The record at `name` in a response to an A query: its CNAME target (a server
+    may add the target's own records after it) or its A addresses."""
+    owner = dns.name.from_text(name)
+    for rrset in resp.answer:
+        if rrset.name == owner and rrset.rdtype == dns.rdatatype.CNAME:
+            return tuple(canonical(r.target.to_text()) for r in rrset), rrset.ttl
+    addrs: list[str] = []
+    ttl: int | None = None
+    for rrset in resp.answer:
+        if rrset.name == owner and rrset.rdtype == dns.rdatatype.A:
+            addrs.extend(r.address for r in rrset)
+            ttl = rrset.ttl
+    return tuple(sorted(addrs)), ttl
+
+
+def _server_addresses(servers: list[tuple[str, int]], what: str) -> list[tuple[str, int]]:
+    """host[:port] pairs with names resolved by the system's resolver."""
+    out: list[tuple[str, int]] = []
+    for host, port in servers:
+        try:
+            ipaddress.ip_address(host)
+            out.append((host, port))
+        except ValueError:
+            try:
+                answer = dns.resolver.resolve(host, "A", lifetime=5)
+            except dns.exception.DNSException as exc:
+                raise UserError(f"cannot resolve {what} {host}: {exc}") from exc
+            out.extend((r.address, port) for r in answer)
+    return out
+
+
+def resolve_site(spec: DnsSpec) -> str:
+    """The IP address the smoke test connects to: new_address itself, or the first
+    (sorted) IPv4 address its name resolves to, asked of dns.resolvers (default: the
+    system's resolver), CNAMEs followed."""
+    if not is_host_name(spec.new_address):
+        return spec.new_address
+    resolver = dns.resolver.Resolver(configure=not spec.resolvers)
+    if spec.resolvers:
+        servers = _server_addresses([parse_hostport(r) for r in spec.resolvers], "resolver")
+        resolver.nameservers = [dns.nameserver.Do53Nameserver(h, p) for h, p in servers]
+    try:
+        answer = resolver.resolve(absolute_name(spec.new_address), "A", lifetime=5)
+    except dns.exception.DNSException as exc:
+        raise UserError(
+            f"new_address {spec.new_address} does not resolve: {exc}",
+            hint="check cutover.dns.new_address (stack deploy's SiteAddress) and "
+                 "dns.resolvers") from exc
+    return sorted(r.address for r in answer)[0]
 
 
 def parse_hostport(value: str, default_port: int = 53) -> tuple[str, int]:
@@ -48,7 +129,7 @@ def parse_hostport(value: str, default_port: int = 53) -> tuple[str, int]:
 
 
 def query_a(server: str, port: int, name: str, timeout: float = 2.0) -> ServerAnswer:
-    """Ask one server directly (no recursion) for the A record of `name`."""
+    """Ask one server directly (no recursion) for the A record (or CNAME) of `name`."""
     q = dns.message.make_query(name, dns.rdatatype.A)
     q.flags &= ~dns.flags.RD
     try:
@@ -57,13 +138,8 @@ def query_a(server: str, port: int, name: str, timeout: float = 2.0) -> ServerAn
             resp = dns.query.tcp(q, server, port=port, timeout=timeout)
     except (dns.exception.DNSException, OSError) as exc:
         raise UserError(f"DNS server {server}:{port} did not answer for {name}: {exc}") from exc
-    addrs: list[str] = []
-    ttl: int | None = None
-    for rrset in resp.answer:
-        if rrset.rdtype == dns.rdatatype.A:
-            addrs.extend(r.address for r in rrset)
-            ttl = rrset.ttl
-    return ServerAnswer(f"{server}:{port}", tuple(sorted(addrs)), ttl)
+    addrs, ttl = answer_of(resp, name)
+    return ServerAnswer(f"{server}:{port}", addrs, ttl)
 
 
 def zone_nameservers(server: str, port: int, zone: str) -> list[tuple[str, int]]:
@@ -100,6 +176,10 @@ class DnsProvider(ABC):
     def default_nameservers(self) -> list[tuple[str, int]]:
         """The zone's authoritative servers when the manifest names none."""
 
+    @abstractmethod
+    def other_types(self) -> list[str]:
+        """Types of the records at the record's name other than A and CNAME."""
+
     def probe_update(self) -> Record:
         """Prove the credentials may update the record, changing nothing: the
         record written back as it is, by the path the switch takes."""
@@ -111,18 +191,7 @@ class DnsProvider(ABC):
         """Addresses to ask: names (Route53's ns-….awsdns-… servers) are resolved."""
         servers = ([parse_hostport(s) for s in self.spec.nameservers] if self.spec.nameservers
                    else self.default_nameservers())
-        out: list[tuple[str, int]] = []
-        for host, port in servers:
-            try:
-                ipaddress.ip_address(host)
-                out.append((host, port))
-            except ValueError:
-                try:
-                    answer = dns.resolver.resolve(host, "A", lifetime=5)
-                except dns.exception.DNSException as exc:
-                    raise UserError(f"cannot resolve name server {host}: {exc}") from exc
-                out.extend((r.address, port) for r in answer)
-        return out
+        return _server_addresses(servers, "name server")
 
     def check(self) -> list[ServerAnswer]:
         """What every authoritative server answers right now."""
