@@ -10,13 +10,15 @@ real against a real sshd, with a real PostgreSQL 10 behind it."""
 from __future__ import annotations
 
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from builder.cutover import db_dump, dump_sql, pg, verify
+from builder.cutover import checklist, db_dump, dump_sql, pg, verify
 from builder.cutover.config import derive
+from builder.cutover.state import CutoverState
 from builder.errors import UserError
 from tests.cutover_fixtures import *  # noqa: F403
 from tests.cutover_fixtures import (
@@ -172,6 +174,21 @@ def test_a_refused_or_failing_dump_applies_nothing(new15: Cluster, bad: str, why
     assert not new15.sql("SELECT 1 FROM pg_class WHERE relname = 'employees'")
 
 
+def test_a_plain_dump_is_complete_only_with_its_last_comment() -> None:
+    """The backup gate's check of a rollback point from an old host's pg_dump."""
+    raw = DUMP_8X.encode()
+    assert dump_sql.ends_complete(raw)
+    assert dump_sql.ends_complete(raw[-200:])  # what the gate reads: the end
+    # pg_dump 15.14+ closes its \restrict fence after the comment
+    assert dump_sql.ends_complete(raw + b"\n\\unrestrict k3Y\n\n")
+    assert not dump_sql.ends_complete(raw[:raw.index(b"REVOKE ALL")])  # cut short
+    assert not dump_sql.ends_complete(b"")
+    # the comment as COPY data, or SQL after it: not the end of a dump
+    assert not dump_sql.ends_complete(raw + b"INSERT INTO payslips VALUES (3, 3, 'x');\n")
+    assert not dump_sql.ends_complete(raw.replace(b"-- PostgreSQL database dump complete",
+                                                  b"-- PostgreSQL database dump"))
+
+
 def test_copy_data_passes_unchanged_even_when_it_looks_like_sql() -> None:
     data = ["COPY t (a) FROM stdin;\n", "\\! not a command inside data\n", "WITH OIDS;\n", "\\.\n"]
     assert list(dump_sql.for_postgresql_15(data, dump_sql.Rewrites())) == data
@@ -200,11 +217,22 @@ def test_dump_through_the_old_hosts_own_pg_dump_over_ssh(
         for c in (old, new):
             c.sql("CREATE DATABASE payroll", dbname="postgres")
         app_schema(old)
+        keep = tmp_path / "rollback-point"
         cfg = derive(cutover_manifest(old, new, knot, sites, strategy="dump",
                                       old_pg_dump=f"ssh:{sshd.login}",
-                                      old_pg_dump_ssh_options=sshd.options))
+                                      old_pg_dump_ssh_options=sshd.options,
+                                      rollback_dump=str(keep)))
         state, writer = run_under_writer(cfg, old, new, tmp_path / "s.json")
         assert state.complete
+        # the backup gate used the old host's pg_dump too: plain SQL, kept here
+        (kept,) = keep.iterdir()
+        assert state.facts.rollback_dump == str(kept) and kept.suffix == ".sql"
+        assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+        text = kept.read_text()
+        assert "COPY public.employees" in text and "\temployee 500\t1500\n" in text
+        assert dump_sql.ends_complete(kept.read_bytes()[-4096:])
+        gate = next(r.detail for r in state.steps if r.name == "backup_old")
+        assert f"from {sshd.login}'s own pg_dump" in gate and "completion comment" in gate
         detail = next(r.detail for r in state.steps if r.name == "db_dump_restore")
         assert "the old host's own pg_dump over SSH" in detail
         have = {r[0] for r in new.sql("SELECT n FROM writes")}
@@ -217,6 +245,31 @@ def test_dump_through_the_old_hosts_own_pg_dump_over_ssh(
             r[0] for r in old.sql("SELECT id FROM writes"))
         assert knot.query(f"{SERVER_NAME}.")[0] == (NEW_ADDR,)
         assert new.sql("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'app'") == [(True,)]
+    finally:
+        pg.close_sessions()
+        destroy_cluster(old)
+        destroy_cluster(new)
+
+
+def test_the_backup_gate_fails_with_the_old_hosts_pg_dump_and_keeps_nothing(
+    pg10: tuple[Path, Path], pg_template: Path, knot: Knot, sites: tuple[Site, Site],
+    sshd: Sshd, secret_env: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bin_dir, template = pg10
+    old = start_cluster(template, "old10", bin_dir=bin_dir)
+    new = start_cluster(pg_template, "new")
+    try:
+        old.sql("CREATE DATABASE payroll", dbname="postgres")
+        keep = tmp_path / "rollback-point"
+        m = cutover_manifest(old, new, knot, sites, strategy="dump",
+                             old_pg_dump=f"ssh:{sshd.login}",
+                             old_pg_dump_ssh_options=sshd.options, rollback_dump=str(keep))
+        monkeypatch.setenv("AMIBAKE_SECRET_TEST_OLD_DB", "not-the-password")
+        state = CutoverState.new("m.yaml", "dump", ["backup_old"])
+        with pytest.raises(UserError, match=r"old host's pg_dump failed \(exit 1\): .*"
+                                            "password authentication failed"):
+            checklist.backup_old(derive(m), state)
+        assert list(keep.iterdir()) == [] and not state.facts.rollback_dump
     finally:
         pg.close_sessions()
         destroy_cluster(old)

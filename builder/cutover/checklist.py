@@ -11,19 +11,25 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from builder.atomic import fsync_dir, open_private
-from builder.cutover import pg
+from builder.cutover import db_dump, dump_sql, pg
 from builder.cutover.config import CutoverConfig
 from builder.cutover.dns.base import DnsProvider, countdown, same_address
 from builder.cutover.state import CutoverState, now_iso
 from builder.errors import UserError
 from builder.manifest.paths import unsafe_path_reason
 
+#: how much of a plain dump's end is read for its completion comment
+TAIL = 4096
+
 
 def backup_old(cfg: CutoverConfig, state: CutoverState,
                checkpoint: Callable[[], None] = lambda: None) -> str:
     """`pg_dump -Fc` of the old database into cutover.rollback_dump (0600),
     proven readable by `pg_restore --list`, kept; once per cutover (its name
-    is saved at once: a resume keeps it rather than dumping again)."""
+    is saved at once: a resume keeps it rather than dumping again). With
+    `cutover.old_pg_dump: ssh:…` (PostgreSQL 8.1-9.1, which this machine's
+    pg_dump cannot read) the old host's own `pg_dump -Fp`, kept here as
+    plain SQL, non-empty and ending with pg_dump's completion comment."""
     f = state.facts
     if f.rollback_dump and Path(f.rollback_dump).is_file():
         return f"kept from before: {f.rollback_dump}"
@@ -34,24 +40,53 @@ def backup_old(cfg: CutoverConfig, state: CutoverState,
     folder = Path(where)
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    final = folder / f"{cfg.old.dbname}-{stamp}.dump"
+    remote = cfg.cutover.old_pg_dump != "local"
+    final = folder / f"{cfg.old.dbname}-{stamp}.{'sql' if remote else 'dump'}"
     partial = final.with_name(final.name + ".partial")
-    os.close(open_private(partial))  # production data: private from the first byte
+    fd = open_private(partial)  # production data: private from the first byte
     try:
-        pg.tool(["pg_dump", "-Fc", "--no-publications", "--no-subscriptions",
-                 "-f", str(partial)], cfg.old, timeout=24 * 3600)
-        listing = pg.tool(["pg_restore", "--list", str(partial)], cfg.old, timeout=3600)
+        with os.fdopen(fd, "wb") as out:
+            if remote:
+                db_dump.old_host_dump_to(cfg, out)
+                out.flush()
+                os.fsync(out.fileno())
+        proof = _plain_complete(cfg, partial) if remote else _archive_listing(cfg, partial)
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    entries = sum(1 for ln in listing.splitlines() if ln and not ln.startswith(";"))
     os.replace(partial, final)
     fsync_dir(folder)
     f.rollback_dump = str(final)
     checkpoint()
     size = final.stat().st_size
-    return (f"{final}: {size / 2**20:.1f} MiB, {entries} entries (pg_restore reads it); "
-            "kept as the rollback point")
+    return f"{final}: {size / 2**20:.1f} MiB, {proof}; kept as the rollback point"
+
+
+def _archive_listing(cfg: CutoverConfig, path: Path) -> str:
+    """This machine's `pg_dump -Fc` into `path`, read back by pg_restore."""
+    pg.tool(["pg_dump", "-Fc", "--no-publications", "--no-subscriptions",
+             "-f", str(path)], cfg.old, timeout=24 * 3600)
+    listing = pg.tool(["pg_restore", "--list", str(path)], cfg.old, timeout=3600)
+    entries = sum(1 for ln in listing.splitlines() if ln and not ln.startswith(";"))
+    return f"{entries} entries (pg_restore reads it)"
+
+
+def _plain_complete(cfg: CutoverConfig, path: Path) -> str:
+    """The old host's plain dump in `path`: not empty, and not cut short."""
+    where = cfg.cutover.old_pg_dump.removeprefix("ssh:")
+    size = path.stat().st_size
+    if size == 0:
+        raise UserError(f"the rollback dump from {where}'s pg_dump is empty",
+                        hint="check pg_dump on the old host (cutover.old_pg_dump); "
+                             "nothing was changed")
+    with path.open("rb") as fh:
+        fh.seek(max(0, size - TAIL))
+        tail = fh.read()
+    if not dump_sql.ends_complete(tail):
+        raise UserError(f"the rollback dump from {where}'s pg_dump ends without "
+                        f"{dump_sql.COMPLETE!r}: it was cut short",
+                        hint="check the old host's disk and pg_dump; nothing was changed")
+    return f"plain SQL from {where}'s own pg_dump, ends with its completion comment"
 
 
 def ttl_due(cfg: CutoverConfig, state: CutoverState) -> datetime:

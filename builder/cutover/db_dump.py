@@ -106,13 +106,28 @@ def _from_old_host(cfg: CutoverConfig) -> str:
             f"{rewrites.summary()}")
 
 
+def old_host_dump_to(cfg: CutoverConfig, out: IO[bytes]) -> None:
+    """The old host's own `pg_dump -Fp` of the old database written into
+    `out` as it comes (the backup gate's rollback point for servers this
+    machine's pg_dump cannot read); UserError when ssh or pg_dump fails."""
+    cmd, stdin = old_host_command(cfg, "pg_dump", "-Fp", cfg.old.dbname)
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=out, stderr=err)
+        try:
+            proc.communicate(stdin, timeout=24 * 3600)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        _ended(proc, err)
+
+
 def _ended(proc: subprocess.Popen[bytes], err: IO[bytes]) -> None:
     """Called once the dump's output has ended: ssh and pg_dump succeeded?"""
     if proc.wait() != 0:
         err.seek(0)
-        lines = [ln for ln in err.read().decode(errors="replace").splitlines() if ln.strip()]
         raise UserError(f"the old host's pg_dump failed (exit {proc.returncode}): "
-                        + (lines[-1] if lines else "no message"),
+                        + (pg.last_error(err.read().decode(errors="replace")) or "no message"),
                         hint="check cutover.old_pg_dump, its SSH access and pg_dump there")
 
 

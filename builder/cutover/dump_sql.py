@@ -38,6 +38,22 @@ _FUNCTION_END = re.compile(r"\bLANGUAGE \w+;$", re.IGNORECASE)
 _LANGUAGE = re.compile(r"^CREATE (TRUSTED )?(PROCEDURAL )?LANGUAGE plpgsql;$", re.IGNORECASE)
 
 
+#: the last comment pg_dump -Fp writes (every version from 8.x on): a dump
+#: without it was cut short
+COMPLETE = "-- PostgreSQL database dump complete"
+
+
+def ends_complete(tail: bytes) -> bool:
+    """Does a plain dump's end (its last few KiB) hold pg_dump's completion
+    comment, followed only by comment, blank and `\\unrestrict` lines?"""
+    text = tail.decode("latin-1")
+    at = text.rfind("\n" + COMPLETE + "\n")
+    if at < 0:
+        return False
+    rest = text[at + len(COMPLETE) + 2:].splitlines()
+    return all(ln.strip() in ("", "--") or _RESTRICT.match(ln.strip()) for ln in rest)
+
+
 @dataclass
 class Rewrites:
     """What was changed on the way, for the step's report."""
