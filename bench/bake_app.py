@@ -6,8 +6,9 @@
 The rows bench/bake.py has for the Rack sample, for an app with its own
 layer; each run is `amibake bake MANIFEST --skip-boot-test --json` as a child
 process (wall time includes Python's start-up), on a copy of the seed
-manifest whose app.code is a copy of cloudinit/app-rails, into a temporary
-store:
+manifest with the Rails sample's packages and secret reference
+(tests/test_rails_render.py's rails_manifest, the manifest tests/test_vm_rails.py
+boots) whose app.code is a copy of cloudinit/app-rails, into a temporary store:
 
 - cold:          base layer (mmdebstrap, unless --cache-dir has it), the
                  config layer, the app layer built (bundler, assets), disk.
@@ -39,19 +40,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bake import bake  # noqa: E402  (one way to time a bake)
+from tests.test_rails_render import rails_manifest  # noqa: E402  (one Rails sample manifest)
 
-SEED = ROOT / "manifests" / "smallpayroll.yaml"
 RAILS = ROOT / "cloudinit" / "app-rails"
 RESULTS = ROOT / "bench" / "results" / "bake_app.json"
 TARGETS = {"app-code-only": 15.0, "no-op": 2.0}
 CONTROLLER = "app/controllers/health_controller.rb"
 
 
-def seed_text() -> str:
-    text = SEED.read_text()
+def manifest_text(work: Path) -> str:
+    """The Rails sample manifest, its app.code the copy beside it (app-rails/)."""
+    path = rails_manifest(work)
+    text = path.read_text()
     lines = [line for line in text.splitlines() if line.startswith("  code:")]
     if len(lines) != 1:
-        sys.exit(f"{SEED}: expected one `  code:` line under app")
+        sys.exit(f"{path}: expected one `  code:` line under app")
     return text.replace(lines[0], "  code: {path: app-rails}", 1)
 
 
@@ -71,8 +74,8 @@ def main() -> int:
     for rel in filter(None, tracked):  # the sample as committed, not a test's leftovers
         (app / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(RAILS / rel, app / rel)
-    manifest = work / SEED.name
-    text = seed_text()
+    text = manifest_text(work)
+    manifest = work / "smallpayroll.yaml"
     manifest.write_text(text)
     kinds = ("cold", "app-code-only", "no-op", "config-only")
     runs: dict[str, list[float]] = {k: [] for k in kinds}
@@ -113,7 +116,8 @@ def main() -> int:
     medians = {k: round(statistics.median(v), 2) for k, v in runs.items() if v}
     result = {
         "benchmark": "bake_app",
-        "manifest": f"{SEED.relative_to(ROOT)} with app.code: {{path: {RAILS.relative_to(ROOT)}}}",
+        "manifest": "tests/test_rails_render.py rails_manifest (the seed with the Rails "
+                    f"packages) with app.code: {{path: {RAILS.relative_to(ROOT)}}} copied",
         "command": "flock /tmp/amibake-heavy.lock .venv/bin/python bench/bake_app.py "
                    f"--runs {args.runs}" + (f" --cache-dir {args.cache_dir}"
                                             if args.cache_dir else ""),
