@@ -311,3 +311,21 @@ def test_route53_cname_switch_deletes_the_a_record_in_the_same_batch(route53: An
     types = {r["Type"] for r in client.list_resource_record_sets(
         HostedZoneId=zone_id)["ResourceRecordSets"] if r["Name"] == SITE}
     assert types == {"A"}
+
+
+def test_site_address_from_the_stack_is_checked_like_the_manifest() -> None:
+    """`--from-stack` (tests/test_stack_deploy.py runs it against moto): the output
+    value gets the loader's checks, said as coming from the stack."""
+    from builder.cutover.config import with_new_address
+
+    m = load_manifest(ROOT / "manifests" / "smallpayroll.yaml")
+    assert m.cutover is not None
+    took = with_new_address(m, ELB, "stack smallpayroll's SiteAddress")
+    assert took.cutover is not None and took.cutover.dns.new_address == ELB
+    with pytest.raises(UserError, match=r"^stack smallpayroll's SiteAddress 'alb\.x;y': "
+                                        r"'alb\.x;y' is neither an IP address"):
+        with_new_address(m, "alb.x;y", "stack smallpayroll's SiteAddress")
+    apex = replace(m, cutover=replace(m.cutover, dns=replace(m.cutover.dns,
+                                                             record="example.com.")))
+    with pytest.raises(UserError, match="a CNAME cannot be at the zone's apex"):
+        with_new_address(apex, ELB, "stack smallpayroll's SiteAddress")

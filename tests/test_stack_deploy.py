@@ -436,3 +436,28 @@ def test_verbs_need_a_stack_section(tmp_path: Path, capsys: pytest.CaptureFixtur
     for action in ("plan", "deploy", "status", "delete"):
         assert main(["stack", action, str(bare), "--yes"]) == 1
         assert "has no `stack:` section" in capsys.readouterr().err
+
+
+def test_cutover_takes_the_site_address_from_the_stack(
+        cfn_aws: Aws, cert: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`cutover … --from-stack`: dns.new_address is the deployed stack's SiteAddress (the
+    load balancer's DNS name), so the switch writes a CNAME; no stack → one line."""
+    path, _ = split_manifest(tmp_path, cert)
+    ssm = _plain().client("ssm")
+    for name in ("/smallpayroll/old-db-superuser-password",
+                 "/smallpayroll/new-db-superuser-password"):
+        ssm.put_parameter(Name=name, Value="not-used", Type="SecureString")
+    dry = ["cutover", "run", str(path), "--dry-run", "--from-stack", "--json",
+           "--state", str(tmp_path / "state.json")]
+    assert main(dry) == 1
+    no_stack = _json(capsys)
+    assert no_stack["error"] == "stack smallpayroll has no SiteAddress output (does not exist)"
+    assert main(["stack", "deploy", str(path), "--json"]) == 0
+    site = _json(capsys)["outputs"]["SiteAddress"]
+    assert site.endswith(".elb.amazonaws.com")
+    assert main(dry) == 0
+    rows = {r["step"]: r["would"] for r in _json(capsys)["dry_run"]}
+    assert rows["dns_switch"].startswith(f"payroll.example.com. → {site} (CNAME record")
+    assert main(dry[:-3]) == 0  # without --json: the address and where it came from
+    assert f"dns.new_address: {site} (stack smallpayroll's SiteAddress)" \
+        in capsys.readouterr().err

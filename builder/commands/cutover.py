@@ -30,6 +30,10 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
                    help="start the window steps now, without waiting for window_start / old TTL")
     p.add_argument("--fix-replica-identity", action="store_true",
                    help="set REPLICA IDENTITY FULL on tables that have no primary key")
+    p.add_argument("--from-stack", action="store_true",
+                   help="take dns.new_address from the deployed stack's SiteAddress output "
+                        "(`amibake stack deploy`): its Elastic IP, or its load balancer's "
+                        "DNS name (the switch then writes a CNAME)")
     from builder.aws.clients import add_aws_options
 
     add_aws_options(p)
@@ -50,6 +54,15 @@ def handle(args: argparse.Namespace, out: Output) -> int:
     # AMIBAKE_SECRET_<NAME> override and for a route53 switch
     aws = Clients(make_session(target), home_region=target.region,
                   endpoint_url=target.endpoint_url)
+    if args.from_stack:
+        from builder.cutover.config import with_new_address
+        from builder.stack.deploy import site_address
+        from builder.stack.template import stack_name
+
+        name = stack_name(manifest)
+        site = site_address(aws.client("cloudformation"), name)
+        manifest = with_new_address(manifest, site, f"stack {name}'s SiteAddress")
+        out.say(f"dns.new_address: {site} (stack {name}'s SiteAddress)")
     cfg = derive(manifest, ssm=aws.client("ssm"), secretsmanager=aws.client("secretsmanager"))
     route53 = aws.client("route53") if cfg.cutover.dns.provider == "route53" else None
     dns = provider_for(cfg, route53=route53)

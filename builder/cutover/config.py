@@ -105,6 +105,26 @@ def parse_tsig(value: str) -> TsigKey:
     return TsigKey(parts[0], parts[1], parts[2])
 
 
+def with_new_address(manifest: Manifest, address: str, source: str) -> Manifest:
+    """The manifest with `cutover.dns.new_address` taken from `source` (e.g. the
+    stack's SiteAddress), checked as the loader checks the manifest's own value."""
+    from dataclasses import replace
+
+    from builder.manifest.checks import check_site_address
+    from builder.manifest.field_checks import site_address
+
+    cut = manifest.cutover
+    if cut is None:
+        return manifest
+    dns = replace(cut.dns, new_address=address)
+    problems = [p for p in [site_address(address)] if p]
+    check_site_address(dns, lambda _path, message: problems.append(message))
+    if problems:
+        raise UserError(f"{source} {address!r}: {problems[0]}",
+                        hint="the cutover cannot point the site's record at it")
+    return replace(manifest, cutover=replace(cut, dns=dns))
+
+
 def derive(
     manifest: Manifest,
     *,

@@ -80,6 +80,17 @@ def outputs(stack: dict[str, Any]) -> dict[str, str]:
     return {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
 
 
+def site_address(cfn: Any, stack: str) -> str:
+    """The deployed stack's `SiteAddress` output (the cutover's `dns.new_address`)."""
+    found = describe_stack(cfn, stack)
+    site = outputs(found).get("SiteAddress") if found is not None else None
+    if not site:
+        state = found["StackStatus"] if found is not None else "does not exist"
+        raise UserError(f"stack {stack} has no SiteAddress output ({state})",
+                        hint="`amibake stack deploy MANIFEST` first")
+    return site
+
+
 def _settle(cfn: Any, stack: str, events: Events, say: Callable[[str], None],
             waiter: Waiter, sleep: Callable[[float], None], *, gone_ok: bool = False
             ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
