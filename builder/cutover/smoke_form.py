@@ -4,13 +4,24 @@ CSRF token and session cookie, POST the manifest's fields to the action, and
 check the answer's status, redirect and text (following one redirect for
 the text, with the session cookie).
 
-The page is read back from a server and not trusted: the token is taken
-from the first `<input>` whose name is exactly the CSRF field."""
+As a browser does it, for frameworks that check CSRF (Rails): cookies are
+kept by name, a later Set-Cookie replacing an earlier one (Rails sends a
+new session cookie with its redirect, holding the flash) and an expired one
+removed; the token comes from the form that posts to the action (Rails'
+per-form tokens), whose hidden fields are sent too (the manifest's fields
+win), else from the first `<input>` of that name, else from the page's
+`<meta name="csrf-token">` when `csrf-param` names the field (Rails' layout
+tag, what its JavaScript posts with).
+
+The page is read back from a server and not trusted: only attribute values
+are taken from it, and only into the form's body."""
 
 from __future__ import annotations
 
 import http.client
 from collections.abc import Mapping
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from html.parser import HTMLParser
 from urllib.parse import urlencode, urlsplit
 
@@ -23,22 +34,89 @@ from builder.manifest.model import FormSmoke
 MAX_PAGE = 4 * 2**20
 
 
-class _Inputs(HTMLParser):
-    def __init__(self, name: str) -> None:
+class _Form(HTMLParser):
+    """The CSRF token and hidden fields for a POST to `action` on a page."""
+
+    def __init__(self, field: str, action: str) -> None:
         super().__init__()
-        self.name = name
-        self.value: str | None = None
+        self.field, self.action = field, action
+        self.in_form = False  # inside the first form that posts to `action`
+        self.matched = False
+        self.form_token: str | None = None
+        self.hidden: dict[str, str] = {}
+        self.first_token: str | None = None
+        self.meta: dict[str, str] = {}
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "input" and self.value is None:
-            a = dict(attrs)
-            if a.get("name") == self.name:
-                self.value = a.get("value") or ""
+        a = {k: v or "" for k, v in attrs}
+        if tag == "form":
+            self.in_form = (not self.matched
+                            and urlsplit(a.get("action", "")).path == self.action)
+            self.matched = self.matched or self.in_form
+        elif tag == "input" and "name" in a:
+            if a["name"] == self.field and self.first_token is None:
+                self.first_token = a.get("value", "")
+            if self.in_form:
+                if a["name"] == self.field:
+                    self.form_token = a.get("value", "")
+                elif a.get("type", "").lower() == "hidden":
+                    self.hidden.setdefault(a["name"], a.get("value", ""))
+        elif tag == "meta" and a.get("name") in ("csrf-param", "csrf-token"):
+            self.meta.setdefault(a["name"], a.get("content", ""))
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "form":
+            self.in_form = False
+
+    def token(self) -> str | None:
+        if self.form_token is not None:
+            return self.form_token
+        if self.first_token is not None:
+            return self.first_token
+        if self.meta.get("csrf-param", self.field) == self.field:
+            return self.meta.get("csrf-token")
+        return None
 
 
-def _cookies(headers: list[tuple[str, str]]) -> str:
-    return "; ".join(v.split(";", 1)[0].strip() for k, v in headers
-                     if k.lower() == "set-cookie")
+class _Jar:
+    """Cookies by name, as a browser keeps them for one site."""
+
+    def __init__(self) -> None:
+        self.cookies: dict[str, str] = {}
+
+    def update(self, headers: list[tuple[str, str]]) -> None:
+        for key, value in headers:
+            if key.lower() != "set-cookie":
+                continue
+            pair, _, attrs = value.partition(";")
+            name, eq, val = pair.strip().partition("=")
+            if not eq or not name:
+                continue
+            if _expired(attrs):
+                self.cookies.pop(name, None)
+            else:
+                self.cookies[name] = val
+
+    def header(self) -> str:
+        return "; ".join(f"{k}={v}" for k, v in self.cookies.items())
+
+
+def _expired(attrs: str) -> bool:
+    for attr in attrs.split(";"):
+        key, _, value = attr.strip().partition("=")
+        key = key.lower()
+        if key == "max-age" and value.strip().lstrip("-").isdigit():
+            return int(value) <= 0
+        if key == "expires":
+            try:
+                when = parsedate_to_datetime(value.strip())
+            except (TypeError, ValueError, IndexError):
+                continue
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            if when <= datetime.now(UTC):
+                return True
+    return False
 
 
 def run_form(cfg: CutoverConfig, spec: FormSmoke, secrets: Mapping[str, str], *,
@@ -67,23 +145,25 @@ def run_form(cfg: CutoverConfig, spec: FormSmoke, secrets: Mapping[str, str], *,
         finally:
             conn.close()
 
-    fields = dict(spec.fields)
-    fields.update(secrets)
-    cookie = ""
+    fields = {**spec.fields, **secrets}
+    jar = _Jar()
     if spec.form_path:
         status, headers, page = request("GET", spec.form_path)
         if status != 200:
             raise UserError(f"form smoke test: GET {spec.form_path} answered {status} on {where}",
                             hint="fix the new site (DNS was not touched)")
-        cookie = _cookies(headers)
+        jar.update(headers)
+        form = _Form(spec.csrf_field, spec.action)
+        form.feed(page)
+        fields = {**form.hidden, **fields}
         if spec.csrf_field:
-            parser = _Inputs(spec.csrf_field)
-            parser.feed(page)
-            if parser.value is None:
+            token = form.token()
+            if token is None:
                 raise UserError(f"form smoke test: no `{spec.csrf_field}` field in the form at "
                                 f"{spec.form_path}", hint="check cutover.form_smoke.csrf_field")
-            fields[spec.csrf_field] = parser.value
-    status, headers, body = request("POST", spec.action, urlencode(fields), cookie)
+            fields[spec.csrf_field] = token
+    status, headers, body = request("POST", spec.action, urlencode(fields), jar.header())
+    jar.update(headers)
     ok = status == spec.expect_status if spec.expect_status else 200 <= status < 400
     if not ok:
         raise UserError(f"form smoke test: POST {spec.action} answered {status} on {where}"
@@ -96,8 +176,7 @@ def run_form(cfg: CutoverConfig, spec: FormSmoke, secrets: Mapping[str, str], *,
                         hint="did the login fail? check the test user and fields")
     if spec.expect_text:
         if location:
-            cookie = "; ".join(c for c in (cookie, _cookies(headers)) if c)
-            _, _, body = request("GET", urlsplit(location).path or "/", cookie=cookie)
+            _, _, body = request("GET", urlsplit(location).path or "/", cookie=jar.header())
         if spec.expect_text not in body:
             raise UserError(f"form smoke test: the answer to POST {spec.action} does not hold "
                             f"{spec.expect_text!r}", hint="did the login fail?")
