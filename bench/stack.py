@@ -162,6 +162,14 @@ def _running(root: Path, ids: list[str]) -> Callable[[], None]:
     return check
 
 
+def _keep_logs(root: Path, work: Path) -> None:
+    """A failed boot's state (serial logs, supervisor logs; no disks) kept under `work`."""
+    keep = work / f"failed-{root.name}"
+    shutil.copytree(root, keep, ignore=shutil.ignore_patterns("*.qcow2", "*.raw"),
+                    dirs_exist_ok=True)
+    print(f"  serial logs kept in {keep}", flush=True)
+
+
 def boot_split(image: Any, m: Manifest, path: str, timeout: float, work: Path) -> dict[str, Any]:
     from builder.stack.template import stack_name
     from builder.vm.launch import read_instance
@@ -178,10 +186,7 @@ def boot_split(image: Any, m: Manifest, path: str, timeout: float, work: Path) -
         seconds = first_200(web.http_port, m.app.server_name, path, timeout, t0,
                             _running(root, ids))
     except BaseException:
-        keep = work / f"failed-{root.name}"
-        shutil.copytree(root, keep, ignore=shutil.ignore_patterns("*.qcow2", "*.raw"),
-                        dirs_exist_ok=True)
-        print(f"  split: serial logs kept in {keep}", flush=True)
+        _keep_logs(root, work)
         raise
     finally:
         if stack_dir(stack_name(m), root).exists():
@@ -202,10 +207,7 @@ def boot_all_in_one(image: Any, m: Manifest, path: str, timeout: float,
         seconds = first_200(inst.http_port, m.app.server_name, path, timeout, t0,
                             _running(root, [inst.instance_id]))
     except BaseException:
-        keep = work / f"failed-{root.name}"
-        shutil.copytree(root, keep, ignore=shutil.ignore_patterns("*.qcow2", "*.raw"),
-                        dirs_exist_ok=True)
-        print(f"  all-in-one: serial log kept in {keep}", flush=True)
+        _keep_logs(root, work)
         raise
     finally:
         try:

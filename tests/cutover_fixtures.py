@@ -25,11 +25,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import boto3
 import dns.message
 import dns.query
 import dns.rdatatype
 import psycopg
 import pytest
+from moto import mock_aws
 
 from builder.cutover.config import Conn, TsigKey
 from builder.manifest import load_manifest
@@ -59,6 +61,7 @@ __all__ = [
     "free_port", "knot", "old_pg_bin",
     "knot_server", "make_template", "pg_pair", "pg_template", "secret_env", "sites",
     "run_under_writer", "ssh_server", "sshd", "start_cluster", "uploads", "web_sites",
+    "route53",
 ]
 
 
@@ -686,3 +689,19 @@ def cutover_manifest(old: Cluster, new: Cluster, knot: Knot, sites: tuple[Site, 
     )
 
 
+# ------------------------------------------------------------------ Route53 (moto)
+
+
+@pytest.fixture
+def route53() -> Iterator[tuple[Any, str]]:
+    """moto's Route53 with zone example.com. and payroll.example.com. A 192.0.2.10
+    (TTL 3600): (client, zone id)."""
+    with mock_aws():
+        client = boto3.client("route53", region_name="us-east-1")
+        zone = client.create_hosted_zone(Name="example.com.", CallerReference="t")
+        zone_id = zone["HostedZone"]["Id"].split("/")[-1]
+        client.change_resource_record_sets(HostedZoneId=zone_id, ChangeBatch={"Changes": [{
+            "Action": "CREATE", "ResourceRecordSet": {
+                "Name": "payroll.example.com.", "Type": "A", "TTL": 3600,
+                "ResourceRecords": [{"Value": "192.0.2.10"}]}}]})
+        yield client, zone_id

@@ -12,7 +12,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import boto3
 import dns.message
 import dns.name
 import dns.query
@@ -20,7 +19,6 @@ import dns.rdatatype
 import dns.tsigkeyring
 import dns.update
 import pytest
-from moto import mock_aws
 
 from builder.cutover import plan, preflight
 from builder.cutover.config import derive
@@ -271,19 +269,6 @@ def test_failed_gate_after_the_cname_switch_rolls_back_to_the_a_record(
 
 
 # ------------------------------------------------------------------ Route53
-
-
-@pytest.fixture
-def route53() -> Any:
-    with mock_aws():
-        client = boto3.client("route53", region_name="us-east-1")
-        zone = client.create_hosted_zone(Name="example.com.", CallerReference="t")
-        zone_id = zone["HostedZone"]["Id"].split("/")[-1]
-        client.change_resource_record_sets(HostedZoneId=zone_id, ChangeBatch={"Changes": [{
-            "Action": "CREATE", "ResourceRecordSet": {
-                "Name": SITE, "Type": "A", "TTL": 3600,
-                "ResourceRecords": [{"Value": "192.0.2.10"}]}}]})
-        yield client, zone_id
 
 
 def test_route53_cname_switch_deletes_the_a_record_in_the_same_batch(route53: Any) -> None:

@@ -7,13 +7,11 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import boto3
 import dns.message
 import dns.query
 import dns.rcode
 import dns.update
 import pytest
-from moto import mock_aws
 
 from builder.cutover.config import TsigKey
 from builder.cutover.dns.base import cache_expiry, countdown
@@ -84,19 +82,6 @@ def test_cache_countdown() -> None:
     # lowered only 10 minutes ahead: the old 1 h TTL may still be cached for 50 min
     exp = cache_expiry(t0, 60, t0 - timedelta(minutes=10), 3600)
     assert exp == t0 + timedelta(minutes=50)
-
-
-@pytest.fixture
-def route53() -> Any:
-    with mock_aws():
-        client = boto3.client("route53", region_name="us-east-1")
-        zone = client.create_hosted_zone(Name="example.com.", CallerReference="t")
-        zone_id = zone["HostedZone"]["Id"].split("/")[-1]
-        client.change_resource_record_sets(HostedZoneId=zone_id, ChangeBatch={"Changes": [{
-            "Action": "CREATE", "ResourceRecordSet": {
-                "Name": "payroll.example.com.", "Type": "A", "TTL": 3600,
-                "ResourceRecords": [{"Value": "192.0.2.10"}]}}]})
-        yield client, zone_id
 
 
 def test_route53_upsert_then_waits_for_insync(route53: Any) -> None:
