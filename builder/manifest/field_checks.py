@@ -176,6 +176,9 @@ def site_address(value: str) -> str | None:
     significant, a final dot optional, the last label not all digits so a mistyped
     address is not taken for a name)."""
     if ip_address(value) is None:
+        if ipaddress.ip_address(value).version == 6:
+            return (f"{_shown(value)} is an IPv6 address: the switch writes an A record "
+                    "(IPv4) or a CNAME; give the IPv4 address or a host name")
         return None
     name = value[:-1] if value.endswith(".") else value
     labels = name.split(".")
