@@ -7,12 +7,11 @@ import importlib
 import json
 import logging
 import os
-import pkgutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
-import builder.commands
 from builder import __version__
+from builder.commands import VERBS
 from builder.errors import EXIT_PROBLEMS, UserError
 from builder.output import Output
 
@@ -30,7 +29,9 @@ def _common_options() -> argparse.ArgumentParser:
     return parent
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(verbs: Collection[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of every verb; with `verbs`, only those verbs' modules are imported
+    and the others are listed by their help (builder.commands.VERBS) alone."""
     parent = _common_options()
     parser = argparse.ArgumentParser(
         prog="amibake",
@@ -39,16 +40,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"amibake {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
-    for mod in sorted(pkgutil.iter_modules(builder.commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"builder.commands.{mod.name}")
-        module.register(sub, parent)
+    for name, help_text in VERBS.items():
+        if verbs is None or name in verbs:
+            module = importlib.import_module(f"builder.commands.{name.replace('-', '_')}")
+            module.register(sub, parent)
+        else:
+            sub.add_parser(name, parents=[parent], help=help_text)
     return parser
 
 
+def _verb_of(words: Sequence[str]) -> str | None:
+    """The verb argparse will take: the first word that is not an option (amibake's
+    own options take no value); None when there is none (usage error or --help)."""
+    return next((word for word in words if not word.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    verb = _verb_of(words)
+    try:  # only the verb that runs is imported: `validate` never loads the publisher
+        args = build_parser({verb} if verb else set()).parse_args(words)
+        if not hasattr(args, "func"):  # a verb _verb_of did not foresee: parse it fully
+            args = build_parser().parse_args(words)
     except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
         return int(exc.code or 0)
     json_mode = bool(getattr(args, "json", False))

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from builder.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_no_verb_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -115,3 +122,56 @@ def test_json_mode_reports_the_error_as_json(monkeypatch: pytest.MonkeyPatch,
     assert main(["schema", "--json"]) == 1
     doc = json.loads(capsys.readouterr().out)
     assert doc["ok"] is False and doc["error"] == "/x: No such file"
+
+
+def _verb_helps(parser: object) -> dict[str, str]:
+    sub = next(a for a in parser._actions if a.dest == "verb")  # type: ignore[attr-defined]
+    return {a.dest: a.help for a in sub._choices_actions}
+
+
+def test_each_verb_module_registers_its_verb_with_the_tables_help() -> None:
+    """builder.commands.VERBS is what `--help` lists without importing the verbs:
+    it names every verb a module registers, with the help that module gives."""
+    from builder.commands import VERBS
+
+    assert _verb_helps(build_parser()) == VERBS
+    assert _verb_helps(build_parser(set())) == VERBS
+
+
+def _modules_after(argv: list[str], tmp_path: Path) -> tuple[int, str, set[str]]:
+    """Run the CLI in a fresh interpreter; (exit code, stdout, modules it imported)."""
+    listing = tmp_path / "modules.txt"
+    entry = ("import sys; from builder.cli import main; rc = main(sys.argv[2:]); "
+             "open(sys.argv[1], 'w').write('\\n'.join(sys.modules)); sys.exit(rc)")
+    env = {**os.environ, "AMIBAKE_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.run([sys.executable, "-c", entry, str(listing), *argv], env=env,
+                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+    return proc.returncode, proc.stdout, set(listing.read_text().split("\n"))
+
+
+def _verb_modules(modules: set[str]) -> set[str]:
+    return {m for m in modules if m.startswith("builder.commands.")}
+
+
+def test_help_lists_every_verb_without_importing_one(tmp_path: Path) -> None:
+    from builder.commands import VERBS
+
+    rc, out, modules = _modules_after(["--help"], tmp_path)
+    assert rc == 0
+    words = " ".join(out.split())  # argparse wraps long help lines
+    for name, help_text in VERBS.items():
+        assert f"{name} {help_text}" in words, name
+    assert _verb_modules(modules) == set()
+
+
+def test_a_warm_validate_imports_neither_aws_nor_cloud_init(tmp_path: Path) -> None:
+    """The second validate of the same manifests (verdicts cached) loads only its own
+    verb: no publisher, AWS SDK, metadata server or cloud-init's schema."""
+    assert _modules_after(["validate"], tmp_path)[0] == 0  # cold: fills the cache
+    rc, out, modules = _modules_after(["validate"], tmp_path)
+    assert rc == 0 and "clean" in out
+    assert _verb_modules(modules) == {"builder.commands.validate"}
+    heavy = {"boto3", "botocore", "moto", "cloudinit", "jsonschema", "builder.publish",
+             "builder.aws", "builder.imds", "builder.bake.pipeline", "builder.cutover"}
+    assert {m for m in modules if m.split(".")[0] in heavy or
+            any(m == h or m.startswith(h + ".") for h in heavy)} == set()

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from builder.commands import VERBS
 from builder.errors import UserError
 from builder.output import Output
 
@@ -24,7 +25,7 @@ def _add_region_options(p: argparse.ArgumentParser) -> None:
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
-        "amis", parents=[parent], help="deprecate, prune and clean up published AMIs in AWS",
+        "amis", parents=[parent], help=VERBS["amis"],
         description="Published AMIs, their snapshots, bundles and SSM parameters in every "
         "region (the local image store is `amibake images`).")
     sub = p.add_subparsers(dest="amis_verb", metavar="ACTION", required=True)

@@ -8,13 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from builder.commands import VERBS
 from builder.errors import UserError
 from builder.output import Output
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
-        "bake", parents=[parent], help="bake a bootable, boot-tested image from a manifest",
+        "bake", parents=[parent], help=VERBS["bake"],
         description="Build the image's root filesystem (cached layers), write a bootable "
         "GPT disk (UEFI and BIOS), boot-test it in every role, and keep it in the local "
         "store as images/NAME/VERSION/. An unchanged manifest is a no-op.",

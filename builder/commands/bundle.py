@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from builder.commands import VERBS
 from builder.errors import UserError
 from builder.output import Output
 
@@ -39,7 +40,7 @@ def require(value: Any, option: str) -> Any:
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
-        "bundle", parents=[parent], help="make an EC2 instance-store bundle",
+        "bundle", parents=[parent], help=VERBS["bundle"],
         description="Bundle an image for an instance-store AMI: tar, gzip (in parallel), "
         "AES-128-CBC with a fresh key, 10 MiB parts and a signed <prefix>.manifest.xml "
         "(format 2007-10-10, as ec2-bundle-image / ec2-bundle-vol).",

@@ -6,13 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from builder.commands import VERBS
 from builder.errors import UserError
 from builder.output import Output
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
-        "cache", parents=[parent], help="list or prune the layer cache",
+        "cache", parents=[parent], help=VERBS["cache"],
         description="Base OS layers cached by the sha256 of their inputs.",
     )
     p.add_argument("--cache-dir", type=Path, metavar="DIR",

@@ -8,13 +8,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from builder.commands import VERBS
 from builder.output import Output
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
         "cutover", parents=[parent],
-        help="move the live app (database, files, DNS) onto the new servers",
+        help=VERBS["cutover"],
         description="Plan, rehearse, run, inspect or roll back the cutover described in the "
                     "manifest's `cutover` section. Secrets: AMIBAKE_SECRET_<NAME> overrides "
                     "the secret store for local runs.",

@@ -6,13 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from builder.commands import VERBS
 from builder.output import Output
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
         "db", parents=[parent],
-        help="list, verify or restore the database backups in S3 (pgBackRest)",
+        help=VERBS["db"],
         description="Work with the repository of components.postgresql.backup from this "
                     "machine. AWS credentials come from boto3's chain; the repository "
                     "passphrase from its secret store or AMIBAKE_SECRET_<NAME>.",

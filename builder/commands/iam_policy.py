@@ -8,13 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from builder.commands import VERBS
 from builder.errors import UserError
 from builder.output import Output
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
-        "iam-policy", parents=[parent], help="print the IAM policy amibake needs",
+        "iam-policy", parents=[parent], help=VERBS["iam-policy"],
         description="Prints an IAM policy document with exactly the actions the chosen "
         "commands call (all of them when no command is chosen); with --role, the policy of "
         "the role's instance profile instead (the one `launch --target aws` and the stack "

@@ -6,13 +6,14 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from builder.commands import VERBS
 from builder.errors import UserError
 from builder.output import Output
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
-        "images", parents=[parent], help="list, inspect and prune locally stored images",
+        "images", parents=[parent], help=VERBS["images"],
         description="The local image store: images/NAME/VERSION/{disk.raw,image.json}.",
     )
     p.add_argument("--store", type=Path, metavar="DIR",

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from builder.commands import VERBS
 from builder.errors import UserError
 from builder.imds.config import ImdsConfig
 from builder.imds.secrets_file import read_secrets_file, read_secrets_stream
@@ -24,7 +25,7 @@ USER_DATA_LIMIT = 64 * 1024
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     imds = subparsers.add_parser(
-        "imds", parents=[parent], help="the local EC2 instance metadata service",
+        "imds", parents=[parent], help=VERBS["imds"],
         description="The local EC2 instance metadata service (IMDSv2).",
     )
     verbs = imds.add_subparsers(dest="imds_verb", metavar="VERB", required=True)

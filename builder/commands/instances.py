@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from builder.commands import VERBS
 from builder.errors import UserError
 from builder.output import Output
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
-        "instances", parents=[parent], help="list or stop local instances",
+        "instances", parents=[parent], help=VERBS["instances"],
         description="Local instances started by `amibake launch --target local`.",
     )
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from builder.commands import VERBS
 from builder.errors import UserError
 from builder.output import Output
 
@@ -15,7 +16,7 @@ DEFAULT_MANIFEST_DIR = Path("manifests")
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
         "launch", parents=[parent],
-        help="start an instance of a baked image in a role (local VM or EC2)",
+        help=VERBS["launch"],
         description="Start an instance in ROLE. `--target local` boots the image from the "
         "local store under qemu, in the background, with amibake's metadata service "
         "(a tiny local EC2); `amibake instances list|stop` manage it.",

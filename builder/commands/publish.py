@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from builder.commands import VERBS
 from builder.errors import UserError
 from builder.manifest.model import BACKINGS
 from builder.output import Output
@@ -71,7 +72,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     from builder.aws.clients import add_aws_options
 
     p = subparsers.add_parser(
-        "publish", parents=[parent], help="publish a stored image as AMIs",
+        "publish", parents=[parent], help=VERBS["publish"],
         description="Upload a boot-tested image from the local store to an EBS snapshot "
         "(or, with backing instance-store, bundle it into S3), register it as an AMI, tag it, "
         "copy it to the manifest's regions and point SSM parameters at it. Re-publishing the "

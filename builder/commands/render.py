@@ -7,13 +7,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from builder.commands import VERBS
 from builder.errors import EXIT_OK, EXIT_USAGE, UserError
 from builder.output import Output
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
-        "render", parents=[parent], help="write a role's cloud-init user-data",
+        "render", parents=[parent], help=VERBS["render"],
         description="Render the user-data that starts an instance in a role. Fried (default): "
         "packages, every file and the boot dispatcher, for a plain Debian cloud image. "
         "--baked: for an amibake image, only the role and per-instance bits. Without --out "

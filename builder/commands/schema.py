@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from builder.commands import VERBS
 from builder.manifest.model import SCHEMA_VERSION
 from builder.manifest.reference import as_json, markdown, sections
 from builder.output import Output
@@ -13,7 +14,7 @@ from builder.output import Output
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     parser = subparsers.add_parser(
         "schema", parents=[parent],
-        help="print every manifest setting: key, type, default, help",
+        help=VERBS["schema"],
         description="Print the manifest settings reference, derived from the model "
                     "(one Markdown table per section; --json for the same as JSON).",
     )

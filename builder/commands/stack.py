@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from builder.commands import VERBS
 from builder.errors import UserError
 from builder.output import Output
 
@@ -23,7 +24,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     from builder.aws.clients import add_aws_options
 
     p = subparsers.add_parser(
-        "stack", parents=[parent], help="the whole app on AWS as one CloudFormation stack",
+        "stack", parents=[parent], help=VERBS["stack"],
         description="template: write the CloudFormation template (YAML) of the manifest's "
                     "`stack:` section (VPC, security groups, instance profiles, launch "
                     "templates, Auto Scaling groups, load balancers, private names). "

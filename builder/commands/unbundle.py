@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from builder.commands import VERBS
 from builder.output import Output
 
 
@@ -13,7 +14,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     from builder.commands.bundle import add_key_options
 
     p = subparsers.add_parser(
-        "unbundle", parents=[parent], help="verify a bundle and reassemble its image",
+        "unbundle", parents=[parent], help=VERBS["unbundle"],
         description="Check the manifest's signature, every part's SHA-1 and the image "
         "digest, decrypt with your private key and write the image, byte for byte. "
         "EC2's private key decrypts a bundle too (as euca-unbundle -k), but only the "

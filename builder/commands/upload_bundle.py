@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from builder.commands import VERBS
 from builder.errors import UserError
 from builder.output import Output
 
@@ -15,7 +16,7 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     from builder.commands.bundle import add_key_options
 
     p = subparsers.add_parser(
-        "upload-bundle", parents=[parent], help="upload a bundle to S3",
+        "upload-bundle", parents=[parent], help=VERBS["upload-bundle"],
         description="Check the manifest's signature and every part (named <image>.part.N, "
         "a file beside the manifest), then upload the parts, then the manifest, to "
         "s3://BUCKET/PREFIX/. Nothing is sent unless all of that holds (each part's SHA-1 "

@@ -7,13 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import builder
+from builder.commands import VERBS
 from builder.errors import EXIT_OK, EXIT_PROBLEMS, EXIT_USAGE, UserError
 from builder.output import Output
 
 
 def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser(
-        "validate", parents=[parent], help="check manifests and the user-data they render",
+        "validate", parents=[parent], help=VERBS["validate"],
         description="Load each manifest, render every role (fried and baked user-data) and "
         "check it with cloud-init 22.4.2's own schema and amibake's lints (literal secrets, "
         "EC2's 16384-byte limit, unknown keys). Every value is checked for where it goes "
