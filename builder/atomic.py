@@ -14,7 +14,6 @@ stream into a file themselves and rename it when done.
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 
 
@@ -26,7 +25,7 @@ def open_private(path: Path | str, mode: int = 0o600) -> int:
 
 def temp_beside(path: Path) -> Path:
     """An unpredictable name in `path`'s directory for a file to be renamed onto it."""
-    return path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    return path.with_name(f".{path.name}.{os.urandom(6).hex()}.tmp")
 
 
 def fsync_dir(directory: Path) -> None:

@@ -20,7 +20,6 @@ import string
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
-from zoneinfo import ZoneInfo
 
 from builder.manifest.paths import remote_path_reason, unsafe_path_reason
 from builder.manifest.scalars import short
@@ -324,6 +323,8 @@ def time_zone(value: str) -> str | None:
     problem = f"unknown time zone {_shown(value)} (an IANA name such as America/New_York)"
     if not re.fullmatch(r"[A-Za-z0-9_+/-]{1,64}", value, A) or ".." in value:
         return problem
+    from zoneinfo import ZoneInfo  # here: only a manifest that names a time zone needs it
+
     try:
         ZoneInfo(value)
     except (ValueError, KeyError, OSError):

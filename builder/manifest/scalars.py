@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
-
 BOOLS = {"yes": True, "true": True, "on": True, "no": False, "false": False, "off": False}
 
 
@@ -32,6 +30,8 @@ def short(text: str) -> str:
 
 
 def did_you_mean(word: str, choices: tuple[str, ...]) -> str:
+    import difflib  # only when a word is wrong: not on every start
+
     close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
     if not close and word:
         close = [c for c in choices if c.startswith(word)][:1]

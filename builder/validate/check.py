@@ -88,20 +88,23 @@ def _problems(err: UserError, path: Path) -> list[Problem]:
 
 
 def validate_rendered(manifest: Manifest, rendered: RenderedRole) -> list[Problem]:
-    """cloud-init's schema on every cloud-config part, then the lints."""
+    """cloud-init's schema on every cloud-config part, then the lints. A part's
+    YAML is parsed here only to place a problem at its manifest line: clean
+    user-data (the usual case) is parsed once, by the lints."""
     mode = "baked" if rendered.baked else "fried"
     label = f"role {rendered.role} ({mode} user-data)"
     problems: list[Problem] = []
     parts = split_user_data(rendered.user_data)
-    for part in parts:
-        if part.content_type != CLOUD_CONFIG:
-            continue
-        config = _safe_load(part.content)
-        for issue in schema_problems(part.content):
+    configs = [p for p in parts if p.content_type == CLOUD_CONFIG]
+    for part in configs:
+        issues = schema_problems(part.content)
+        config = _safe_load(part.content) if issues else None
+        for issue in issues:
             where = _locate(manifest, rendered, config, issue.path)
             problems.append(Problem(where, f"{label}: {issue.path or '(top)'}: {issue.message}"))
-    config = next((_safe_load(p.content) for p in parts if p.content_type == CLOUD_CONFIG), None)
-    for lint in lint_user_data(rendered.user_data):
+    lints = lint_user_data(rendered.user_data)
+    config = _safe_load(configs[0].content) if lints and configs else None
+    for lint in lints:
         where = _locate(manifest, rendered, config, lint.where)
         problems.append(Problem(where, f"{label}: {lint.where}: {lint.message} [{lint.code}]"))
     return problems
