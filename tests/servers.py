@@ -1,13 +1,16 @@
 """Servers the tests run as child processes (nginx, puma): started, waited for
-until their port accepts, and always stopped."""
+until their port accepts, and always stopped; and small HTTP servers in a
+thread of the test's own process."""
 
 from __future__ import annotations
 
 import signal
 import socket
 import subprocess
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -37,3 +40,18 @@ def serving(argv: Sequence[str], port: int, log: Path, *, stop: int = signal.SIG
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextmanager
+def serving_http(handler: type[BaseHTTPRequestHandler],
+                 address: tuple[str, int] = ("127.0.0.1", 0)) -> Iterator[ThreadingHTTPServer]:
+    """`handler` answering on `address` (port 0: a free one, see
+    server_address) from a thread, until the block ends."""
+    server = ThreadingHTTPServer(address, handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -9,10 +9,9 @@ from __future__ import annotations
 import gzip
 import http.client
 import shlex
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
@@ -27,6 +26,7 @@ from builder.render.nginx import banner_conf
 from builder.wait import NotYet, Waiter, wait_for
 from tests.cutover_fixtures import *  # noqa: F403
 from tests.cutover_fixtures import SERVER_NAME, Cluster, Knot, Site, cutover_manifest
+from tests.servers import serving_http
 from tests.test_cutover_notice import Inbox, smtp  # noqa: F401  (the SMTP server fixture)
 
 
@@ -111,19 +111,23 @@ def test_a_line_break_stays_text_and_a_control_character_is_refused(
     assert not Path(banner_conf(m.components.nginx)).exists()  # type: ignore[arg-type]
 
 
+def _mailing(m: Manifest, port: int, tmp_path: Path) -> Manifest:
+    """`m` with notice.mail to one recipient through the loopback SMTP server."""
+    assert m.cutover is not None
+    rcpt = tmp_path / "recipients.txt"
+    rcpt.write_text("a@example.com\n")
+    mail = NoticeMail(smtp_host="127.0.0.1", smtp_port=port, starttls=False,
+                      sender="ops@example.com", recipients_file=str(rcpt))
+    return replace(m, cutover=replace(m.cutover, notice=replace(m.cutover.notice, mail=mail)))
+
+
 def test_notify_puts_the_banner_up_and_mails_the_notice_and_the_window_takes_it_down(
     pg_pair: tuple[Cluster, Cluster], knot: Knot, sites: tuple[Site, Site], secret_env: None,
     smtp: tuple[Inbox, int], tmp_path: Path,  # noqa: F811
 ) -> None:
     inbox, port = smtp
-    rcpt = tmp_path / "recipients.txt"
-    rcpt.write_text("a@example.com\n")
-    m = _manifest(pg_pair, knot, sites)
-    assert m.cutover is not None
-    mail = NoticeMail(smtp_host="127.0.0.1", smtp_port=port, starttls=False,
-                      sender="ops@example.com", recipients_file=str(rcpt))
-    cfg = derive(replace(m, cutover=replace(m.cutover, notice=replace(m.cutover.notice,
-                                                                      mail=mail))))
+    m = _mailing(_manifest(pg_pair, knot, sites), port, tmp_path)
+    cfg = derive(m)
     assert banner.MARKER not in _page(sites[0])
     done = notify.notify(cfg)
     assert "notice banner on" in done[0] and "sent to 1 recipient(s)" in done[1]
@@ -147,14 +151,9 @@ def test_notify_stops_before_the_mail_when_the_banner_cannot_go_up(
     smtp: tuple[Inbox, int], tmp_path: Path,  # noqa: F811
 ) -> None:
     inbox, port = smtp
-    rcpt = tmp_path / "recipients.txt"
-    rcpt.write_text("a@example.com\n")
-    m = _manifest(pg_pair, knot, sites)
+    m = _mailing(_manifest(pg_pair, knot, sites), port, tmp_path)
     assert m.cutover is not None
-    mail = NoticeMail(smtp_host="127.0.0.1", smtp_port=port, starttls=False,
-                      sender="ops@example.com", recipients_file=str(rcpt))
-    cut = replace(m.cutover, old_web_reload="nginx -s reload -c /nonexistent/nginx.conf",
-                  notice=replace(m.cutover.notice, mail=mail))
+    cut = replace(m.cutover, old_web_reload="nginx -s reload -c /nonexistent/nginx.conf")
     with pytest.raises(UserError, match="notice banner on"):
         notify.notify(derive(replace(m, cutover=cut)))
     assert inbox.envelopes == []  # a mail cannot be taken back: none sent
@@ -189,14 +188,8 @@ class _GzipApp(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def gzip_app() -> Iterator[int]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _GzipApp)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving_http(_GzipApp) as server:
         yield server.server_address[1]
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _get(host: str, port: int, path: str, host_name: str) -> tuple[int, bytes]:

@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from builder.cutover.config import CutoverConfig, derive
 from builder.cutover.smoke_form import run_form
 from builder.cutover.steps import smoke_new_site
 from builder.errors import UserError
-from builder.manifest import load_manifest
 from builder.manifest.model import FormSmoke, SecretRef
 from tests.cutover_fixtures import (
-    ROOT,
     Cluster,
     destroy_cluster,
     free_port,
@@ -29,6 +25,7 @@ from tests.cutover_fixtures import (
     start_cluster,
 )
 from tests.servers import serving
+from tests.test_cutover_login_smoke import _cfg  # the new site at 127.0.0.1, GET /health
 from tests.test_sample_rails import APP, DB_PASSWORD, DB_USER, create_database, rails, rails_env
 
 DATABASE = "payroll_production"
@@ -56,17 +53,6 @@ def rails_site(pg_template: Path,  # noqa: F811
         destroy_cluster(cluster)
 
 
-def _cfg(port: int, spec: FormSmoke, **env: str) -> CutoverConfig:
-    m = load_manifest(ROOT / "manifests" / "smallpayroll.yaml")
-    assert m.cutover is not None
-    cut = replace(m.cutover, new_site=f"http://payroll.example.com:{port}/",
-                  dns=replace(m.cutover.dns, new_address="127.0.0.1"), form_smoke=spec,
-                  smoke_paths=("/health", "/"))
-    return derive(replace(m, cutover=cut), environ={
-        "AMIBAKE_SECRET_SMALLPAYROLL_OLD_DB_SUPERUSER_PASSWORD": "x",
-        "AMIBAKE_SECRET_SMALLPAYROLL_NEW_DB_SUPERUSER_PASSWORD": "x", **env})
-
-
 def _names(db: Cluster) -> list[str]:
     return [r[0] for r in db.sql("SELECT name FROM employees ORDER BY id", dbname=DATABASE)]
 
@@ -86,7 +72,7 @@ def test_the_form_passes_rails_csrf_check_and_the_flash_follows_the_redirect(
                      expect_text="Added Smoke Test.")
     cfg = _cfg(port, spec, AMIBAKE_SECRET_TEST_RATE="31.50")
     detail = smoke_new_site(cfg)  # the GET paths, then the form
-    assert "2 path(s) answered 200" in detail
+    assert "1 path(s) answered 200" in detail
     assert "POST /employees as payroll.example.com answered 302 → /employees" in detail
     assert db.sql("SELECT hourly_rate::text FROM employees WHERE name = 'Smoke Test'",
                   dbname=DATABASE) == [("31.50",)]
