@@ -132,10 +132,11 @@ check: lint test
 
 render: setup
 	@mkdir -p build/render
-	$(BIN)/amibake render $(MANIFEST) --all-roles --out build/render
+	$(BIN)/amibake render $(MANIFEST) --all-roles --baked --out build/render
 
+# ALLOW_DIRTY=1: bake an app `path:` with uncommitted changes (image.json says dirty: true)
 image: setup
-	$(BIN)/amibake bake $(MANIFEST) --target $(TARGET)
+	$(BIN)/amibake bake $(MANIFEST) --target $(TARGET) $(if $(ALLOW_DIRTY),--allow-dirty)
 
 bench: setup
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done

@@ -22,7 +22,7 @@ from builder.errors import UserError
 from builder.manifest import load_manifest
 from builder.publish.context import app_commit
 from builder.store import StoredImage
-from tests.bake_fixture import ROOT, copy_manifest
+from tests.bake_fixture import ROOT, SEED_CODE_LINE, copy_manifest, rack_manifest
 
 RAILS_SAMPLE = ROOT / "cloudinit" / "app-rails"
 
@@ -70,7 +70,7 @@ def git(cwd: Path, *args: str) -> str:
 
 def manifest_with(tmp_path: Path, code: str) -> Path:
     """The seed manifest in tmp_path with `app.code` replaced by `code` (flow YAML)."""
-    return copy_manifest(tmp_path, ("  code: sample", f"  code: {code}"))
+    return copy_manifest(tmp_path, (SEED_CODE_LINE, f"  code: {code}\n"))
 
 
 def code_line(path: Path) -> int:
@@ -341,8 +341,8 @@ def test_rails_sample_by_path_keys_the_app_layer_on_its_tree(tmp_path: Path) -> 
     assert changed == {"app", "app_layer"}
 
 
-def test_sample_has_no_app_layer() -> None:
-    recipe = recipe_for(load_manifest(ROOT / "manifests" / "smallpayroll.yaml"))
+def test_sample_has_no_app_layer(tmp_path: Path) -> None:
+    recipe = recipe_for(load_manifest(rack_manifest(tmp_path)))  # the seed with `code: sample`
     assert recipe.app.kind == "sample" and recipe.app_layer is None
     assert "app_layer" not in recipe.inputs
 

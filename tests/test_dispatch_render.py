@@ -19,6 +19,7 @@ import pytest
 from builder.imds import ImdsConfig, ImdsServer
 from builder.manifest import load_manifest
 from builder.render import image_content, render_role
+from tests.bake_fixture import rack_seed
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "manifests" / "smallpayroll.yaml"
@@ -69,7 +70,9 @@ def test_dispatcher_applies_each_rendered_role(
     systemctl = tmp_path / "systemctl"
     systemctl.write_text(FAKE_SYSTEMCTL)
     systemctl.chmod(0o755)
-    user_data = render_role(load_manifest(MANIFEST), role, baked=baked).user_data
+    manifest = load_manifest(MANIFEST)  # fried: the Rack form (the Rails app is image-only)
+    user_data = render_role(manifest if baked else rack_seed(manifest), role,
+                            baked=baked).user_data
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AMIBAKE_", "JOURNAL"))}
     with ImdsServer(ImdsConfig(instance_id=f"i-0{role.replace('-', '')}", user_data=user_data,
                                public_keys=("ssh-ed25519 AAAAtest admin@example",))) as imds:

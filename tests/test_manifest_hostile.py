@@ -23,6 +23,9 @@ from builder.manifest.model import COMPONENT_NAMES, Components
 
 ROOT = Path(__file__).resolve().parent.parent
 SEED = yaml.safe_load((ROOT / "manifests" / "smallpayroll.yaml").read_text())
+# the Rack sample: `render` (fried) reaches the hostile value, not the refusal of
+# fried user-data for the Rails app (an own app is only in an image)
+SEED["app"]["code"] = "sample"
 SEED_2010 = yaml.safe_load((ROOT / "manifests" / "smallpayroll-2010.yaml").read_text())
 
 #: what an attacker or a slip of the keyboard adds to a value

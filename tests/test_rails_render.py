@@ -29,29 +29,17 @@ from builder.manifest.model import Manifest, SecretRef
 from builder.render import image_content, render_role
 from builder.render.app import ENV_SETUP, MIGRATE, MIGRATE_UNIT
 from builder.render.fragment import File
-from tests.bake_fixture import copy_manifest
+from tests.bake_fixture import copy_manifest, rack_seed
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ROOT / "manifests" / "smallpayroll.yaml"
 RAILS_APP = ROOT / "cloudinit" / "app-rails"
-#: Debian's packaged gems that Gemfile.lock of the sample names (plus Ruby).
-RAILS_PACKAGES = ("ruby, puma, ruby-pg, ruby-railties, ruby-actionpack, ruby-actionview, "
-                  "ruby-activemodel, ruby-activerecord, ruby-activesupport, ruby-sprockets, "
-                  "ruby-sprockets-rails, ruby-nokogiri, ruby-mini-portile2, ruby-rack, "
-                  "ruby-rack-test, racc, rake")
 
 
 def rails_manifest(dest: Path) -> Path:
-    """The seed manifest with the Rails sample by `path:`, its gems and SECRET_KEY_BASE."""
-    return copy_manifest(
-        dest,
-        ("  code: sample\n",
-         f"  code: {{path: {RAILS_APP}}}\n"
-         "  secrets:\n"
-         "    SECRET_KEY_BASE: {ssm: /smallpayroll/secret-key-base}\n"),
-        ("    packages: [ruby, ruby-rack, puma, ruby-pg]",
-         f"    packages: [{RAILS_PACKAGES}]"),
-    )
+    """The seed manifest (the Rails sample by `path:`, its gems and SECRET_KEY_BASE)
+    copied into `dest`, its `code:` line naming the sample by absolute path."""
+    return copy_manifest(dest)
 
 
 SECRETS = {"SECRET_KEY_BASE": SecretRef("ssm", "/smallpayroll/secret-key-base"),
@@ -198,7 +186,7 @@ def test_the_image_carries_bundler_and_the_build_packages_the_bake_purges() -> N
 
 
 def test_the_sample_manifest_renders_none_of_it() -> None:
-    m = load_manifest_text(MANIFEST.read_text(), MANIFEST)
+    m = rack_seed(load_manifest_text(MANIFEST.read_text(), MANIFEST))
     paths = {f.path for f in image_content(m).files}
     assert not paths & {APP_BUILD, MIGRATE, f"/etc/systemd/system/{MIGRATE_UNIT}",
                         DATABASE_YML}
@@ -207,8 +195,8 @@ def test_the_sample_manifest_renders_none_of_it() -> None:
 
 def test_an_app_secret_may_not_replace_what_amibake_sets() -> None:
     text_ = MANIFEST.read_text().replace(
-        "  code: sample\n", "  code: sample\n  secrets:\n    DATABASE_URL: {ssm: /x}\n"
-        "    LD_PRELOAD: {ssm: /y}\n    lower: {ssm: /z}\n")
+        "    SECRET_KEY_BASE: {ssm: /smallpayroll/secret-key-base}\n",
+        "    DATABASE_URL: {ssm: /x}\n    LD_PRELOAD: {ssm: /y}\n    lower: {ssm: /z}\n")
     with pytest.raises(Exception) as err:
         load_manifest_text(text_, MANIFEST)
     message = str(err.value) + "".join(str(p) for p in getattr(err.value, "problems", ()))

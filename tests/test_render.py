@@ -1,4 +1,11 @@
-"""Rendering: golden files per role per manifest, determinism, assembly, image content."""
+"""Rendering: golden files per role per manifest, determinism, assembly, image content.
+
+The seed (manifests/smallpayroll.yaml) runs the Rails sample by `path:`, whose
+code reaches an instance only in an image: its roles have baked goldens and
+their fried rendering is refused. `smallpayroll-rack` is the seed with the
+Rack sample (`code: sample`, tests.bake_fixture.rack_seed), the form fried
+user-data carries: its goldens keep the fried documents.
+"""
 
 from __future__ import annotations
 
@@ -27,8 +34,10 @@ from builder.render import (
     role_fragments,
     split_user_data,
 )
+from builder.render.app import own_app
 from builder.render.assemble import GZIP_THRESHOLD, mime_boundary
 from builder.render.templates import render_template
+from tests.bake_fixture import rack_seed
 
 ROOT = Path(__file__).resolve().parent.parent
 GOLDEN = ROOT / "tests" / "golden"
@@ -40,8 +49,21 @@ def load(name: str) -> Manifest:
     return load_manifest(ROOT / "manifests" / name)
 
 
-def cases() -> list[tuple[Path, str]]:
-    return [(path, role) for path in MANIFESTS for role in load_manifest(path).roles]
+def rack() -> Manifest:
+    """The seed with the Rack sample: the form fried user-data can carry."""
+    return rack_seed(load("smallpayroll.yaml"))
+
+
+#: golden name → manifest: every shipped manifest, and the seed's Rack form
+VARIANTS = {**{p.stem: p.name for p in MANIFESTS}, "smallpayroll-rack": ""}
+
+
+def variant(name: str) -> Manifest:
+    return load(VARIANTS[name]) if VARIANTS[name] else rack()
+
+
+def cases() -> list[tuple[str, str]]:
+    return [(name, role) for name in VARIANTS for role in variant(name).roles]
 
 
 def check_golden(path: Path, content: bytes) -> None:
@@ -84,35 +106,54 @@ def test_there_are_manifests_to_render() -> None:
     assert {p.name for p in MANIFESTS} >= {"smallpayroll.yaml", "smallpayroll-2010.yaml"}
 
 
-@pytest.mark.parametrize(("path", "role"), cases(), ids=lambda v: getattr(v, "stem", v))
+@pytest.mark.parametrize(("name", "role"), cases())
 @pytest.mark.usefixtures("placeholder_boot")
-def test_golden_user_data(path: Path, role: str) -> None:
-    manifest = load_manifest(path)
-    fried = render_role(manifest, role)
+def test_golden_user_data(name: str, role: str) -> None:
+    manifest = variant(name)
+    if not own_app(manifest):
+        fried = render_role(manifest, role)
+        check_golden(GOLDEN / name / f"{role}.user-data.txt", fried.raw)
     baked = render_role(manifest, role, baked=True)
-    check_golden(GOLDEN / path.stem / f"{role}.user-data.txt", fried.raw)
-    check_golden(GOLDEN / path.stem / f"{role}.baked.user-data", baked.user_data)
+    check_golden(GOLDEN / name / f"{role}.baked.user-data", baked.user_data)
 
 
-@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.stem)
+@pytest.mark.parametrize("name", VARIANTS)
 @pytest.mark.usefixtures("placeholder_boot")
-def test_golden_image_content(path: Path) -> None:
-    content = listing(image_content(load_manifest(path)))
-    check_golden(GOLDEN / path.stem / "image-content.txt", content)
+def test_golden_image_content(name: str) -> None:
+    content = listing(image_content(variant(name)))
+    check_golden(GOLDEN / name / "image-content.txt", content)
 
 
 def test_golden_directory_has_no_stale_files() -> None:
-    expected = {f"{p.stem}/image-content.txt" for p in MANIFESTS}
-    for path, role in cases():
-        expected |= {f"{path.stem}/{role}.user-data.txt", f"{path.stem}/{role}.baked.user-data"}
+    expected = {f"{name}/image-content.txt" for name in VARIANTS}
+    for name, role in cases():
+        expected.add(f"{name}/{role}.baked.user-data")
+        if not own_app(variant(name)):
+            expected.add(f"{name}/{role}.user-data.txt")
     present = {str(p.relative_to(GOLDEN)) for p in GOLDEN.rglob("*") if p.is_file()}
     assert present == expected
 
 
-@pytest.mark.parametrize(("path", "role"), cases(), ids=lambda v: getattr(v, "stem", v))
-def test_rendering_is_deterministic(path: Path, role: str) -> None:
-    first = render_role(load_manifest(path), role).user_data
-    second = render_role(load_manifest(path), role).user_data
+@pytest.mark.parametrize("role", ["web", "app", "db", "all-in-one"])
+def test_fried_user_data_of_an_own_app_is_refused_at_its_code_line(role: str) -> None:
+    """The seed's Rails app is only in an image: fried user-data would boot without
+    it (and the all-in-one is over EC2's 16 KiB besides), so it is refused, one
+    line at `app.code`, never written without the app."""
+    manifest = load("smallpayroll.yaml")
+    with pytest.raises(UserError) as err:
+        render_role(manifest, role)
+    code_line = next(i for i, line in enumerate(manifest.source.read_text().splitlines(), 1)
+                     if line.startswith("  code:"))
+    assert str(err.value).startswith(f"{manifest.source}:{code_line}:3: fried user-data "
+                                     "cannot carry the team's own app (app.code: path)")
+    assert "--baked" in err.value.hint
+
+
+@pytest.mark.parametrize(("name", "role"), cases())
+def test_rendering_is_deterministic(name: str, role: str) -> None:
+    baked = own_app(variant(name))
+    first = render_role(variant(name), role, baked=baked).user_data
+    second = render_role(variant(name), role, baked=baked).user_data
     assert first == second
 
 
@@ -122,11 +163,12 @@ def test_output_is_identical_across_processes_and_hash_seeds() -> None:
         "from pathlib import Path\n"
         "from builder.manifest import load_manifest\n"
         "from builder.render import render_role, image_content\n"
+        "from builder.render.app import own_app\n"
         "h = hashlib.sha256()\n"
         "for p in sorted(Path('manifests').glob('*.yaml')):\n"
         "    m = load_manifest(p)\n"
         "    for r in m.roles:\n"
-        "        h.update(render_role(m, r).user_data)\n"
+        "        h.update(render_role(m, r, baked=own_app(m)).user_data)\n"
         "        h.update(render_role(m, r, baked=True).user_data)\n"
         "    for f in image_content(m).files:\n"
         "        h.update(f.path.encode() + f.content)\n"
@@ -143,9 +185,10 @@ def test_output_is_identical_across_processes_and_hash_seeds() -> None:
 
 
 def test_role_marker_and_locale_are_in_every_user_data() -> None:
-    for path, role in cases():
-        for baked in (False, True):
-            text = render_role(load_manifest(path), role, baked=baked).cloud_config
+    for name, role in cases():
+        manifest = variant(name)
+        for baked in (True,) if own_app(manifest) else (False, True):
+            text = render_role(manifest, role, baked=baked).cloud_config
             lines = text.splitlines()
             assert lines[0] == "#cloud-config"
             assert f"# amibake-role: {role}" in lines
@@ -155,7 +198,7 @@ def test_role_marker_and_locale_are_in_every_user_data() -> None:
 def test_fried_user_data_installs_everything_and_runs_the_dispatcher() -> None:
     import yaml
 
-    manifest = load("smallpayroll.yaml")
+    manifest = rack()
     rendered = render_role(manifest, "all-in-one")
     config = yaml.safe_load(rendered.raw)
     assert config["runcmd"] == [
@@ -218,7 +261,7 @@ def test_baked_user_data_carries_only_the_role_and_instance_bits() -> None:
 
 
 def test_bad_hosts_and_markers_are_user_errors() -> None:
-    manifest = load("smallpayroll.yaml")
+    manifest = rack()
     with pytest.raises(UserError, match="bad address"):
         render_role(manifest, "web", hosts={"app": ("10.0.0.1; rm -rf /",)})
     with pytest.raises(UserError, match="marker"):
@@ -243,11 +286,13 @@ def test_image_content_is_the_union_of_every_role() -> None:
     assert set(roles["roles"]) == {"web", "app", "db", "all-in-one"}
     assert roles["roles"]["web"]["services"] == ["nginx.service"]
     assert roles["roles"]["db"]["services"] == ["postgresql@15-main.service"]
-    assert roles["roles"]["app"]["services"] == [
+    # the Rails sample: its migration unit first (the app servers Require it)
+    assert roles["roles"]["app"]["services"] == ["amibake-migrate.service"] + [
         f"amibake-app@{p}.service" for p in (8000, 8001, 8002)]
     assert roles["all_services"] == sorted(roles["all_services"])
     assert roles["secrets"] == {
-        "db_password": {"store": "ssm", "name": "/smallpayroll/db-password"}}
+        "db_password": {"store": "ssm", "name": "/smallpayroll/db-password"},
+        "app:SECRET_KEY_BASE": {"store": "ssm", "name": "/smallpayroll/secret-key-base"}}
     assert roles["login_user"] == "admin" and roles["version"] == 1
 
 
@@ -345,7 +390,7 @@ def test_nginx_config_has_the_seed_behaviour() -> None:
 
 
 def test_gzip_above_16_kib_is_reproducible_and_lossless() -> None:
-    rendered = render_role(load("smallpayroll.yaml"), "all-in-one")
+    rendered = render_role(rack(), "all-in-one")
     assert len(rendered.raw) > GZIP_THRESHOLD
     assert rendered.gzipped
     assert rendered.user_data[4:8] == b"\0\0\0\0"  # mtime 0
@@ -389,7 +434,7 @@ def test_gzipped_multipart_is_read_by_cloud_init() -> None:
     from builder.validate.schema import bookworm_python
 
     script = Part("text/x-shellscript", "boot.sh", b"#!/bin/sh\n" + b"echo x\n" * 4000)
-    rendered = render_role(load("smallpayroll.yaml"), "db", extra_parts=(script,))
+    rendered = render_role(rack(), "db", extra_parts=(script,))
     assert rendered.gzipped
     with bookworm_python():
         from cloudinit.user_data import UserDataProcessor

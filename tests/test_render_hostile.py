@@ -42,6 +42,7 @@ from builder.ports import free_port
 from builder.render import image_content, render_role, split_user_data
 from builder.render.nginx import UPSTREAM_FILE
 from builder.validate.schema import schema_problems
+from tests.bake_fixture import rack_seed
 from tests.cutover_fixtures import (  # noqa: F401  (pg_template is a fixture)
     PG_OS_USER,
     Cluster,
@@ -52,7 +53,8 @@ from tests.cutover_fixtures import (  # noqa: F401  (pg_template is a fixture)
 from tests.servers import serving
 
 ROOT = Path(__file__).resolve().parent.parent
-SEED = load_manifest(ROOT / "manifests" / "smallpayroll.yaml")
+#: the seed with the Rack sample: the app server unit and env script these cases read
+SEED = rack_seed(load_manifest(ROOT / "manifests" / "smallpayroll.yaml"))
 SEED_2010 = load_manifest(ROOT / "manifests" / "smallpayroll-2010.yaml")
 CANARY = Path(tempfile.gettempdir()) / "amibake-hostile-canary"
 

@@ -24,7 +24,9 @@ import pytest
 from builder.manifest import load_manifest
 from builder.ports import free_port
 from builder.render import image_content
+from builder.render.app import own_app
 from builder.render.nginx import UPSTREAM_FILE
+from tests.bake_fixture import rack_seed
 from tests.servers import serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,6 +37,8 @@ MOVED = ("/etc/nginx/amibake", "/srv", "/var/www", "/var/log/nginx", "/run/nginx
 def install(manifest_path: Path, root: Path, *, listen: int, backend: int) -> Path:
     """Write the image's nginx-related files under `root`; return the config path."""
     manifest = load_manifest(manifest_path)
+    if own_app(manifest):  # the Rails app's public/ is only in its app layer: the Rack form
+        manifest = rack_seed(manifest)
     files = {f.path: f for f in image_content(manifest).files}
     for path, file in files.items():
         if path.startswith(("/etc/nginx/", "/srv/", "/var/www/")):

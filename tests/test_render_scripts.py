@@ -27,6 +27,8 @@ from builder.manifest import load_manifest
 from builder.ports import free_port
 from builder.proc import run
 from builder.render import File, image_content
+from builder.render.app import own_app
+from tests.bake_fixture import rack_seed
 from tests.servers import serving
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,8 +38,14 @@ PG_BIN = Path("/usr/lib/postgresql/15/bin")
 TRICKY = "pa'ss\\w$rd`x\"; @:/%?#&= ö"
 
 
-def files_of(manifest_path: Path) -> dict[str, File]:
-    return {f.path: f for f in image_content(load_manifest(manifest_path)).files}
+def files_of(manifest_path: Path, *, rack: bool = True) -> dict[str, File]:
+    """The image's files; with `rack`, an own app's manifest (the seed's Rails
+    sample) in its Rack form: the sample app and the env script with only the
+    database secret, which these tests run (the Rails pieces: test_rails_render)."""
+    manifest = load_manifest(manifest_path)
+    if rack and own_app(manifest):
+        manifest = rack_seed(manifest)
+    return {f.path: f for f in image_content(manifest).files}
 
 
 def write_script(directory: Path, file: File) -> Path:
@@ -63,7 +71,7 @@ def fake_secret_tool(directory: Path, value: str) -> Path:
 @pytest.mark.parametrize("manifest_path", MANIFESTS, ids=lambda p: p.stem)
 def test_setup_scripts_pass_shellcheck(manifest_path: Path, tmp_path: Path) -> None:
     scripts = [
-        write_script(tmp_path, f) for p, f in files_of(manifest_path).items()
+        write_script(tmp_path, f) for p, f in files_of(manifest_path, rack=False).items()
         if p.startswith("/usr/lib/amibake/setup/")
     ]
     assert len(scripts) >= 4
@@ -254,7 +262,7 @@ def test_app_env_with_the_real_secret_resolver_and_imds(tmp_path: Path) -> None:
     from builder.imds import ImdsConfig, ImdsServer
     from builder.render import render_role
 
-    manifest = load_manifest(MANIFESTS[-1])
+    manifest = rack_seed(load_manifest(MANIFESTS[-1]))
     root = tmp_path / "root"
     for path, file in files_of(MANIFESTS[-1]).items():
         if path.startswith(("/etc/amibake/", "/usr/lib/amibake/")):

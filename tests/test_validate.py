@@ -17,12 +17,20 @@ from builder.cli import main
 from builder.errors import UserError
 from builder.manifest import load_manifest
 from builder.render import Part, render_role
+from builder.render.app import own_app
 from builder.validate import lint_user_data, schema_problems, validate_rendered
 from builder.validate.schema import cloudinit_version, known_keys
+from tests.bake_fixture import SEED_MANIFEST as SEED
+from tests.bake_fixture import rack_manifest, rack_seed
 from tests.cloudinit_cli import cli_verdict
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFESTS = sorted((ROOT / "manifests").glob("*.yaml"))
+
+
+def code_line(path: Path) -> int:
+    return next(i for i, line in enumerate(path.read_text().splitlines(), 1)
+                if line.startswith("  code:"))
 
 #: name → (cloud-config, valid?) — each verdict is also checked against cloud-init's CLI.
 CORPUS: dict[str, tuple[str, bool]] = {
@@ -76,11 +84,12 @@ def test_verdict_matches_cloud_init_cli(name: str, tmp_path: Path) -> None:
         assert "Valid cloud-config" in cli_output
 
 
-@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.stem)
-def test_rendered_user_data_passes_cloud_init_cli(path: Path, tmp_path: Path) -> None:
-    manifest = load_manifest(path)
+@pytest.mark.parametrize("path", [*MANIFESTS, None],
+                         ids=lambda p: p.stem if p else "smallpayroll-rack")
+def test_rendered_user_data_passes_cloud_init_cli(path: Path | None, tmp_path: Path) -> None:
+    manifest = load_manifest(path) if path else rack_seed(load_manifest(SEED))
     for role in manifest.roles:
-        for baked in (False, True):
+        for baked in (True,) if own_app(manifest) else (False, True):
             rendered = render_role(manifest, role, baked=baked)
             target = tmp_path / f"{role}-{baked}.yaml"
             target.write_bytes(rendered.parts[0].content)
@@ -173,11 +182,15 @@ def test_lint_unknown_module_key() -> None:
     assert [(i.code, i.where) for i in issues] == [("unknown-key", "packges")]
 
 
-@pytest.mark.parametrize("path", MANIFESTS, ids=lambda p: p.stem)
-def test_every_manifest_validates_clean(path: Path) -> None:
-    manifest = load_manifest(path)
+@pytest.mark.parametrize("path", [*MANIFESTS, None],
+                         ids=lambda p: p.stem if p else "smallpayroll-rack")
+def test_every_manifest_validates_clean(path: Path | None) -> None:
+    """Fried and baked; an own app (the seed's Rails sample) only baked, its code
+    being only in an image. None: the seed with the Rack sample, whose fried
+    all-in-one stays within EC2's 16 KiB."""
+    manifest = load_manifest(path) if path else rack_seed(load_manifest(SEED))
     for role in manifest.roles:
-        for baked in (False, True):
+        for baked in (True,) if own_app(manifest) else (False, True):
             assert validate_rendered(manifest, render_role(manifest, role, baked=baked)) == []
 
 
@@ -217,8 +230,8 @@ def test_problems_point_at_the_manifest_line(tmp_path: Path) -> None:
     assert "t0psecret" not in problem.message
 
 
-def test_schema_problem_points_at_the_package_line() -> None:
-    manifest = load_manifest(ROOT / "manifests" / "smallpayroll.yaml")
+def test_schema_problem_points_at_the_package_line(tmp_path: Path) -> None:
+    manifest = load_manifest(rack_manifest(tmp_path))  # fried: the Rack sample
     ruby = manifest.components.ruby
     assert ruby is not None
     bad_ruby = dataclasses.replace(ruby, packages=(*ruby.packages, "bad package"))
@@ -241,7 +254,7 @@ def test_schema_problem_points_at_the_package_line() -> None:
 # --------------------------------------------------------------------- the verb
 
 
-def test_validate_verb_clean(capsys: pytest.CaptureFixture[str]) -> None:
+def test_validate_verb_clean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["validate"]) == 0
     out = capsys.readouterr().out
     assert out.strip().endswith("clean (cloud-init 22.4.2 schema)")
@@ -250,6 +263,10 @@ def test_validate_verb_clean(capsys: pytest.CaptureFixture[str]) -> None:
     assert doc["ok"] is True and doc["problems"] == [] and doc["cloud_init"] == "22.4.2"
     roles = doc["manifests"][-1]["roles"]
     assert set(roles) == {"web", "app", "db", "all-in-one"}
+    # the seed's Rails app is only in an image: baked user-data only, none fried
+    assert all(set(r) == {"baked"} and r["baked"]["bytes"] <= 16384 for r in roles.values())
+    assert main(["validate", "--json", str(rack_manifest(tmp_path))]) == 0
+    roles = json.loads(capsys.readouterr().out)["manifests"][0]["roles"]
     assert all(r["fried"]["bytes"] <= 16384 and r["fried"]["gzipped"] for r in roles.values())
 
 
@@ -300,7 +317,13 @@ def test_validate_without_the_schema_says_how_to_get_it(
 
 
 def test_render_verb(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    manifest = MANIFESTS[-1]
+    # the seed's Rails app cannot be fried: one line at its app.code, exit 1
+    assert main(["render", str(SEED), "--role", "db"]) == 1
+    assert f"{SEED}:{code_line(SEED)}:3: fried user-data cannot carry" in capsys.readouterr().err
+    (tmp_path / "rack").mkdir()
+    manifest = rack_manifest(tmp_path / "rack")  # the seed with the Rack sample
+    tmp_path = tmp_path / "out"
+    tmp_path.mkdir()
     assert main(["render", str(manifest), "--all-roles", "--out", str(tmp_path)]) == 0
     names = sorted(p.name for p in tmp_path.iterdir())
     assert "web.user-data" in names and "web.user-data.txt" in names
@@ -332,7 +355,7 @@ def test_render_verb_prints_user_data(tmp_path: Path) -> None:
     )
     assert result.stdout == render_role(load_manifest(MANIFESTS[-1]), "db", baked=True).user_data
     fried = subprocess.run(
-        [sys.executable, "-m", "builder", "render", str(MANIFESTS[-1]), "--role", "db"],
+        [sys.executable, "-m", "builder", "render", str(rack_manifest(tmp_path)), "--role", "db"],
         cwd=ROOT, capture_output=True, check=True,
     )
     assert fried.stdout[:2] == b"\x1f\x8b"  # as EC2 gets it

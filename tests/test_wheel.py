@@ -12,6 +12,7 @@ from pathlib import Path
 
 import builder
 from builder.validate.schema import cloudinit_root
+from tests.bake_fixture import rack_manifest
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("builder", "cloudinit", "pyproject.toml", "setup.py", "README.md")
@@ -55,6 +56,8 @@ def test_the_installed_wheel_renders_and_validates_outside_the_checkout(tmp_path
     work = tmp_path / "elsewhere"
     (work / "manifests").mkdir(parents=True)
     shutil.copy2(ROOT / "manifests/smallpayroll.yaml", work / "manifests")
+    # fried user-data: the seed with the Rack sample (its Rails app is only in an image)
+    rack_manifest(tmp_path).rename(work / "manifests/smallpayroll-rack.yaml")
     env = {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(tmp_path),
            "AMIBAKE_CLOUDINIT_ROOT": str(cloudinit_root())}
     where = _run([python, "-c", "import builder; print(builder.__file__); "
@@ -63,7 +66,7 @@ def test_the_installed_wheel_renders_and_validates_outside_the_checkout(tmp_path
     assert module.startswith(str(site)) and checkout == "None"
     assert templates == str(site / "builder/resources")
 
-    rendered = _run([venv / "bin/amibake", "render", "manifests/smallpayroll.yaml",
+    rendered = _run([venv / "bin/amibake", "render", "manifests/smallpayroll-rack.yaml",
                      "--role", "web", "--out", "out"], cwd=work, env=env)
     assert rendered.returncode == 0, rendered.stderr
     user_data = (work / "out").rglob("*")
@@ -73,5 +76,5 @@ def test_the_installed_wheel_renders_and_validates_outside_the_checkout(tmp_path
 
     validated = _run([venv / "bin/amibake", "validate"], cwd=work, env=env)
     assert validated.returncode == 0, validated.stdout + validated.stderr
-    assert "1 manifest(s)" in validated.stdout and "clean" in validated.stdout
+    assert "2 manifest(s)" in validated.stdout and "clean" in validated.stdout
     assert builder.CHECKOUT == ROOT  # this process still runs from the checkout

@@ -125,7 +125,9 @@ def render_role(
 
     Fried (default): packages, every file (write_files, deferred until the
     packages are installed) and a runcmd of the dispatcher: works from a plain
-    Debian cloud image. Baked: only the role marker and per-instance bits.
+    Debian cloud image; refused for the team's own app (`app.code` a path, git
+    or tarball), whose code is only in an image. Baked: only the role marker
+    and per-instance bits.
     `hosts` (role → addresses) becomes /etc/amibake/hosts.env, which the setup
     scripts read to find other roles (nginx's app servers, the database);
     `markers` adds `# amibake-<key>: <value>` lines (e.g. secrets-endpoint);
@@ -136,6 +138,14 @@ def render_role(
         raise manifest_error(manifest, f"roles.{role_name}",
                              f"role name {role_name!r} cannot be written to user-data",
                              hint="role names are [A-Za-z0-9][A-Za-z0-9._-]*")
+    if not baked and app.own_app(manifest):
+        kind = manifest.app.code.kind  # type: ignore[union-attr]
+        raise manifest_error(
+            manifest, "app.code",
+            f"fried user-data cannot carry the team's own app (app.code: {kind}): its code, "
+            "gems and assets reach an instance only inside a baked image",
+            hint="bake an image (`amibake bake`, `make image`) and render --baked; "
+                 "`code: sample` (the Rack sample) still renders fried")
     comments = [f"amibake-role: {role_name}"]
     for key, value in sorted((markers or {}).items()):
         if not _MARKER_KEY.match(key) or comment(value) != value or key == "role":
