@@ -156,6 +156,9 @@ def test_deploy_creates_the_stack_and_prints_outputs(cfn_aws: Aws, cert: str, tm
     assert st["status"] == "CREATE_COMPLETE"
     assert st["outputs"]["DbPrivateName"] == "db.smallpayroll.internal"
     assert st["events"] and st["events"][-1]["ResourceStatus"] == "CREATE_COMPLETE"
+    assert main(["stack", "status", str(path)]) == 0  # the line the cutover takes, too
+    assert f"cutover.dns.new_address: {st['outputs']['SiteAddress']}" \
+        in capsys.readouterr().out.splitlines()
 
     # the same manifest again: nothing to do, no change set left behind
     assert main(["stack", "deploy", str(path)]) == 0

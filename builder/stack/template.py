@@ -436,8 +436,9 @@ class _Builder:
             "LoadBalancerArn": Ref(lb), "Port": HTTP_PORT, "Protocol": "HTTP",
             "DefaultActions": http_action})
         self.outputs["SiteAddress"] = {
-            "Description": "the site's address: the load balancer's DNS name (point the "
-                           "site's name at it with a CNAME or an alias)",
+            "Description": "the site's address (cutover.dns.new_address): the load "
+                           "balancer's DNS name; the cutover makes the site's record a CNAME "
+                           "to it",
             "Value": GetAtt(lb, "DNSName")}
         return [Ref(tg)]
 
