@@ -4,6 +4,8 @@ timezones, and pre-flight results listed with their current state."""
 from __future__ import annotations
 
 import re
+import shlex
+import shutil
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +19,7 @@ from builder.cutover.dns import provider_for
 from builder.cutover.procedure import plan_doc
 from builder.manifest import load_manifest
 from builder.manifest.model import Cutover
+from builder.proc import run
 from tests.cutover_fixtures import *  # noqa: F403
 from tests.cutover_fixtures import Cluster, Knot, Site, cutover_manifest
 
@@ -132,3 +135,33 @@ def test_window_start_with_seconds_is_announced_by_the_minute(
     assert "from Saturday, December 5, 2026, 11:00 pm EST" in text
     assert "until Sunday, December 6, 2026, 12:01 am EST" in text  # 00:00:45, shifted out
     assert not AMBIGUOUS.search(text)
+
+
+def test_the_runbook_gives_a_timer_line_that_runs_notify_at_the_notice_time(
+    tmp_path: Path,
+) -> None:
+    """`cutover plan` prints a systemd-run line for the notice: its calendar
+    read by systemd's own parser is the notice time in UTC, and its command
+    is this amibake's `cutover notify` on the manifest by absolute path."""
+    folder = tmp_path / "my manifests"
+    folder.mkdir()
+    manifest = folder / "payroll's.yaml"
+    shutil.copy(ROOT / "manifests" / "smallpayroll.yaml", manifest)
+    cut = _cut("2026-12-05T23:59:00-05:00")  # lead_days 14: 2026-11-21 23:59 EST
+    doc = plan.build("smallpayroll", cut, old_ttl=300, old_address=None, checks=[], steps=[],
+                     manifest=manifest)
+    line = doc["notice"]["schedule"]
+    assert f"```\n{line}\n```" in plan.to_markdown(doc)
+    argv = shlex.split(line)
+    assert argv[0] == "systemd-run" and argv[1].startswith("--on-calendar=")
+    calendar = run(["systemd-analyze", "calendar", argv[1].removeprefix("--on-calendar=")],
+                   capture=True).stdout
+    assert "Normalized form: 2026-11-22 04:59:00 UTC" in calendar
+    assert argv[-3:] == ["cutover", "notify", str(manifest)]
+    helped = run([*argv[argv.index("--timer-property=AccuracySec=1s") + 1:-1], "--help"],
+                 capture=True).stdout
+    assert "notify" in helped and "banner-on" in helped
+    no_file = plan.build("smallpayroll", cut, old_ttl=300, old_address=None, checks=[],
+                         steps=[])
+    assert no_file["notice"]["schedule"] is None
+    assert "systemd-run" not in plan.to_markdown(no_file)

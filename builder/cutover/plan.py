@@ -9,9 +9,12 @@ minute later (12:01 am / 12:01 pm). Every time carries its timezone.
 
 from __future__ import annotations
 
+import shlex
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -82,6 +85,21 @@ def format_time(dt: datetime, edge: Edge = "start") -> str:
             f"{clock(dt)} {dt.tzname()} ({offset})")
 
 
+def notice_at(cut: Cutover) -> datetime:
+    """When the notice goes out: `notice.lead_days` before the window."""
+    return window(cut)[0] - timedelta(days=cut.notice.lead_days)
+
+
+def notice_schedule(cut: Cutover, manifest: Path) -> str:
+    """A shell line that schedules `amibake cutover notify MANIFEST` at the
+    notice time with a transient systemd timer (root's environment: its AWS
+    configuration; this Python and the manifest by absolute path)."""
+    at = notice_at(cut).astimezone(UTC)
+    return shlex.join(["systemd-run", f"--on-calendar={at:%Y-%m-%d %H:%M:%S} UTC",
+                       "--timer-property=AccuracySec=1s", sys.executable, "-m", "builder",
+                       "cutover", "notify", str(manifest.resolve())])
+
+
 def notice_text(app_name: str, cut: Cutover) -> str:
     start, end = window(cut)
     return (
@@ -114,7 +132,7 @@ def timeline(cut: Cutover, old_ttl: int | None) -> list[Entry]:
     strategy = ("copy roles and schema, create the publication and subscription and let the "
                 "initial sync finish" if cut.strategy == "replicate" else "copy roles")
     return [
-        Entry(start - timedelta(days=cut.notice.lead_days), "start", "send the user notice",
+        Entry(notice_at(cut), "start", "send the user notice",
               f"`amibake cutover notify`, {cut.notice.lead_days} days ahead; text below"
               + "".join(part for part, on in (
                   ("; mailed to notice.mail's recipients", cut.notice.mail is not None),
@@ -161,7 +179,8 @@ def by_hand(cut: Cutover, old_address: str | None, old_ttl: int | None) -> dict[
 
 def build(app_name: str, cut: Cutover, *, old_ttl: int | None, old_address: str | None,
           checks: Sequence[Any], steps: Sequence[tuple[str, str, str]],
-          rehearsal: dict[str, Any] | None = None) -> dict[str, Any]:
+          rehearsal: dict[str, Any] | None = None,
+          manifest: Path | None = None) -> dict[str, Any]:
     start, end = window(cut)
     return {
         "strategy": cut.strategy,
@@ -172,7 +191,8 @@ def build(app_name: str, cut: Cutover, *, old_ttl: int | None, old_address: str 
                 "current_ttl": old_ttl, "new_address": cut.dns.new_address,
                 "new_type": "CNAME" if is_host_name(cut.dns.new_address) else "A",
                 "low_ttl": cut.dns.low_ttl, "by_hand": by_hand(cut, old_address, old_ttl)},
-        "notice": {"send_at": (start - timedelta(days=cut.notice.lead_days)).isoformat(),
+        "notice": {"send_at": notice_at(cut).isoformat(),
+                   "schedule": notice_schedule(cut, manifest) if manifest else None,
                    "text": notice_text(app_name, cut)},
         "timeline": [e.to_json() for e in timeline(cut, old_ttl)],
         "preflight": [{"check": c.name, "ok": c.ok, "detail": c.detail, "hint": c.hint}
@@ -197,6 +217,10 @@ def to_markdown(doc: dict[str, Any]) -> str:
              "| when | what | details |", "| --- | --- | --- |"]
     lines += [f"| {e['announced']} | {e['title']} | {e['detail']} |" for e in doc["timeline"]]
     lines += ["", "## User notice", "", f"Send at: {doc['notice']['send_at']}", ""]
+    if doc["notice"].get("schedule"):
+        lines += ["`amibake cutover notify` then (banner on the old site, mail); to have it "
+                  "run then by a transient systemd timer, run this now as root:", "",
+                  "```", doc["notice"]["schedule"], "```", ""]
     lines += ["> " + ln if ln else ">" for ln in doc["notice"]["text"].splitlines()]
     lines += ["", "## Pre-flight checks", ""]
     lines += [f"- [{'x' if c['ok'] else ' '}] {c['check']}: {c['detail']}"

@@ -57,7 +57,8 @@ def plan_doc(cfg: CutoverConfig, dns: DnsProvider, path: Path | None = None) -> 
     steps = [(s.name, s.phase, s.describe(ctx)) for s in forward_steps(cfg)]
     figures = rehearse.load_figures(rehearse.figures_path(path or default_state_path(cfg)))
     return plan.build(cfg.manifest.app.name, cfg.cutover, old_ttl=old_ttl,
-                      old_address=old_address, checks=checks, steps=steps, rehearsal=figures)
+                      old_address=old_address, checks=checks, steps=steps, rehearsal=figures,
+                      manifest=cfg.manifest.source if cfg.manifest.source.is_file() else None)
 
 
 def dry_run(cfg: CutoverConfig, dns: DnsProvider, path: Path, *, rollback: bool = False,
