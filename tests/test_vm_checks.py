@@ -13,6 +13,7 @@ from builder.manifest import load_manifest
 from builder.manifest.model import Manifest
 from builder.vm.boottest import boot_order
 from builder.vm.checks import expectations_for, expected_services, http_get
+from tests.bake_fixture import rack_seed
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,6 +32,11 @@ def test_plans_for_the_seed_roles(manifest: Manifest) -> None:
     assert web.maintenance_flag == "/var/www/maintenance/on" and web.retry_after == 300
     assert web.static_page == "/404.html"
     assert web.server_name == "payroll.example.com"
+    # the Rails sample: the app role booted alone waits in its migration for a database
+    assert [e.migration_waits for e in (web, app, db, aio)] == [False, True, False, False]
+    assert all(e.own_app for e in (web, app, db, aio))
+    rack_app = expectations_for(rack_seed(manifest), "app")
+    assert (rack_app.own_app, rack_app.migration_waits) == (False, False)
 
 
 def test_expected_services_split_mine_from_the_others() -> None:

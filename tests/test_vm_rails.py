@@ -1,28 +1,24 @@
 """Bake + boot: the Rails sample (cloudinit/app-rails) baked by `path:` and booted all-in-one.
 
-The seed manifest with `app.code: {path: cloudinit/app-rails}`, Debian's Rails
-gems and a SECRET_KEY_BASE reference, baked for the all-in-one role (the app
-layer runs Bundler frozen --local and assets:precompile in the image; the
-compilers are purged) and booted under qemu with the IMDS emulator serving
-the secrets. The role's generic boot checks pass (services, `/` and `/health`
-200 through nginx); then, in the same VM: `/` is rendered by Rails, a POST
-through the CSRF form lands in PostgreSQL (read back with psql), the
-migration unit ran once and the app servers after it, SECRET_KEY_BASE is only
-in the 0600 env file, and the image holds no compiler, no `.git`, no master key.
+The seed manifest (manifests/smallpayroll.yaml: `app.code: {path:
+../cloudinit/app-rails}`, Debian's Rails gems and a SECRET_KEY_BASE
+reference), in the session's bake (tests/bake_fixture.py `baked_image`, shared
+with the boot tests: the app layer runs Bundler frozen --local and
+assets:precompile in the image; the compilers are purged), booted all-in-one
+under qemu with the IMDS emulator serving the secrets. The role's generic
+boot checks pass (services, `/` and `/health` 200 through nginx); then, in
+the same VM: `/` is rendered by Rails, a POST through the CSRF form lands in
+PostgreSQL (read back with psql), the migration unit ran once and the app
+servers after it, SECRET_KEY_BASE is only in the 0600 env file, and the
+image holds no compiler, no `.git`, no master key.
 """
 
 from __future__ import annotations
 
-import html
-import re
-import shutil
-import urllib.parse
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from builder.bake.pipeline import bake, with_roles
 from builder.manifest import load_manifest
 from builder.manifest.model import Manifest
 from builder.store import StoredImage
@@ -32,28 +28,22 @@ from builder.vm.checks import expectations_for, http_get
 from builder.vm.imds import imds_server
 from builder.vm.qemu import Vm, VmSpec
 from builder.vm.ssh import Ssh, generate_key
-from tests.bake_fixture import bake_options
-from tests.test_rails_render import rails_manifest
+from tests.bake_fixture import SEED_MANIFEST
+from tests.rails_form import new_employee_form, post_employee
 
 pytestmark = [pytest.mark.vm, pytest.mark.bake, pytest.mark.timeout(3600)]
 
-ROOT = Path(__file__).resolve().parent.parent
 ROLE = "all-in-one"
-@pytest.fixture(scope="module")
-def manifest(tmp_path_factory: pytest.TempPathFactory) -> Manifest:
-    return with_roles(load_manifest(rails_manifest(tmp_path_factory.mktemp("rails"))), [ROLE])
 
 
 @pytest.fixture(scope="module")
-def image(manifest: Manifest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[StoredImage]:
-    store = tmp_path_factory.mktemp("rails-store") / "images"
-    result = bake(manifest, bake_options(store), say=print)
-    yield result.image
-    shutil.rmtree(store, ignore_errors=True)
+def manifest() -> Manifest:
+    return load_manifest(SEED_MANIFEST)
 
 
 def test_the_rails_sample_bakes_and_boots_all_in_one(
-        image: StoredImage, manifest: Manifest, tmp_path: Path) -> None:
+        baked_image: StoredImage, manifest: Manifest, tmp_path: Path) -> None:
+    image = baked_image
     key = generate_key(tmp_path / "id_ed25519", comment="amibake-rails-test")
     identity = render_identity(manifest, ROLE, key)
     host = manifest.app.server_name
@@ -79,23 +69,11 @@ def test_the_rails_sample_bakes_and_boots_all_in_one(
             assert http_get(port, "/health", host_header=host).status == 200
 
             # the CSRF form: its token and session cookie, then the POST
-            form = http_get(port, "/employees/new", host_header=host, timeout=60)
-            assert form.status == 200
-            cookie = form.headers["set-cookie"].split(";", 1)[0]
-            m = re.search(rb'name="authenticity_token" value="([^"]+)"', form.body)
-            assert m, form.body[:500]
-            token = html.unescape(m.group(1).decode())
-            body = urllib.parse.urlencode({"authenticity_token": token,
-                                           "employee[name]": "Ada from the form",
-                                           "employee[hourly_rate]": "42.50"}).encode()
-            posted = http_get(port, "/employees", host_header=host, method="POST", body=body,
-                              content_type="application/x-www-form-urlencoded",
-                              headers={"Cookie": cookie}, timeout=60)
+            form = new_employee_form(port, host)
+            posted = post_employee(port, host, form, "Ada from the form", "42.50")
             assert posted.status in (302, 303), posted.body[:500]
-            forged = http_get(port, "/employees", host_header=host, method="POST",
-                              body=body.replace(b"authenticity_token=", b"authenticity_token=x"),
-                              content_type="application/x-www-form-urlencoded",
-                              headers={"Cookie": cookie}, timeout=60)
+            forged = post_employee(port, host, form, "Ada from the form", "42.50",
+                                   token="x" + form.token)
             assert forged.status == 422
             rows = ssh.run("sudo -n -u postgres psql -XAtq -d payroll_prod -c "
                            "'SELECT name, hourly_rate FROM employees ORDER BY id'").stdout

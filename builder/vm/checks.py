@@ -86,10 +86,16 @@ class RoleExpectations:
     #: the team's own app (not the sample): its pages are its own, so the
     #: generic check asks only `/` and `/health`, not the sample's JSON API
     own_app: bool = False
+    #: the team's own app's servers without a database on the instance, booted
+    #: alone: amibake-migrate waits for the database (the boot does not finish)
+    #: and the app servers, which Require it, stay down
+    migration_waits: bool = False
 
 
 def expectations_for(manifest: Manifest, role: str) -> RoleExpectations:
+    """What an instance of `role` booted alone (no other role reachable) shows."""
     comps = set(manifest.roles[role].components)
+    own_app = manifest.app.code not in ("sample", "none")
     nginx = manifest.components.nginx
     pg = manifest.components.postgresql
     has_nginx = "nginx" in comps and nginx is not None
@@ -107,7 +113,9 @@ def expectations_for(manifest: Manifest, role: str) -> RoleExpectations:
         mount_point=pg.mount_point if pg else "/mnt",
         app_ports=manifest.components.appserver.ports
         if "appserver" in comps and manifest.components.appserver else (),
-        own_app=manifest.app.code not in ("sample", "none"),
+        own_app=own_app,
+        migration_waits=own_app and "appserver" in comps and "postgresql" not in comps
+        and manifest.components.appserver is not None,
     )
 
 
@@ -134,6 +142,13 @@ class RoleChecker:
         self.http_waiter = http_waiter
 
     def run_all(self) -> list[CheckResult]:
+        if self.expect.migration_waits:
+            return [self._guard("role being applied", self.check_dispatcher_waits),
+                    self._guard("cloud-init config valid, sudo quiet",
+                                self.check_instance_basics),
+                    self._guard("migration waits for the database",
+                                self.check_migration_waits),
+                    self._guard("app servers down", self.check_app_servers_down)]
         results = [self._guard("role applied", self.check_role_marker),
                    self._guard("services", self.check_services),
                    self._guard("cloud-init config valid, sudo quiet", self.check_instance_basics)]
@@ -202,6 +217,43 @@ class RoleChecker:
                 raise NotYet(f"nothing listens on port(s) {closed}")
             return "listening on " + ", ".join(map(str, self.expect.app_ports))
         return wait_for(listening, self.http_waiter("app servers to listen"))
+
+    def check_dispatcher_waits(self) -> str:
+        """The dispatcher is still starting the role's services (it waits for the app
+        servers, which wait for the migration); the role is not marked applied."""
+        state = self.ssh.run("systemctl is-active amibake-dispatch.service").stdout.strip()
+        marker = self.ssh.run("test -e /var/lib/amibake/role").returncode == 0
+        if state != "activating" or marker:
+            raise CheckFailed(f"amibake-dispatch.service is {state}"
+                              f"{' and /var/lib/amibake/role exists' if marker else ''}, "
+                              "expected activating (waiting for the app servers)")
+        return "amibake-dispatch.service activating; /var/lib/amibake/role not written yet"
+
+    def check_migration_waits(self) -> str:
+        """amibake-migrate.service is activating and has said, once, what it waits for."""
+        def waiting() -> str:
+            state = self.ssh.run("systemctl is-active amibake-migrate.service").stdout.strip()
+            said = [line for line in self.ssh.output(
+                "sudo -n journalctl -b -o cat -u amibake-migrate.service").splitlines()
+                if line.startswith("amibake-migrate: ")]
+            if state != "activating" or not said:
+                raise NotYet(f"amibake-migrate.service is {state}: {said[-1:] or 'nothing said'}")
+            if not said[0].startswith("amibake-migrate: waiting for the database (") or \
+                    len(said) != 1:
+                raise CheckFailed(f"amibake-migrate said {said!r}")
+            return f"amibake-migrate.service activating, journal: {said[0]}"
+        return wait_for(waiting, self.http_waiter("amibake-migrate to wait for the database"))
+
+    def check_app_servers_down(self) -> str:
+        units = [f"amibake-app@{port}.service" for port in self.expect.app_ports]
+        states = self.ssh.output(f"systemctl is-active {' '.join(units)}; true").split()
+        up = [f"{u} is {s}" for u, s in zip(units, states, strict=True) if s != "inactive"]
+        listening = [port for port in self.expect.app_ports if self.ssh.run(
+            f"timeout 5 bash -c '</dev/tcp/127.0.0.1/{port}'").returncode == 0]
+        if up or listening:
+            raise CheckFailed("; ".join(up + [f"port {p} listens" for p in listening]))
+        return (f"{', '.join(units)} inactive (Require amibake-migrate); nothing listens on "
+                f"{', '.join(map(str, self.expect.app_ports))}")
 
     def check_postgres_on_instance_store(self) -> str:
         mp = self.expect.mount_point
