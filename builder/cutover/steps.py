@@ -359,8 +359,11 @@ def forward_steps(cfg: CutoverConfig) -> list[FnStep]:
     if cut.rollback_dump:
         steps.append(FnStep(
             "backup_old", "prepare",
-            lambda c: f"pg_dump -Fc of the old database into {cut.rollback_dump}, checked "
-                      "with pg_restore --list and kept as the rollback point",
+            lambda c: (f"pg_dump -Fc of the old database into {cut.rollback_dump}, checked "
+                       "with pg_restore --list" if cut.old_pg_dump == "local" else
+                       f"the old host's own pg_dump -Fp ({cut.old_pg_dump}) into "
+                       f"{cut.rollback_dump}, checked for pg_dump's completion comment")
+                      + ", kept as the rollback point",
             lambda c: checklist.backup_old(c.cfg, c.state, c.checkpoint)))
     steps += [
         FnStep("dns_lower_ttl", "prepare",
