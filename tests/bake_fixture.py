@@ -45,6 +45,13 @@ SEED_CODE_LINE = "  code: {path: ../cloudinit/app-rails}\n"
 RAILS_SAMPLE = ROOT / "cloudinit" / "app-rails"
 
 
+def seed_text(text: str | None = None) -> str:
+    """The seed manifest's text (or `text`) with the Rails sample's path made
+    absolute, for a copy that lives outside manifests/."""
+    text = SEED_MANIFEST.read_text() if text is None else text
+    return text.replace(SEED_CODE_LINE, f"  code: {{path: {RAILS_SAMPLE}}}\n", 1)
+
+
 def copy_manifest(dest_dir: Path, *replacements: tuple[str, str]) -> Path:
     """The seed manifest copied into `dest_dir`, with text replacements applied.
 
@@ -54,9 +61,8 @@ def copy_manifest(dest_dir: Path, *replacements: tuple[str, str]) -> Path:
     for old, new in replacements:
         assert old in text, f"{old!r} not in the seed manifest"
         text = text.replace(old, new, 1)
-    text = text.replace(SEED_CODE_LINE, f"  code: {{path: {RAILS_SAMPLE}}}\n", 1)
     dest = dest_dir / SEED_MANIFEST.name
-    dest.write_text(text)
+    dest.write_text(seed_text(text))
     return dest
 
 

@@ -28,6 +28,7 @@ import pytest
 from builder.db.repo import Repo
 from builder.ports import free_port
 from builder.proc import run
+from tests.bake_fixture import seed_text
 from tests.cutover_fixtures import Cluster, destroy_cluster, start_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,7 +124,7 @@ def backup_yaml(s3: S3, *, prefix: str, bucket: str = BUCKET, encrypted: bool = 
 def manifest_with_backup(directory: Path, s3: S3, name: str = "backup.yaml",
                          **kw: Any) -> Path:
     """smallpayroll.yaml with a backup section pointing at the test S3."""
-    text = SMALLPAYROLL.read_text()
+    text = seed_text()  # its app (the Rails sample) by absolute path
     anchor = '      log_min_duration_statement: "500"\n'
     assert anchor in text
     path = directory / name
