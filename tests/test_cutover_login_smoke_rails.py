@@ -160,3 +160,5 @@ def test_the_token_and_hidden_fields_come_from_the_form_that_posts_to_the_action
     assert jar.header() == "_s=two"
     jar.update([("Set-Cookie", "_s=; path=/; expires=Thu, 01 Jan 1970 00:00:00 GMT")])
     assert jar.header() == ""
+    jar.update([("Set-Cookie", "_s=three; Expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=60")])
+    assert jar.header() == "_s=three"  # Max-Age wins over Expires

@@ -102,21 +102,23 @@ class _Jar:
 
 
 def _expired(attrs: str) -> bool:
+    """Max-Age ≤ 0, or else an Expires in the past (Max-Age wins, RFC 6265)."""
+    expires = None
     for attr in attrs.split(";"):
         key, _, value = attr.strip().partition("=")
-        key = key.lower()
-        if key == "max-age" and value.strip().lstrip("-").isdigit():
+        key, value = key.lower(), value.strip()
+        if key == "max-age" and value.lstrip("-").isdigit():
             return int(value) <= 0
         if key == "expires":
             try:
-                when = parsedate_to_datetime(value.strip())
+                expires = parsedate_to_datetime(value)
             except (TypeError, ValueError, IndexError):
                 continue
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=UTC)
-            if when <= datetime.now(UTC):
-                return True
-    return False
+    if expires is None:
+        return False
+    if expires.tzinfo is None:
+        expires = expires.replace(tzinfo=UTC)
+    return expires <= datetime.now(UTC)
 
 
 def run_form(cfg: CutoverConfig, spec: FormSmoke, secrets: Mapping[str, str], *,
