@@ -62,6 +62,7 @@ def main() -> int:
 
 def measure(repeat: int, tmp: Path) -> int:
     warm = tmp / "warm"
+    load_before = os.getloadavg()
 
     def cache_for(name: str, run: int) -> Path:
         return tmp / f"cold-{run}" if name == "validate_cold" else warm
@@ -89,6 +90,7 @@ def measure(repeat: int, tmp: Path) -> int:
         "target_s": TARGET_S,
         "meets_target": medians["validate"] <= TARGET_S,
         "pythondontwritebytecode": bool(os.environ.get("PYTHONDONTWRITEBYTECODE")),
+        "loadavg_before": load_before,
         "loadavg": os.getloadavg(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),

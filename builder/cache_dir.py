@@ -39,8 +39,9 @@ class DiskMemo:
     <name>/<code identity>/, keyed by the SHA-256 of the input. Best effort: a
     result that cannot be read or written is computed again."""
 
-    def __init__(self, name: str, code: Iterable[Path]) -> None:
-        identity = code_identity(name, code)
+    def __init__(self, name: str, code: Iterable[Path], *, also: str = "") -> None:
+        """`also`: anything else the result depends on (a library's version)."""
+        identity = code_identity(f"{name} {also}" if also else name, code)
         self.dir = None if identity is None else default_cache_dir() / name / identity
 
     def get(self, data: bytes) -> bytes | None:

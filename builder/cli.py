@@ -46,7 +46,7 @@ def build_parser(verbs: Collection[str] | None = None) -> argparse.ArgumentParse
             module = importlib.import_module(f"builder.commands.{name.replace('-', '_')}")
             module.register(sub, parent)
         else:
-            sub.add_parser(name, parents=[parent], help=help_text)
+            sub.add_parser(name, help=help_text, add_help=False)  # listed, never parsed
     return parser
 
 

@@ -398,6 +398,29 @@ def test_gzip_above_16_kib_is_reproducible_and_lossless() -> None:
     assert len(rendered.user_data) <= USER_DATA_LIMIT
 
 
+def test_kept_gzip_is_level_9_and_a_damaged_one_is_made_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """compress() keeps its result between runs; what it returns is always gzip -9
+    of the input, whatever the cache directory holds."""
+    from builder.render import assemble
+
+    monkeypatch.setenv("AMIBAKE_CACHE_DIR", str(tmp_path))
+    assemble._gzip_memo.cache_clear()
+    raw = render_role(load("smallpayroll.yaml"), "all-in-one").raw
+    expected = gzip.compress(raw, compresslevel=9, mtime=0)
+    try:
+        assert assemble.compress(raw) == expected
+        (kept,) = [p for p in tmp_path.rglob("*") if p.is_file()]
+        assert kept.read_bytes() == expected
+        assert assemble.compress(raw) == expected  # from the kept file
+        kept.write_bytes(gzip.compress(b"something else", mtime=0))
+        assert assemble.compress(raw) == expected
+        kept.write_bytes(b"\x1f\x8b not gzip")
+        assert assemble.compress(raw) == expected
+    finally:
+        assemble._gzip_memo.cache_clear()
+
+
 def test_small_user_data_is_not_gzipped() -> None:
     rendered = render_role(load("smallpayroll.yaml"), "db", baked=True)
     assert rendered.user_data == rendered.raw
