@@ -225,7 +225,10 @@ def test_an_empty_repository_never_becomes_an_empty_cluster(
 
 def test_a_corrupt_backup_fails_restore_and_verify_and_leaves_nothing(
         s3_tls: S3, pg_template: Path, env: None, target_dir: Path, tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # The damage is for good: pgBackRest's retries of a failed file (2, the second
+    # after 15 s, per command) cannot help, so they are switched off here.
+    monkeypatch.setenv("PGBACKREST_JOB_RETRY", "0")
     path = manifest_with_backup(tmp_path, s3_tls, prefix="damaged")
     with ExitStack() as stack:
         repo = stack.enter_context(open_repo(load_manifest(path)))
