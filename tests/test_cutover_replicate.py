@@ -10,6 +10,7 @@ import pytest
 
 from builder.cutover import db_replicate, verify
 from builder.cutover.config import derive
+from builder.cutover.db_roles import copy_roles, freeze, set_login
 from builder.cutover.dns import provider_for
 from builder.cutover.procedure import run_cutover, status_doc
 from tests.cutover_fixtures import *  # noqa: F403
@@ -224,3 +225,39 @@ def test_table_without_primary_key(
     assert old.sql("SELECT relreplident FROM pg_class WHERE relname = 'audit_log'") == [("f",)]
     assert sorted(new.sql("SELECT what FROM audit_log")) == sorted(
         old.sql("SELECT what FROM audit_log"))
+
+
+def test_catch_up_confirms_the_freeze_lsn_without_a_status_interval(
+    pg_pair: tuple[Cluster, Cluster], knot: Knot, sites: tuple[Site, Site], secret_env: None,
+) -> None:
+    """The window's catch-up: the freeze's final LSN is past every commit and
+    already flushed on the old server (its WAL sender can send up to it at
+    once), and the subscription commits what it applies synchronously (what
+    it confirms is on the new server's disk, applied and flushed alike), also
+    when an older run made it with the default (off)."""
+    old, new = pg_pair
+    cfg = derive(cutover_manifest(old, new, knot, sites))
+    copy_roles(cfg)
+    db_replicate.setup(cfg, print)
+    sub = f"WHERE subname = '{db_replicate.NAME}'"
+    assert new.sql(f"SELECT subsynccommit FROM pg_subscription {sub}") == [("on",)]
+    new.sql(f"ALTER SUBSCRIPTION {db_replicate.NAME} SET (synchronous_commit = off)")
+    db_replicate.setup(cfg, print)  # a run resumed on an older run's subscription
+    assert new.sql(f"SELECT subsynccommit FROM pg_subscription {sub}") == [("on",)]
+    writer = Writer(old)
+    writer.start()
+    try:
+        while len(writer.acked) < 50:
+            writer.stop_event.wait(0.01)
+        lsn, _ = freeze(cfg)
+    finally:
+        writer.stop()
+    flushed, inserted = old.sql(f"""SELECT pg_current_wal_flush_lsn() >= '{lsn}'::pg_lsn,
+                                           pg_current_wal_insert_lsn() >= '{lsn}'::pg_lsn""")[0]
+    assert flushed and inserted
+    assert db_replicate.wait_caught_up(cfg, lsn, timeout=60).startswith(f"caught up to {lsn}")
+    assert old.sql(f"""SELECT confirmed_flush_lsn >= '{lsn}'::pg_lsn FROM pg_replication_slots
+                        WHERE slot_name = '{db_replicate.NAME}'""") == [(True,)]
+    assert not _acked_on(new, writer.acked)  # every acknowledged insert is there
+    set_login(cfg.old, cfg.app_user, True)
+    db_replicate.detach(cfg)

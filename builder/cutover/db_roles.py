@@ -80,8 +80,13 @@ def freeze(cfg: CutoverConfig, *, timeout: float = 30.0) -> tuple[str, list[list
     version = pg.version_num(cfg.old)
     if version < 100000:
         return _freeze_before_10(cfg.old, version, user, timeout)
-    # then one round trip: end the sessions, read the final position
+    # then one round trip: end the sessions, read the final position (where
+    # WAL insertion stands: past every commit, an asynchronous one too), and
+    # flush it (the transaction has an xid and commits synchronously): the
+    # old server's WAL sender can decode up to it at once, not when the WAL
+    # writer gets to it (the ended sessions' aborts are not flushed)
     rows = pg.query(cfg.old, f"""
+        SET LOCAL synchronous_commit = on;
         DO $$
         DECLARE deadline timestamptz := clock_timestamp() + interval '{float(timeout)} s';
         BEGIN
@@ -96,8 +101,9 @@ def freeze(cfg: CutoverConfig, *, timeout: float = 30.0) -> tuple[str, list[list
             END IF;
             PERFORM pg_sleep(0.005);
           END LOOP;
+          PERFORM txid_current();
         END $$;
-        SELECT 'lsn', pg_current_wal_lsn()::text, NULL;
+        SELECT 'lsn', pg_current_wal_insert_lsn()::text, NULL;
         SELECT schemaname, sequencename, last_value FROM pg_sequences ORDER BY 1, 2;
     """, timeout=timeout + 30)
     lsn = rows[0][1]

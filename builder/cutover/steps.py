@@ -52,11 +52,13 @@ class Ctx:
     snapshot: verify.Snapshot | None = None
     #: the old server's row counts, taken in the background from the freeze on
     old_counts: Future[dict[str, int]] | None = None
+    #: the new server's, taken in the background from the catch-up on
+    new_counts: Future[dict[str, int]] | None = None
     _pool: ThreadPoolExecutor | None = None
 
     def pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="cutover-bg")
+            self._pool = ThreadPoolExecutor(2, thread_name_prefix="cutover-bg")
         return self._pool
 
     def close(self) -> None:
@@ -168,6 +170,11 @@ def _catch_up(ctx: Ctx) -> str:
     assert lsn is not None
     detail = db_replicate.wait_caught_up(ctx.cfg, lsn, timeout=ctx.cfg.cutover.catch_up_timeout)
     views = db_replicate.refresh_materialized_views(ctx.cfg.new)
+    if ctx.old_counts is not None:
+        # the new server now holds everything committed before the freeze,
+        # and the app cannot log in to it before the detach: count its rows
+        # for the gate while the sequences are set and the subscription dropped
+        ctx.new_counts = ctx.pool().submit(verify.row_counts, ctx.cfg.new)
     return f"{detail}; {views} materialized view(s) refreshed"
 
 
@@ -205,13 +212,14 @@ def _verify_db(ctx: Ctx) -> str:
     cfg = ctx.cfg
     try:
         if ctx.old_counts is not None:
-            new_counts = verify.row_counts(cfg.new)
+            new_counts = (ctx.new_counts.result() if ctx.new_counts is not None
+                          else verify.row_counts(cfg.new))
             old_counts = ctx.old_counts.result()
-            ctx.old_counts = None
+            ctx.old_counts = ctx.new_counts = None
         else:
             old_counts, new_counts = verify.both(verify.row_counts, cfg.old, cfg.new)
     except UserError as exc:
-        ctx.old_counts = None
+        ctx.old_counts = ctx.new_counts = None
         raise UserError(
             f"row counts: {exc}",
             hint="the old server must be up to compare; start it and run again") from exc
