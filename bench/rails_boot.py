@@ -88,6 +88,7 @@ UNITS = ("cloud-init-local.service", "cloud-init.service", "amibake-dispatch.ser
 
 def manifests(work: Path) -> dict[str, Manifest]:
     """The Rails sample manifest and the same with the Rack sample, all-in-one only."""
+    (work / "rails").mkdir()
     rails = rails_manifest(work / "rails")
     text = rails.read_text()
     code = [line for line in text.splitlines() if line.startswith("  code:")]
