@@ -28,6 +28,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -292,10 +293,18 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
         app_cached = None
         if recipe.app_layer is not None:
             app_cached = _app_layer(tree, recipe.app_layer, manifest, key, cache, timer)
-        packages = dpkg_packages(tree)
+        # Work that reads a finished input runs beside the next step (2 cores):
+        # the package list beside the disk; the disk's digest (its whole
+        # apparent size, holes too: seconds) beside the tree's removal and
+        # the boot test. The pool is left (waiting for both) before the
+        # staged image is removed on a failure.
+        beside = stack.enter_context(ThreadPoolExecutor(max_workers=1))
+        packages = beside.submit(dpkg_packages, tree)
         disk_path = staged / DISK_FILE
         with timer.step("disk", "writing the disk (root ext4, ESP, GPT, GRUB)"):
             build_disk(disk_path, tree, work, recipe, root_uuid)
+        packages.result()  # before the tree goes
+        disk_sha256 = beside.submit(sha256_file, disk_path)
         shutil.rmtree(tree)  # free its space before the boot test
         if options.skip_boot_test:
             boot_test: dict[str, Any] = {"skipped": True}
@@ -321,11 +330,11 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
                 inputs_digest=recipe.inputs_digest,
                 disk=DiskInfo(
                     file=DISK_FILE,
-                    sha256=sha256_file(disk_path),
+                    sha256=disk_sha256.result(),
                     apparent_size=disk_path.stat().st_size,
                     used_size=disk.used_size(disk_path),
                 ),
-                packages=packages,
+                packages=packages.result(),
                 build_time=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                 builder_version=__version__,
                 boot_test=boot_test,
@@ -359,8 +368,18 @@ def build_disk(disk_path: Path, tree: Path, work: Path, recipe: BakeRecipe, root
     layout = disk.plan_layout(recipe.manifest.image.volume_size_gib * disk.GIB,
                               disk.root_fs_size(tree), seed)
     disk.create_disk(disk_path, layout)
-    disk.make_root_fs(disk_path, tree, layout.root.size, root_uuid, rootfs.ROOT_LABEL,
-                      offset=layout.root.start)
+    # the boot loaders are written beside the root fs (other byte ranges of the disk)
+    with ThreadPoolExecutor(max_workers=1) as beside:
+        loaders = beside.submit(_write_boot_loaders, disk_path, work, recipe, root_uuid, layout)
+        disk.make_root_fs(disk_path, tree, layout.root.size, root_uuid, rootfs.ROOT_LABEL,
+                          offset=layout.root.start)
+        loaders.result()
+
+
+def _write_boot_loaders(disk_path: Path, work: Path, recipe: BakeRecipe, root_uuid: str,
+                        layout: disk.DiskLayout) -> None:
+    """The ESP with GRUB's EFI image, and GRUB's BIOS core in its partition."""
+    seed = recipe.inputs_digest
     esp_img = work / "esp.vfat"
     efi = bootloader.build_efi(work / "BOOTX64.EFI", root_uuid)
     volume_id = hashlib.sha256(seed.encode()).hexdigest()[:8]
