@@ -62,6 +62,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3, help="rounds of the warm kinds")
     parser.add_argument("--cache-dir", type=Path, help="layer cache (default: a fresh one)")
+    parser.add_argument("--note", default="", help="a line for the JSON (the run's context)")
     args = parser.parse_args()
 
     load_before = os.getloadavg()
@@ -121,6 +122,10 @@ def main() -> int:
         "command": "flock /tmp/amibake-heavy.lock .venv/bin/python bench/bake_app.py "
                    f"--runs {args.runs}" + (f" --cache-dir {args.cache_dir}"
                                             if args.cache_dir else ""),
+        "note": args.note,
+        "cold_runs": "1 (a cold bake is mmdebstrap of the whole package set; the warm kinds "
+                     "get the lock time)" if not args.cache_dir else
+                     "1, cold for the app layer only (--cache-dir holds the base layer)",
         "cpus": os.cpu_count(),
         "runs": {k: [round(x, 2) for x in v] for k, v in runs.items()},
         "median_seconds": medians,
