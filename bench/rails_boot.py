@@ -18,6 +18,9 @@ Where the time goes, per boot:
 - serial console: the host's clock (seconds since power-on) at the first
   appearance of each firmware/GRUB/kernel line and of each systemd
   "Started/Finished/Reached target" line (polled with the HTTP probe);
+- guest: the serial console's kernel-timestamped lines of cloud-init's stages,
+  the dispatcher's setup steps, initdb and the role's units (seconds since the
+  guest kernel started; add journal.kernel_started_at for power-on);
 - journal: after the first 200, over SSH, each amibake/app/nginx/PostgreSQL/
   cloud-init unit's start and active-enter times (CLOCK_MONOTONIC, aligned to
   power-on with /proc/uptime read at a known host time) and systemd-analyze.
@@ -80,6 +83,13 @@ MILESTONES = (
     ("cloud-init network stage done", "Finished cloud-init.service"),
     ("multi-user.target", "Reached target multi-user.target"),
 )
+#: Kernel-timestamped serial lines (guest seconds since the kernel started) of
+#: cloud-init's stages, the dispatcher's steps and the role's units.
+GUEST_LINE = re.compile(
+    r"^\[\s*(\d+\.\d+)\] ((?:cloud-init\[\d+\]: Cloud-init v\. |"
+    r"amibake-dispatch\[\d+\]: (?:amibake-dispatch: (?:instance|running)|amibake-postgresql|"
+    r"Creating new PostgreSQL|amibake: )|amibake-migrate\[\d+\]: |"
+    r"systemd\[1\]: (?:Started|Finished) (?:amibake|postgresql@|nginx|ssh\.service|cloud)).*)")
 #: Units whose times are read from the journal (systemctl) after the first 200.
 UNITS = ("cloud-init-local.service", "cloud-init.service", "amibake-dispatch.service",
          "postgresql@15-main.service", "amibake-migrate.service", "amibake-app@*.service",
@@ -136,6 +146,16 @@ class SerialClock:
         return found
 
 
+def guest_timeline(serial_text: str) -> list[tuple[float, str]]:
+    """The serial console's kernel-timestamped setup lines: (guest seconds, line)."""
+    found = []
+    for raw in serial_text.splitlines():
+        match = GUEST_LINE.match(ANSI.sub("", raw).strip())
+        if match:
+            found.append((float(match.group(1)), match.group(2)[:160]))
+    return found
+
+
 def journal_times(ssh: Ssh, vm: Vm) -> dict[str, Any]:
     """Units' start/active times from systemd, aligned to power-on (host seconds)."""
     before = vm.elapsed()
@@ -189,8 +209,9 @@ def boot_to_200(disk: Path, manifest: Manifest, work: Path, marker: bytes) -> di
             except (SshFailed, ValueError) as exc:
                 journal = {"error": str(exc)[:300]}
             serial.poll()
+            guest = guest_timeline(vm.paths.serial_log.read_text(errors="replace"))
     return {"seconds": round(seconds, 1), "milestones": serial.milestones(),
-            "journal": journal, "serial": serial.lines}
+            "journal": journal, "serial": serial.lines, "guest": guest}
 
 
 def main() -> int:
