@@ -39,11 +39,18 @@ COMMANDS = {
     "schema_load": [sys.executable, "-c",
                     "from builder.validate.schema import cloudinit_version; cloudinit_version()"],
 }
+#: `--against TREE`: another amibake source tree (e.g. `git archive` of an older
+#: commit) validating the same manifests warm, interleaved: a ratio of medians
+AGAINST = "validate_against"
+ENTRY = "import sys; from builder.cli import main; sys.exit(main(sys.argv[1:]))"
+#: the extracted Debian cloud-init of this checkout, for a tree that has none
+CLOUDINIT_ROOT = ROOT / ".cache" / "cloud-init" / "root"
 
 
-def timed(argv: list[str], cache: Path) -> tuple[float, float]:
+def timed(argv: list[str], cache: Path, extra_env: dict[str, str] | None = None
+          ) -> tuple[float, float]:
     """(wall, CPU user+sys) seconds of one run; CPU is steadier on a shared machine."""
-    env = {**os.environ, "AMIBAKE_CACHE_DIR": str(cache)}
+    env = {**os.environ, "AMIBAKE_CACHE_DIR": str(cache), **(extra_env or {})}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     subprocess.run(argv, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, env=env)
@@ -55,25 +62,40 @@ def timed(argv: list[str], cache: Path) -> tuple[float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeat", type=int, default=11)
+    parser.add_argument("--against", type=Path, metavar="TREE",
+                        help="also time this amibake source tree's warm validate, interleaved")
+    parser.add_argument("--manifests", type=Path, metavar="DIR",
+                        help="validate this directory (default: this checkout's manifests/)")
     args = parser.parse_args()
+    commands = {name: [*argv, *([str(args.manifests)] if "validate" in name and args.manifests
+                                else [])] for name, argv in COMMANDS.items()}
+    env: dict[str, dict[str, str]] = {}
+    if args.against:
+        commands[AGAINST] = [sys.executable, "-c", ENTRY, "validate",
+                             str(args.manifests or args.against / "manifests")]
+        env[AGAINST] = {"PYTHONPATH": str(args.against.resolve()),
+                        "AMIBAKE_CLOUDINIT_ROOT": str(CLOUDINIT_ROOT)}
     with tempfile.TemporaryDirectory(prefix="amibake-bench-validate-") as tmp:
-        return measure(args.repeat, Path(tmp))
+        return measure(args.repeat, Path(tmp), commands, env, args)
 
 
-def measure(repeat: int, tmp: Path) -> int:
+def measure(repeat: int, tmp: Path, commands: dict[str, list[str]],
+            env: dict[str, dict[str, str]], args: argparse.Namespace) -> int:
     warm = tmp / "warm"
     load_before = os.getloadavg()
 
     def cache_for(name: str, run: int) -> Path:
-        return tmp / f"cold-{run}" if name == "validate_cold" else warm
+        if name == "validate_cold":
+            return tmp / f"cold-{run}"
+        return tmp / "warm-against" if name == AGAINST else warm
 
-    for name, argv in COMMANDS.items():  # warm-up: page cache, __pycache__, the warm cache
-        timed(argv, cache_for(name, -1))
-    times: dict[str, list[float]] = {name: [] for name in COMMANDS}
-    cpu: dict[str, list[float]] = {name: [] for name in COMMANDS}
+    for name, argv in commands.items():  # warm-up: page cache, __pycache__, the warm cache
+        timed(argv, cache_for(name, -1), env.get(name))
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    cpu: dict[str, list[float]] = {name: [] for name in commands}
     for run in range(repeat):  # interleaved, so load changes hit all alike
-        for name, argv in COMMANDS.items():
-            wall, used = timed(argv, cache_for(name, run))
+        for name, argv in commands.items():
+            wall, used = timed(argv, cache_for(name, run), env.get(name))
             times[name].append(wall)
             cpu[name].append(used)
     medians = {name: statistics.median(t) for name, t in times.items()}
@@ -81,7 +103,8 @@ def measure(repeat: int, tmp: Path) -> int:
     result = {
         "benchmark": "validate",
         "what": "`amibake validate` of every manifest in manifests/, process start to exit",
-        "manifests": sorted(p.name for p in (ROOT / "manifests").glob("*.yaml")),
+        "manifests": sorted(str(p) for p in (args.manifests or ROOT / "manifests").glob("*.yaml")),
+        "against": str(args.against) if args.against else None,
         "repeat": repeat,
         "median_s": {name: round(m, 4) for name, m in medians.items()},
         "min_s": {name: round(min(t), 4) for name, t in times.items()},
@@ -104,6 +127,13 @@ def measure(repeat: int, tmp: Path) -> int:
           f"{medians['python_start']:.3f} s, + cloud-init schema load "
           f"{medians['schema_load']:.3f} s; target <= {TARGET_S} s: "
           f"{'met' if medians['validate'] <= TARGET_S else 'MISSED'}")
+    if AGAINST in medians:
+        ratio = {"wall": round(medians["validate"] / medians[AGAINST], 3),
+                 "cpu": round(cpu_medians["validate"] / cpu_medians[AGAINST], 3)}
+        result["ratio_of_medians_vs_against"] = ratio
+        out.write_text(json.dumps(result, indent=2) + "\n")
+        print(f"against {args.against}: median {medians[AGAINST]:.3f} s; ratio of medians "
+              f"(this / that) wall {ratio['wall']}, CPU {ratio['cpu']}")
     print("CPU medians: " + ", ".join(f"{name} {m:.3f} s" for name, m in cpu_medians.items()))
     print(f"wrote {out.relative_to(ROOT)}")
     return 0
