@@ -123,7 +123,12 @@ class Instance:
 
 
 def image_id(ec2: Ec2Server) -> str:
-    return str(ec2.client().describe_images()["Images"][0]["ImageId"])
+    """An image of the test's own (moto's default AMIs are not loaded when another test in
+    this process set MOTO_EC2_LOAD_DEFAULT_AMIS=false before the backend was made)."""
+    return str(ec2.client().register_image(
+        Name="amibake-ebs-attach-test", RootDeviceName="/dev/xvda",
+        BlockDeviceMappings=[{"DeviceName": "/dev/xvda", "Ebs": {"VolumeSize": 8}}],
+    )["ImageId"])
 
 
 def volume(ec2: Ec2Server, zone: str = ZONE) -> str:
