@@ -82,14 +82,7 @@ def setup(cfg: CutoverConfig, say: Callable[[str], None], *, timeout: float = 36
              WHERE slot_name = '{NAME}' AND NOT active""")
         conninfo = pg.literal(cfg.new, replication_login(cfg).conninfo())
         pg.execute(cfg.new, f"CREATE SUBSCRIPTION {NAME} CONNECTION {conninfo} "
-                            f"PUBLICATION {NAME} WITH (synchronous_commit = 'on')")
-    elif pg.value(cfg.new, f"SELECT subsynccommit FROM pg_subscription "
-                           f"WHERE subname = '{NAME}'") != "on":
-        # made by an older run (the default, off): the apply worker reads
-        # the setting when it starts, so restart it
-        pg.execute(cfg.new, f"ALTER SUBSCRIPTION {NAME} SET (synchronous_commit = 'on')")
-        pg.execute(cfg.new, f"ALTER SUBSCRIPTION {NAME} DISABLE")
-        pg.execute(cfg.new, f"ALTER SUBSCRIPTION {NAME} ENABLE")
+                            f"PUBLICATION {NAME}")
     say("waiting for the initial copy of every table")
 
     def copied() -> None:
@@ -124,15 +117,7 @@ def wait_caught_up(cfg: CutoverConfig, final_lsn: str, *, timeout: float,
                    clock: Callable[[], float] = time.monotonic,
                    sleep: Callable[[float], None] = time.sleep) -> str:
     """Until the slot on the old server confirms `final_lsn` (the subscriber
-    applied and flushed everything committed before the freeze).
-
-    The subscription commits what it applies with synchronous_commit = on
-    (setup): each transaction is on the new server's disk when the apply
-    worker answers the old server, so the answer to the keepalive the old
-    server sends once it has sent everything up to `final_lsn` confirms it
-    at once. With the subscription's default (off) the confirmation waits
-    for the new server's WAL writer and then for the apply worker's next
-    wake-up (up to 1 s): the half second the window used to spend here."""
+    applied and flushed everything committed before the freeze)."""
     start = clock()
     sql = (f"SELECT confirmed_flush_lsn >= {pg.literal(cfg.old, final_lsn)}::pg_lsn "
            f"FROM pg_replication_slots WHERE slot_name = '{NAME}'")
