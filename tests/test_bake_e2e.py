@@ -53,7 +53,9 @@ def test_image_record(baked_image: StoredImage) -> None:
     assert doc["name"] == "smallpayroll" and doc["version"] == "1.0.0"
     assert doc["id"].startswith("img-") and len(doc["id"]) == 16
     assert doc["roles"] == ["web", "app", "db", "all-in-one"]
-    assert set(doc["inputs"]) == {"base_layer", "config_layer", "disk", "roles"}
+    # the seed bakes its own app (the Rails sample by path:): its tree and layer are inputs
+    assert set(doc["inputs"]) == {"base_layer", "config_layer", "disk", "roles", "app",
+                                  "app_layer"}
     assert all(v.startswith("sha256:") for v in doc["inputs"].values())
     assert doc["inputs_digest"] == recipe_for(load_manifest(SEED_MANIFEST)).inputs_digest
     disk = image.disk_path
