@@ -27,6 +27,8 @@ APT_PACKAGES += systemd
 APT_PACKAGES += mkosi
 # bench/bundle.py's contender: parallel gzip
 APT_PACKAGES += pigz
+# the bundle's gzip engine, called through ctypes from threads: builder/bundle/gzip_parallel.py
+APT_PACKAGES += libdeflate0
 # bench/cutover.py's contender: pgcopydb clone
 APT_PACKAGES += pgcopydb
 # npm (with node) fetches the old PostgreSQL server below: tests/test_cutover_versions.py

@@ -131,6 +131,45 @@ def test_auto_engine_is_libdeflate_at_a_level_no_larger_than_gzip_6() -> None:
     assert len(gp.gzip_member_libdeflate(corpus, level)) <= len(gp.gzip_member(corpus, 6))
 
 
+def test_libdeflate_runs_in_threads_with_the_packages_output(tmp_path: Path) -> None:
+    """The ctypes engine (GIL released, no worker processes) makes the same
+    members as the `deflate` package, from the tar stream's own buffers."""
+    import gzip
+    import multiprocessing
+    import threading
+
+    from builder.bundle import gzip_parallel as gp
+    from builder.bundle.tarstream import tar_stream
+
+    image = tmp_path / "disk.raw"
+    text = b"".join(b"row %d of a table\n" % i for i in range(200_000))
+    image.write_bytes(Path("/bin/bash").read_bytes() + text + bytes(3 * MiB) + text[:777])
+    blocks = list(tar_stream(str(image), "disk.raw", sparse=False, read_size=1 * MiB))
+    assert {len(b) for b in blocks[:-1]} == {1 * MiB} and 0 < len(blocks[-1]) <= 1 * MiB
+    stream = b"".join(blocks)
+    seen: set[str] = set()
+    real = gp.LibdeflateThreads.__call__
+
+    def spy(self: gp.LibdeflateThreads, data: bytes) -> bytes:
+        seen.add(threading.current_thread().name)
+        return real(self, data)
+
+    gp.LibdeflateThreads.__call__ = spy  # type: ignore[method-assign]
+    try:
+        members = list(gp.parallel_gzip(iter(blocks), chunk_size=1 * MiB, workers=2,
+                                        engine="libdeflate"))
+    finally:
+        gp.LibdeflateThreads.__call__ = real  # type: ignore[method-assign]
+    assert seen and all(name.startswith("gzip") for name in seen)
+    assert not multiprocessing.active_children()
+    level = gp.DEFAULT_LEVEL["libdeflate"]
+    zero = gp.gzip_member(bytes(1 * MiB), level)
+    expected = [zero if b == bytes(1 * MiB) else gp.gzip_member_libdeflate(bytes(b), level)
+                for b in blocks]
+    assert members == expected
+    assert gzip.decompress(b"".join(members)) == stream
+
+
 def test_last_part_exactly_full_has_no_empty_part(tmp_path: Path, creds: BundleCredentials,
                                                   pki: Pki) -> None:
     image = tmp_path / "disk.raw"

@@ -11,8 +11,14 @@ Three engines, same output format:
   of the input) at about 3 times zlib's speed per core, 1.6 times zlib-ng's.
 - "zlib-ng" (the `zlib-ng` package): about twice zlib's speed per core, but
   its level 6 output is about 1 % larger than zlib's.
-  Both hold the GIL while compressing, so chunks go to worker processes
-  (spawned, so no threads are forked).
+  The Python packages hold the GIL while compressing, so with them chunks
+  would have to go to worker processes (spawned, so no threads are forked):
+  start-up, pickling 4 MiB chunks through pipes and processes stalling on
+  a busy machine made that pipeline slower than pigz. So libdeflate is
+  called through ctypes from Debian's libdeflate0 when it is there (a
+  ctypes call releases the GIL): one compressor per thread of a thread
+  pool, chunks passed by pointer, no copies. Without the shared library
+  the `deflate` package runs in worker processes as before (same output).
 - "zlib" (the standard library, which releases the GIL): a thread pool.
 "auto" picks libdeflate when it is installed and the input is large enough
 to repay starting the workers. Each engine has its default level
@@ -24,13 +30,15 @@ that is not a hole) reuses one compressed copy instead of compressing again.
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import threading
 import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from typing import Literal
+from typing import Literal, TypeAlias
 
 try:
     from zlib_ng import zlib_ng
@@ -41,6 +49,30 @@ try:
 except ImportError:  # pragma: no cover - deflate is a declared dependency
     libdeflate = None  # type: ignore[assignment]
 
+
+
+def _load_libdeflate() -> ctypes.CDLL | None:
+    """Debian's libdeflate0 with its compression functions' signatures, or None."""
+    try:
+        lib = ctypes.CDLL("libdeflate.so.0")
+    except OSError:  # pragma: no cover - libdeflate0 is in the Makefile's APT_PACKAGES
+        return None
+    lib.libdeflate_alloc_compressor.restype = ctypes.c_void_p
+    lib.libdeflate_alloc_compressor.argtypes = [ctypes.c_int]
+    lib.libdeflate_free_compressor.restype = None
+    lib.libdeflate_free_compressor.argtypes = [ctypes.c_void_p]
+    lib.libdeflate_gzip_compress_bound.restype = ctypes.c_size_t
+    lib.libdeflate_gzip_compress_bound.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    lib.libdeflate_gzip_compress.restype = ctypes.c_size_t
+    lib.libdeflate_gzip_compress.argtypes = [
+        ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t]
+    return lib
+
+
+_LIBDEFLATE = _load_libdeflate()
+
+#: a chunk: the tar stream hands on its own bytearrays
+Chunk: TypeAlias = bytes | bytearray
 Engine = Literal["auto", "zlib", "zlib-ng", "libdeflate"]
 Chosen = Literal["zlib", "zlib-ng", "libdeflate"]
 PROCESS_MIN_BYTES = 64 * 1024 * 1024
@@ -48,23 +80,71 @@ PROCESS_MIN_BYTES = 64 * 1024 * 1024
 DEFAULT_LEVEL: dict[Chosen, int] = {"zlib": 6, "zlib-ng": 6, "libdeflate": 5}
 
 
-def gzip_member(data: bytes, level: int) -> bytes:
+def gzip_member(data: Chunk, level: int) -> bytes:
     """One complete gzip member with the standard library's zlib."""
     comp = zlib.compressobj(level, zlib.DEFLATED, 31)
     return comp.compress(data) + comp.flush()
 
 
-def gzip_member_ng(data: bytes, level: int) -> bytes:
+def gzip_member_ng(data: Chunk, level: int) -> bytes:
     """One complete gzip member with zlib-ng (run in a worker process)."""
     assert zlib_ng is not None
     comp = zlib_ng.compressobj(level, zlib_ng.DEFLATED, 31)
     return bytes(comp.compress(data) + comp.flush())
 
 
-def gzip_member_libdeflate(data: bytes, level: int) -> bytes:
+def gzip_member_libdeflate(data: Chunk, level: int) -> bytes:
     """One complete gzip member with libdeflate (run in a worker process)."""
     assert libdeflate is not None
     return bytes(libdeflate.gzip_compress(data, level))
+
+
+class LibdeflateThreads:
+    """gzip members from Debian's libdeflate through ctypes, GIL released.
+
+    One compressor and output buffer per thread (a libdeflate compressor is
+    not thread-safe); `close` frees them all once the pool is shut down.
+    """
+
+    def __init__(self, level: int) -> None:
+        if _LIBDEFLATE is None:
+            raise RuntimeError("libdeflate.so.0 is not installed")
+        self._lib = _LIBDEFLATE
+        self._level = level
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._compressors: list[int] = []
+
+    def _state(self, size: int) -> tuple[int, ctypes.Array[ctypes.c_char]]:
+        local = self._local
+        comp = getattr(local, "comp", None)
+        if comp is None:
+            comp = self._lib.libdeflate_alloc_compressor(self._level)
+            if not comp:
+                raise MemoryError("libdeflate_alloc_compressor failed")
+            with self._lock:
+                self._compressors.append(comp)
+            local.comp, local.out = comp, ctypes.create_string_buffer(0)
+        bound = self._lib.libdeflate_gzip_compress_bound(comp, size)
+        if len(local.out) < bound:
+            local.out = ctypes.create_string_buffer(bound)
+        return comp, local.out
+
+    def __call__(self, data: Chunk) -> bytes:
+        comp, out = self._state(len(data))
+        # a pointer to the caller's buffer: no copy of the chunk
+        src = (ctypes.c_char * len(data)).from_buffer(data) if isinstance(data, bytearray) \
+            else data
+        n = self._lib.libdeflate_gzip_compress(comp, src, len(data), out, len(out))
+        if not n:  # pragma: no cover - the buffer is the library's own bound
+            raise RuntimeError("libdeflate_gzip_compress: output buffer too small")
+        return ctypes.string_at(out, n)
+
+    def close(self) -> None:
+        with self._lock:
+            for comp in self._compressors:
+                self._lib.libdeflate_free_compressor(comp)
+            self._compressors.clear()
 
 
 _MEMBER = {"zlib": gzip_member, "zlib-ng": gzip_member_ng, "libdeflate": gzip_member_libdeflate}
@@ -81,7 +161,7 @@ def choose_engine(engine: Engine, input_size: int) -> Chosen:
     return "libdeflate" if libdeflate is not None else "zlib-ng" if zlib_ng is not None else "zlib"
 
 
-def _rechunk(blocks: Iterable[bytes], size: int) -> Iterator[bytes]:
+def _rechunk(blocks: Iterable[Chunk], size: int) -> Iterator[Chunk]:
     buf = bytearray()
     for block in blocks:
         if not buf and len(block) == size:
@@ -96,7 +176,7 @@ def _rechunk(blocks: Iterable[bytes], size: int) -> Iterator[bytes]:
 
 
 def parallel_gzip(
-    blocks: Iterable[bytes],
+    blocks: Iterable[Chunk],
     *,
     chunk_size: int,
     level: int | None = None,
@@ -107,8 +187,12 @@ def parallel_gzip(
     workers = workers or os.cpu_count() or 1
     level = DEFAULT_LEVEL[engine] if level is None else level
     compress = _MEMBER[engine]
+    threaded: LibdeflateThreads | None = None
     pool: Executor
-    if engine == "zlib":
+    if engine == "libdeflate" and _LIBDEFLATE is not None:
+        threaded = LibdeflateThreads(level)
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="gzip")
+    elif engine == "zlib":
         pool = ThreadPoolExecutor(workers, thread_name_prefix="gzip")
     else:
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
@@ -122,6 +206,8 @@ def parallel_gzip(
                 if zero_member is None:
                     zero_member = gzip_member(zero_chunk, level)
                 pending.append(zero_member)
+            elif threaded is not None:
+                pending.append(pool.submit(threaded, chunk))
             else:
                 pending.append(pool.submit(compress, chunk, level))
             while len(pending) > limit:
@@ -130,6 +216,8 @@ def parallel_gzip(
             yield _result(pending.popleft())
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+        if threaded is not None:
+            threaded.close()
 
 
 def _result(item: Future[bytes] | bytes) -> bytes:

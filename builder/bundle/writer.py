@@ -25,7 +25,7 @@ from builder import __version__
 from builder.atomic import open_private, write_atomically
 from builder.bundle import manifest_xml
 from builder.bundle.certs import BundleCredentials, certificate_public_key
-from builder.bundle.gzip_parallel import Engine, choose_engine, parallel_gzip
+from builder.bundle.gzip_parallel import Chunk, Engine, choose_engine, parallel_gzip
 from builder.bundle.tarstream import tar_stream
 from builder.errors import UserError
 
@@ -102,7 +102,10 @@ def bundle_image(request: BundleRequest, creds: BundleCredentials) -> BundleResu
     manifest_path = destination / f"{request.prefix}.manifest.xml"
     try:
         tar_sha1 = hashlib.sha1()
-        stream = _hashed(tar_stream(str(image), request.prefix, sparse=request.sparse), tar_sha1)
+        # read straight into chunk-sized buffers: handed to the compressors as they are
+        blocks = tar_stream(str(image), request.prefix, sparse=request.sparse,
+                            read_size=request.chunk_size)
+        stream = _hashed(blocks, tar_sha1)
         encrypt = _Encryptor(key, iv)
         engine = choose_engine(request.engine, size)
         for member in parallel_gzip(stream, chunk_size=request.chunk_size, level=request.level,
@@ -138,7 +141,7 @@ def bundle_image(request: BundleRequest, creds: BundleCredentials) -> BundleResu
     return BundleResult(manifest_path, tuple(destination / p.filename for p in written), manifest)
 
 
-def _hashed(blocks: Iterable[bytes], digest: hashlib._Hash) -> Iterator[bytes]:
+def _hashed(blocks: Iterable[Chunk], digest: hashlib._Hash) -> Iterator[Chunk]:
     for block in blocks:
         digest.update(block)
         yield block
