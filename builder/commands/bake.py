@@ -57,9 +57,14 @@ def run(args: argparse.Namespace, out: Output) -> int:
     from builder.manifest.bump import next_version
     from builder.store import default_store_root
     from builder.validate.check import load_checked
+    from builder.validate.schema import keep_verdicts_on_disk
 
-    check_bakeable(load_manifest(args.manifest))  # at once: before any rendering
-    manifest = load_checked(args.manifest)  # the checks `amibake validate` runs
+    # cloud-init's verdicts as `validate` keeps them (keyed by the document's
+    # bytes and the judge's code): an unchanged bake never imports cloud-init
+    keep_verdicts_on_disk()
+    loaded = load_manifest(args.manifest)
+    check_bakeable(loaded)  # at once: before any rendering
+    manifest = load_checked(args.manifest, loaded)  # the checks `amibake validate` runs
     roles = [r.strip() for r in args.roles.split(",") if r.strip()] if args.roles else None
     manifest = with_roles(manifest, roles)
     if args.bump:

@@ -37,15 +37,16 @@ class ManifestCheck:
         return self.manifest.name if self.manifest is not None else ""
 
 
-def check_manifest(path: Path) -> ManifestCheck:
-    """Load, render every role fried and baked, schema and lints: every problem."""
+def check_manifest(path: Path, loaded: Manifest | None = None) -> ManifestCheck:
+    """Load, render every role fried and baked, schema and lints: every problem.
+    `loaded`: the manifest at `path` as load_manifest returned it (not loaded again)."""
     from builder.manifest import load_manifest
     from builder.render import render_role
     from builder.render.app import own_app
 
     report = ManifestCheck(str(path))
     try:
-        manifest = load_manifest(path)
+        manifest = loaded if loaded is not None else load_manifest(path)
     except UserError as err:
         report.problems += _problems(err, path)
         return report
@@ -69,10 +70,11 @@ def check_manifest(path: Path) -> ManifestCheck:
     return report
 
 
-def load_checked(path: Path) -> Manifest:
+def load_checked(path: Path, loaded: Manifest | None = None) -> Manifest:
     """The manifest when `amibake validate` would call it clean; else one
-    UserError with every problem (what render and bake start with)."""
-    report = check_manifest(path)
+    UserError with every problem (what render and bake start with).
+    `loaded`: as for check_manifest."""
+    report = check_manifest(path, loaded)
     if report.manifest is not None and not report.problems:
         return report.manifest
     count = len(report.problems)
