@@ -53,7 +53,8 @@ def prepare(old: Path, work: Path) -> tuple[Path, Path]:
     line = "  code: {path: ../cloudinit/app-rails}\n"
     assert line in seed, "the seed's app.code line changed"
     manifest = work / "smallpayroll.yaml"
-    manifest.write_text(seed.replace(line, f"  code: {{path: {old / 'cloudinit' / 'app-rails'}}}\n"))
+    app = old / "cloudinit" / "app-rails"
+    manifest.write_text(seed.replace(line, f"  code: {{path: {app}}}\n"))
     store = work / "images"
     cmd, env = bake_cmd(manifest, store)
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
