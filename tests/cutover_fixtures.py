@@ -127,17 +127,26 @@ def old_pg_bin() -> Path:
     return base / "native" / "bin"
 
 
+def exited(pid: int) -> bool:
+    """The process is gone or a zombie. A daemon that forked away from us is
+    reparented to PID 1, which here may take 1.5-2 s to reap it; a zombie holds
+    no port, file or lock, so it counts as stopped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return stat.rpartition(")")[2].split()[0] in ("Z", "X")
+
+
 def stop_daemon(pid: int, sig: int, *, seconds: float) -> None:
-    """Signal a daemon we started (no-op for pid 0) and wait until it is gone."""
+    """Signal a daemon we started (no-op for pid 0) and wait until it has exited."""
     if not pid:
         return
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if exited(pid):
             return
         time.sleep(0.01)
 
@@ -331,9 +340,10 @@ class Knot:
     pid: int = 0
     zone: str = "example.com."
 
-    def query(self, name: str, server: str = OLD_ADDR) -> tuple[tuple[str, ...], int | None]:
+    def query(self, name: str, server: str = OLD_ADDR,
+              timeout: float = 1.0) -> tuple[tuple[str, ...], int | None]:
         q = dns.message.make_query(name, dns.rdatatype.A)
-        resp = dns.query.udp(q, server, port=self.port, timeout=1.0)
+        resp = dns.query.udp(q, server, port=self.port, timeout=timeout)
         for rr in resp.answer:
             if rr.rdtype == dns.rdatatype.A:
                 return tuple(sorted(r.address for r in rr)), rr.ttl
@@ -403,7 +413,9 @@ zone:
             if pidfile.exists() and pidfile.read_text().strip():
                 k.pid = int(pidfile.read_text().strip())
             try:
-                if k.query(f"payroll.{k.zone}")[0]:
+                # knotd drops a query that arrives while it is still loading
+                # the zone: ask again soon rather than wait out a long timeout
+                if k.query(f"payroll.{k.zone}", timeout=0.1)[0]:
                     break
             except Exception:
                 time.sleep(0.05)
