@@ -171,10 +171,13 @@ def _amibake(cfg: Any, writer: Writer, new: Cluster, work: Path) -> dict[str, An
                         start_now=True, fix_replica_identity=True, after_step=after_all)
     assert state.complete
     durations = {}
+    details = {}
     for rec in state.steps:
         if rec.started and rec.finished:
             durations[rec.name] = round((datetime.fromisoformat(rec.finished)
                                          - datetime.fromisoformat(rec.started)).total_seconds(), 3)
+        if rec.name in ("db_catch_up", "db_detach", "verify_db", "cleanup_old"):
+            details[rec.name] = rec.detail
     f = state.facts
     db = (datetime.fromisoformat(f.new_writable_at or "")
           - datetime.fromisoformat(f.freeze_at or "")).total_seconds()
@@ -185,7 +188,8 @@ def _amibake(cfg: Any, writer: Writer, new: Cluster, work: Path) -> dict[str, An
             phases[phase] = round(phases.get(phase, 0.0) + durations[step], 3)
     return {"prepare_before_window_s": round(prepared[0], 1) if prepared else -1,
             "window_recorded_s": round(state.downtime_s() or -1, 3),
-            "db_window_s": round(db, 3), "steps_s": durations, "phases_s": phases}
+            "db_window_s": round(db, 3), "steps_s": durations, "phases_s": phases,
+            "details": details}
 
 
 def _method(name: str, old: Cluster, template: Path, knot: Any, sites: Any,
@@ -226,8 +230,14 @@ def _method(name: str, old: Cluster, template: Path, knot: Any, sites: Any,
         lost_acked = len(set(writer.acked) - have)
         hist_old = _one_int(old, "SELECT count(*) FROM pgbench_history")
         hist_new = _one_int(new, "SELECT count(*) FROM pgbench_history")
+        gap = _gap(writer, old, new)
+        if "phases_s" in detail:
+            # the writer's gap not spent inside a window step from the freeze
+            # on: state saves between steps, the writer's retry and reconnect
+            inside = sum(v for k, v in detail["phases_s"].items() if k != "maintenance")
+            detail["outside_steps_s"] = round(gap - inside, 3)
         return {
-            "downtime_s": round(_gap(writer, old, new), 3),
+            "downtime_s": round(gap, 3),
             "lost_writes": lost_acked + hist_old - hist_new,
             "acked_writes": len(writer.acked),
             "pgbench_txns_moved": hist_new,
@@ -258,6 +268,10 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if phases:
         out["phases_p50_s"] = {k: round(statistics.median(
             r["phases_s"].get(k, 0.0) for r in runs), 3) for k in phases}
+        out["phases_p95_s"] = {k: round(_p([r["phases_s"].get(k, 0.0) for r in runs], 0.95), 3)
+                               for k in phases}
+        out["outside_steps_p50_s"] = round(statistics.median(
+            r.get("outside_steps_s", 0.0) for r in runs), 3)
     return out
 
 
@@ -276,6 +290,7 @@ def main() -> int:
     for var, val in (("AMIBAKE_SECRET_TEST_OLD_DB", SUPER_PASSWORD),
                      ("AMIBAKE_SECRET_TEST_NEW_DB", SUPER_PASSWORD)):
         os.environ[var] = val
+    load_before = os.getloadavg()
     template = make_template()
     old_bin = old_pg_bin() if args.old_major == "10" else None
     old_template = make_template(old_bin) if old_bin else template
@@ -297,7 +312,8 @@ def main() -> int:
                     r = _method(name, old, template, knot, sites, args)
                     results[name].append(r)
                     print(f"{name}: downtime {r['downtime_s']} s, lost writes "
-                          f"{r['lost_writes']}" + (f", phases {r['phases_s']}"
+                          f"{r['lost_writes']}" + (f", phases {r['phases_s']}, outside the "
+                                                   f"steps {r['outside_steps_s']}"
                                                    if "phases_s" in r else ""), flush=True)
     finally:
         destroy_cluster(old)
@@ -312,7 +328,8 @@ def main() -> int:
         "db_bytes": setup["db_bytes"], "runs": args.runs, "summary": summary,
         "methods": results,
         "command": "bench/cutover.py " + " ".join(sys.argv[1:]),
-        "machine": {"cpus": os.cpu_count(), "loadavg_at_end": os.getloadavg()},
+        "machine": {"cpus": os.cpu_count(), "loadavg_at_start": load_before,
+                    "loadavg_at_end": os.getloadavg()},
     }
     p50 = {name: s["downtime_p50_s"] for name, s in summary.items()}
     for a, b in (("seed", "replicate"), ("seed", "dump"), ("pgcopydb", "dump")):
@@ -326,11 +343,15 @@ def main() -> int:
         doc.setdefault("targets", {})["dump_le_pgcopydb"] = p50["dump"] <= p50["pgcopydb"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    print(f"\nold PostgreSQL {version} → 15, {args.runs} round(s)")
+    print(f"\nold PostgreSQL {version} → 15, {args.runs} round(s); load average "
+          f"{' '.join(f'{x:.2f}' for x in load_before)} before, "
+          f"{' '.join(f'{x:.2f}' for x in doc['machine']['loadavg_at_end'])} after")
     print(f"{'method':10} {'p50 s':>8} {'p95 s':>8} {'lost':>5}  phases p50 s")
     for name, s_ in summary.items():
         print(f"{name:10} {s_['downtime_p50_s']:>8} {s_['downtime_p95_s']:>8} "
-              f"{s_['lost_writes_total']:>5}  {s_.get('phases_p50_s', '')}")
+              f"{s_['lost_writes_total']:>5}  {s_.get('phases_p50_s', '')}"
+              + (f" + outside the steps {s_['outside_steps_p50_s']}"
+                 if "outside_steps_p50_s" in s_ else ""))
     for key in ("seed_over_replicate", "seed_over_dump", "pgcopydb_over_dump"):
         if key in doc:
             print(f"{key}: {doc[key]}×")

@@ -37,12 +37,16 @@ def fsync_dir(directory: Path) -> None:
 
 
 def write_atomically(path: Path | str, data: bytes | str, *, mode: int | None = None,
-                     durable: bool = True) -> None:
+                     durable: bool = True, sync_dir: bool = True) -> None:
     """Replace `path` with `data`.
 
     `mode`: the file's final permission bits; default: keep those of the file
     being replaced, or 0644 for a new file (0600 is the caller's choice for
     secrets and state). `durable=False` skips the fsyncs (caches, scratch).
+    `sync_dir=False` fsyncs the data but not the directory: after a crash
+    `path` still holds the old bytes or the new ones, but the replacement
+    itself may be lost (half the cost, for a write a later durable one
+    supersedes).
     """
     path = Path(path)
     if isinstance(data, str):
@@ -65,5 +69,5 @@ def write_atomically(path: Path | str, data: bytes | str, *, mode: int | None = 
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if durable:
+    if durable and sync_dir:
         fsync_dir(path.parent)

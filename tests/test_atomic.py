@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,23 @@ def test_open_private_refuses_a_planted_symlink_and_an_existing_file(tmp_path: P
     fd = open_private(tmp_path / "fresh")
     os.close(fd)
     assert (tmp_path / "fresh").stat().st_mode & 0o777 == 0o600
+
+
+def test_sync_dir_false_fsyncs_the_data_not_the_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    synced: list[bool] = []  # True: a directory
+    real = os.fsync
+
+    def fsync(fd: int) -> None:
+        synced.append(stat.S_ISDIR(os.fstat(fd).st_mode))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    path = tmp_path / "state.json"
+    write_atomically(path, "one", mode=0o600)
+    assert synced == [False, True]
+    synced.clear()
+    write_atomically(path, "two", mode=0o600, sync_dir=False)
+    assert synced == [False] and path.read_text() == "two"
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]

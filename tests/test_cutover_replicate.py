@@ -227,13 +227,13 @@ def test_table_without_primary_key(
         old.sql("SELECT what FROM audit_log"))
 
 
-def test_freeze_lsn_is_flushed_and_confirmed_by_the_catch_up(
+def test_freeze_lsn_is_flushed_and_reached_by_the_catch_up(
     pg_pair: tuple[Cluster, Cluster], knot: Knot, sites: tuple[Site, Site], secret_env: None,
 ) -> None:
     """The window's catch-up: the freeze's final LSN is past every commit and
     already flushed on the old server (its WAL sender can send up to it at
-    once); once the slot confirms it, every acknowledged write is on the new
-    server."""
+    once); once the subscriber has applied past it, every acknowledged write
+    is on the new server, flushed there."""
     old, new = pg_pair
     cfg = derive(cutover_manifest(old, new, knot, sites))
     copy_roles(cfg)
@@ -249,9 +249,15 @@ def test_freeze_lsn_is_flushed_and_confirmed_by_the_catch_up(
     flushed, inserted = old.sql(f"""SELECT pg_current_wal_flush_lsn() >= '{lsn}'::pg_lsn,
                                            pg_current_wal_insert_lsn() >= '{lsn}'::pg_lsn""")[0]
     assert flushed and inserted
-    assert db_replicate.wait_caught_up(cfg, lsn, timeout=60).startswith(f"caught up to {lsn}")
-    assert old.sql(f"""SELECT confirmed_flush_lsn >= '{lsn}'::pg_lsn FROM pg_replication_slots
-                        WHERE slot_name = '{db_replicate.NAME}'""") == [(True,)]
+    detail = db_replicate.wait_caught_up(cfg, lsn, timeout=60)
+    assert detail.startswith(f"caught up to {lsn}")
     assert not _acked_on(new, writer.acked)  # every acknowledged insert is there
+    # ... and on the new server's disk: the last applied commit's local WAL is
+    # flushed (the subscription commits asynchronously; the wait flushed it)
+    origin = f"'pg_' || (SELECT oid FROM pg_subscription WHERE subname = '{db_replicate.NAME}')"
+    applied, local_flush = new.sql(f"""
+        SELECT remote_lsn::text, pg_current_wal_flush_lsn() >= local_lsn
+          FROM pg_replication_origin_status WHERE external_id = {origin}""")[0]
+    assert f"last applied commit {applied}" in detail and local_flush is True
     set_login(cfg.old, cfg.app_user, True)
     db_replicate.detach(cfg)

@@ -29,21 +29,36 @@ class FakeTime:
 
 
 def test_catch_up_wait_gives_up_on_the_fake_clock(pg_pair: tuple[Cluster, Cluster]) -> None:
-    old, _ = pg_pair
-    old.sql(f"SELECT pg_create_logical_replication_slot('{db_replicate.NAME}', 'pgoutput')")
-    cfg: Any = SimpleNamespace(old=old.conn())
+    """A subscription that never streams (no apply worker): the wait asks the
+    old server's slot too, and gives up at the timeout on the fake clock."""
+    old, new = pg_pair
+    name = db_replicate.NAME
+    old.sql(f"SELECT pg_create_logical_replication_slot('{name}', 'pgoutput')")
+    cfg: Any = SimpleNamespace(old=old.conn(), new=new.conn())
+    with pytest.raises(UserError, match=f"subscription {name} is missing on the new server"):
+        db_replicate.wait_caught_up(cfg, "0/1", timeout=5, clock=FakeTime().clock,
+                                    sleep=FakeTime().sleep)
+    new.sql(f"CREATE SUBSCRIPTION {name} CONNECTION '{old.dsn()}' PUBLICATION {name} "
+            "WITH (connect = false)")
     t = FakeTime()
-    with pytest.raises(UserError, match="did not reach FFFFFFFF/0 within 5"):
+    with pytest.raises(UserError, match="did not reach FFFFFFFF/0 within 5 s"):
         db_replicate.wait_caught_up(cfg, "FFFFFFFF/0", timeout=5, clock=t.clock,
                                     sleep=t.sleep)
-    assert 5 - 0.005 <= t.now <= 5 and t.slept > 500  # polled all along, never slept for real
-    # a position the slot has confirmed: no wait at all
+    assert 5 - 0.002 <= t.now <= 5 and t.slept > 2000  # polled all along, never slept for real
+    # a position the old server's slot has confirmed: no wait at all
     confirmed = old.sql("SELECT confirmed_flush_lsn::text FROM pg_replication_slots")[0][0]
     t = FakeTime()
     assert db_replicate.wait_caught_up(cfg, str(confirmed), timeout=30, clock=t.clock,
                                        sleep=t.sleep).startswith(f"caught up to {confirmed}")
     assert t.slept == 0
-    old.sql(f"SELECT pg_drop_replication_slot('{db_replicate.NAME}')")
-    with pytest.raises(UserError, match="slot amibake_cutover is missing"):
-        db_replicate.wait_caught_up(cfg, str(confirmed), timeout=30, clock=t.clock,
-                                    sleep=t.sleep)
+    # the old server gone while no apply worker runs: said at once, not at the timeout
+    old.stop("immediate")
+    try:
+        t = FakeTime()
+        with pytest.raises(UserError, match="old server is unreachable before the subscriber"):
+            db_replicate.wait_caught_up(cfg, "FFFFFFFF/0", timeout=30, clock=t.clock,
+                                        sleep=t.sleep)
+        assert t.slept == 0
+    finally:
+        old.start()
+    new.sql(f"DROP SUBSCRIPTION {name}")  # and the slot with it

@@ -11,14 +11,13 @@ publication when replication ends (detach, rollback).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import secrets
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-
-import psycopg
 
 from builder.cutover import pg
 from builder.cutover.config import Conn, CutoverConfig
@@ -116,37 +115,72 @@ def setup(cfg: CutoverConfig, say: Callable[[str], None], *, timeout: float = 36
 def wait_caught_up(cfg: CutoverConfig, final_lsn: str, *, timeout: float,
                    clock: Callable[[], float] = time.monotonic,
                    sleep: Callable[[float], None] = time.sleep) -> str:
-    """Until the slot on the old server confirms `final_lsn` (the subscriber
-    applied and flushed everything committed before the freeze)."""
+    """Until the new server has applied every transaction committed on the old
+    one before the freeze, then flushed them to its disk.
+
+    Watched on the subscriber, over the session the window already holds
+    (no new connection). The apply worker handles the old server's messages
+    in order, each in full before it reads the next, and the old server
+    sends transactions in commit order: once a message past `final_lsn` has
+    arrived (pg_stat_subscription.received_lsn: the freeze's own transaction,
+    which a publisher before 15 sends even though it changed nothing), or a
+    keepalive saying everything up to `final_lsn` was sent has been handled
+    (latest_end_lsn), every transaction committed before it is committed on
+    the new server. The subscription commits asynchronously (its default: the
+    apply keeps up with the load), so pg_replication_origin_progress(...,
+    flush => true) then flushes the new server's WAL up to the last applied
+    commit: no write the old server acknowledged can be lost in a crash of
+    the new one from here on. The old server's slot confirms the same only
+    once the apply worker's lazy feedback reports it (up to a second later):
+    it is consulted every quarter second, as the fallback."""
     start = clock()
-    sql = (f"SELECT confirmed_flush_lsn >= {pg.literal(cfg.old, final_lsn)}::pg_lsn "
-           f"FROM pg_replication_slots WHERE slot_name = '{NAME}'")
-    interval = 0.005  # one connection polled every few ms: this wait is inside the window
+    lsn = pg.literal(cfg.new, final_lsn)
+    sql = (f"SELECT s.received_lsn > {lsn}::pg_lsn OR s.latest_end_lsn >= {lsn}::pg_lsn, "
+           "s.pid IS NOT NULL "
+           f"FROM pg_stat_subscription s WHERE s.subname = '{NAME}' AND s.relid IS NULL")
+    slot = (f"SELECT confirmed_flush_lsn >= {pg.literal(cfg.old, final_lsn)}::pg_lsn "
+            f"FROM pg_replication_slots WHERE slot_name = '{NAME}'")
+    interval = 0.002  # a round trip on a held session every few ms: this wait is in the window
+    checked_slot = [start]
+
+    def confirmed_by_slot() -> bool:
+        """The old server's slot (its WAL sender's view), or unreachable."""
+        checked_slot[0] = clock()
+        try:
+            return pg.value(cfg.old, slot, timeout=10) == "t"
+        except UserError as exc:
+            raise UserError(
+                f"the old server is unreachable before the subscriber reached {final_lsn}: "
+                f"{exc}",
+                hint="start it again and re-run (the run resumes here), or `cutover rollback`",
+            ) from None
+
+    def applied() -> None:
+        rows = pg.query(cfg.new, sql)
+        if not rows:
+            raise UserError(f"subscription {NAME} is missing on the new server",
+                            hint="`amibake cutover rollback`, then run the cutover again")
+        reached, running = rows[0]
+        if reached == "t":
+            return
+        if (running != "t" or clock() - checked_slot[0] >= 0.25) and confirmed_by_slot():
+            # no apply worker (the old server may be gone), or a while
+            # without a keepalive past the position: the slot confirmed it
+            return
+        raise NotYet(f"the subscriber has not applied {final_lsn}")
+
     try:
-        with psycopg.connect(cfg.old.conninfo(), autocommit=True, connect_timeout=10,
-                             application_name="amibake-cutover") as conn:
-
-            def confirmed() -> None:
-                row = conn.execute(sql.encode()).fetchone()
-                if row is None:
-                    raise UserError(f"replication slot {NAME} is missing on the old server")
-                if not row[0]:
-                    raise NotYet(f"the slot has not confirmed {final_lsn}")
-
-            wait_for(confirmed, Waiter(f"the subscriber to reach {final_lsn}",
-                                       interval=interval, timeout=timeout,
-                                       attempts=int(timeout / interval) + 1),
-                     clock=clock, sleep=sleep)
-            return f"caught up to {final_lsn} in {clock() - start:.2f} s"
+        wait_for(applied, Waiter(f"the subscriber to reach {final_lsn}", interval=interval,
+                                 timeout=timeout, attempts=int(timeout / interval) + 1),
+                 clock=clock, sleep=sleep)
     except WaitTimeout:
-        raise UserError(f"the subscriber did not reach {final_lsn} within {timeout} s",
+        raise UserError(f"the subscriber did not reach {final_lsn} within {timeout:g} s",
                         hint="run again to keep waiting, or `cutover rollback`") from None
-    except psycopg.Error as exc:
-        raise UserError(
-            f"the old server is unreachable before the subscriber confirmed {final_lsn}: "
-            f"{str(exc).strip()}",
-            hint="start it again and re-run (the run resumes here), or `cutover rollback`",
-        ) from exc
+    applied_lsn = pg.value(cfg.new, f"""
+        SELECT pg_replication_origin_progress('pg_' || oid, true) FROM pg_subscription
+         WHERE subname = '{NAME}'""")
+    return (f"caught up to {final_lsn} in {clock() - start:.3f} s (last applied commit "
+            f"{applied_lsn or 'none'}, flushed on the new server)")
 
 
 def refresh_materialized_views(conn: Conn) -> int:
@@ -161,6 +195,28 @@ def refresh_materialized_views(conn: Conn) -> int:
         pg.execute(conn, "\n".join(f"REFRESH MATERIALIZED VIEW {n};" for n in names),
                    timeout=3600)
     return len(names)
+
+
+LEFT_ON_OLD = [f"publication:{NAME}", f"slot:{NAME}", f"role:{ROLE}"]
+
+
+def drop_subscription_locally(cfg: CutoverConfig, *, then: str = "") -> list[str]:
+    """The window's detach: the subscription dropped on the new server alone
+    (DISABLE, slot_name = NONE, DROP: its apply worker is stopped, nothing
+    more can arrive from the old server), with `then` (more SQL for the new
+    server), in one round trip and one transaction. The old server is not
+    contacted: its slot, publication and replication role are what is
+    returned, dropped by `cleanup_old` after the DNS switch."""
+    pg.execute(cfg.new, f"""
+        DO $$ BEGIN
+          IF EXISTS (SELECT 1 FROM pg_subscription WHERE subname = '{NAME}') THEN
+            ALTER SUBSCRIPTION {NAME} DISABLE;
+            ALTER SUBSCRIPTION {NAME} SET (slot_name = NONE);
+          END IF;
+        END $$;
+        DROP SUBSCRIPTION IF EXISTS {NAME};
+        {then}""")
+    return list(LEFT_ON_OLD)
 
 
 def detach(cfg: CutoverConfig, *, then: str = "") -> list[str]:
@@ -181,27 +237,28 @@ def detach(cfg: CutoverConfig, *, then: str = "") -> list[str]:
         except UserError:
             if pg.reachable(cfg.old):
                 raise
-            return [f"publication:{NAME}", f"slot:{NAME}", f"role:{ROLE}"]
-    pg.execute(cfg.new, f"""
-        DO $$ BEGIN
-          IF EXISTS (SELECT 1 FROM pg_subscription WHERE subname = '{NAME}') THEN
-            ALTER SUBSCRIPTION {NAME} DISABLE;
-            ALTER SUBSCRIPTION {NAME} SET (slot_name = NONE);
-          END IF;
-        END $$""")
-    pg.execute(cfg.new, f"DROP SUBSCRIPTION IF EXISTS {NAME}")  # not in a transaction block
-    if then:
-        pg.execute(cfg.new, then)
-    return [f"publication:{NAME}", f"slot:{NAME}", f"role:{ROLE}"]
+            return list(LEFT_ON_OLD)
+    return drop_subscription_locally(cfg, then=then)
 
 
 def cleanup_old(cfg: CutoverConfig) -> list[str]:
     """Drop our slot, publication and replication role on the old server
-    (ending the role's sessions first); what is left there."""
+    (ending the role's sessions first, and waiting up to 10 s for the slot's
+    WAL sender to exit); what is left there."""
     wait = ", 5000" if pg.version_num(cfg.old) >= 140000 else ""  # the timeout: 14+
-    left = pg.query(cfg.old, f"""
+    pg.execute(cfg.old, f"""
         SELECT pg_terminate_backend(pid{wait}) FROM pg_stat_activity
-         WHERE usename = '{ROLE}' AND pid <> pg_backend_pid();
+         WHERE usename = '{ROLE}' AND pid <> pg_backend_pid()""")
+
+    def released() -> None:
+        if pg.value(cfg.old, "SELECT active FROM pg_replication_slots "
+                             f"WHERE slot_name = '{NAME}'") == "t":
+            raise NotYet(f"slot {NAME} is still in use")
+
+    with contextlib.suppress(WaitTimeout):  # still in use: named below as left there
+        wait_for(released, Waiter(f"slot {NAME} released", interval=0.01, attempts=1000,
+                                  timeout=10))
+    left = pg.query(cfg.old, f"""
         SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots
          WHERE slot_name = '{NAME}' AND NOT active;
         DROP PUBLICATION IF EXISTS {NAME};

@@ -103,11 +103,13 @@ class CutoverState:
             created=doc.get("created", now_iso()),
         )
 
-    def save(self, path: Path) -> None:
-        """Replace the file atomically (builder.atomic), private (0600) from creation."""
+    def save(self, path: Path, *, sync_dir: bool = True) -> None:
+        """Replace the file atomically (builder.atomic), private (0600) from
+        creation; `sync_dir=False`: the new content is on disk, its rename
+        may be lost in a crash (builder.atomic)."""
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         text = json.dumps(self.to_json(), indent=2, sort_keys=True) + "\n"
-        write_atomically(path, text, mode=0o600)
+        write_atomically(path, text, mode=0o600, sync_dir=sync_dir)
 
     @classmethod
     def load(cls, path: Path) -> CutoverState:
@@ -202,7 +204,10 @@ class _StateJournal(Journal):
         rec.started = now_iso()
         rec.error = ""
         self.state.record(step.name, "start")
-        self.state.save(self.path)
+        # one fsync, not two: should a crash lose this rename, the file
+        # holds the state before it, where the step is not done either
+        # (and runs again: steps are idempotent); the window pays for it
+        self.state.save(self.path, sync_dir=False)
         self.say(f"{step.name}: {step.describe(self.ctx)}")
 
     def failed(self, step: Any, exc: BaseException) -> None:

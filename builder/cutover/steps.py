@@ -4,6 +4,7 @@ or a rollback needs are kept in the persisted state."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from builder.cutover import (
     smoke_form,
     verify,
 )
-from builder.cutover.config import CutoverConfig
+from builder.cutover.config import Conn, CutoverConfig
 from builder.cutover.db_roles import copy_roles, freeze, set_login, set_sequences
 from builder.cutover.dns.base import (
     DnsProvider,
@@ -35,6 +36,28 @@ from builder.cutover.dns.base import (
 from builder.cutover.plan import window
 from builder.cutover.state import CutoverState, NotYet, now_iso
 from builder.errors import UserError
+
+
+@dataclass
+class Counted:
+    """Row counts taken in the background, how long they took, and the
+    snapshot they were taken in (held open) if any."""
+
+    counts: dict[str, int]
+    seconds: float
+    snapshot: verify.Snapshot | None = None
+
+
+def _count(conn: Conn, *, in_snapshot: bool = False) -> Counted:
+    start = time.monotonic()
+    snap = verify.Snapshot(conn) if in_snapshot else None
+    try:
+        counts = verify.row_counts(conn, snap)
+    except BaseException:
+        if snap is not None:
+            snap.close()
+        raise
+    return Counted(counts, time.monotonic() - start, snap)
 
 
 @dataclass
@@ -51,9 +74,10 @@ class Ctx:
     #: the new database as it was before the DNS switch (checksum_when: after_switch)
     snapshot: verify.Snapshot | None = None
     #: the old server's row counts, taken in the background from the freeze on
-    old_counts: Future[dict[str, int]] | None = None
-    #: the new server's, taken in the background from the catch-up on
-    new_counts: Future[dict[str, int]] | None = None
+    old_counts: Future[Counted] | None = None
+    #: the new server's, taken in the background from the catch-up on, in
+    #: a snapshot of it held open (checksum_when: after_switch compares in it)
+    new_counts: Future[Counted] | None = None
     _pool: ThreadPoolExecutor | None = None
 
     def pool(self) -> ThreadPoolExecutor:
@@ -158,7 +182,7 @@ def _freeze(ctx: Ctx) -> str:
         # the old server is frozen: count its rows for the gate while the
         # replica catches up (the count is the slow part of the gate on a big
         # database; with `dump` it would only compete with pg_dump)
-        ctx.old_counts = ctx.pool().submit(verify.row_counts, ctx.cfg.old)
+        ctx.old_counts = ctx.pool().submit(_count, ctx.cfg.old)
     f = ctx.state.facts
     f.freeze_at = f.freeze_at or now_iso()
     f.final_lsn, f.sequences = lsn, seqs
@@ -172,9 +196,10 @@ def _catch_up(ctx: Ctx) -> str:
     views = db_replicate.refresh_materialized_views(ctx.cfg.new)
     if ctx.old_counts is not None:
         # the new server now holds everything committed before the freeze,
-        # and the app cannot log in to it before the detach: count its rows
-        # for the gate while the sequences are set and the subscription dropped
-        ctx.new_counts = ctx.pool().submit(verify.row_counts, ctx.cfg.new)
+        # and the app cannot log in to it before the detach: snapshot it and
+        # count its rows for the gate while the sequences are set and the
+        # subscription dropped
+        ctx.new_counts = ctx.pool().submit(_count, ctx.cfg.new, in_snapshot=True)
     return f"{detail}; {views} materialized view(s) refreshed"
 
 
@@ -188,13 +213,14 @@ def _writable(ctx: Ctx) -> None:
 
 
 def _detach(ctx: Ctx) -> str:
-    pending = db_replicate.detach(
+    # the new server alone, one round trip: the old server's slot,
+    # publication and role are dropped after the DNS switch (cleanup_old)
+    pending = db_replicate.drop_subscription_locally(
         ctx.cfg, then=f"ALTER ROLE {verify.pg.ident(ctx.cfg.app_user)} LOGIN;")
     ctx.state.facts.pending_old_cleanup = pending
     ctx.state.facts.new_writable_at = ctx.state.facts.new_writable_at or now_iso()
-    return ("subscription, publication and slot dropped" if not pending else
-            "subscription dropped (old server down); left on the old server: "
-            + ", ".join(pending))
+    return (f"subscription dropped, {ctx.cfg.app_user} LOGIN on the new server; left on the "
+            f"old server until after the switch: {', '.join(pending)}")
 
 
 def _dump_restore(ctx: Ctx) -> str:
@@ -210,15 +236,22 @@ def _files_sync(ctx: Ctx) -> str:
 
 def _verify_db(ctx: Ctx) -> str:
     cfg = ctx.cfg
+    snap: verify.Snapshot | None = None
+    timing = ""
     try:
         if ctx.old_counts is not None:
-            new_counts = (ctx.new_counts.result() if ctx.new_counts is not None
-                          else verify.row_counts(cfg.new))
-            old_counts = ctx.old_counts.result()
+            new = ctx.new_counts.result() if ctx.new_counts is not None else _count(cfg.new)
+            new_counts, snap = new.counts, new.snapshot
+            old = ctx.old_counts.result()
+            old_counts = old.counts
             ctx.old_counts = ctx.new_counts = None
+            timing = (f" (counted in the background: the old server in {old.seconds:.3f} s "
+                      f"from the freeze, the new one in {new.seconds:.3f} s from the catch-up)")
         else:
             old_counts, new_counts = verify.both(verify.row_counts, cfg.old, cfg.new)
     except UserError as exc:
+        if snap is not None:
+            snap.close()
         ctx.old_counts = ctx.new_counts = None
         raise UserError(
             f"row counts: {exc}",
@@ -228,13 +261,17 @@ def _verify_db(ctx: Ctx) -> str:
     seqs = verify.compare("sequences", dict(recorded), dict(verify.sequences(cfg.new)))
     if cfg.cutover.checksum_when == "after_switch":
         ctx.close()
-        ctx.snapshot = verify.Snapshot(cfg.new)
+        # the snapshot the new counts were taken in (replicate: from the
+        # catch-up on, before the app could log in there), else one now
+        ctx.snapshot = snap or verify.Snapshot(cfg.new)
+    elif snap is not None:
+        snap.close()
     for c in (counts, seqs):
         if not c.ok:
             raise UserError(
                 f"gate failed: {c.summary()}",
                 hint="DNS was not touched; `amibake cutover rollback` restores the old site")
-    return f"{counts.summary()}; {seqs.summary()}"
+    return f"{counts.summary()}; {seqs.summary()}{timing}"
 
 
 def _verify_checksums(ctx: Ctx) -> str:
@@ -335,7 +372,10 @@ def _cleanup_old(ctx: Ctx) -> str:
         return ("old server unreachable; still to drop there: " + ", ".join(f.pending_old_cleanup)
                 + " (run again when it is up)") if f.pending_old_cleanup else "nothing to drop"
     f.pending_old_cleanup = db_replicate.cleanup_old(ctx.cfg)
-    return "slot and publication dropped on the old server"
+    if f.pending_old_cleanup:
+        return ("publication and role dropped on the old server; still in use there: "
+                + ", ".join(f.pending_old_cleanup) + " (run again to drop it)")
+    return "slot, publication and replication role dropped on the old server"
 
 
 def expiry(state: CutoverState) -> datetime:
@@ -408,7 +448,8 @@ def forward_steps(cfg: CutoverConfig) -> list[FnStep]:
             FnStep("db_sequences", "window",
                    lambda c: "setval every sequence on the new server", _sequences),
             FnStep("db_detach", "window",
-                   lambda c: "drop subscription, publication and slot; app role LOGIN on new",
+                   lambda c: "drop the subscription on the new server (the old server's slot "
+                             "and publication after the switch); app role LOGIN on new",
                    _detach),
         ]
     else:
