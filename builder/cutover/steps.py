@@ -9,7 +9,10 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import urlsplit
+
+import psycopg
 
 from builder.cutover import (
     backup_check,
@@ -40,24 +43,16 @@ from builder.errors import UserError
 
 @dataclass
 class Counted:
-    """Row counts taken in the background, how long they took, and the
-    snapshot they were taken in (held open) if any."""
+    """Row counts taken in the background, and how long they took."""
 
     counts: dict[str, int]
     seconds: float
-    snapshot: verify.Snapshot | None = None
 
 
-def _count(conn: Conn, *, in_snapshot: bool = False) -> Counted:
+def _count(conn: Conn) -> Counted:
     start = time.monotonic()
-    snap = verify.Snapshot(conn) if in_snapshot else None
-    try:
-        counts = verify.row_counts(conn, snap)
-    except BaseException:
-        if snap is not None:
-            snap.close()
-        raise
-    return Counted(counts, time.monotonic() - start, snap)
+    counts = verify.row_counts(conn)
+    return Counted(counts, time.monotonic() - start)
 
 
 @dataclass
@@ -75,9 +70,11 @@ class Ctx:
     snapshot: verify.Snapshot | None = None
     #: the old server's row counts, taken in the background from the freeze on
     old_counts: Future[Counted] | None = None
-    #: the new server's, taken in the background from the catch-up on, in
-    #: a snapshot of it held open (checksum_when: after_switch compares in it)
+    #: the new server's, taken in the background from the catch-up on
     new_counts: Future[Counted] | None = None
+    #: a session with the new server opened in the background from the
+    #: catch-up on, for the snapshot the after-switch checksums read
+    snapshot_session: Future[psycopg.Connection[Any]] | None = None
     _pool: ThreadPoolExecutor | None = None
 
     def pool(self) -> ThreadPoolExecutor:
@@ -89,6 +86,9 @@ class Ctx:
         if self.snapshot is not None:
             self.snapshot.close()
             self.snapshot = None
+        session, self.snapshot_session = _opened(self.snapshot_session), None
+        if session is not None:
+            session.close()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
@@ -196,10 +196,11 @@ def _catch_up(ctx: Ctx) -> str:
     views = db_replicate.refresh_materialized_views(ctx.cfg.new)
     if ctx.old_counts is not None:
         # the new server now holds everything committed before the freeze,
-        # and the app cannot log in to it before the detach: snapshot it and
-        # count its rows for the gate while the sequences are set and the
-        # subscription dropped
-        ctx.new_counts = ctx.pool().submit(_count, ctx.cfg.new, in_snapshot=True)
+        # and the app cannot log in to it before the detach: count its rows
+        # for the gate while the sequences are set and the subscription dropped
+        ctx.new_counts = ctx.pool().submit(_count, ctx.cfg.new)
+        if ctx.cfg.cutover.checksum_when == "after_switch":
+            ctx.snapshot_session = ctx.pool().submit(verify.Snapshot.connect, ctx.cfg.new)
     return f"{detail}; {views} materialized view(s) refreshed"
 
 
@@ -236,12 +237,11 @@ def _files_sync(ctx: Ctx) -> str:
 
 def _verify_db(ctx: Ctx) -> str:
     cfg = ctx.cfg
-    snap: verify.Snapshot | None = None
     timing = ""
     try:
         if ctx.old_counts is not None:
             new = ctx.new_counts.result() if ctx.new_counts is not None else _count(cfg.new)
-            new_counts, snap = new.counts, new.snapshot
+            new_counts = new.counts
             old = ctx.old_counts.result()
             old_counts = old.counts
             ctx.old_counts = ctx.new_counts = None
@@ -250,8 +250,6 @@ def _verify_db(ctx: Ctx) -> str:
         else:
             old_counts, new_counts = verify.both(verify.row_counts, cfg.old, cfg.new)
     except UserError as exc:
-        if snap is not None:
-            snap.close()
         ctx.old_counts = ctx.new_counts = None
         raise UserError(
             f"row counts: {exc}",
@@ -260,18 +258,26 @@ def _verify_db(ctx: Ctx) -> str:
     recorded = {f"{s}.{n}": v for s, n, v in ctx.state.facts.sequences}
     seqs = verify.compare("sequences", dict(recorded), dict(verify.sequences(cfg.new)))
     if cfg.cutover.checksum_when == "after_switch":
+        session = ctx.snapshot_session
+        ctx.snapshot_session = None
         ctx.close()
-        # the snapshot the new counts were taken in (replicate: from the
-        # catch-up on, before the app could log in there), else one now
-        ctx.snapshot = snap or verify.Snapshot(cfg.new)
-    elif snap is not None:
-        snap.close()
+        ctx.snapshot = verify.Snapshot(cfg.new, session=_opened(session))
     for c in (counts, seqs):
         if not c.ok:
             raise UserError(
                 f"gate failed: {c.summary()}",
                 hint="DNS was not touched; `amibake cutover rollback` restores the old site")
     return f"{counts.summary()}; {seqs.summary()}{timing}"
+
+
+def _opened(session: Future[psycopg.Connection[Any]] | None) -> psycopg.Connection[Any] | None:
+    """The session opened ahead, if it opened (else the snapshot opens one)."""
+    if session is None:
+        return None
+    try:
+        return session.result()
+    except psycopg.Error:
+        return None
 
 
 def _verify_checksums(ctx: Ctx) -> str:

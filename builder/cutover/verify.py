@@ -11,7 +11,7 @@ import ssl
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import psycopg
@@ -101,11 +101,17 @@ class Snapshot:
     switch and held: checksums taken after the switch see the data as it was
     then, not the app's first writes. Lives only as long as this run."""
 
-    def __init__(self, conn: Conn) -> None:
-        self._conn = psycopg.connect(conn.conninfo(), autocommit=True,
-                                     application_name="amibake-cutover")
+    def __init__(self, conn: Conn, *, session: psycopg.Connection[Any] | None = None) -> None:
+        """`session`: a connection to `conn` opened ahead (`connect`), so
+        that taking the snapshot costs no connection set-up."""
+        self._conn = session or Snapshot.connect(conn)
         self._conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
         self._conn.execute("SELECT 1")  # the snapshot is taken here
+
+    @staticmethod
+    def connect(conn: Conn) -> psycopg.Connection[Any]:
+        return psycopg.connect(conn.conninfo(), autocommit=True,
+                               application_name="amibake-cutover")
 
     def query(self, sql: str) -> list[list[str]]:
         cur = self._conn.execute(sql.encode())
