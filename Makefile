@@ -21,6 +21,8 @@ APT_PACKAGES := \
 	libnginx-mod-http-upstream-fair ruby ruby-rack puma ruby-pg shellcheck
 # the Rails sample (cloudinit/app-rails/): Debian's Rails 6.1 and Bundler
 APT_PACKAGES += ruby-rails bundler
+# the Rails sample's Gemfile names bootsnap (tests/test_sample_rails.py runs it here)
+APT_PACKAGES += ruby-bootsnap
 # systemd's own unit loader (systemd --test), sysusers and tmpfiles: tests/test_render_hostile.py
 APT_PACKAGES += systemd
 # bench/bake.py's contender: Debian's image builder

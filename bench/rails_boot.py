@@ -14,16 +14,8 @@ qemu with the IMDS emulator (builder.vm: TCG or KVM as the host allows, 1 GiB,
 through nginx → puma → PostgreSQL; for Rails only a page Rails rendered (its
 CSRF meta tag) counts. Polls every 0.5 s.
 
-Where the time goes, per boot:
-- serial console: the host's clock (seconds since power-on) at the first
-  appearance of each firmware/GRUB/kernel line and of each systemd
-  "Started/Finished/Reached target" line (the log is read every 0.5 s);
-- guest: the serial console's kernel-timestamped lines of cloud-init's stages,
-  the dispatcher's setup steps, initdb and the role's units (seconds since the
-  guest kernel started; add journal.kernel_started_at for power-on);
-- journal: after the first 200, over SSH, each amibake/app/nginx/PostgreSQL/
-  cloud-init unit's start and active-enter times (CLOCK_MONOTONIC, aligned to
-  power-on with /proc/uptime read at a known host time) and systemd-analyze.
+Where the time goes, per boot: serial console, guest and journal timelines
+(bench/boot_timeline.py, shared with bench/boot.py).
 
 Prints medians, the Rails/Rack ratio of medians, and writes
 bench/results/rails_boot.json.
@@ -34,12 +26,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -47,16 +37,21 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.boot_timeline import (  # noqa: E402
+    MILESTONES,
+    first_200,
+    guest_timeline,
+    journal_summary,
+    journal_times,
+)
 from builder.bake.pipeline import bake, with_roles  # noqa: E402
 from builder.manifest import load_manifest  # noqa: E402
 from builder.manifest.model import Manifest  # noqa: E402
 from builder.vm.accel import detect_accel  # noqa: E402
 from builder.vm.boottest import render_identity  # noqa: E402
-from builder.vm.checks import http_get  # noqa: E402
 from builder.vm.imds import imds_server  # noqa: E402
 from builder.vm.qemu import Vm, VmSpec  # noqa: E402
 from builder.vm.ssh import Ssh, SshFailed, generate_key  # noqa: E402
-from builder.wait import NotYet, Waiter, wait_for  # noqa: E402
 from tests.bake_fixture import bake_options  # noqa: E402
 from tests.test_rails_render import rails_manifest  # noqa: E402
 
@@ -64,69 +59,6 @@ RESULTS = ROOT / "bench" / "results" / "rails_boot.json"
 ROLE = "all-in-one"
 #: What counts as the first 200: for Rails a page Rails rendered.
 MARKERS = {"rails": b'name="csrf-token"', "rack": b""}
-ANSI = re.compile(r"\x1b\[[0-9;=?]*[A-Za-z]")
-#: Serial-console lines worth a timestamp (after ANSI codes are removed).
-SERIAL_LINE = re.compile(
-    r"BdsDxe: starting|Welcome to GRUB|Linux version|Welcome to Debian|"
-    r"\] (Started|Finished|Reached target) |cloud-init\[\d+\]: Cloud-init v\. .* finished")
-#: The serial lines named in the summary (first match wins).
-MILESTONES = (
-    ("firmware: boot loader started", "BdsDxe: starting"),
-    ("kernel started", "Linux version"),
-    ("systemd in the root fs", "Welcome to Debian"),
-    ("cloud-init local stage done", "Finished cloud-init-local"),
-    ("network.target", "Reached target network.target"),
-    ("postgresql started", "Started postgresql@"),
-    ("migration done", "Finished amibake-migrate"),
-    ("first app server started", "Started amibake-app@"),
-    ("nginx started", "Started nginx"),
-    ("dispatcher done", "Finished amibake-dispatch"),
-    ("cloud-init network stage done", "Finished cloud-init.service"),
-    ("multi-user.target", "Reached target multi-user.target"),
-)
-#: Kernel-timestamped serial lines (guest seconds since the kernel started) of
-#: cloud-init's stages, the dispatcher's steps and the role's units.
-GUEST_LINE = re.compile(
-    r"^\[\s*(\d+\.\d+)\] ((?:cloud-init\[\d+\]: Cloud-init v\. |"
-    r"amibake-dispatch\[\d+\]: (?:amibake-dispatch: (?:instance|running)|amibake-postgresql|"
-    r"Creating new PostgreSQL|amibake: )|amibake-migrate\[\d+\]: |"
-    r"systemd\[1\]: (?:Started|Finished) (?:amibake|postgresql@|nginx|ssh\.service|cloud)).*)")
-#: Units whose times are read from the journal (systemctl) after the first 200.
-UNITS = ("cloud-init-local.service", "cloud-init.service", "amibake-dispatch.service",
-         "postgresql@15-main.service", "amibake-migrate.service", "amibake-app@*.service",
-         "nginx.service", "ssh.service", "cloud-config.service", "cloud-final.service")
-
-
-#: Where the time goes, from the journal (power-on seconds): name → (unit, field).
-JOURNAL_MARKS = (
-    ("kernel started", ("", "kernel_started_at")),
-    ("cloud-init local stage done", ("cloud-init-local.service", "ActiveEnter")),
-    ("dispatcher started (role read)", ("amibake-dispatch.service", "InactiveExit")),
-    ("cloud-init network stage done", ("cloud-init.service", "ActiveEnter")),
-    ("nginx active", ("nginx.service", "ActiveEnter")),
-    ("postgresql active (after mkfs + initdb)", ("postgresql@15-main.service", "ActiveEnter")),
-    ("migration done", ("amibake-migrate.service", "ActiveEnter")),
-    ("app servers started", ("amibake-app@8000.service", "ActiveEnter")),
-    ("dispatcher done", ("amibake-dispatch.service", "ActiveEnter")),
-)
-
-
-def journal_summary(runs: list[dict[str, Any]]) -> dict[str, float]:
-    """Medians over `runs` of JOURNAL_MARKS, then the first 200."""
-    found: dict[str, list[float]] = {}
-    for run in runs:
-        journal = run.get("journal", {})
-        for name, (unit, field) in JOURNAL_MARKS:
-            value = journal.get(field) if not unit else \
-                journal.get("units", {}).get(unit, {}).get(field)
-            if value is not None:
-                found.setdefault(name, []).append(value)
-    doc = {name: round(statistics.median(v), 1) for name, v in found.items()}
-    if runs:
-        doc["first 200 of GET /"] = round(statistics.median(r["seconds"] for r in runs), 1)
-    return doc
-
-
 def manifests(work: Path) -> dict[str, Manifest]:
     """The Rails sample manifest and the same with the Rack sample, all-in-one only."""
     (work / "rails").mkdir()
@@ -141,81 +73,6 @@ def manifests(work: Path) -> dict[str, Manifest]:
             for name, path in (("rails", rails), ("rack", rack))}
 
 
-class SerialClock:
-    """Host timestamps (seconds since power-on) of serial-console lines as they appear."""
-
-    def __init__(self, vm: Vm) -> None:
-        self.vm = vm
-        self.path = vm.paths.serial_log
-        self.offset = 0
-        self.partial = ""
-        self.lines: list[tuple[float, str]] = []
-
-    def poll(self) -> None:
-        now = round(self.vm.elapsed(), 1)
-        try:
-            with self.path.open("rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except FileNotFoundError:
-            return
-        self.offset += len(data)
-        text = self.partial + data.decode("utf-8", "replace")
-        *done, self.partial = re.split(r"\r?\n", text)
-        for raw in done:
-            line = ANSI.sub("", raw).strip()
-            if SERIAL_LINE.search(line):
-                self.lines.append((now, line[:160]))
-
-    def watch(self, done: threading.Event) -> None:
-        while not done.wait(0.5):
-            self.poll()
-
-    def milestones(self) -> dict[str, float]:
-        found: dict[str, float] = {}
-        for name, needle in MILESTONES:
-            for seconds, line in self.lines:
-                if needle in line:
-                    found[name] = seconds
-                    break
-        return found
-
-
-def guest_timeline(serial_text: str) -> list[tuple[float, str]]:
-    """The serial console's kernel-timestamped setup lines: (guest seconds, line)."""
-    found = []
-    for raw in serial_text.splitlines():
-        match = GUEST_LINE.match(ANSI.sub("", raw).strip())
-        if match:
-            found.append((float(match.group(1)), match.group(2)[:160]))
-    return found
-
-
-def journal_times(ssh: Ssh, vm: Vm) -> dict[str, Any]:
-    """Units' start/active times from systemd, aligned to power-on (host seconds)."""
-    before = vm.elapsed()
-    uptime = float(ssh.output("cut -d' ' -f1 /proc/uptime", timeout=60))
-    after = vm.elapsed()
-    kernel_at = (before + after) / 2 - uptime  # power-on → the guest's CLOCK_MONOTONIC 0
-    units = " ".join(f"'{u}'" for u in UNITS)
-    out = ssh.output(
-        f"for u in $(systemctl list-units --all --plain --no-legend {units} | cut -d' ' -f1);"
-        " do systemctl show -p Id -p InactiveExitTimestampMonotonic"
-        " -p ActiveEnterTimestampMonotonic -p ExecMainExitTimestampMonotonic \"$u\"; echo; done",
-        timeout=120)
-    units_doc: dict[str, dict[str, float]] = {}
-    for block in out.strip().split("\n\n"):
-        fields = dict(line.split("=", 1) for line in block.splitlines() if "=" in line)
-        name = fields.pop("Id", "")
-        times = {k.removesuffix("TimestampMonotonic"): round(kernel_at + int(v) / 1e6, 1)
-                 for k, v in fields.items() if v.isdigit() and int(v) > 0}
-        if name:
-            units_doc[name] = times
-    analyze = ssh.run("systemd-analyze", timeout=120).stdout.strip().splitlines()
-    return {"kernel_started_at": round(kernel_at, 1), "units": units_doc,
-            "systemd_analyze": analyze[:2]}
-
-
 def boot_to_200(disk: Path, manifest: Manifest, work: Path, marker: bytes) -> dict[str, Any]:
     """One boot: power-on → first 200 of GET /, with its serial and journal timelines."""
     key = generate_key(work / "id_ed25519", comment="amibake-bench")
@@ -224,28 +81,7 @@ def boot_to_200(disk: Path, manifest: Manifest, work: Path, marker: bytes) -> di
         spec = VmSpec(disk=disk, imds_port=imds.port, instance_id=identity.instance_id,
                       boot="uefi", instance_type=identity.instance_type, timeout=1500)
         with Vm(spec, work / "vm", accel=detect_accel()) as vm:
-            serial = SerialClock(vm)
-            done = threading.Event()
-            # its own thread: the HTTP probe can wait up to its timeout for a reply
-            watcher = threading.Thread(target=serial.watch, args=(done,), daemon=True)
-            watcher.start()
-
-            def first_200() -> float:
-                vm.check_running()
-                answer = http_get(vm.ports.http, "/", host_header=manifest.app.server_name,
-                                  timeout=10)
-                if answer.status != 200 or marker not in answer.body:
-                    raise NotYet(f"GET / answered {answer.status}")
-                return vm.elapsed()
-
-            try:
-                seconds = wait_for(first_200, Waiter("first 200", attempts=100_000,
-                                                     interval=0.5, timeout=1400),
-                                   retry_on=(OSError,))
-            finally:
-                done.set()
-                watcher.join()
-            serial.poll()
+            seconds, serial = first_200(vm, manifest.app.server_name, "/", marker, 1400)
             try:
                 journal: dict[str, Any] = journal_times(
                     Ssh(key, vm.ports.ssh, manifest.image.login_user), vm)

@@ -105,7 +105,7 @@ def _check_cloud_config(user_data: bytes, fragments: Any) -> None:
     """cloud-init's loader reads exactly the keys and the file contents rendered."""
     part = split_user_data(user_data)[0]
     config = yaml.safe_load(part.content)
-    assert set(config) == {"locale", "packages", "runcmd", "write_files"}
+    assert set(config) == {"locale", "packages", "runcmd", "ssh_genkeytypes", "write_files"}
     wanted = {f.path: f.content for fragment in fragments for f in fragment.files}
     for entry in config["write_files"]:
         content = entry["content"]

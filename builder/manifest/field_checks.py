@@ -118,6 +118,13 @@ def optional(check: Check) -> Check:
 # -------------------------------------------------------------- destinations
 
 
+def distinct_non_empty(value: Sequence[str]) -> str | None:
+    if not value:
+        return "needs at least one entry"
+    twice = sorted({v for v in value if list(value).count(v) > 1})
+    return f"lists {', '.join(twice)} more than once" if twice else None
+
+
 def path(value: str) -> str | None:
     """A directory or file amibake creates, writes, chowns or serves."""
     reason = unsafe_path_reason(value)

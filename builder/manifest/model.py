@@ -60,6 +60,9 @@ def setting(
 #: AMI root device types: an EBS snapshot, or an instance-store bundle in S3.
 Backing = Literal["ebs", "instance-store"]
 BACKINGS: tuple[str, ...] = get_args(Backing)
+#: SSH host key types an instance can generate at first boot (cloud-init's
+#: ssh_genkeytypes); DSA is not offered (OpenSSH disables it).
+HostKeyType = Literal["ed25519", "ecdsa", "rsa"]
 
 @dataclass(frozen=True)
 class SecretRef:
@@ -324,6 +327,11 @@ class ImageSpec:
     )
     login_user: str = setting("admin", help="user that gets the instance's SSH key",
                               check=fc.unix_user)
+    ssh_host_key_types: tuple[HostKeyType, ...] = setting(
+        ("ed25519", "ecdsa"),
+        help="SSH host keys each instance generates at its first boot; add rsa for "
+             "clients without ed25519/ecdsa (RSA-3072 costs seconds of boot on small CPUs)",
+        check=fc.distinct_non_empty)
     roles: tuple[str, ...] = setting((), help="roles baked in (default: all)", item=fc.name)
     packages: tuple[str, ...] = setting((), help="extra Debian packages", item=fc.deb_package)
     name_template: str = setting(

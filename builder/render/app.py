@@ -17,6 +17,7 @@ from builder.render.common import (
     source_name,
 )
 from builder.render.fragment import File, Fragment
+from builder.render.postgresql import local_db_unit
 from builder.render.quoting import systemd_env
 from builder.render.templates import TEMPLATES_SUBDIR_APP, read_static, render_template
 
@@ -74,6 +75,7 @@ def rails_files(manifest: Manifest, app_units: tuple[str, ...]) -> tuple[File, .
         File(f"{UNIT_DIR}/{MIGRATE_UNIT}", render_template(
             "app/amibake-migrate.service.j2", manifest_file=source_name(manifest),
             app_name=app.name, user=app.user, root=app.root, migrate=MIGRATE,
+            db_unit=local_db_unit(manifest),
             app_units=app_units, environment_lines=(env_line,))),
     )
 
@@ -91,7 +93,9 @@ def render(manifest: Manifest, role: Role) -> Fragment:
             uploads_dir=app.uploads_dir,
             # the team's app writes tmp/ and log/ as its user (the image's code is root's)
             app_dirs=[f"{app.root.rstrip('/')}/{d}" for d in ("tmp", "log")]
-            if own_app(manifest) else [])),
+            if own_app(manifest) else [],
+            # what cloudinit/rails/app-build leaves there (bootsnap's cache)
+            app_caches=[f"{app.root.rstrip('/')}/tmp/cache"] if own_app(manifest) else [])),
         File(SETUP, render_template(
             "app/setup.sh.j2", app_name=app.name, sysusers_file=SYSUSERS,
             tmpfiles_file=TMPFILES), mode=0o755),

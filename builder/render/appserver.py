@@ -16,6 +16,7 @@ from builder.render.app import (
 )
 from builder.render.common import UNIT_DIR, manifest_error, source_name
 from builder.render.fragment import File, Fragment
+from builder.render.postgresql import local_db_unit
 from builder.render.quoting import Raw, integer, systemd_env, systemd_exec
 from builder.render.templates import render_template
 
@@ -69,6 +70,7 @@ def render(manifest: Manifest, role: Role) -> Fragment:
         env_setup=ENV_SETUP,
         user=app.user,
         root=app.root,
+        db_unit=local_db_unit(manifest),
         unit_lines=(f"Requires={MIGRATE_UNIT}", f"After={MIGRATE_UNIT}") if own else (),
         environment_lines=(
             " ".join([*(systemd_env(k, v) for k, v in app_environment(manifest)),

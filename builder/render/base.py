@@ -41,6 +41,17 @@ DATASOURCE_TEXT = (
 )
 
 
+def host_key_types(manifest: Manifest) -> list[str]:
+    """cloud-init's ssh_genkeytypes: the host keys each instance generates once."""
+    return list(manifest.image.ssh_host_key_types)
+
+
+def host_key_settings(manifest: Manifest) -> str:
+    return ("# SSH host keys each instance generates at its first boot\n"
+            "# (image.ssh_host_key_types; cloud-init deletes any others).\n"
+            f"ssh_genkeytypes: {yaml_flow(host_key_types(manifest))}\n")
+
+
 def image_cloud_settings(
     manifest: Manifest, role_fragments: Mapping[str, Sequence[Fragment]]
 ) -> bytes:
@@ -51,7 +62,7 @@ def image_cloud_settings(
     cloud-init's mounts module would otherwise write its own fstab line for
     ephemeral0 and `mount -a` while the setup script makes the filesystem.
     """
-    text = DATASOURCE_TEXT
+    text = DATASOURCE_TEXT + host_key_settings(manifest)
     pg = manifest.components.postgresql
     carried = {f.component for fragments in role_fragments.values() for f in fragments}
     if pg is not None and "postgresql" in carried:

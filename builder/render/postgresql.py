@@ -33,6 +33,12 @@ def service_name(version: str) -> str:
     return f"postgresql@{version}-{CLUSTER}.service"
 
 
+def local_db_unit(manifest: Manifest) -> str:
+    """The unit an app on the database's machine (all-in-one) starts after."""
+    pg = manifest.components.postgresql
+    return service_name(pg.version) if pg is not None else "postgresql.service"
+
+
 def render(manifest: Manifest, role: Role) -> Fragment:
     pg = manifest.components.postgresql
     if pg is None:
@@ -95,6 +101,8 @@ def render(manifest: Manifest, role: Role) -> Fragment:
         File(f"{CONF_DIR}/pg_hba.conf", hba),
         File(f"{CONF_DIR}/amibake.conf", conf),
         File(f"{UNIT_DIR}/postgresql@.service.d/amibake-instance-store.conf", dropin),
+        File(f"{UNIT_DIR}/postgresql@.service.d/amibake-early-start.conf",
+             render_template("postgresql/early-start.conf.j2", version=pg.version)),
         File(SETUP, setup, mode=0o755),
     ]
     packages = [f"postgresql-{pg.version}", f"postgresql-client-{pg.version}"]

@@ -8,9 +8,11 @@ per-instance bits.
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
+from builder.app.rails_build import APP_BUILD
 from builder.db_storage.volume import ebs_roles
 from builder.errors import UserError
 from builder.manifest.model import Manifest, Role
@@ -120,14 +122,18 @@ def render_role(
     hosts: Mapping[str, Sequence[str]] | None = None,
     markers: Mapping[str, str] | None = None,
     extra_parts: Sequence[Part] = (),
+    app_archive: bytes | None = None,
 ) -> RenderedRole:
     """The user-data that starts an instance in `role_name`.
 
     Fried (default): packages, every file (write_files, deferred until the
     packages are installed) and a runcmd of the dispatcher: works from a plain
     Debian cloud image; refused for the team's own app (`app.code` a path, git
-    or tarball), whose code is only in an image. Baked: only the role marker
-    and per-instance bits.
+    or tarball), whose code is only in an image, unless the caller brings the
+    app as `app_archive` (a tar.gz of its tree: written by cloud-init, unpacked
+    at app.root and built at boot by the same app-build the bake runs; small
+    apps only, user-data is capped at 16 KiB; bench/boot.py's fried contender).
+    Baked: only the role marker and per-instance bits.
     `hosts` (role → addresses) becomes /etc/amibake/hosts.env, which the setup
     scripts read to find other roles (nginx's app servers, the database);
     `markers` adds `# amibake-<key>: <value>` lines (e.g. secrets-endpoint);
@@ -138,7 +144,7 @@ def render_role(
         raise manifest_error(manifest, f"roles.{role_name}",
                              f"role name {role_name!r} cannot be written to user-data",
                              hint="role names are [A-Za-z0-9][A-Za-z0-9._-]*")
-    if not baked and app.own_app(manifest):
+    if not baked and app.own_app(manifest) and app_archive is None:
         kind = manifest.app.code.kind  # type: ignore[union-attr]
         raise manifest_error(
             manifest, "app.code",
@@ -166,10 +172,17 @@ def render_role(
         packages = sorted({p for f in (base_fragment, *fragments) for p in f.packages}
                           | set(manifest.image.packages))
         config["packages"] = packages
+        # what the image's cloud-init settings say (builder.render.base)
+        config["ssh_genkeytypes"] = base.host_key_types(manifest)
         write_files += [
             _write_file(f, defer=True) for f in _merge_files([base_fragment, *fragments])
         ]
-        config["runcmd"] = [["systemctl", "daemon-reload"], [DISPATCHER]]
+        runcmd: list[list[str]] = [["systemctl", "daemon-reload"], [DISPATCHER]]
+        if app_archive is not None and app.own_app(manifest):
+            write_files.append(_write_file(File(APP_ARCHIVE, app_archive, mode=0o600),
+                                           defer=True))
+            runcmd.insert(0, ["sh", "-c", fried_app_build(manifest)])
+        config["runcmd"] = runcmd
     if write_files:
         config["write_files"] = write_files
     parts = (
@@ -186,6 +199,22 @@ def render_role(
         user_data=assemble.compress(raw),
         fragments=fragments,
     )
+
+
+#: Where fried user-data puts the team's app before unpacking it (render_role's app_archive).
+APP_ARCHIVE = "/var/lib/amibake/app.tar.gz"
+
+
+def fried_app_build(manifest: Manifest) -> str:
+    """Shell for a fried boot: unpack APP_ARCHIVE at app.root and build the app there
+    as the bake does (cloudinit/rails/app-build: bundle --local, assets:precompile,
+    database.yml)."""
+    root = shlex.quote(manifest.app.root)
+    appserver = manifest.components.appserver
+    env = shlex.quote(appserver.environment if appserver is not None else "production")
+    return (f"set -e; install -d -m 0755 {root}; tar -xzf {APP_ARCHIVE} -C {root}"
+            f" --no-same-owner; rm -f {APP_ARCHIVE}; cd {root};"
+            f" RAILS_ENV={env} RACK_ENV={env} {APP_BUILD} {root}")
 
 
 def hosts_env(hosts: Mapping[str, Sequence[str]]) -> bytes:
