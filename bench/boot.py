@@ -48,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.boot_timeline import (  # noqa: E402
+    SerialClock,
     first_200,
     guest_timeline,
     journal_summary,
@@ -133,6 +134,37 @@ def boot_to_200(disk: Path, manifest: Manifest, role: str, *, baked: bool, workd
             "guest": guest}
 
 
+def boot_to_multi_user(disk: Path, manifest: Manifest, role: str, *, workdir: Path,
+                       timeout: float) -> dict[str, object]:
+    """The floor: the OS-only disk (firmware, kernel, initramfs, systemd, cloud-init;
+    no role, no packages; cloud-config naming only the host key types), power-on to
+    multi-user.target and to cloud-init's "finished", from the serial console."""
+    key = generate_key(workdir / "id_ed25519")
+    ident = LocalInstanceIdentity(
+        instance_id=new_instance_id(), role=role,
+        instance_type=manifest.roles[role].instance_type, public_key=key.openssh_public(),
+        # the role's host key types, as both contenders have them
+        user_data=("#cloud-config\nssh_genkeytypes: "
+                   f"[{', '.join(manifest.image.ssh_host_key_types)}]\n").encode(),
+        secrets=secret_values(manifest),
+    )
+    vmdir = workdir / ident.instance_id
+    with imds_server(ident) as imds, Vm(
+        VmSpec(disk=disk, imds_port=imds.port, instance_id=ident.instance_id,
+               instance_type=ident.instance_type, timeout=timeout + 60), vmdir,
+    ) as vm:
+        serial = SerialClock(vm)
+        deadline = time.monotonic() + timeout
+        while "cloud-init finished" not in serial.milestones():
+            vm.check_running()
+            if time.monotonic() > deadline:
+                raise vm.failure(f"the OS-only disk did not finish cloud-init in {timeout} s")
+            time.sleep(0.5)
+            serial.poll()
+    shutil.rmtree(vmdir, ignore_errors=True)
+    return {"milestones": serial.milestones(), "serial": serial.lines}
+
+
 def fried_base_disk(manifest: Manifest, cache: Path) -> Path:
     """A disk with only the OS and cloud-init, built once and cached by its inputs.
 
@@ -192,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
                         "or ./images)")
     parser.add_argument("--runs-baked", type=int, default=3)
     parser.add_argument("--runs-fried", type=int, default=1)
+    parser.add_argument("--runs-floor", type=int, default=1,
+                        help="boots of the OS-only disk with no role (power-on to "
+                        "multi-user.target: the floor)")
     parser.add_argument("--timeout-baked", type=float, default=600)
     parser.add_argument("--timeout-fried", type=float, default=3600)
     parser.add_argument("--fried-disk", type=Path,
@@ -205,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = load_manifest(args.manifest)
     image = Store(args.store or default_store_root()).get(manifest.name)
     fried_disk = (args.fried_disk or fried_base_disk(manifest, args.cache)
-                  if args.runs_fried else None)
+                  if args.runs_fried or args.runs_floor else None)
     accel = detect_accel()
     load_before = os.getloadavg()
     runs: dict[str, list[dict[str, object]]] = {"baked": [], "fried": []}
@@ -232,6 +267,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{kind}: HTTP 200 after {run['seconds']} s", flush=True)
         runs[kind].append(run)
 
+    floor: list[dict[str, object]] = []
+    for _ in range(args.runs_floor):
+        assert fried_disk is not None
+        print(f"floor: booting the OS-only disk {fried_disk} with no role ...", flush=True)
+        try:
+            floor.append(boot_to_multi_user(Path(fried_disk), manifest, args.role,
+                                            workdir=runs_dir, timeout=args.timeout_baked))
+        except UserError as exc:
+            errors["floor"] = str(exc)
+            print(f"floor: FAILED: {exc}", flush=True)
+            continue
+        print(f"floor: {floor[-1]['milestones']}", flush=True)
+
     def median(kind: str) -> float | None:
         values = [float(r["seconds"]) for r in runs[kind]]  # type: ignore[arg-type]
         return round(statistics.median(values), 1) if values else None
@@ -252,6 +300,15 @@ def main(argv: list[str] | None = None) -> int:
         "loadavg_before": [round(x, 2) for x in load_before],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],
         "runs": runs, "errors": errors,
+        "floor_runs": floor,
+        "floor_median_seconds": {
+            name: round(statistics.median(
+                float(r["milestones"][name]) for r in floor  # type: ignore[index]
+                if name in r["milestones"]), 1)  # type: ignore[operator]
+            for name in ("kernel started", "systemd in the root fs",
+                         "cloud-init local stage done", "cloud-init network stage done",
+                         "multi-user.target", "cloud-init finished")
+            if any(name in r["milestones"] for r in floor)},  # type: ignore[operator]
         "median_seconds": {"baked": baked_m, "fried": fried_m},
         "ratio_baked_to_fried": ratio, "target_ratio": TARGET,
         "meets_target": ratio is not None and ratio <= TARGET,
@@ -268,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{kind} boot, median seconds since power-on (journal):")
             for mark, sec in doc[f"{kind}_journal_median_seconds"].items():  # type: ignore[attr-defined]
                 print(f"  {sec:7.1f}  {mark}")
+    if floor:
+        print(f"floor (OS-only disk, no role), median seconds since power-on: "
+              f"{doc['floor_median_seconds']}")
     print(f"baked/fried = {ratio if ratio is not None else '-'} (target <= {TARGET}); "
           f"accel {accel.name}; wrote {args.out}")
     return 0 if not errors else 1

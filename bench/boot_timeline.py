@@ -48,6 +48,7 @@ MILESTONES = (
     ("dispatcher done", "Finished amibake-dispatch"),
     ("cloud-init network stage done", "Finished cloud-init.service"),
     ("multi-user.target", "Reached target multi-user.target"),
+    ("cloud-init finished", " finished at "),
 )
 #: Kernel-timestamped serial lines (guest seconds since the kernel started) of
 #: cloud-init's stages, the dispatcher's steps and the role's units.
