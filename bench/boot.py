@@ -77,6 +77,12 @@ TARGET = 0.35
 RAILS_MARKER = b'name="csrf-token"'
 
 
+def _owned_by_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
+    info.uid = info.gid = 0
+    info.uname = info.gname = "root"
+    return info
+
+
 def fried_user_data(manifest: Manifest, role: str, work: Path) -> bytes:
     """The fried contender's user-data: packages, every file and the dispatcher; for
     the team's own app also the app's tree (a tar.gz, unpacked and built at boot)."""
@@ -89,8 +95,7 @@ def fried_user_data(manifest: Manifest, role: str, work: Path) -> bytes:
         assert resolved.tree is not None
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-            tar.add(resolved.tree, arcname=".",
-                    filter=lambda t: t.replace(uid=0, gid=0, uname="root", gname="root"))
+            tar.add(resolved.tree, arcname=".", filter=_owned_by_root)
         archive = buf.getvalue()
         shutil.rmtree(work / "app-tree", ignore_errors=True)
     return render_role(manifest, role, baked=False, app_archive=archive,
