@@ -155,8 +155,11 @@ PHASES = {"maintenance_on": "maintenance", "db_freeze": "freeze", "db_catch_up":
 
 
 def _amibake(cfg: Any, writer: Writer, new: Cluster, work: Path) -> dict[str, Any]:
+    switched: list[float] = []
+
     def after(step: str) -> None:
         if step == "dns_switch":
+            switched.append(time.monotonic())
             writer.target = new
 
     t = time.monotonic()
@@ -187,6 +190,7 @@ def _amibake(cfg: Any, writer: Writer, new: Cluster, work: Path) -> dict[str, An
         if step in durations and not (step == "verify_checksums" and after_switch):
             phases[phase] = round(phases.get(phase, 0.0) + durations[step], 3)
     return {"prepare_before_window_s": round(prepared[0], 1) if prepared else -1,
+            "switched_at": switched[0] if switched else None,
             "window_recorded_s": round(state.downtime_s() or -1, 3),
             "db_window_s": round(db, 3), "steps_s": durations, "phases_s": phases,
             "details": details}
@@ -231,6 +235,12 @@ def _method(name: str, old: Cluster, template: Path, knot: Any, sites: Any,
         hist_old = _one_int(old, "SELECT count(*) FROM pgbench_history")
         hist_new = _one_int(new, "SELECT count(*) FROM pgbench_history")
         gap = _gap(writer, old, new)
+        switched_at = detail.pop("switched_at", None)
+        if switched_at is not None:
+            # from the DNS switch to the app stand-in's first write there
+            # (its retry pause and a new connection)
+            detail["writer_reconnect_s"] = round(
+                min(t for t, _, name in writer.log if name == new.name) - switched_at, 3)
         if "phases_s" in detail:
             # the writer's gap not spent inside a window step from the freeze
             # on: state saves between steps, the writer's retry and reconnect
@@ -272,6 +282,8 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
                                for k in phases}
         out["outside_steps_p50_s"] = round(statistics.median(
             r.get("outside_steps_s", 0.0) for r in runs), 3)
+        out["writer_reconnect_p50_s"] = round(statistics.median(
+            r.get("writer_reconnect_s", 0.0) for r in runs), 3)
     return out
 
 
@@ -313,7 +325,8 @@ def main() -> int:
                     results[name].append(r)
                     print(f"{name}: downtime {r['downtime_s']} s, lost writes "
                           f"{r['lost_writes']}" + (f", phases {r['phases_s']}, outside the "
-                                                   f"steps {r['outside_steps_s']}"
+                                                   f"steps {r['outside_steps_s']} (writer "
+                                                   f"reconnect {r['writer_reconnect_s']})"
                                                    if "phases_s" in r else ""), flush=True)
     finally:
         destroy_cluster(old)
@@ -350,8 +363,8 @@ def main() -> int:
     for name, s_ in summary.items():
         print(f"{name:10} {s_['downtime_p50_s']:>8} {s_['downtime_p95_s']:>8} "
               f"{s_['lost_writes_total']:>5}  {s_.get('phases_p50_s', '')}"
-              + (f" + outside the steps {s_['outside_steps_p50_s']}"
-                 if "outside_steps_p50_s" in s_ else ""))
+              + (f" + outside the steps {s_['outside_steps_p50_s']} (writer reconnect "
+                 f"{s_['writer_reconnect_p50_s']})" if "outside_steps_p50_s" in s_ else ""))
     for key in ("seed_over_replicate", "seed_over_dump", "pgcopydb_over_dump"):
         if key in doc:
             print(f"{key}: {doc[key]}×")

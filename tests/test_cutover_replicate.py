@@ -101,9 +101,9 @@ def test_replicate_end_to_end_with_writes(
 
 REPLICATE_STEPS = [
     "preflight", "dns_lower_ttl", "db_copy_roles", "db_replication_setup", "files_presync",
-    "await_window", "maintenance_on", "db_freeze", "db_catch_up", "db_sequences", "db_detach",
-    "files_final_sync", "verify_db", "verify_checksums", "verify_files", "smoke_new_site",
-    "dns_switch", "cleanup_old",
+    "await_window", "db_vacuum", "maintenance_on", "db_freeze", "db_catch_up", "db_sequences",
+    "db_detach", "files_final_sync", "verify_db", "verify_checksums", "verify_files",
+    "smoke_new_site", "dns_switch", "cleanup_old",
 ]
 
 

@@ -439,6 +439,13 @@ def forward_steps(cfg: CutoverConfig) -> list[FnStep]:
         FnStep("await_window", "prepare",
                lambda c: f"wait for the window ({cut.window_start}) and the old TTL to expire",
                _await_window),
+    ]
+    if rep:
+        steps.append(FnStep(
+            "db_vacuum", "prepare",
+            lambda c: "VACUUM on both servers, so that the window's row counts read the "
+                      "indexes alone", lambda c: db_replicate.vacuum_both(c.cfg)))
+    steps += [
         FnStep("maintenance_on", "window",
                lambda c: f"maintenance page and flag {c.cfg.nginx.maintenance_flag} on "
                          f"{cut.old_web}; expect 503 from {cut.old_site}", _maintenance_on),
