@@ -56,6 +56,7 @@ MiB = 1024**2
 AMIBAKE_CHILD = """
 import sys
 from pathlib import Path
+sys.path.insert(0, sys.argv[8])  # this checkout's builder, not the one the venv installed
 from builder.bundle.certs import BundleCredentials
 from builder.bundle.writer import BundleRequest, bundle_image
 image, out, cert, key, ec2, sparse, engine = sys.argv[1:8]
@@ -201,7 +202,7 @@ def main() -> int:
                     argv = ["bash", "-o", "pipefail", "-c", spec]
                 else:
                     argv = [sys.executable, "-c", AMIBAKE_CHILD, str(image), str(out),
-                            str(pki.cert), str(pki.key), str(pki.ec2_cert), *spec]
+                            str(pki.cert), str(pki.key), str(pki.ec2_cert), *spec, str(ROOT)]
                 seconds, rss, cpu, tree, _ = timed(argv, cwd=work)
                 bundled = dir_bytes(out)
                 sample = {

@@ -118,6 +118,33 @@ def test_every_gzip_engine_makes_one_valid_gzip_stream(tmp_path: Path, creds: Bu
     assert (tmp_path / "back.raw").read_bytes() == image.read_bytes()
 
 
+def test_chunk_buffers_are_reused_once_compressed(
+    tmp_path: Path, creds: BundleCredentials, pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tar stream reads into buffers handed back after compression: a few
+    buffers serve ~100 chunks, and no chunk is overwritten while compressed."""
+    from builder.bundle import writer
+
+    pools: list[writer._BufferPool] = []
+
+    class Spy(writer._BufferPool):
+        def __init__(self, size: int) -> None:
+            super().__init__(size)
+            pools.append(self)
+
+    monkeypatch.setattr(writer, "_BufferPool", Spy)
+    image = tmp_path / "disk.raw"
+    # every 64 KiB differs (a reused buffer read too early would repeat or mix blocks)
+    image.write_bytes(b"".join(b"block %06d " % i * 5000 + os.urandom(4000) for i in range(100)))
+    result = make_bundle(image, tmp_path / "out", creds, chunk_size=64 * 1024, workers=2,
+                         engine="libdeflate", sparse=False)
+    (pool,) = pools
+    assert 0 < pool.allocated <= 2 * 2 + 3  # in flight, being read, being handed on
+    stream = openssl_decrypt_stream(result, pki.key)
+    assert hashlib.sha1(stream).hexdigest() == result.manifest.digest
+    assert stream[512 : 512 + image.stat().st_size] == image.read_bytes()
+
+
 def test_auto_engine_is_libdeflate_at_a_level_no_larger_than_gzip_6() -> None:
     from builder.bundle import gzip_parallel as gp
 
@@ -129,6 +156,31 @@ def test_auto_engine_is_libdeflate_at_a_level_no_larger_than_gzip_6() -> None:
     assert len(corpus) > 1 * MiB
     level = gp.DEFAULT_LEVEL["libdeflate"]
     assert len(gp.gzip_member_libdeflate(corpus, level)) <= len(gp.gzip_member(corpus, 6))
+
+
+def test_libdeflate_is_the_packages_else_debians_and_both_make_gzip() -> None:
+    """The ctypes engine loads the `deflate` package's own (newer) libdeflate
+    first; Debian's libdeflate0, the fallback, makes valid members too."""
+    import gzip
+
+    import deflate
+
+    from builder.bundle import gzip_parallel as gp
+
+    candidates = gp._libdeflate_candidates()
+    assert candidates == [deflate._deflate.__file__, "libdeflate.so.0"]
+    assert gp._LIBDEFLATE is not None and gp._LIBDEFLATE._name == candidates[0]
+    assert gp._load_libdeflate(["/nonexistent/libdeflate.so", "libc.so.6"]) is None
+    corpus = Path("/bin/bash").read_bytes() + bytes(100_000)
+    for name in candidates:
+        lib = gp._load_libdeflate([name])
+        assert lib is not None, name
+        compress = gp.LibdeflateThreads(5, lib)
+        try:
+            member = compress(bytearray(corpus))
+        finally:
+            compress.close()
+        assert gzip.decompress(member) == corpus and len(member) < len(corpus) // 2
 
 
 def test_libdeflate_runs_in_threads_with_the_packages_output(tmp_path: Path) -> None:

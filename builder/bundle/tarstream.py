@@ -86,11 +86,14 @@ def member_header(name: str, size: int, mtime: int, extents: list[Extent] | None
     return bytes(header) + b"".join(ext_blocks)
 
 
-def tar_stream(path: str, name: str, *, sparse: bool = True,
-               read_size: int = READ_SIZE) -> Iterator[bytearray]:
+def tar_stream(path: str, name: str, *, sparse: bool = True, read_size: int = READ_SIZE,
+               new_buffer: Callable[[], bytearray] | None = None) -> Iterator[bytearray]:
     """Yield the tar stream of one file in blocks of `read_size` bytes (the
-    last one shorter). Each block is a new buffer the file is read straight
-    into (preadv), so a consumer may keep it and no bytes are copied twice."""
+    last one shorter). The file is read straight into each block (preadv),
+    so no byte is copied twice. Blocks come from `new_buffer` (each of
+    `read_size` bytes: a recycling pool saves faulting in fresh pages for
+    every block), else are fresh bytearrays; either way the consumer owns
+    a block once it is yielded."""
     fd = os.open(path, os.O_RDONLY)
     try:
         st = os.fstat(fd)
@@ -98,7 +101,7 @@ def tar_stream(path: str, name: str, *, sparse: bool = True,
         extents = data_extents(fd, size) if sparse else [Extent(0, size)]
         has_holes = sum(e.length for e in extents) < size
         header = member_header(name, size, int(st.st_mtime), extents if has_holes else None)
-        out = _Blocks(read_size)
+        out = _Blocks(read_size, new_buffer or (lambda: bytearray(read_size)))
         yield from out.put(header)
         total = len(header)
         for extent in extents if has_holes else [Extent(0, size)]:
@@ -123,10 +126,17 @@ def tar_stream(path: str, name: str, *, sparse: bool = True,
 class _Blocks:
     """A `read_size` buffer filled by reads or small copies, handed on when full."""
 
-    def __init__(self, read_size: int) -> None:
+    def __init__(self, read_size: int, new_buffer: Callable[[], bytearray]) -> None:
         self.size = read_size
-        self.buf = bytearray(read_size)
+        self.new_buffer = new_buffer
+        self.buf = self._next()
         self.have = 0
+
+    def _next(self) -> bytearray:
+        buf = self.new_buffer()
+        if len(buf) != self.size:
+            raise ValueError(f"tar_stream: a buffer of {len(buf)} bytes, not {self.size}")
+        return buf
 
     @property
     def room(self) -> int:
@@ -135,7 +145,8 @@ class _Blocks:
     def grew(self, n: int) -> Iterator[bytearray]:
         self.have += n
         if self.have == self.size:
-            full, self.buf, self.have = self.buf, bytearray(self.size), 0
+            full, self.have = self.buf, 0
+            self.buf = self._next()
             yield full
 
     def put(self, data: bytes) -> Iterator[bytearray]:

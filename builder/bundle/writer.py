@@ -18,7 +18,6 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.hazmat.primitives import padding as sym_padding
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
 from builder import __version__
@@ -32,6 +31,7 @@ from builder.errors import UserError
 PART_SIZE = 10 * 1024 * 1024  # what the AMI tools and euca2ools write
 CHUNK_SIZE = 4 * 1024 * 1024  # one gzip member per chunk
 EC2_BUNDLE_SIZE_LIMIT = 10 * 2**30
+BLOCK = 16  # AES block size
 
 
 @dataclass(frozen=True)
@@ -102,14 +102,17 @@ def bundle_image(request: BundleRequest, creds: BundleCredentials) -> BundleResu
     manifest_path = destination / f"{request.prefix}.manifest.xml"
     try:
         tar_sha1 = hashlib.sha1()
-        # read straight into chunk-sized buffers: handed to the compressors as they are
+        # read straight into chunk-sized buffers, handed to the compressors as they are
+        # and reused once compressed
+        buffers = _BufferPool(request.chunk_size)
         blocks = tar_stream(str(image), request.prefix, sparse=request.sparse,
-                            read_size=request.chunk_size)
+                            read_size=request.chunk_size, new_buffer=buffers.get)
         stream = _hashed(blocks, tar_sha1)
         encrypt = _Encryptor(key, iv)
         engine = choose_engine(request.engine, size)
         for member in parallel_gzip(stream, chunk_size=request.chunk_size, level=request.level,
-                                    workers=request.workers, engine=engine):
+                                    workers=request.workers, engine=engine,
+                                    release=buffers.put):
             parts.write(encrypt.update(member))
         parts.write(encrypt.finalize())
         written = parts.close()
@@ -147,18 +150,47 @@ def _hashed(blocks: Iterable[Chunk], digest: hashlib._Hash) -> Iterator[Chunk]:
         yield block
 
 
+class _BufferPool:
+    """Chunk buffers handed back once compressed, for the tar stream to read into."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._free: list[bytearray] = []
+        self.allocated = 0
+
+    def get(self) -> bytearray:
+        if self._free:
+            return self._free.pop()
+        self.allocated += 1
+        return bytearray(self._size)
+
+    def put(self, chunk: Chunk) -> None:
+        if isinstance(chunk, bytearray) and len(chunk) == self._size:
+            self._free.append(chunk)
+
+
 class _Encryptor:
-    """AES-128-CBC with PKCS#7 padding, byte-compatible with `openssl enc`."""
+    """AES-128-CBC with PKCS#7 padding, byte-compatible with `openssl enc`.
+
+    `update` encrypts into one reused buffer: its result is valid until the
+    next call. The cipher keeps a partial block itself, so the padding is
+    only the last block's."""
 
     def __init__(self, key: bytes, iv: bytes) -> None:
         self._cipher = Cipher(algorithms.AES(key), modes.CBC(iv)).encryptor()
-        self._padder = sym_padding.PKCS7(128).padder()
+        self._out = bytearray()
+        self._total = 0
 
-    def update(self, data: bytes) -> bytes:
-        return self._cipher.update(self._padder.update(data))
+    def update(self, data: Chunk) -> memoryview:
+        if len(self._out) < len(data) + BLOCK:
+            self._out = bytearray(len(data) + BLOCK)
+        self._total += len(data)
+        n = self._cipher.update_into(data, self._out)
+        return memoryview(self._out)[:n]
 
     def finalize(self) -> bytes:
-        return self._cipher.update(self._padder.finalize()) + self._cipher.finalize()
+        pad = BLOCK - self._total % BLOCK  # PKCS#7: 1..16 bytes, each the count
+        return self._cipher.update(bytes([pad]) * pad) + self._cipher.finalize()
 
 
 class _PartWriter:
@@ -192,7 +224,7 @@ class _PartWriter:
             manifest_xml.Part(self._name(len(self._parts)), self._sha1.hexdigest(), self._written)
         )
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
         while view:
             if self._fd < 0:
