@@ -18,7 +18,8 @@ boots) whose app.code is a copy of cloudinit/app-rails, into a temporary store:
                  comes from its cache.
 - no-op:         the same manifest again.
 The three warm kinds are interleaved (app-code-only, no-op, config-only per
-round), so they see the same load. Target: app-code-only <= 15 s.
+round), so they see the same load. Targets: app-code-only <= 15 s, config-only
+<= 3 s (issue 16).
 Writes bench/results/bake_app.json (figures, the bakes' own step times,
 load average before and after).
 """
@@ -44,7 +45,7 @@ from tests.test_rails_render import rails_manifest  # noqa: E402  (one Rails sam
 
 RAILS = ROOT / "cloudinit" / "app-rails"
 RESULTS = ROOT / "bench" / "results" / "bake_app.json"
-TARGETS = {"app-code-only": 15.0, "no-op": 2.0}
+TARGETS = {"app-code-only": 15.0, "no-op": 2.0, "config-only": 3.0}
 CONTROLLER = "app/controllers/health_controller.rb"
 
 
@@ -56,6 +57,26 @@ def manifest_text(work: Path) -> str:
     if len(lines) != 1:
         sys.exit(f"{path}: expected one `  code:` line under app")
     return text.replace(lines[0], "  code: {path: app-rails}", 1)
+
+
+def measure_floor(cache: Path, disk_path: Path, runs: int) -> dict[str, float]:
+    """The parts of a warm bake that no change of the pipeline removes, timed alone."""
+    from builder.bake import disk
+    from builder.bake.cache import LayerCache
+    from builder.bake.root_image import WorkingImage
+
+    image, meta = LayerCache(cache).root_images()[0]
+    copy, digest = [], []
+    for _ in range(runs):
+        start = time.monotonic()
+        WorkingImage(image, meta).close()
+        copy.append(time.monotonic() - start)
+        start = time.monotonic()
+        disk.sha256_file(disk_path)
+        digest.append(time.monotonic() - start)
+    return {"copy_root_fs": round(statistics.median(copy), 2),
+            "sha256_disk": round(statistics.median(digest), 2),
+            "disk_apparent_gib": round(disk_path.stat().st_size / 2**30, 2)}
 
 
 def main() -> int:
@@ -82,6 +103,7 @@ def main() -> int:
     runs: dict[str, list[float]] = {k: [] for k in kinds}
     steps: dict[str, list[dict]] = {k: [] for k in kinds}
     cached: dict[str, list[object]] = {k: [] for k in kinds}
+    floor: dict[str, float] = {}
 
     def record(kind: str, wall: float, doc: dict) -> None:
         runs[kind].append(wall)
@@ -111,10 +133,13 @@ def main() -> int:
             wall, doc = bake(manifest, store, cache)
             assert doc["action"] == "built" and doc["app_layer_cached"] is True, doc
             record("config-only", wall, doc)
+        floor = measure_floor(cache, Path(doc["path"]) / "disk.raw", args.runs)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     load_after = os.getloadavg()
     medians = {k: round(statistics.median(v), 2) for k, v in runs.items() if v}
+    if "no-op" in medians:
+        floor["python_start_to_no_op"] = medians["no-op"]
     result = {
         "benchmark": "bake_app",
         "manifest": "tests/test_rails_render.py rails_manifest (the seed with the Rails "
@@ -131,6 +156,12 @@ def main() -> int:
         "median_seconds": medians,
         "app_layer_cached": cached,
         "steps_seconds": steps,
+        "floor_seconds": floor,
+        "floor_note": "what a warm bake cannot go below, each part timed on its own (medians): "
+                      "python_start_to_no_op is the no-op bake (start, recipe, digests); "
+                      "copy_root_fs copies the cached root ext4 into memory (beside the "
+                      "layers in a bake); sha256_disk hashes the stored 4 GiB disk (holes "
+                      "as zeros, not read): a bake cannot give image.json its digest sooner",
         "targets_seconds": TARGETS,
         "meets_targets": {k: medians[k] <= TARGETS[k] for k in TARGETS if k in medians},
         "loadavg_before": [round(x, 2) for x in load_before],
@@ -146,6 +177,7 @@ def main() -> int:
         mark = "" if target is None else "ok" if m <= target else "MISSED"
         shown = f"{target:7.0f}s" if target is not None else "       -"
         print(f"{k:<14} {m:7.1f}s {shown}  {mark}")
+    print(f"floor (each part alone): {floor}")
     print(f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f}; "
           f"written to {RESULTS.relative_to(ROOT)}")
     return 0

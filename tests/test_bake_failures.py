@@ -1,6 +1,7 @@
 """A failed bake leaves nothing behind: no store entry, no staging or scratch
-directory. Failures are injected for real: a mkfs.ext4 that fails, a boot test
-that fails, and SIGINT (Ctrl-C) delivered to a running `amibake bake`."""
+directory. Failures are injected for real: a debugfs (the tool that writes the
+root filesystem) that fails, a boot test that fails, and SIGINT (Ctrl-C)
+delivered to a running `amibake bake`."""
 
 from __future__ import annotations
 
@@ -50,11 +51,11 @@ def _manifest(tmp_path: Path) -> Path:
     return copy_manifest(tmp_path, ("version: 1.0.0", "version: 9.9.9"))
 
 
-def test_mkfs_failure_leaves_nothing(
+def test_root_fs_failure_leaves_nothing(
     baked_image: StoredImage, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     bindir = tmp_path / "bin"
-    _fake_tool(bindir, "mkfs.ext4", "echo 'mkfs.ext4: injected failure' >&2\nexit 1\n")
+    _fake_tool(bindir, "debugfs", "echo 'debugfs: injected failure' >&2\nexit 1\n")
     monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
     before = _scratch_dirs()
     store_root = tmp_path / "images"
@@ -95,8 +96,8 @@ def test_boot_test_failure_leaves_nothing(
 
 def test_ctrl_c_during_the_bake_leaves_nothing(baked_image: StoredImage, tmp_path: Path) -> None:
     bindir = tmp_path / "bin"
-    started = tmp_path / "mkfs-started"
-    _fake_tool(bindir, "mkfs.ext4", f"touch {started}\nexec sleep 60\n")
+    started = tmp_path / "debugfs-started"
+    _fake_tool(bindir, "debugfs", f"touch {started}\nexec sleep 60\n")
     store_root = tmp_path / "images"
     env = dict(os.environ, PATH=f"{bindir}:{os.environ['PATH']}",
                AMIBAKE_CACHE_DIR=str(default_cache_dir()))
@@ -110,7 +111,7 @@ def test_ctrl_c_during_the_bake_leaves_nothing(baked_image: StoredImage, tmp_pat
         deadline = time.monotonic() + 120
         while not started.exists():
             assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-            assert time.monotonic() < deadline, "the bake never reached mkfs"
+            assert time.monotonic() < deadline, "the bake never reached debugfs"
             time.sleep(0.1)
         assert list(store_root.glob("smallpayroll/.staging-*"))  # mid-bake: staged
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does

@@ -58,3 +58,36 @@ def test_unreadable_cache_dir_is_one_line(tmp_path: Path,
     err = capsys.readouterr().err
     assert code in (0, 1) and "Traceback" not in err
     assert len(err.strip().splitlines()) <= 1
+
+
+def _root_fs(root: Path, key: str, used: float, meta: str | None = None) -> Path:
+    rootfs = root / "rootfs"
+    rootfs.mkdir(parents=True, exist_ok=True)
+    image = rootfs / f"{key}.ext4"
+    image.write_bytes(b"\0" * 4096)
+    if meta is None:
+        meta = json.dumps({"key": key, "base_key": "b" * 64, "size": 4096})
+    (rootfs / f"{key}.json").write_text(meta)
+    os.utime(rootfs / f"{key}.json", (used, used))
+    return image
+
+
+def test_root_filesystems_are_listed_and_pruned(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    now = time.time()
+    old = _root_fs(tmp_path, "old", now - 100)
+    new = _root_fs(tmp_path, "new", now)
+    broken = _root_fs(tmp_path, "broken", now + 10, meta="{not json")
+    stale = tmp_path / "rootfs" / ".tmp-abc-dead"
+    stale.mkdir()
+    os.utime(stale, (now - 7200, now - 7200))
+    assert main(["cache", "--cache-dir", str(tmp_path), "list", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert [r["key"] for r in doc["root_fs"]] == ["new", "old", "broken"]
+    assert doc["root_fs"][0]["base_key"] == "b" * 64
+    assert main(["cache", "--cache-dir", str(tmp_path), "list"]) == 0
+    assert "rootfs new" in capsys.readouterr().out
+    assert main(["cache", "--cache-dir", str(tmp_path), "prune", "--keep", "1"]) == 0
+    assert new.exists() and new.with_suffix(".json").exists()
+    assert not old.exists() and not old.with_suffix(".json").exists()
+    assert not broken.exists() and not stale.exists()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import struct
 import subprocess
 from pathlib import Path
@@ -165,3 +167,41 @@ def test_place_keeps_holes(tmp_path: Path) -> None:
         f.seek(128 * disk.MIB + 32 * disk.MIB)
         assert f.read(4096) == b"x" * 4096
     assert disk.used_size(target) < disk.MIB
+
+
+def test_place_and_hash_writes_the_partition_and_hashes_the_whole_disk(tmp_path: Path) -> None:
+    """The root fs goes into the disk in the pass that hashes the disk: the
+    digest is the disk file's, holes and the image's own holes included."""
+    layout = disk.plan_layout(256 * disk.MIB, 64 * disk.MIB, "seed")
+    path = tmp_path / "disk.raw"
+    disk.create_disk(path, layout)
+    part = os.memfd_create("part")
+    try:
+        os.ftruncate(part, 40 * disk.MIB + 123)  # a partial chunk at the end, and holes
+        os.pwrite(part, b"start", 0)
+        os.pwrite(part, os.urandom(9 * disk.MIB), 20 * disk.MIB)
+        os.pwrite(part, b"end", 40 * disk.MIB + 120)
+        digest = disk.place_and_hash(path, part, layout.root)
+        size = os.fstat(part).st_size
+        image = os.pread(part, size, 0)
+    finally:
+        os.close(part)
+    raw = path.read_bytes()
+    assert digest == hashlib.sha256(raw).hexdigest() == disk.sha256_file(path)
+    assert raw[layout.root.start:layout.root.start + size] == image
+    assert disk.used_size(path) < 12 * disk.MIB  # the image's holes stayed holes
+    verify = subprocess.run(["sgdisk", "--verify", path], capture_output=True, text=True)
+    assert "No problems found" in verify.stdout, verify.stdout
+
+
+def test_place_and_hash_refuses_an_image_larger_than_its_partition(tmp_path: Path) -> None:
+    layout = disk.plan_layout(256 * disk.MIB, 8 * disk.MIB, "seed")
+    path = tmp_path / "disk.raw"
+    disk.create_disk(path, layout)
+    part = os.memfd_create("part")
+    try:
+        os.ftruncate(part, 9 * disk.MIB)
+        with pytest.raises(UserError, match="larger than partition 1"):
+            disk.place_and_hash(path, part, layout.root)
+    finally:
+        os.close(part)

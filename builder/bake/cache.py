@@ -7,6 +7,8 @@
                                  the config layer replaces files, never edits one
     <cache>/app/<key>.tree/      a built app layer (app.root after the app's build),
                                  checked out by hard links like the base tree
+    <cache>/rootfs/<key>.ext4    the root filesystem of a base tree (mkfs -d), which
+    <cache>/rootfs/<key>.json    a bake copies and patches (builder.bake.root_image)
     <cache>/work/<pid>-<rand>/   a bake's scratch space (removed by the bake;
                                  `cache prune` removes those of dead processes)
     <cache>/boot/<name>-<version>-<pid>/  serial logs of a failed boot test,
@@ -53,6 +55,7 @@ class LayerCache:
         self.work_root = root / "work"
         self.boot_logs = root / "boot"
         self.app_dir = root / "app"
+        self.rootfs_dir = root / "rootfs"
 
     # ------------------------------------------------------------- base layers
 
@@ -128,11 +131,10 @@ class LayerCache:
              *TAR_OPTIONS, "--same-permissions", "--same-owner", "-C", dest])
         os.utime(self._meta_path(entry.key))
 
-    def checkout(self, entry: CacheEntry, dest: Path) -> None:
-        """A copy of the layer's tree at `dest` (absent), made of hard links.
+    def unpacked(self, entry: CacheEntry) -> Path:
+        """The layer's unpacked tree (unpacked from its archive when missing).
 
-        Files in `dest` share their inodes with the cache: whoever changes the
-        copy must replace files (unlink, then write), never write into them.
+        Never changed once there: checkouts share its files' inodes.
         """
         tree = self.tree(entry.key)
         if not tree.is_dir():
@@ -142,7 +144,15 @@ class LayerCache:
                 os.replace(unpacking, tree)
             finally:
                 shutil.rmtree(unpacking, ignore_errors=True)
-        run(["cp", "-a", "--link", tree, dest])
+        return tree
+
+    def checkout(self, entry: CacheEntry, dest: Path) -> None:
+        """A copy of the layer's tree at `dest` (absent), made of hard links.
+
+        Files in `dest` share their inodes with the cache: whoever changes the
+        copy must replace files (unlink, then write), never write into them.
+        """
+        run(["cp", "-a", "--link", self.unpacked(entry), dest])
         os.utime(self._meta_path(entry.key))
 
     def _drop_tree(self, key: str) -> None:
@@ -191,6 +201,54 @@ class LayerCache:
         found = [p for p in self.app_dir.glob("*.tree") if not p.name.startswith(".")]
         return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
+    # --------------------------------------------------------- root fs images
+
+    def root_image(self, key: str) -> tuple[Path, dict[str, Any]] | None:
+        """The cached root filesystem `key` and its description (marked used), or None."""
+        image, meta_path = self.rootfs_dir / f"{key}.ext4", self.rootfs_dir / f"{key}.json"
+        try:
+            meta = json.loads(meta_path.read_text())
+            if not image.is_file() or not isinstance(meta, dict):
+                return None
+            os.utime(meta_path)
+        except (OSError, ValueError):
+            return None
+        return image, meta
+
+    @contextlib.contextmanager
+    def root_image_staging(self, key: str, meta: dict[str, Any]) -> Iterator[Path]:
+        """A path (absent) to write the root filesystem `key` to; kept (with `meta`)
+        when the block ends without an error, removed otherwise."""
+        self.rootfs_dir.mkdir(parents=True, exist_ok=True)
+        holder = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:12]}-", dir=self.rootfs_dir))
+        try:
+            yield holder / "image"
+            (holder / "image").chmod(0o644)
+            (holder / "meta").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+            os.replace(holder / "image", self.rootfs_dir / f"{key}.ext4")
+            os.replace(holder / "meta", self.rootfs_dir / f"{key}.json")
+        finally:
+            shutil.rmtree(holder, ignore_errors=True)
+
+    def root_images(self) -> list[tuple[Path, dict[str, Any]]]:
+        """Cached root filesystems (image, description), most recently used first;
+        an image without a readable description is listed with {}."""
+        if not self.rootfs_dir.is_dir():
+            return []
+        found = []
+        for image in self.rootfs_dir.glob("*.ext4"):
+            if image.name.startswith("."):
+                continue
+            meta_path = image.with_suffix(".json")
+            try:
+                meta = json.loads(meta_path.read_text())
+                used = meta_path.stat().st_mtime
+            except (OSError, ValueError):
+                meta, used = {}, 0.0
+            found.append((image, meta if isinstance(meta, dict) else {}, used))
+        found.sort(key=lambda f: f[2], reverse=True)
+        return [(image, meta) for image, meta, _ in found]
+
     # -------------------------------------------------------------- scratch
 
     @contextlib.contextmanager
@@ -238,6 +296,22 @@ class LayerCache:
                 if pid_dead:
                     _remove(tmp)
                     removed.append(tmp)
+        images = self.root_images()
+        for image, _meta in images[keep:] + [i for i in images[:keep] if not i[1]]:
+            for path in (image, image.with_suffix(".json")):
+                _remove(path)
+            removed.append(image)
+        if self.rootfs_dir.is_dir():
+            for path in self.rootfs_dir.iterdir():
+                stray = path.suffix == ".json" and not path.with_suffix(".ext4").exists()
+                try:
+                    stale = path.name.startswith(".tmp-") and \
+                        time.time() - path.lstat().st_mtime > 3600
+                except FileNotFoundError:
+                    continue
+                if stray or stale:
+                    _remove(path)
+                    removed.append(path)
         if self.boot_logs.is_dir():
             for logs in self.boot_logs.iterdir():
                 pid = logs.name.rpartition("-")[2]

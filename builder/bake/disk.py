@@ -13,11 +13,17 @@ cloud-init's growpart and resizefs.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
+import mmap
 import os
 import uuid
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from builder.errors import UserError
 from builder.proc import run
@@ -106,6 +112,10 @@ def create_disk(disk: Path, layout: DiskLayout) -> None:
         input=sfdisk_script(disk, layout))
 
 
+#: mkfs.ext4's options for the root filesystem (part of the cached image's key).
+MKFS_OPTIONS = ("-b", "4096", "-I", "256")
+
+
 def make_root_fs(
     target: Path, tree: Path, size: int, fs_uuid: str, label: str, offset: int = 0
 ) -> None:
@@ -118,15 +128,15 @@ def make_root_fs(
         with target.open("wb") as f:
             f.truncate(size)
     run(
-        ["mkfs.ext4", "-q", "-F", "-L", label, "-U", fs_uuid, "-b", "4096", "-I", "256",
+        ["mkfs.ext4", "-q", "-F", "-L", label, "-U", fs_uuid, *MKFS_OPTIONS,
          "-E", f"hash_seed={fs_uuid},offset={offset},nodiscard", "-d", tree,
          target, str(size // 4096)],
         env={"E2FSPROGS_FAKE_TIME": "1700000000"},
     )
 
 
-def root_fs_size(tree: Path) -> int:
-    """Content plus headroom for the first boot (logs, apt, the journal)."""
+def tree_usage(tree: Path) -> tuple[int, int]:
+    """(bytes allocated, entries) of a tree, as root_fs_size counts them."""
     used = 0
     inodes = 0
     for dirpath, dirnames, filenames in os.walk(tree):
@@ -134,6 +144,11 @@ def root_fs_size(tree: Path) -> int:
             st = os.lstat(os.path.join(dirpath, name))
             used += st.st_blocks * 512
             inodes += 1
+    return used, inodes
+
+
+def root_fs_size(used: int, inodes: int) -> int:
+    """Content plus headroom for the first boot (logs, apt, the journal)."""
     size = int(used * 1.25) + 384 * MIB + inodes * 256
     return -(-size // (64 * MIB)) * (64 * MIB)
 
@@ -148,6 +163,37 @@ def make_esp(image: Path, size: int, efi_binary: Path, volume_id: str) -> None:
     run(["mcopy", "-i", image, efi_binary, "::/EFI/BOOT/BOOTX64.EFI"], env=env, capture=True)
 
 
+def _data_ranges(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """(offset, end) of the data in [start, end) of a sparse file; holes left out."""
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError:  # ENXIO: only a hole remains
+            return
+        if data >= end:
+            return
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+        yield data, hole
+        pos = hole
+
+
+def _copy_range(src: int, dst: int, start: int, end: int, dst_offset: int) -> None:
+    pos = start
+    while pos < end:
+        try:
+            n = os.copy_file_range(src, dst, end - pos, pos, dst_offset + pos)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            # across filesystems (into a memfd): sendfile, from the file position
+            os.lseek(dst, dst_offset + pos, os.SEEK_SET)
+            n = os.sendfile(dst, src, pos, end - pos)
+        if n == 0:
+            raise UserError("a partition image ended while it was copied")
+        pos += n
+
+
 def place(disk: Path, part_image: Path, partition: Partition) -> None:
     """Copy a partition image into the disk at its offset, keeping holes holes."""
     length = part_image.stat().st_size
@@ -156,23 +202,136 @@ def place(disk: Path, part_image: Path, partition: Partition) -> None:
     src = os.open(part_image, os.O_RDONLY)
     dst = os.open(disk, os.O_WRONLY)
     try:
-        offset = 0
-        while offset < length:
-            try:
-                data = os.lseek(src, offset, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole remains
-                break
-            hole = os.lseek(src, data, os.SEEK_HOLE)
-            pos = data
-            while pos < hole:
-                copied = os.copy_file_range(src, dst, hole - pos, pos, partition.start + pos)
-                if copied == 0:
-                    raise UserError(f"short copy of {part_image} into {disk}")
-                pos += copied
-            offset = hole
+        for start, end in _data_ranges(src, 0, length):
+            _copy_range(src, dst, start, end, partition.start)
     finally:
         os.close(src)
         os.close(dst)
+
+
+def copy_sparse(image: Path, dst: int) -> None:
+    """`image` into the open file `dst` (empty), holes kept holes."""
+    src = os.open(image, os.O_RDONLY)
+    try:
+        size = os.fstat(src).st_size
+        os.ftruncate(dst, size)
+        for start, end in _data_ranges(src, 0, size):
+            _copy_range(src, dst, start, end, 0)
+    finally:
+        os.close(src)
+
+
+CHUNK = 8 << 20
+_ZEROS = memoryview(bytes(CHUNK))
+
+
+def _hash_zeros(h: Any, count: int) -> None:
+    while count > 0:
+        n = min(CHUNK, count)
+        h.update(_ZEROS[:n])
+        count -= n
+
+
+def _hash_file_range(h: Any, fd: int, start: int, end: int) -> None:
+    """Feed [start, end) of `fd` to `h`; holes are hashed as zeros without reading."""
+    pos = start
+    for data, hole in _data_ranges(fd, start, end):
+        _hash_zeros(h, data - pos)
+        pos = data
+        while pos < hole:
+            block = os.pread(fd, min(CHUNK, hole - pos), pos)
+            if not block:
+                raise UserError("a file shrank while it was hashed")
+            h.update(block)
+            pos += len(block)
+    _hash_zeros(h, end - pos)
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file's bytes; holes of a sparse file are hashed without reading."""
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        _hash_file_range(h, fd, 0, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
+def place_and_hash(disk: Path, part: int, partition: Partition) -> str:
+    """Write the partition image `part` (an open file) into the disk at its
+    offset and return the sha256 of the whole disk, in one pass: the image's
+    bytes are hashed where they are (mapped), a second thread writes each
+    chunk into the disk while it is hashed, the rest of the disk is read
+    (its holes are not)."""
+    length = os.fstat(part).st_size
+    if length > partition.size:
+        raise UserError(f"the root filesystem is larger than partition {partition.number}")
+    h = hashlib.sha256()
+    fd = os.open(disk, os.O_RDWR)
+    try:
+        with mmap.mmap(part, length, access=mmap.ACCESS_READ) as mapped:
+            _hash_file_range(h, fd, 0, partition.start)
+            _write_and_hash(h, fd, mapped, _data_ranges(part, 0, length), partition.start)
+        _hash_file_range(h, fd, partition.start + length, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+    return h.hexdigest()
+
+
+def _write_and_hash(h: Any, fd: int, mapped: mmap.mmap, ranges: Iterator[tuple[int, int]],
+                    offset: int) -> None:
+    """Hash all of `mapped` (its holes as zeros) while a second thread writes its
+    data `ranges` into `fd` at `offset`; every view of `mapped` is gone on return."""
+    pos = 0
+    with memoryview(mapped) as view, ThreadPoolExecutor(max_workers=1) as writer:
+        pending: tuple[Future[int], memoryview] | None = None
+        try:
+            for start, end in ranges:
+                _hash_zeros(h, start - pos)
+                for pos in range(start, end, CHUNK):
+                    block = view[pos:min(pos + CHUNK, end)]
+                    write = writer.submit(_write_all, fd, block, offset + pos)
+                    h.update(block)
+                    if pending is not None:
+                        _settle(pending)
+                    pending = (write, block)
+                pos = end
+        finally:
+            if pending is not None:
+                _settle(pending)
+    _hash_zeros(h, len(mapped) - pos)
+
+
+def _settle(pending: tuple[Future[int], memoryview]) -> None:
+    """Wait for a write, then let go of its view."""
+    try:
+        pending[0].result()
+    finally:
+        pending[1].release()
+
+
+def _write_all(fd: int, block: memoryview, offset: int) -> int:
+    done = 0
+    while done < len(block):
+        done += os.pwrite(fd, block[done:], offset + done)
+    return done
+
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+def punch_holes(fd: int, ranges: Iterable[tuple[int, int]]) -> None:
+    """Deallocate (offset, length) ranges of an open file: they read as zeros
+    and take no space (as fstrim does for a filesystem's free blocks)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+    for offset, length in ranges:
+        if libc.fallocate(fd, mode, offset, length) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"fallocate(PUNCH_HOLE): {os.strerror(err)}")
 
 
 def used_size(path: Path) -> int:

@@ -8,7 +8,12 @@
               digest is an input; after the config layer, the app layer
               (builder.bake.app_layer: cached on the tree digest, built on a miss)
     config    the rendered files of every baked role, written into the tree
-    disk      root ext4 (mkfs -d), ESP (mtools), GPT, GRUB for UEFI and BIOS
+    rootfs    the base layer's root ext4 (cached: mkfs -d of the cached tree
+              once, copied into memory beside the layers), patched with
+              what the layers changed (builder.bake.root_image: the checkout
+              compared with the cached tree, one debugfs run)
+    disk      GPT, ESP (mtools, built beside the layers), GRUB for UEFI and
+              BIOS; the root fs goes in while the whole disk is hashed
     test      boot the disk in every role (builder.vm), before anything is kept
     store     image.json, then one rename into images/<name>/<version>/
 
@@ -40,14 +45,16 @@ from builder.bake.app_layer import AppLayer, app_layer_for, write_app_layer
 from builder.bake.bakeable import check_bakeable
 from builder.bake.cache import LayerCache
 from builder.bake.packages import dpkg_packages
+from builder.bake.root_image import RootFsSpec, WorkingImage, cached_image
 from builder.bake.sources import DEFAULT_APT_DIR, host_sources
 from builder.bake.tree import replace_file, set_owner_mode
+from builder.bake.tree_diff import diff_trees
 from builder.errors import UserError
 from builder.manifest.model import Manifest
 from builder.store import DISK_FILE, DiskInfo, Store, StoredImage
 
 #: Part of the disk input digest: bump when the disk layout or GRUB setup changes.
-DISK_CODE_VERSION = "disk-2"
+DISK_CODE_VERSION = "disk-3"
 
 Say = Callable[[str], None]
 
@@ -280,12 +287,24 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
             timer.seconds.update({f"base.{name}": s for name, s in phases.items()})
             with timer.step("cache", "caching the base layer"):
                 entry = cache.store(key, building, base_meta(recipe.base, building))
+        root_uuid = recipe.base.root_uuid()
+        # Beside the layers (2 cores): the base layer's root filesystem (cached, or
+        # made from the cached tree) copied into memory, and the boot loaders.
+        # Later: the package list beside the root fs; the disk's digest beside
+        # the tree's removal. The pool is left (waiting for its work) before the
+        # working image is closed and the staged image removed on a failure.
+        opened: list[WorkingImage] = []
+        stack.callback(_close_all, opened)
+        beside = stack.enter_context(ThreadPoolExecutor(max_workers=2))
         with timer.step("checkout", f"base layer {key[:12]} from the cache"):
+            base_tree = cache.unpacked(entry)
+            root_fs = beside.submit(_open_root_fs, cache, key, root_uuid, base_tree, opened,
+                                    timer)
+            loaders = beside.submit(build_boot_loaders, work, recipe, root_uuid)
             cache.checkout(entry, tree)
         with timer.step("config", f"writing {len(recipe.files)} rendered files "
                         f"(roles: {', '.join(recipe.roles)})"):
             rootfs.write_config_layer(tree, recipe.files, recipe.services)
-            root_uuid = recipe.base.root_uuid()
             kernel = rootfs.kernel_version(tree)
             replace_file(tree, "/boot/grub/grub.cfg",
                          bootloader.grub_cfg(kernel, root_uuid).encode())
@@ -293,22 +312,29 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
         app_cached = None
         if recipe.app_layer is not None:
             app_cached = _app_layer(tree, recipe.app_layer, manifest, key, cache, timer)
-        # Work that reads a finished input runs beside the next step (2 cores):
-        # the package list beside the disk; the disk's digest (its whole
-        # apparent size, holes too: seconds) beside the tree's removal and
-        # the boot test. The pool is left (waiting for both) before the
-        # staged image is removed on a failure.
-        beside = stack.enter_context(ThreadPoolExecutor(max_workers=1))
         packages = beside.submit(dpkg_packages, tree)
+        with timer.step("rootfs", "writing the root filesystem (the cached base "
+                        "filesystem, patched with what the layers changed)"):
+            diff = diff_trees(tree, base_tree)
+            work_fs = root_fs.result()
+            needed = work_fs.needed_size(diff)
+            if needed > work_fs.size:
+                work_fs.grow(needed)
+            work_fs.patch(diff, tree, work / "rootfs")
         disk_path = staged / DISK_FILE
-        with timer.step("disk", "writing the disk (root ext4, ESP, GPT, GRUB)"):
-            build_disk(disk_path, tree, work, recipe, root_uuid)
+        with timer.step("disk", "writing the disk (GPT, ESP, GRUB for UEFI and BIOS)"):
+            layout = disk.plan_layout(recipe.manifest.image.volume_size_gib * disk.GIB,
+                                      work_fs.size, recipe.inputs_digest)
+            write_disk(disk_path, layout, loaders.result())
         packages.result()  # before the tree goes
-        disk_sha256 = beside.submit(sha256_file, disk_path)
-        shutil.rmtree(tree)  # free its space before the boot test
+        # the root fs goes into the disk in the pass that hashes the whole disk
+        disk_sha256 = beside.submit(disk.place_and_hash, disk_path, work_fs.fd, layout.root)
+        with timer.step("cleanup", "removing the work tree (beside the disk's digest)"):
+            shutil.rmtree(tree)  # free its space before the boot test
         if options.skip_boot_test:
             boot_test: dict[str, Any] = {"skipped": True}
         else:
+            disk_sha256.result()  # the disk is whole
             # Outside the scratch space: a failed boot's serial log is kept (the
             # error names it); builder.vm removes a passing VM's directory.
             boot_dir = cache.boot_logs / f"{recipe.name}-{recipe.version}-{os.getpid()}"
@@ -362,31 +388,44 @@ def _app_layer(tree: Path, layer: AppLayer, manifest: Manifest, base_key: str,
     return False
 
 
-def build_disk(disk_path: Path, tree: Path, work: Path, recipe: BakeRecipe, root_uuid: str) -> None:
-    """The bootable raw disk at `disk_path`, from the finished tree."""
-    seed = recipe.inputs_digest
-    layout = disk.plan_layout(recipe.manifest.image.volume_size_gib * disk.GIB,
-                              disk.root_fs_size(tree), seed)
-    disk.create_disk(disk_path, layout)
-    # the boot loaders are written beside the root fs (other byte ranges of the disk)
-    with ThreadPoolExecutor(max_workers=1) as beside:
-        loaders = beside.submit(_write_boot_loaders, disk_path, work, recipe, root_uuid, layout)
-        disk.make_root_fs(disk_path, tree, layout.root.size, root_uuid, rootfs.ROOT_LABEL,
-                          offset=layout.root.start)
-        loaders.result()
+def _close_all(opened: list[WorkingImage]) -> None:
+    for work_fs in opened:
+        work_fs.close()
 
 
-def _write_boot_loaders(disk_path: Path, work: Path, recipe: BakeRecipe, root_uuid: str,
-                        layout: disk.DiskLayout) -> None:
-    """The ESP with GRUB's EFI image, and GRUB's BIOS core in its partition."""
-    seed = recipe.inputs_digest
+def _open_root_fs(cache: LayerCache, base_key: str, root_uuid: str, base_tree: Path,
+                  opened: list[WorkingImage], timer: _Timer) -> WorkingImage:
+    """The base layer's cached root filesystem (made when missing), copied into memory."""
+    start = time.monotonic()
+    image, meta, made = cached_image(cache, RootFsSpec(base_key, root_uuid, rootfs.ROOT_LABEL),
+                                     base_tree)
+    if made:
+        timer.seconds["root_image"] = round(time.monotonic() - start, 2)
+    opened.append(WorkingImage(image, meta))
+    return opened[-1]
+
+
+@dataclass(frozen=True)
+class BootLoaders:
+    esp: Path  # the ESP's FAT image, GRUB's EFI image in it
+    core: Path  # GRUB's BIOS core.img
+
+
+def build_boot_loaders(work: Path, recipe: BakeRecipe, root_uuid: str) -> BootLoaders:
+    """The ESP with GRUB's EFI image, and GRUB's BIOS core, as files in `work`."""
     esp_img = work / "esp.vfat"
     efi = bootloader.build_efi(work / "BOOTX64.EFI", root_uuid)
-    volume_id = hashlib.sha256(seed.encode()).hexdigest()[:8]
-    disk.make_esp(esp_img, layout.esp.size, efi, volume_id)
-    disk.place(disk_path, esp_img, layout.esp)
-    core = bootloader.build_bios_core(work / "core.img", root_uuid)
-    bootloader.install_bios(disk_path, core, layout.bios.start // disk.SECTOR,
+    volume_id = hashlib.sha256(recipe.inputs_digest.encode()).hexdigest()[:8]
+    disk.make_esp(esp_img, disk.ESP_SIZE, efi, volume_id)
+    return BootLoaders(esp_img, bootloader.build_bios_core(work / "core.img", root_uuid))
+
+
+def write_disk(disk_path: Path, layout: disk.DiskLayout, loaders: BootLoaders) -> None:
+    """The sparse disk with its GPT, the ESP and GRUB's BIOS core (the root fs
+    goes in with disk.place_and_hash)."""
+    disk.create_disk(disk_path, layout)
+    disk.place(disk_path, loaders.esp, layout.esp)
+    bootloader.install_bios(disk_path, loaders.core, layout.bios.start // disk.SECTOR,
                             layout.bios.size // disk.SECTOR)
 
 
@@ -405,32 +444,3 @@ def base_meta(spec: rootfs.BaseSpec, tree: Path) -> dict[str, Any]:
     }
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes; holes of a sparse file are hashed without reading."""
-    h = hashlib.sha256()
-    chunk = 8 << 20
-    zeros = memoryview(bytes(chunk))
-    with path.open("rb") as f:
-        fd = f.fileno()
-        size = os.fstat(fd).st_size
-        pos = 0
-        while pos < size:
-            try:
-                data = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:  # ENXIO: a hole up to the end
-                data = size
-            while pos < data:
-                n = min(chunk, data - pos)
-                h.update(zeros[:n])
-                pos += n
-            if pos >= size:
-                break
-            hole = os.lseek(fd, data, os.SEEK_HOLE)
-            f.seek(data)
-            while pos < hole:
-                block = f.read(min(chunk, hole - pos))
-                if not block:
-                    raise UserError(f"{path} shrank while it was hashed")
-                h.update(block)
-                pos += len(block)
-    return h.hexdigest()
