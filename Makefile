@@ -110,7 +110,10 @@ $(BIN)/amibake: pyproject.toml
 # Workers for the tier without VMs: its tests spend much of their time waiting
 # on servers (PostgreSQL, moto, Knot, nginx) and subprocesses, so a worker more
 # than the cores pays. Each test file stays on one worker (--dist loadfile):
-# its module fixtures (clusters, servers) are set up once.
+# its module fixtures (clusters, servers) are set up once. The slowest files of
+# the last run go first (tests/file_order.py; --no-loadscope-reorder keeps that
+# order), so no worker is left with a long file at the end.
+# bench/tests.py times the tier.
 JOBS ?= 3
 
 # Every test, tier by tier: pytest prints each tier's count and wall time.
@@ -119,7 +122,7 @@ test: test-fast test-vm
 # Everything but the tests that bake (mmdebstrap) or boot qemu: the loop while
 # developing.
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not vm and not bake" -n $(JOBS) --dist loadfile
+	$(BIN)/python -m pytest -q -m "not vm and not bake" -n $(JOBS) --dist loadfile --no-loadscope-reorder
 
 # The tests that bake or boot qemu, one at a time: TCG guests on a small
 # machine only slow each other down. A test's VM may live 1500 s (not the 600 s

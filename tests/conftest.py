@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import file_order
 from tests.bake_fixture import baked_image  # noqa: F401  (session fixture: the seed image)
 from tests.marker_guard import (  # noqa: F401  (autouse: slow tools need their marker)
     _slow_tools_need_a_marker,
@@ -18,6 +19,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     check_collection(items)
+    file_order.slowest_files_first(config, items)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    file_order.record(report)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    file_order.save(session.config)
 
 
 @pytest.fixture

@@ -86,7 +86,8 @@ def serve_s3_tls(extra_ip: str = "") -> Iterator[S3]:
     port = free_port()
     server = Server("127.0.0.1", port, DomainDispatcherApplication(create_backend_app),
                     handler=KeepAlive, ssl_context=context)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
     thread.start()
     try:
         s3 = S3(f"localhost:{port}", cert)

@@ -48,7 +48,9 @@ def serving_http(handler: type[BaseHTTPRequestHandler],
     """`handler` answering on `address` (port 0: a free one, see
     server_address) from a thread, until the block ends."""
     server = ThreadingHTTPServer(address, handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for serve_forever's next poll: 0.05 s, not the default 0.5 s
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
     thread.start()
     try:
         yield server

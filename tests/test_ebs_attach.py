@@ -98,7 +98,8 @@ def ec2() -> Iterator[Ec2Server]:
         return [out]
 
     http = make_server("127.0.0.1", port, recording, threaded=True)
-    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread = threading.Thread(target=http.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
     thread.start()
     try:
         yield server

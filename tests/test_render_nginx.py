@@ -109,7 +109,8 @@ class Backend(http.server.BaseHTTPRequestHandler):
 @contextmanager
 def backend() -> Iterator[int]:
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Backend)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
     thread.start()
     try:
         yield int(server.server_address[1])

@@ -74,7 +74,8 @@ def app_server(address: str, port: int, who: str) -> Iterator[None]:
             pass
 
     server = http.server.ThreadingHTTPServer((address, port), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
     thread.start()
     try:
         yield
