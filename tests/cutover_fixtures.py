@@ -58,7 +58,7 @@ OLD_ADDR, NEW_ADDR = "127.0.0.1", "127.0.0.2"
 __all__ = [
     "APP_PASSWORD", "NEW_ADDR", "OLD_ADDR", "SERVER_NAME", "Cluster", "Knot", "Site", "Sshd",
     "Writer", "app_schema", "cutover_manifest", "destroy_cluster", "edit_keeping_size_and_mtime",
-    "free_port", "knot", "old_pg_bin",
+    "free_port", "knot", "old_pg_bin", "pair_templates",
     "knot_server", "make_template", "pg_pair", "pg_template", "secret_env", "sites",
     "run_under_writer", "ssh_server", "sshd", "start_cluster", "uploads", "web_sites",
     "route53",
@@ -209,16 +209,32 @@ def destroy_cluster(c: Cluster) -> None:
     shutil.rmtree(c.data.parent, ignore_errors=True)
 
 
+@pytest.fixture(scope="session")
+def pair_templates(pg_template: Path) -> Iterator[tuple[Path, Path]]:
+    """Data directories for pg_pair, made once: (old: database `payroll` with
+    the app schema, new: `payroll` empty), each cleanly shut down."""
+    made: list[Cluster] = []
+    try:
+        for name in ("tpl-old", "tpl-new"):
+            made.append(start_cluster(pg_template, name))
+            made[-1].sql("CREATE DATABASE payroll", dbname="postgres")
+        app_schema(made[0])
+        for c in made:
+            c.stop("fast")
+            (c.data / "server.log").unlink()
+        yield made[0].data, made[1].data
+    finally:
+        for c in made:
+            destroy_cluster(c)
+
+
 @pytest.fixture
-def pg_pair(pg_template: Path) -> Iterator[tuple[Cluster, Cluster]]:
+def pg_pair(pair_templates: tuple[Path, Path]) -> Iterator[tuple[Cluster, Cluster]]:
     """(old, new): both have database `payroll`; old also has the app schema."""
-    old = start_cluster(pg_template, "old")
+    old = start_cluster(pair_templates[0], "old")
     new = None
     try:
-        new = start_cluster(pg_template, "new")
-        for c in (old, new):
-            c.sql("CREATE DATABASE payroll", dbname="postgres")
-        app_schema(old)
+        new = start_cluster(pair_templates[1], "new")
         yield old, new
     finally:
         for cluster in (old, new):
