@@ -86,10 +86,24 @@ def changed(obj: Any, dotted: str, value: object) -> Any:
     return dataclasses.replace(obj, **{head: new})
 
 
+#: render_files' results by manifest: several tests read the files of the same
+#: case (app.database.name is read back by psql, pg_hba, bash and app-env.sh);
+#: the checks run on the first render, a failed one is never kept
+_RENDERED: dict[str, dict[str, bytes] | None] = {}
+
+
 def render_files(manifest: Manifest, role: str = "all-in-one") -> dict[str, bytes] | None:
     """Every file of the role's components (the all-in-one role has them all, as
     its fried user-data carries them), or None when the renderer refuses: then
     with one line that points at the manifest."""
+    key = f"{role}\0{manifest!r}"
+    if key not in _RENDERED:
+        _RENDERED[key] = _render_files(manifest, role)
+    files = _RENDERED[key]
+    return None if files is None else dict(files)
+
+
+def _render_files(manifest: Manifest, role: str) -> dict[str, bytes] | None:
     try:
         rendered = render_role(manifest, role)
         files = {f.path: f.content for fr in rendered.fragments for f in fr.files}
