@@ -85,7 +85,9 @@ class CpuMeter:
         if not self.group:
             return []
         left = []
-        for pid in (self.group / "cgroup.procs").read_text().split():
+        pids = [pid for procs in self.group.rglob("cgroup.procs")  # workers' groups too
+                for pid in procs.read_text().split()]
+        for pid in pids:
             with contextlib.suppress(OSError):
                 stat = Path(f"/proc/{pid}/stat").read_text()
                 if stat.rpartition(")")[2].split()[0] not in ("Z", "X"):
@@ -95,12 +97,17 @@ class CpuMeter:
 
     def close(self) -> None:
         if self.group:
-            for _ in range(50):  # zombies leave once PID 1 reaps them
-                try:
-                    self.group.rmdir()
-                    return
-                except OSError:
-                    time.sleep(0.1)
+            # the workers' groups first; zombies leave once PID 1 reaps them, a
+            # server a test left running keeps its group (see leftovers)
+            groups = sorted((p.parent for p in self.group.rglob("cgroup.procs")),
+                            key=lambda g: -len(g.parts))
+            for group in groups:
+                for _ in range(50):
+                    try:
+                        group.rmdir()
+                        break
+                    except OSError:
+                        time.sleep(0.1)
 
 
 @contextlib.contextmanager

@@ -424,10 +424,13 @@ zone:
     k = Knot(base, port, key)
     try:
         run(["knotd", "-d", "-c", base / "knot.conf"], user="knot", group="knot", capture=True)
-        for _ in range(300):
-            pidfile = base / "knot.pid"
-            if pidfile.exists() and pidfile.read_text().strip():
+        pidfile = base / "knot.pid"
+        for _ in range(1000):
+            if not k.pid and pidfile.exists() and pidfile.read_text().strip():
                 k.pid = int(pidfile.read_text().strip())
+            if not k.pid:  # answering before its pid is known would leak it
+                time.sleep(0.01)
+                continue
             try:
                 # knotd drops a query that arrives while it is still loading
                 # the zone: ask again soon rather than wait out a long timeout
@@ -523,11 +526,13 @@ def _start_site(manifest: Manifest, address: str, port: int, name: str, *,
     except BaseException:
         shutil.rmtree(base, ignore_errors=True)
         raise
-    for _ in range(200):
+    for _ in range(1000):
         if (base / "nginx.pid").exists() and (base / "nginx.pid").read_text().strip():
             site.pid = int((base / "nginx.pid").read_text())
             break
         time.sleep(0.01)
+    else:
+        raise RuntimeError(f"nginx wrote no pid file in {base}")
     return site
 
 
