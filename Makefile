@@ -115,6 +115,11 @@ $(BIN)/amibake: pyproject.toml
 # order), so no worker is left with a long file at the end.
 # bench/tests.py times the tier.
 JOBS ?= 3
+# The tests write Python bytecode even where PYTHONDONTWRITEBYTECODE is set:
+# without it every worker rewrites the test modules' asserts again (~2.5 s of
+# CPU each) and every `python -m builder` a test starts compiles builder anew
+# (0.3 s of CPU each).
+PYTEST := env -u PYTHONDONTWRITEBYTECODE $(BIN)/python -m pytest
 
 # Every test, tier by tier: pytest prints each tier's count and wall time.
 test: test-fast test-vm
@@ -122,14 +127,14 @@ test: test-fast test-vm
 # Everything but the tests that bake (mmdebstrap) or boot qemu: the loop while
 # developing.
 test-fast: setup
-	$(BIN)/python -m pytest -q -m "not vm and not bake" -n $(JOBS) --dist loadfile --no-loadscope-reorder
+	$(PYTEST) -q -m "not vm and not bake" -n $(JOBS) --dist loadfile --no-loadscope-reorder
 
 # The tests that bake or boot qemu, one at a time: TCG guests on a small
 # machine only slow each other down. A test's VM may live 1500 s (not the 600 s
 # `make image` gives a boot test): a TCG boot of the Rails seed on a busy host
 # takes 400–550 s, and how fast it boots is bench/'s question, not a test's.
 test-vm: setup
-	AMIBAKE_VM_TIMEOUT=$${AMIBAKE_VM_TIMEOUT:-1500} $(BIN)/python -m pytest -q -m "vm or bake"
+	AMIBAKE_VM_TIMEOUT=$${AMIBAKE_VM_TIMEOUT:-1500} $(PYTEST) -q -m "vm or bake"
 
 lint: setup
 	@# the on-instance scripts (Python run as root, no .py suffix) are named explicitly
