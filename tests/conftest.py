@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import file_order
+from tests import botocore_models, file_order  # noqa: F401  (models read once a process)
 from tests.bake_fixture import baked_image  # noqa: F401  (session fixture: the seed image)
 from tests.marker_guard import (  # noqa: F401  (autouse: slow tools need their marker)
     _slow_tools_need_a_marker,
