@@ -43,6 +43,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,87 @@ def make_image(work: Path, size: int, sources: list[str]) -> Path:
     return image
 
 
+def stage_costs(image: Path, pigz_bytes: int | None) -> dict[str, Any]:
+    """Each stage of amibake's bundle alone, on one core, on the bench's image:
+    what the 2-core wall time cannot go below. CPU seconds (thread time)."""
+    import hashlib
+    import re
+
+    from builder.bundle import gzip_parallel as gp
+    from builder.bundle.tarstream import tar_stream
+    from builder.bundle.writer import CHUNK_SIZE, _Encryptor
+
+    def chunks() -> Iterator[bytearray]:
+        buffer = bytearray(CHUNK_SIZE)  # one buffer, reused as the writer's pool does
+        return tar_stream(str(image), "disk.raw", read_size=CHUNK_SIZE,
+                          new_buffer=lambda: buffer)
+
+    zero = bytes(CHUNK_SIZE)
+    t = time.thread_time()
+    stream_bytes = sum(len(c) for c in chunks())
+    read = time.thread_time() - t
+    sha1, t_sha1 = hashlib.sha1(), 0.0
+    for c in chunks():
+        t = time.thread_time()
+        sha1.update(c)
+        t_sha1 += time.thread_time() - t
+    levels: dict[str, dict[str, float]] = {}
+    members: list[bytes] = []
+    for level in (4, 5, 6):
+        compress = gp.LibdeflateThreads(level)
+        out, cpu = 0, 0.0
+        for c in chunks():
+            if c == zero:  # the writer reuses one member for these
+                continue
+            t = time.thread_time()
+            member = compress(c)
+            cpu += time.thread_time() - t
+            out += len(member)
+            if level == gp.DEFAULT_LEVEL["libdeflate"]:
+                members.append(member)
+        compress.close()
+        levels[str(level)] = {"cpu_seconds": round(cpu, 2), "bytes": out,
+                              "vs_pigz": round(out / pigz_bytes, 4) if pigz_bytes else None}
+    compressed = sum(len(m) for m in members)
+    encrypt = _Encryptor(os.urandom(16), os.urandom(16))
+    t = time.thread_time()
+    for m in members:
+        encrypt.update(m)
+    encrypt.finalize()
+    t_encrypt = time.thread_time() - t
+    t = time.thread_time()
+    parts_sha1 = hashlib.sha1()
+    for m in members:
+        parts_sha1.update(m)
+    t_parts_sha1 = time.thread_time() - t
+    speed = subprocess.run(["openssl", "speed", "-evp", "aes-128-cbc", "-seconds", "1"],
+                           capture_output=True, text=True).stdout
+    row = re.search(r"^AES-128-CBC\s.*\s([\d.]+)k\s*$", speed, re.M)
+    level = str(gp.DEFAULT_LEVEL["libdeflate"])
+    serial = read + t_sha1 + t_encrypt + t_parts_sha1
+    return {
+        "tar_stream_bytes": stream_bytes,
+        "read_cpu_seconds": round(read, 2),
+        "tar_sha1_cpu_seconds": round(t_sha1, 2),
+        "libdeflate_levels": levels,
+        "encrypt_cpu_seconds": round(t_encrypt, 2),
+        "encrypt_mb_per_s": round(compressed / 1e6 / t_encrypt),
+        "openssl_speed_aes128cbc_16k_mb_per_s": round(float(row.group(1)) / 1000) if row else None,
+        "parts_sha1_cpu_seconds": round(t_parts_sha1, 2),
+        # two cores: compression splits over both; the rest (read, digests, CBC) is
+        # one ordered stream that runs beside it
+        "floor_wall_seconds": round(max(serial, (levels[level]["cpu_seconds"] + serial) / 2), 2),
+    }
+
+
+def libdeflate_name() -> str | None:
+    """Which libdeflate amibake's ctypes engine loads (the deflate package's or Debian's)."""
+    from builder.bundle import gzip_parallel
+
+    lib = gzip_parallel._LIBDEFLATE
+    return None if lib is None else str(lib._name)
+
+
 def dir_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.iterdir())
 
@@ -155,6 +237,9 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--runs", type=int, default=3,
                     help="runs of each contender (interleaved); figures are the median run's")
+    ap.add_argument("--floor", action="store_true",
+                    help="also time each stage alone on one core (read, SHA-1, libdeflate"
+                         " levels 4-6 with sizes against pigz's, AES-CBC) and the 2-core floor")
     ap.add_argument("--only", default="",
                     help="comma-separated contenders to run (default: all); amibake and pigz"
                          " are always run, the figures need both")
@@ -238,16 +323,20 @@ def main() -> int:
         cpu_ratio = (sorted(r["cpu_seconds"] for r in samples["pigz"])[args.runs // 2]
                      / sorted(r["cpu_seconds"] for r in samples["amibake"])[args.runs // 2])
         rss = results["amibake"]["max_peak_tree_rss_mib"]
+        floor = stage_costs(image, results["pigz"]["bundled_bytes"]) if args.floor else None
         doc = {
             "benchmark": "bundle",
             "command": "python bench/bundle.py" + (" --quick" if args.quick else "")
-                       + f" --runs {args.runs}" + (f" --only {args.only}" if args.only else ""),
+                       + f" --runs {args.runs}" + (f" --only {args.only}" if args.only else "")
+                       + (" --floor" if args.floor else ""),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
                      "loadavg_before": [round(x, 2) for x in load_before],
                      "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
             "image": {"apparent_bytes": st.st_size, "used_bytes": st.st_blocks * 512,
                       "sources": sources},
+            "amibake_libdeflate": libdeflate_name(),
+            "stage_costs": floor,
             "results": results,
             "speedup_vs_pigz": round(speedup, 2),
             "speedup_vs_seed_pipeline": round(speedup_seed, 2) if speedup_seed else None,
@@ -261,6 +350,15 @@ def main() -> int:
               f" (vs the seed's gzip pipeline "
               f"{f'{speedup_seed:.2f}x' if speedup_seed else 'not run'}); target 2.5x, "
               f"<= 1.0, < 256 MiB: {'met' if doc['met'] else 'NOT met'}")
+        if floor:
+            levels = ", ".join(f"L{k} {v['cpu_seconds']} s {v['vs_pigz']}x pigz's size"
+                               for k, v in floor["libdeflate_levels"].items())
+            print(f"stages alone, CPU s: read {floor['read_cpu_seconds']}, tar SHA-1 "
+                  f"{floor['tar_sha1_cpu_seconds']}, libdeflate {levels}, AES-CBC "
+                  f"{floor['encrypt_cpu_seconds']} ({floor['encrypt_mb_per_s']} MB/s; openssl "
+                  f"speed {floor['openssl_speed_aes128cbc_16k_mb_per_s']} MB/s), parts SHA-1 "
+                  f"{floor['parts_sha1_cpu_seconds']}; 2-core floor "
+                  f"{floor['floor_wall_seconds']} s")
         name = "bundle-quick.json" if args.quick else "bundle.json"
         results_dir = ROOT / "bench" / "results"
         results_dir.mkdir(parents=True, exist_ok=True)
