@@ -444,7 +444,9 @@ def forward_steps(cfg: CutoverConfig) -> list[FnStep]:
         steps.append(FnStep(
             "db_vacuum", "prepare",
             lambda c: "VACUUM on both servers, so that the window's row counts read the "
-                      "indexes alone", lambda c: db_replicate.vacuum_both(c.cfg)))
+                      "indexes alone; wait until the subscriber has applied the WAL written "
+                      "meanwhile",
+            lambda c: db_replicate.vacuum_both(c.cfg, timeout=c.cfg.cutover.catch_up_timeout)))
     steps += [
         FnStep("maintenance_on", "window",
                lambda c: f"maintenance page and flag {c.cfg.nginx.maintenance_flag} on "
