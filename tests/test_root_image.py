@@ -30,7 +30,7 @@ from builder.bake.tree_diff import diff_trees
 from builder.errors import UserError
 
 FS_UUID = "0f0e0d0c-0b0a-4908-8706-050403020100"
-OLD = 1_600_000_000  # older than fs_patch.FS_TIME: kept as it is
+OLD = 1_600_000_000  # older than disk.FS_TIME: kept as it is
 
 
 def _write(path: Path, data: bytes, mode: int = 0o644, owner: tuple[int, int] = (0, 0)) -> None:
@@ -239,7 +239,7 @@ def test_patched_image_equals_mkfs_of_the_whole_tree(
         # mkfs -d copies the tree's times; the patch clamps them to FS_TIME
         # (the files the bake wrote) and the reference has the bake's own.
         if mine.pop("mtime") != theirs.pop("mtime"):
-            assert int(str(got[path]["mtime"]).split(":")[0], 16) == fs_patch.FS_TIME, path
+            assert int(str(got[path]["mtime"]).split(":")[0], 16) == disk.FS_TIME, path
         assert mine == theirs, path
     # what the checks above rely on is really there
     assert got["/usr/bin/tool-third"]["same_inode"] == [

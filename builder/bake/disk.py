@@ -114,6 +114,10 @@ def create_disk(disk: Path, layout: DiskLayout) -> None:
 
 #: mkfs.ext4's options for the root filesystem (part of the cached image's key).
 MKFS_OPTIONS = ("-b", "4096", "-I", "256")
+#: The time e2fsprogs writes into the filesystems it makes and changes (equal
+#: inputs, equal bytes); builder.bake.fs_patch clamps the entries' times to it.
+FS_TIME = 1700000000
+FS_ENV = {"E2FSPROGS_FAKE_TIME": str(FS_TIME)}
 
 
 def make_root_fs(
@@ -131,7 +135,7 @@ def make_root_fs(
         ["mkfs.ext4", "-q", "-F", "-L", label, "-U", fs_uuid, *MKFS_OPTIONS,
          "-E", f"hash_seed={fs_uuid},offset={offset},nodiscard", "-d", tree,
          target, str(size // 4096)],
-        env={"E2FSPROGS_FAKE_TIME": "1700000000"},
+        env=FS_ENV,
     )
 
 

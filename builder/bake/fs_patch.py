@@ -26,14 +26,10 @@ import os
 import stat
 from pathlib import Path
 
+from builder.bake.disk import FS_ENV, FS_TIME
 from builder.bake.tree_diff import Added, TreeDiff
 from builder.errors import UserError
 from builder.proc import run
-
-#: The time e2fsprogs uses for the filesystem's own fields (E2FSPROGS_FAKE_TIME)
-#: and the latest time an entry the patch writes may carry.
-FS_TIME = 1700000000
-FS_ENV = {"E2FSPROGS_FAKE_TIME": str(FS_TIME)}
 
 
 def quote(text: str) -> bytes:

@@ -28,7 +28,8 @@ from typing import Any
 
 from builder.bake import disk
 from builder.bake.cache import LayerCache
-from builder.bake.fs_patch import FS_ENV, apply_patch, free_ranges, patch_script
+from builder.bake.disk import FS_ENV
+from builder.bake.fs_patch import apply_patch, free_ranges, patch_script
 from builder.bake.tree_diff import TreeDiff
 from builder.proc import run
 
