@@ -222,7 +222,10 @@ def libdeflate_name() -> str | None:
     from builder.bundle import gzip_parallel
 
     lib = gzip_parallel._LIBDEFLATE
-    return None if lib is None else str(lib._name)
+    if lib is None:
+        return None
+    path = Path(lib._name)  # the package's extension (named from site-packages on) or a soname
+    return "/".join(path.parts[-2:]) if path.is_absolute() else str(path)
 
 
 def dir_bytes(path: Path) -> int:
