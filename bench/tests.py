@@ -266,6 +266,9 @@ def main() -> int:
                 "test counts per tier",
         "command": shlex.join([sys.executable, *sys.argv]),
         "runs": args.runs,
+        "jobs": os.environ.get("JOBS") or next(
+            (line.split("?=")[1].strip() for line in (ROOT / "Makefile").read_text().splitlines()
+             if line.startswith("JOBS ?=")), None),
         "tiers": {},
         "target_fast_s": TARGET_FAST_S,
         "loadavg_before": load_before,
