@@ -82,7 +82,8 @@ class BaseSpec:
             "arch": self.debian_arch,
             "packages": sorted(set(self.packages)),
             "sources": [hashlib.sha256(p.read_bytes()).hexdigest() for p in self.sources],
-            "hooks": [SETUP_HOOK, CUSTOMIZE_HOOK, _scrub_identity.__doc__],
+            "hooks": [SETUP_HOOK, CUSTOMIZE_HOOK, _scrub_identity.__doc__, str(EATMYDATA_HOOKS),
+                      _drop_eatmydata.__doc__],
         }
         return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
@@ -109,6 +110,13 @@ def base_spec(
 #: tree is archived into the cache when it is done, nothing needs to survive
 #: a crash half-way. The file is removed again before the tree is cached.
 UNSAFE_IO_CONF = "/etc/dpkg/dpkg.cfg.d/amibake-unsafe-io"
+
+#: mmdebstrap's own hook directory that runs dpkg under eatmydata (no
+#: fsync/sync at all, dpkg's database included, where force-unsafe-io only
+#: spares the unpacked files): measured on the seed's 323 packages, base
+#: layer 44.1/57.5 s with it against 54.2/58.6 s without, interleaved. Its
+#: customize hook removes what it added; `_drop_eatmydata` makes sure.
+EATMYDATA_HOOKS = Path("/usr/share/mmdebstrap/hooks/eatmydata")
 
 #: mmdebstrap's phases, each stamped by a hook as it ends (see build_base):
 #: apt update, download of every package and the essential set unpacked;
@@ -143,6 +151,7 @@ def build_base(spec: BaseSpec, tree: Path, hookdir: Path) -> dict[str, float]:
             "mmdebstrap", "--mode=root", "--variant=apt", "--format=directory",
             f"--architectures={spec.debian_arch}",
             "--include=" + ",".join(spec.packages),
+            f"--hook-directory={EATMYDATA_HOOKS}",
             f"--setup-hook={setup}",
             f"--setup-hook=mkdir -p \"$(dirname {unsafe_io})\"; "
             f"echo force-unsafe-io > {unsafe_io}",
@@ -156,6 +165,7 @@ def build_base(spec: BaseSpec, tree: Path, hookdir: Path) -> dict[str, float]:
         capture=True,
     )
     marks = [float(line.split()[1]) for line in stamps.read_text().splitlines()]
+    _drop_eatmydata(tree, spec.packages)
     _scrub_identity(tree)
     ends = [*marks, time.time()]
     seconds: dict[str, float] = {}
@@ -164,6 +174,21 @@ def build_base(spec: BaseSpec, tree: Path, hookdir: Path) -> dict[str, float]:
         seconds[phase] = round(end - last, 2)
         last = end
     return seconds
+
+
+def _drop_eatmydata(tree: Path, packages: Sequence[str]) -> None:
+    """What the eatmydata hooks put in the tree, unless the image asked for it:
+    their customize hook leaves /usr/bin/eatmydata behind when dpkg-query
+    knows the package name (seen on bookworm). dpkg must be dpkg again."""
+    if "eatmydata" not in packages:
+        in_tree(tree, "/usr/bin/eatmydata", follow_last=False).unlink(missing_ok=True)
+    if "libeatmydata1" not in packages:
+        for lib in in_tree(tree, "/usr/lib").glob("*-linux-gnu*/libeatmydata.so*"):
+            lib.unlink()
+    diversions = in_tree(tree, "/var/lib/dpkg/diversions")
+    if in_tree(tree, "/usr/bin/dpkg.distrib", follow_last=False).exists() or (
+            diversions.is_file() and b"/usr/bin/dpkg.distrib" in diversions.read_bytes()):
+        raise UserError("mmdebstrap's eatmydata hook left dpkg diverted in the base layer")
 
 
 def mounts_under(path: Path) -> list[Path]:
