@@ -59,3 +59,17 @@ def test_hooks_are_part_of_the_base_key(monkeypatch: pytest.MonkeyPatch) -> None
     key = spec.key()
     monkeypatch.setattr(rootfs, "EATMYDATA_HOOKS", Path("/elsewhere/eatmydata"))
     assert spec.key() != key
+
+
+def test_scrub_removes_the_snakeoil_pair(tmp_path: Path) -> None:
+    """ssl-cert's postinst made a TLS key at bake time: baked, it would be
+    every instance's PostgreSQL key. The scrub removes it (the db role's
+    setup makes the instance's own before pg_createcluster)."""
+    tree = _tree(tmp_path)
+    for rel in rootfs.SNAKEOIL:
+        (tree / rel.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+        (tree / rel.lstrip("/")).write_text("shared\n")
+    (tree / "etc/ssl/certs/ca-certificates.crt").write_text("CA\n")
+    rootfs._scrub_identity(tree)
+    assert not any((tree / rel.lstrip("/")).exists() for rel in rootfs.SNAKEOIL)
+    assert (tree / "etc/ssl/certs/ca-certificates.crt").exists()

@@ -92,6 +92,9 @@ def test_no_instance_identity_is_baked(baked_image: StoredImage) -> None:
     assert _debugfs(baked_image, "ls -l /etc/ssh").count("ssh_host_") == 0
     assert _cat(baked_image, "/etc/machine-id") == ""
     assert not _exists(baked_image, "/var/lib/systemd/random-seed")
+    # ssl-cert's pair would be one TLS key for every instance's PostgreSQL
+    assert not _exists(baked_image, "/etc/ssl/private/ssl-cert-snakeoil.key")
+    assert not _exists(baked_image, "/etc/ssl/certs/ssl-cert-snakeoil.pem")
     assert not _exists(baked_image, "/var/lib/cloud/instance")
     # no PostgreSQL cluster in the image: the db role makes one on /mnt at boot
     assert "create_main_cluster = false" in _cat(

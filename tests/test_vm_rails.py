@@ -78,6 +78,13 @@ def test_the_rails_sample_bakes_and_boots_all_in_one(
             rows = ssh.run("sudo -n -u postgres psql -XAtq -d payroll_prod -c "
                            "'SELECT name, hourly_rate FROM employees ORDER BY id'").stdout
             assert rows.strip().splitlines() == ["Ada from the form|42.50"]
+            # TLS with this instance's own key: the image carries no snakeoil
+            # pair (it would be every instance's), the setup made one at boot
+            tls = ssh.run("sudo -n -u postgres psql -XAtq -c 'SHOW ssl' -c 'SHOW ssl_key_file' "
+                          "&& sudo -n stat -c %W /etc/ssl/private/ssl-cert-snakeoil.key "
+                          "&& cat /proc/stat | awk '$1 == \"btime\" { print $2 }'").stdout.split()
+            assert tls[:2] == ["on", "/etc/ssl/private/ssl-cert-snakeoil.key"], tls
+            assert int(tls[2]) >= int(tls[3]), f"snakeoil key older than this boot: {tls}"
 
             # the migration ran once, before the app servers
             journal = ssh.run("sudo -n journalctl -b -o cat -u amibake-migrate.service").stdout

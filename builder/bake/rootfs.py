@@ -218,11 +218,19 @@ def remove_build_tree(tree: Path) -> None:
     shutil.rmtree(tree, ignore_errors=True)
 
 
+#: ssl-cert's self-signed pair, made by its postinst at bake time: baked, every
+#: instance would share one TLS private key (PostgreSQL's pg_createcluster
+#: turns ssl on with it). The db role's setup makes the instance's own.
+SNAKEOIL = ("/etc/ssl/private/ssl-cert-snakeoil.key", "/etc/ssl/certs/ssl-cert-snakeoil.pem")
+
+
 def _scrub_identity(tree: Path) -> None:
-    """No SSH host keys, machine-id, random seed, resolver, hostname or cloud-init
-    state: each instance makes its own at first boot."""
+    """No SSH host keys, TLS snakeoil pair, machine-id, random seed, resolver,
+    hostname or cloud-init state: each instance makes its own at first boot."""
     for key in in_tree(tree, "/etc/ssh").glob("ssh_host_*"):
         key.unlink()
+    for rel in SNAKEOIL:
+        in_tree(tree, rel, follow_last=False).unlink(missing_ok=True)
     for rel in ("/var/lib/dbus/machine-id", "/var/lib/systemd/random-seed"):
         in_tree(tree, rel, follow_last=False).unlink(missing_ok=True)
     for rel, content in (("/etc/machine-id", b""), ("/etc/resolv.conf", b""),
