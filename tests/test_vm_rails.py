@@ -81,7 +81,7 @@ def test_the_rails_sample_bakes_and_boots_all_in_one(
             # TLS with this instance's own key: the image carries no snakeoil
             # pair (it would be every instance's), the setup made one at boot
             tls = ssh.run("sudo -n -u postgres psql -XAtq -c 'SHOW ssl' -c 'SHOW ssl_key_file' "
-                          "&& sudo -n stat -c %W /etc/ssl/private/ssl-cert-snakeoil.key "
+                          "&& sudo -n stat -c %Y /etc/ssl/private/ssl-cert-snakeoil.key "
                           "&& cat /proc/stat | awk '$1 == \"btime\" { print $2 }'").stdout.split()
             assert tls[:2] == ["on", "/etc/ssl/private/ssl-cert-snakeoil.key"], tls
             assert int(tls[2]) >= int(tls[3]), f"snakeoil key older than this boot: {tls}"
