@@ -106,6 +106,9 @@ def test_ctrl_c_during_the_bake_leaves_nothing(baked_image: StoredImage, tmp_pat
         [sys.executable, "-m", "builder", "bake", str(_manifest(tmp_path)),
          "--skip-boot-test", "--store", str(store_root)],
         cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # a background job of a non-interactive shell (`make test &`) ignores
+        # SIGINT and its children inherit that: the bake gets Ctrl-C's default
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 120
