@@ -8,7 +8,7 @@
 Methods, each onto a fresh new cluster from the same old one, interleaved
 run by run (`--runs N`: medians, and p95 by nearest rank):
   seed       the seed's runbook: freeze, `pg_dump | gzip > f`, `zcat f | psql`
-  dump       amibake strategy dump: pg_dump -Fd -j 2 + pg_restore -j 2
+  dump       amibake strategy dump: pg_dump -Fd -Z 0 -j 2 + pg_restore -j 2
   replicate  amibake strategy replicate: initial sync before the window,
              freeze → catch up → sequences → drop subscription in it
   pgcopydb   the contender: freeze, `pgcopydb clone --table-jobs 2

@@ -472,7 +472,7 @@ def forward_steps(cfg: CutoverConfig) -> list[FnStep]:
             "db_dump_restore", "window",
             lambda c: (f"the old host's own pg_dump ({cut.old_pg_dump}) | psql, one transaction"
                        if cut.old_pg_dump != "local" else
-                       f"pg_dump -Fd -j {cut.dump_jobs} + pg_restore -j {cut.dump_jobs}"
+                       f"pg_dump -Fd -Z 0 -j {cut.dump_jobs} + pg_restore -j {cut.dump_jobs}"
                        " --clean" if cut.dump_format == "directory" else
                        "pg_dump -Fc | pg_restore --clean") + " onto the new server",
             _dump_restore))

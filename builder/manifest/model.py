@@ -524,7 +524,7 @@ class Cutover:
     smoke_paths: tuple[str, ...] = setting(("/health", "/"), help="paths that must answer 200",
                                            item=fc.url_path)
     dump_format: Literal["directory", "stream"] = setting(
-        "directory", help="dump strategy: `pg_dump -Fd -j` + `pg_restore -j`, or one stream"
+        "directory", help="dump strategy: `pg_dump -Fd -Z 0 -j` + `pg_restore -j`, or one stream"
     )
     dump_jobs: int = setting(2, help="parallel jobs for pg_dump -Fd / pg_restore -j",
                              check=fc.between(1, 64))
