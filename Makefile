@@ -113,7 +113,7 @@ $(BIN)/amibake: pyproject.toml
 # its module fixtures (clusters, servers) are set up once. The slowest files of
 # the last run go first (tests/file_order.py; --no-loadscope-reorder keeps that
 # order), so no worker is left with a long file at the end.
-# bench/tests.py times the tier.
+# bench/tier_times.py times the tier.
 JOBS ?= 3
 # The tests write Python bytecode even where PYTHONDONTWRITEBYTECODE is set:
 # without it every worker rewrites the test modules' asserts again (~2.5 s of

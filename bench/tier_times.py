@@ -14,7 +14,7 @@ daemonize away from pytest; without the cgroup (no write access to
 misses them. The floor of a tier on C cores is its CPU seconds / C. Processes
 still in the cgroup when the tier ends are servers a test left behind: counted
 and listed. Run it under the heavy lock: `flock /tmp/amibake-heavy.lock
-.venv/bin/python bench/tests.py`.
+.venv/bin/python bench/tier_times.py`.
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ def cpu_meter(tier: str) -> Iterator[CpuMeter]:
 
 
 # ---------------------------------------------------------------- pytest plugin
-# `-p bench.tests` with $AMIBAKE_TEST_CPU_DIR set: each pytest process (each
+# `-p bench.tier_times` with $AMIBAKE_TEST_CPU_DIR set: each pytest process (each
 # xdist worker) moves into a cpuacct cgroup of its own, nested in the tier's,
 # and writes the CPU seconds (its daemons included) and wall seconds of every
 # test file it ran to $AMIBAKE_TEST_CPU_DIR/<pid>.json.
@@ -213,7 +213,7 @@ def run_tier(make: list[str], tier: str, tmp: Path, run: int, top: int) -> dict[
            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT),
                                                         os.environ.get("PYTHONPATH")])),
            "PYTEST_ADDOPTS": f"{os.environ.get('PYTEST_ADDOPTS', '')} --junitxml={junit} "
-                             "-p bench.tests"}
+                             "-p bench.tier_times"}
     load_before = os.getloadavg()
     with cpu_meter(tier) as meter:
         start = time.perf_counter()
