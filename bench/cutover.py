@@ -9,6 +9,7 @@ Methods, each onto a fresh new cluster from the same old one, interleaved
 run by run (`--runs N`: medians, and p95 by nearest rank):
   seed       the seed's runbook: freeze, `pg_dump | gzip > f`, `zcat f | psql`
   dump       amibake strategy dump: pg_dump -Fd -Z 0 -j 2 + pg_restore -j 2
+  dump-stream  the same with `dump_format: stream`: pg_dump -Fc -Z 0 | pg_restore
   replicate  amibake strategy replicate: initial sync before the window,
              freeze → catch up → sequences → drop subscription in it
   pgcopydb   the contender: freeze, `pgcopydb clone --table-jobs 2
@@ -205,9 +206,11 @@ def _method(name: str, old: Cluster, template: Path, knot: Any, sites: Any,
     writer = None
     try:
         new.sql("CREATE DATABASE payroll", dbname="postgres")
-        strategy = "dump" if name == "dump" else "replicate"
+        strategy = "dump" if name.startswith("dump") else "replicate"
         cfg = derive(cutover_manifest(old, new, knot, sites, strategy=strategy,
                                       checksum_when="after_switch", dump_jobs=2,
+                                      dump_format="stream" if name == "dump-stream"
+                                      else "directory",
                                       catch_up_timeout=600))
         # back to the starting line: app may log in, site up, DNS on the old address
         set_login(cfg.old, "app", True)

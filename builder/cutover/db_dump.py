@@ -37,11 +37,11 @@ def dump_restore(cfg: CutoverConfig, *, workdir: Path | None = None,
     pg.drop_partitioned_tables(cfg.new)  # --clean cannot (a resume, a retry after rollback)
     if cut.dump_format == "stream":
         pg.pipeline(
-            ["pg_dump", "-Fc", *dump_flags, "-d", cfg.old.conninfo(with_password=False)],
+            ["pg_dump", "-Fc", "-Z", "0", *dump_flags, "-d", cfg.old.conninfo(with_password=False)],
             ["pg_restore", *_RESTORE_FLAGS, "-d", cfg.new.conninfo(with_password=False)],
             cfg.old, cfg.new, timeout=24 * 3600,
         )
-        return "streamed pg_dump -Fc | pg_restore"
+        return "streamed pg_dump -Fc -Z 0 | pg_restore"
     tmp = Path(tempfile.mkdtemp(prefix="amibake-dump-", dir=workdir))
     try:
         out = tmp / "dump"
