@@ -22,6 +22,7 @@ from builder.manifest import load_manifest
 from builder.proc import CommandError
 from builder.store import Store, StoredImage
 from tests.bake_fixture import ROOT, bake_options, copy_manifest
+from tests.sigint import default_sigint
 
 pytestmark = pytest.mark.bake
 
@@ -106,9 +107,7 @@ def test_ctrl_c_during_the_bake_leaves_nothing(baked_image: StoredImage, tmp_pat
         [sys.executable, "-m", "builder", "bake", str(_manifest(tmp_path)),
          "--skip-boot-test", "--store", str(store_root)],
         cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        # a background job of a non-interactive shell (`make test &`) ignores
-        # SIGINT and its children inherit that: the bake gets Ctrl-C's default
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=default_sigint,  # even when this run ignores SIGINT
     )
     try:
         deadline = time.monotonic() + 120

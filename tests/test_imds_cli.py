@@ -16,6 +16,7 @@ from typing import IO, Any
 import pytest
 
 from builder.cli import main
+from tests.sigint import default_sigint
 
 KEY = ("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOOOJQ7DzLFEXWFN+g+1k5bcJLiEuwCv1LdbA9Eo/x/z "
        "admin@example")
@@ -57,6 +58,7 @@ def _serve(*args: str, stdin: str | None = None) -> subprocess.Popen[str]:
         stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         cwd=Path(__file__).resolve().parent.parent,
+        preexec_fn=default_sigint,  # the tests stop it with SIGINT
     )
     if stdin is not None:
         assert proc.stdin is not None
