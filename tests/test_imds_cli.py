@@ -240,3 +240,21 @@ def test_port_out_of_range_is_a_usage_error(capsys: pytest.CaptureFixture[str],
     assert main(["imds", "serve", "--port", port]) == 2
     err = capsys.readouterr().err
     assert "not a TCP port" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("round_", range(3))
+def test_ctrl_c_right_after_the_url_is_a_clean_stop(round_: int) -> None:
+    """SIGINT as soon as the URL line is out (before any request): the
+    handler is in place before the line is printed, so this is a clean stop
+    (0 and "IMDS stopped"), never a KeyboardInterrupt outside the wait (130)."""
+    proc = _serve("--optional-token")
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().startswith("IMDS for ")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+        assert proc.stderr is not None and "IMDS stopped" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

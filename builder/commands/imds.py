@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import signal
 import sys
 import threading
@@ -115,7 +114,13 @@ def serve_command(args: argparse.Namespace, out: Output) -> int:
 
     from builder.imds.server import ImdsServer
 
+    # SIGINT sets the same event from before the URL is printed (a Ctrl-C
+    # right after it is a clean stop too, not a KeyboardInterrupt outside the
+    # wait); left alone where the caller ignores it (a background job)
     previous = signal.signal(signal.SIGTERM, on_term)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, on_term)
     try:
         try:
             server = ImdsServer(config, host=args.host, port=args.port).start()
@@ -128,11 +133,12 @@ def serve_command(args: argparse.Namespace, out: Output) -> int:
                  "require_token": config.require_token, "tags": config.tags},
                 text=f"IMDS for {config.instance_id} at {server.url} (Ctrl-C stops it)",
             )
-            with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: a normal stop
-                stop.wait()
+            stop.wait()
         finally:
             server.stop()
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if previous_int is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, previous_int)
     out.say("IMDS stopped")
     return 0
