@@ -49,10 +49,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.boot_timeline import (  # noqa: E402
     SerialClock,
+    after_first_200,
     first_200,
-    guest_timeline,
     journal_summary,
-    journal_times,
 )
 from builder.errors import UserError  # noqa: E402
 from builder.manifest import load_manifest  # noqa: E402
@@ -68,7 +67,7 @@ from builder.vm.metadata import (  # noqa: E402
     secret_values,
 )
 from builder.vm.qemu import Vm, VmSpec  # noqa: E402
-from builder.vm.ssh import Ssh, SshFailed, generate_key  # noqa: E402
+from builder.vm.ssh import Ssh, generate_key  # noqa: E402
 from builder.wait import WaitTimeout  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results" / "boot.json"
@@ -125,13 +124,8 @@ def boot_to_200(disk: Path, manifest: Manifest, role: str, *, baked: bool, workd
         except WaitTimeout as exc:
             raise vm.failure(f"{'baked' if baked else 'fried'} boot of {role}: {exc}") from exc
         requests = len(imds.requests)
-        try:
-            journal: dict[str, object] = journal_times(
-                Ssh(key, vm.ports.ssh, manifest.image.login_user), vm)
-        except (SshFailed, ValueError) as exc:
-            journal = {"error": str(exc)[:300]}
-        serial.poll()
-        guest = guest_timeline(vm.paths.serial_log.read_text(errors="replace"))
+        journal, guest = after_first_200(
+            vm, Ssh(key, vm.ports.ssh, manifest.image.login_user), serial)
     shutil.rmtree(vmdir, ignore_errors=True)
     return {"seconds": round(seconds, 1), "instance_id": ident.instance_id,
             "imds_requests": requests, "user_data_bytes": len(ident.user_data),

@@ -26,7 +26,7 @@ from typing import Any
 
 from builder.vm.checks import http_get
 from builder.vm.qemu import Vm
-from builder.vm.ssh import Ssh
+from builder.vm.ssh import Ssh, SshFailed
 from builder.wait import NotYet, Waiter, wait_for
 
 ANSI = re.compile(r"\x1b\[[0-9;=?]*[A-Za-z]")
@@ -220,3 +220,13 @@ def first_200(vm: Vm, server_name: str, path: str, marker: bytes, timeout: float
     return seconds, serial
 
 
+def after_first_200(vm: Vm, ssh: Ssh, serial: SerialClock,
+                    ) -> tuple[dict[str, Any], list[tuple[float, str]]]:
+    """Once the first 200 is in: the journal's unit times over SSH (or the
+    error, kept in their place) and the guest's serial timeline."""
+    try:
+        journal: dict[str, Any] = journal_times(ssh, vm)
+    except (SshFailed, ValueError) as exc:
+        journal = {"error": str(exc)[:300]}
+    serial.poll()
+    return journal, guest_timeline(vm.paths.serial_log.read_text(errors="replace"))

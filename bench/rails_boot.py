@@ -39,10 +39,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.boot_timeline import (  # noqa: E402
     MILESTONES,
+    after_first_200,
     first_200,
-    guest_timeline,
     journal_summary,
-    journal_times,
 )
 from builder.bake.pipeline import bake, with_roles  # noqa: E402
 from builder.manifest import load_manifest  # noqa: E402
@@ -51,7 +50,7 @@ from builder.vm.accel import detect_accel  # noqa: E402
 from builder.vm.boottest import render_identity  # noqa: E402
 from builder.vm.imds import imds_server  # noqa: E402
 from builder.vm.qemu import Vm, VmSpec  # noqa: E402
-from builder.vm.ssh import Ssh, SshFailed, generate_key  # noqa: E402
+from builder.vm.ssh import Ssh, generate_key  # noqa: E402
 from tests.bake_fixture import bake_options  # noqa: E402
 from tests.test_rails_render import rails_manifest  # noqa: E402
 
@@ -82,13 +81,8 @@ def boot_to_200(disk: Path, manifest: Manifest, work: Path, marker: bytes) -> di
                       boot="uefi", instance_type=identity.instance_type, timeout=1500)
         with Vm(spec, work / "vm", accel=detect_accel()) as vm:
             seconds, serial = first_200(vm, manifest.app.server_name, "/", marker, 1400)
-            try:
-                journal: dict[str, Any] = journal_times(
-                    Ssh(key, vm.ports.ssh, manifest.image.login_user), vm)
-            except (SshFailed, ValueError) as exc:
-                journal = {"error": str(exc)[:300]}
-            serial.poll()
-            guest = guest_timeline(vm.paths.serial_log.read_text(errors="replace"))
+            journal, guest = after_first_200(
+                vm, Ssh(key, vm.ports.ssh, manifest.image.login_user), serial)
     return {"seconds": round(seconds, 1), "milestones": serial.milestones(),
             "journal": journal, "serial": serial.lines, "guest": guest}
 
