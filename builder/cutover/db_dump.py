@@ -24,10 +24,6 @@ from builder.manifest.ssh_options import ssh_options_problem
 
 _DUMP_FLAGS = ["--no-publications", "--no-subscriptions"]
 _RESTORE_FLAGS = ["--clean", "--if-exists", "--exit-on-error"]
-#: pg_restore's sessions on the new server: each index is built in memory
-#: (PostgreSQL's default 64MB sorts a large table's keys on disk), as the
-#: PostgreSQL docs advise for a restore. Two jobs: two such sorts at most.
-RESTORE_OPTIONS = "-c maintenance_work_mem=256MB"
 
 
 def dump_restore(cfg: CutoverConfig, *, workdir: Path | None = None,
@@ -42,8 +38,7 @@ def dump_restore(cfg: CutoverConfig, *, workdir: Path | None = None,
     if cut.dump_format == "stream":
         pg.pipeline(
             ["pg_dump", "-Fc", "-Z", "0", *dump_flags, "-d", cfg.old.conninfo(with_password=False)],
-            ["env", f"PGOPTIONS={RESTORE_OPTIONS}",
-             "pg_restore", *_RESTORE_FLAGS, "-d", cfg.new.conninfo(with_password=False)],
+            ["pg_restore", *_RESTORE_FLAGS, "-d", cfg.new.conninfo(with_password=False)],
             cfg.old, cfg.new, timeout=24 * 3600,
         )
         return "streamed pg_dump -Fc -Z 0 | pg_restore"
@@ -57,7 +52,7 @@ def dump_restore(cfg: CutoverConfig, *, workdir: Path | None = None,
         pg.tool(["pg_dump", "-Fd", "-Z", "0", "-j", jobs, *dump_flags, "-f", str(out)],
                 cfg.old, timeout=24 * 3600)
         pg.tool(["pg_restore", "-j", jobs, *_RESTORE_FLAGS, "-d", cfg.new.dbname, str(out)],
-                cfg.new, timeout=24 * 3600, options=RESTORE_OPTIONS)
+                cfg.new, timeout=24 * 3600)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return f"pg_dump -Fd -Z 0 -j {jobs} + pg_restore -j {jobs}"

@@ -227,15 +227,12 @@ def reachable(conn: Conn) -> bool:
         return False
 
 
-def tool(cmd: Sequence[str], conn: Conn, *, timeout: float | None = None,
-         options: str | None = None) -> str:
-    """Run pg_dump / pg_restore / pg_dumpall against `conn`; return stdout.
-    `options`: PGOPTIONS for the tool's sessions (server settings)."""
-    extra = {"PGOPTIONS": options} if options else {}
+def tool(cmd: Sequence[str], conn: Conn, *, timeout: float | None = None) -> str:
+    """Run pg_dump / pg_restore / pg_dumpall against `conn`; return stdout."""
     try:
         with passfile(conn) as pf:
-            return run(list(cmd), env={**conn.env(), "PGPASSFILE": str(pf), **extra},
-                       capture=True, timeout=timeout).stdout
+            return run(list(cmd), env={**conn.env(), "PGPASSFILE": str(pf)}, capture=True,
+                       timeout=timeout).stdout
     except CommandError as err:
         raise UserError(
             f"{cmd[0]} ({conn}): {last_error(err.stderr) or err.message}",
