@@ -17,10 +17,10 @@ class Extent:
         return self.offset + self.length
 
 
-def data_extents(fd: int, size: int) -> list[Extent]:
-    """The file's data regions (everything else is a hole)."""
+def data_extents(fd: int, size: int, start: int = 0) -> list[Extent]:
+    """The file's data regions in [start, size) (everything else is a hole)."""
     extents: list[Extent] = []
-    pos = 0
+    pos = start
     while pos < size:
         try:
             start = os.lseek(fd, pos, os.SEEK_DATA)

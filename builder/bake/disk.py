@@ -27,6 +27,7 @@ from typing import Any
 
 from builder.errors import UserError
 from builder.proc import run
+from builder.sparse import data_extents
 
 SECTOR = 512
 MIB = 1 << 20
@@ -169,17 +170,8 @@ def make_esp(image: Path, size: int, efi_binary: Path, volume_id: str) -> None:
 
 def _data_ranges(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
     """(offset, end) of the data in [start, end) of a sparse file; holes left out."""
-    pos = start
-    while pos < end:
-        try:
-            data = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError:  # ENXIO: only a hole remains
-            return
-        if data >= end:
-            return
-        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
-        yield data, hole
-        pos = hole
+    for extent in data_extents(fd, end, start):
+        yield extent.offset, extent.end
 
 
 def _copy_range(src: int, dst: int, start: int, end: int, dst_offset: int) -> None:
