@@ -67,6 +67,22 @@ def test_authoritative_waiter_gives_up_with_the_servers_that_disagree(knot: Knot
         p.wait_authoritative(NEW_ADDR, attempts=2, interval=0.01)
 
 
+def test_authoritative_waiter_pauses_briefly_between_agreeing_rounds(knot: Knot) -> None:
+    """Two rounds must agree: after a round that disagreed the waiter pauses
+    `interval`, after one that agreed only `confirm` before asking again."""
+    p = Rfc2136Dns(_spec(knot), knot.key)
+    pauses: list[float] = []
+    with pytest.raises(UserError):
+        p.wait_authoritative(NEW_ADDR, attempts=3, interval=0.04, confirm=0.002,
+                             sleep=pauses.append)
+    assert pauses == [0.04, 0.04]  # still the old address: the full pause
+    p.set(NEW_ADDR, 60)
+    pauses.clear()
+    answers = p.wait_authoritative(NEW_ADDR, interval=0.04, confirm=0.002, sleep=pauses.append)
+    assert pauses == [0.002] and len(answers) == 2
+    assert all(a.addresses == (NEW_ADDR,) for a in answers)
+
+
 def test_explicit_nameservers_override_ns_lookup(knot: Knot) -> None:
     p = Rfc2136Dns(_spec(knot, nameservers=(f"127.0.0.2:{knot.port}",)), knot.key)
     assert [a.server for a in p.check()] == [f"127.0.0.2:{knot.port}"]

@@ -3,6 +3,7 @@ the cutover, nothing acknowledged lost, writes refused after the freeze."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import psycopg
@@ -261,3 +262,89 @@ def test_freeze_lsn_is_flushed_and_reached_by_the_catch_up(
     assert f"last applied commit {applied}" in detail and local_flush is True
     set_login(cfg.old, cfg.app_user, True)
     db_replicate.detach(cfg)
+
+
+def test_gate_refuses_a_row_lost_on_the_new_server_after_the_catch_up(
+    pg_pair: tuple[Cluster, Cluster], knot: Knot, sites: tuple[Site, Site], secret_env: None,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The row-count gate counts the new server as it is once caught up: a row
+    gone there after the catch-up (the subscription had delivered it) fails
+    the gate, and DNS stays on the old site."""
+    from builder.errors import UserError
+
+    old, new = pg_pair
+    cfg = derive(cutover_manifest(old, new, knot, sites))
+    caught_up = db_replicate.wait_caught_up
+
+    def then_lose_a_row(*args: object, **kw: object) -> str:
+        detail = caught_up(*args, **kw)  # type: ignore[arg-type]
+        if old.sql("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'app'") == [(False,)]:
+            # the window's catch-up (db_vacuum waits for the subscriber too)
+            assert new.sql("SELECT count(*) FROM payslips") == [(3000,)]
+            new.sql("DELETE FROM payslips WHERE employee_id = 1 AND month = '2026-01-01'")
+        return detail
+
+    monkeypatch.setattr(db_replicate, "wait_caught_up", then_lose_a_row)
+    with pytest.raises(UserError, match=r"gate failed: row counts: 1 differ: "
+                                        r"public\.payslips: old 3000 new 2999"):
+        run_cutover(cfg, provider_for(cfg), tmp_path / "state.json", say=print, start_now=True)
+    doc = status_doc(cfg, tmp_path / "state.json")
+    assert {s["name"]: s["status"] for s in doc["steps"]}["verify_db"] == "failed"
+    assert knot.query(f"{SERVER_NAME}.")[0] == ("127.0.0.1",)  # DNS not moved
+
+
+def test_row_counts_start_after_the_freeze_and_the_catch_up(
+    pg_pair: tuple[Cluster, Cluster], knot: Knot, sites: tuple[Site, Site], secret_env: None,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The window's row counts run in the background: the old server's once the
+    app can no longer write there (role NOLOGIN, no session of it left), the
+    new server's once every write acknowledged on the old one has arrived."""
+    from builder.cutover import steps
+
+    old, new = pg_pair
+    cfg = derive(cutover_manifest(old, new, knot, sites))
+    count, real_freeze = steps._count, steps.freeze
+    seen: dict[str, object] = {}
+    frozen: list[bool] = []
+    writer = Writer(old)
+
+    def slow_freeze(*args: object, **kw: object) -> object:
+        time.sleep(0.2)  # a count started ahead of the freeze would run meanwhile
+        done = real_freeze(*args, **kw)  # type: ignore[arg-type]
+        frozen.append(True)
+        return done
+
+    def watched(conn: object) -> steps.Counted:
+        if conn == cfg.old:
+            seen["old"] = (
+                bool(frozen),
+                old.sql("SELECT rolcanlogin FROM pg_roles WHERE rolname = 'app'")[0][0],
+                old.sql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'app'")[0][0])
+        else:
+            on_new = {r[0] for r in new.sql("SELECT n FROM writes")}
+            seen["new_missing"] = set(writer.acked) - on_new
+            seen["writes_on_old"] = len(writer.acked)
+        return count(conn)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(steps, "_count", watched)
+    monkeypatch.setattr(steps, "freeze", slow_freeze)
+
+    def after(step: str) -> None:
+        if step == "dns_switch":
+            writer.target = new
+
+    writer.start()
+    try:
+        while len(writer.acked) < 20:
+            writer.stop_event.wait(0.01)
+        state = run_cutover(cfg, provider_for(cfg), tmp_path / "state.json", say=print,
+                            start_now=True, after_step=after)
+    finally:
+        writer.stop()
+    assert state.complete
+    assert seen["old"] == (True, False, 0)  # frozen: NOLOGIN and no app session left
+    assert seen["new_missing"] == set() and seen["writes_on_old"] >= 20
+    verified = next(r.detail for r in state.steps if r.name == "verify_db")
+    assert "counted in the background" in verified and "row counts: 3 equal" in verified

@@ -199,23 +199,30 @@ class DnsProvider(ABC):
 
     def wait_authoritative(
         self, expected: str, *, successes: int = 2, attempts: int = 600, interval: float = 0.05,
-        sleep: Callable[[float], None] = time.sleep,
+        confirm: float = 0.01, sleep: Callable[[float], None] = time.sleep,
     ) -> list[ServerAnswer]:
         """Every authoritative server answers `expected`, `successes` times in a
-        row, within `attempts` rounds (builder.wait, the one waiter)."""
+        row, within `attempts` rounds (builder.wait, the one waiter): `interval`
+        after a round that disagreed (the update still propagating), `confirm`
+        after one that agreed (the next round only has to say the same again;
+        the DNS switch waits for it inside the window)."""
         answers: list[ServerAnswer] = []
+        agreed = [False]
 
         def agree() -> list[ServerAnswer]:
             nonlocal answers
+            agreed[0] = False
             answers = self.check()
             if not answers or not all(a.ok(expected) for a in answers):
                 raise NotYet(f"not every server answers {expected}")
+            agreed[0] = True
             return answers
 
         try:
             return wait_for(agree, Waiter(
                 f"every authoritative server to answer {expected} for {self.spec.record}",
-                attempts=attempts, interval=interval, successes=successes), sleep=sleep)
+                attempts=attempts, interval=interval, successes=successes),
+                sleep=lambda seconds: sleep(confirm if agreed[0] else seconds))
         except WaitTimeout:
             bad = ", ".join(f"{a.server} → {','.join(a.addresses) or 'nothing'}"
                             for a in answers if not a.ok(expected))
