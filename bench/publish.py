@@ -39,6 +39,7 @@ import boto3  # noqa: E402
 from moto.server import ThreadedMotoServer  # noqa: E402
 
 from builder.aws.clients import Clients  # noqa: E402
+from builder.disk_digest import file_digest  # noqa: E402
 from builder.publish.snapshot_upload import (  # noqa: E402
     BLOCK_SIZE,
     GIB,
@@ -64,14 +65,6 @@ def generate_image(workdir: Path) -> tuple[Path, str]:
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree / "site-packages"), str(disk)],
                    check=True)
     return disk, f"generated: 2 GiB ext4 from {tree / 'site-packages'}"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(8 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ByteCounter:
@@ -152,7 +145,7 @@ def main() -> int:
         apparent = disk.stat().st_size
         used = os.stat(disk).st_blocks * 512
         digests = scan_blocks(disk)
-        digest = sha256_file(disk)
+        digest = file_digest(disk)
         host, port = server.get_host_and_port()
         session = boto3.Session(region_name="us-east-1")
         clients = Clients(session, endpoint_url=f"http://{host}:{port}",
@@ -165,7 +158,7 @@ def main() -> int:
         for _ in range(args.runs):
             journal_path(disk).unlink(missing_ok=True)
             counter.bytes = counter.calls = 0
-            result = upload_disk(ebs, clients.ec2(), disk, disk_sha256=digest,
+            result = upload_disk(ebs, clients.ec2(), disk, disk_digest=digest,
                                  requested_gib=-(-apparent // GIB),
                                  options=UploadOptions(concurrency=args.concurrency),
                                  retries=clients.retries)

@@ -38,9 +38,17 @@ def default_store_root() -> Path:
 @dataclass(frozen=True)
 class DiskInfo:
     file: str
-    sha256: str
+    #: `algorithm:hex` of the disk's bytes (builder.disk_digest): sha256-blocks-512k,
+    #: or sha256 for a record written before it (image.json's `sha256: <hex>`)
+    digest: str
     apparent_size: int
     used_size: int
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> DiskInfo:
+        digest = doc["digest"] if "digest" in doc else "sha256:" + str(doc["sha256"])
+        return cls(file=str(doc["file"]), digest=str(digest),
+                   apparent_size=int(doc["apparent_size"]), used_size=int(doc["used_size"]))
 
 
 @dataclass(frozen=True)
@@ -93,7 +101,7 @@ class StoredImage:
             volume_size_gib=int(doc["volume_size_gib"]),
             inputs=dict(doc["inputs"]),
             inputs_digest=doc["inputs_digest"],
-            disk=DiskInfo(**doc["disk"]),
+            disk=DiskInfo.from_json(doc["disk"]),
             packages=dict(doc["packages"]),
             build_time=doc["build_time"],
             builder_version=doc["builder_version"],

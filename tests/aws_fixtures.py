@@ -20,6 +20,7 @@ from moto.core.botocore_stubber import MockRawResponse
 from moto.core.models import botocore_stubber
 
 from builder.aws.clients import Clients
+from builder.disk_digest import file_digest
 from builder.output import Output
 from builder.publish.snapshot_upload import BLOCK_SIZE
 
@@ -61,20 +62,23 @@ def sha256_file(path: Path) -> str:
 
 
 def make_stored_image(store: Path, name: str = "smallpayroll", version: str = "1.0.0",
-                      *, seed: int = 7, blocks: int = DISK_BLOCKS) -> Path:
-    """images/<name>/<version>/ with disk.raw and image.json (CONTRACTS.md)."""
+                      *, seed: int = 7, blocks: int = DISK_BLOCKS, legacy: bool = False) -> Path:
+    """images/<name>/<version>/ with disk.raw and image.json (CONTRACTS.md);
+    `legacy`: the disk's digest as image.json had it before the block digest
+    (`sha256: <hex>`)."""
     image_dir = store / name / version
     image_dir.mkdir(parents=True)
     disk = image_dir / "disk.raw"
     write_sparse_disk(disk, blocks=blocks, seed=seed)
     digest = sha256_file(disk)
+    recorded = {"sha256": digest} if legacy else {"digest": file_digest(disk)}
     doc = {
         "id": "img-" + digest[:12], "name": name, "version": version,
         "roles": ["web", "app", "db", "all-in-one"], "architecture": "x86_64",
         "boot_mode": "uefi-preferred", "volume_size_gib": 4,
         "inputs": {"manifest": "sha256:" + "1" * 64},
         "inputs_digest": "sha256:" + hashlib.sha256(name.encode() + version.encode()).hexdigest(),
-        "disk": {"file": "disk.raw", "sha256": digest, "apparent_size": disk.stat().st_size,
+        "disk": {"file": "disk.raw", **recorded, "apparent_size": disk.stat().st_size,
                  "used_size": os.stat(disk).st_blocks * 512},
         "packages": {"nginx-light": "1.22.1-9"}, "build_time": "2026-11-25T12:00:00Z",
         "builder_version": "0.1.0", "boot_test": {"ok": True},

@@ -61,7 +61,7 @@ def test_publish_policy_equals_the_calls_made(aws: Aws, store: Path, manifest: M
     with pytest.raises(RuntimeError):
         meta = json.loads((image_dir / "image.json").read_text())
         upload_disk(ebs, aws.clients.ec2(), image_dir / "disk.raw",
-                    disk_sha256=meta["disk"]["sha256"],
+                    disk_digest=meta["disk"]["digest"],
                     requested_gib=4, options=UploadOptions(concurrency=1), sleep=lambda _s: None)
     ebs.meta.events.unregister("before-call.ebs.PutSnapshotBlock", crash)
     publish_versions(aws, store, manifest, ["1.0.0", "1.1.0", "1.2.0"])

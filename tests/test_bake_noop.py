@@ -45,7 +45,8 @@ def store_as_baked(store_root: Path, manifest: Manifest) -> StoredImage:
             roles=recipe.roles, architecture=manifest.image.architecture,
             boot_mode=manifest.image.boot_mode, volume_size_gib=manifest.image.volume_size_gib,
             inputs=recipe.inputs, inputs_digest=recipe.inputs_digest,
-            disk=DiskInfo(file=DISK_FILE, sha256="0" * 64, apparent_size=0, used_size=0),
+            disk=DiskInfo(file=DISK_FILE, digest="sha256-blocks-512k:" + "0" * 64,
+                          apparent_size=0, used_size=0),
             packages={}, build_time="2026-01-01T00:00:00Z", builder_version="test",
             boot_test={"skipped": True}, app=recipe.app.as_json())
         return store.commit(staged, image, replace=False)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import subprocess
@@ -14,6 +13,7 @@ import pytest
 from moto import mock_aws
 
 from builder.cli import main
+from builder.disk_digest import file_digest
 from tests.aws_fixtures import AWS_ENV, make_stored_image
 from tests.bundle_pki import Pki, make_pki, resign
 
@@ -67,8 +67,8 @@ def test_bundle_stored_image(tmp_path: Path, pki: Pki,
     assert doc["prefix"] == "smallpayroll-1.2.0"
     out = tmp_path / "back.raw"
     run_json(["unbundle", "-m", doc["manifest"], "-k", str(pki.key), "-o", str(out)], capsys)
-    assert (hashlib.sha256(out.read_bytes()).hexdigest()
-            == json.loads((image_dir / "image.json").read_text())["disk"]["sha256"])
+    assert (file_digest(out)
+            == json.loads((image_dir / "image.json").read_text())["disk"]["digest"])
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, pki: Pki,

@@ -69,6 +69,7 @@ def _root_fs(root: Path, key: str, used: float, meta: str | None = None) -> Path
         meta = json.dumps({"key": key, "base_key": "b" * 64, "size": 4096})
     (rootfs / f"{key}.json").write_text(meta)
     os.utime(rootfs / f"{key}.json", (used, used))
+    (rootfs / f"{key}.blocks").write_bytes(b"{}\n")  # its block digests
     return image
 
 
@@ -81,6 +82,8 @@ def test_root_filesystems_are_listed_and_pruned(
     stale = tmp_path / "rootfs" / ".tmp-abc-dead"
     stale.mkdir()
     os.utime(stale, (now - 7200, now - 7200))
+    stray = tmp_path / "rootfs" / "gone.blocks"  # its image was removed by hand
+    stray.write_bytes(b"{}\n")
     assert main(["cache", "--cache-dir", str(tmp_path), "list", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert [r["key"] for r in doc["root_fs"]] == ["new", "old", "broken"]
@@ -89,5 +92,7 @@ def test_root_filesystems_are_listed_and_pruned(
     assert "rootfs new" in capsys.readouterr().out
     assert main(["cache", "--cache-dir", str(tmp_path), "prune", "--keep", "1"]) == 0
     assert new.exists() and new.with_suffix(".json").exists()
+    assert new.with_suffix(".blocks").exists()
     assert not old.exists() and not old.with_suffix(".json").exists()
+    assert not old.with_suffix(".blocks").exists() and not stray.exists()
     assert not broken.exists() and not stale.exists()

@@ -9,12 +9,13 @@ from typing import Any
 
 import pytest
 
+from builder.disk_digest import file_digest
 from builder.errors import UserError
 from builder.manifest import Manifest
 from builder.output import Output
 from builder.publish.context import PublishContext, Resource, ami_name
 from builder.publish.run import ebs_steps, publish
-from builder.publish.snapshot_upload import UploadOptions
+from builder.publish.snapshot_upload import BLOCK_SIZE, UploadOptions
 from builder.publish.step_copy import CopyToRegionsStep
 from builder.publish.step_register import RegisterImageStep
 from builder.publish.step_snapshot import UploadSnapshotStep
@@ -89,7 +90,7 @@ def test_publish_registers_tags_copies_and_sets_ssm(aws: Aws, store: Path,
     assert tags["Name"] == "smallpayroll-1.0.0" and tags["Version"] == "1.0.0"
     assert tags["Role"] == "web,app,db,all-in-one"
     assert tags["amibake:build-id"] == ctx.build_id
-    assert tags["amibake:disk-sha256"] == ctx.image.disk.sha256
+    assert tags["amibake:disk-digest"] == ctx.image.disk.digest
     assert tags["amibake:inputs-digest"].startswith("sha256:")
     assert tags["amibake:builder-version"] == "0.1.0"
 
@@ -148,6 +149,48 @@ def test_republish_different_digest_is_refused(aws: Aws, store: Path, manifest: 
         publish(make_ctx(aws, other, manifest), fast_steps())
     assert "bump" in err.value.hint
     assert not aws.recorder.of("StartSnapshot")
+
+
+def test_an_ami_of_an_older_amibake_is_compared_by_the_plain_sha256(
+        aws: Aws, store: Path, manifest: Manifest, tmp_path: Path) -> None:
+    """AMIs published before the block digest carry `amibake:disk-sha256` (plain
+    hex): the stored disk is hashed that way to compare."""
+    first = publish(make_ctx(aws, store, manifest), fast_steps())
+    disk = StoredImage.load(store / "smallpayroll" / "1.0.0").disk_path
+    for region, ami in first["images"].items():
+        ec2 = aws.clients.ec2(region)
+        ec2.delete_tags(Resources=[ami], Tags=[{"Key": "amibake:disk-digest"}])
+        ec2.create_tags(Resources=[ami], Tags=[{"Key": "amibake:disk-sha256", "Value":
+                                                file_digest(disk, "sha256").split(":")[1]}])
+    assert publish(make_ctx(aws, store, manifest), fast_steps())["existing"] is True
+    other = tmp_path / "other"
+    make_stored_image(other, seed=99)
+    with pytest.raises(UserError, match="different disk"):
+        publish(make_ctx(aws, other, manifest), fast_steps())
+
+
+def test_a_disk_changed_after_its_bake_is_not_uploaded(aws: Aws, store: Path,
+                                                       manifest: Manifest) -> None:
+    image = StoredImage.load(store / "smallpayroll" / "1.0.0")
+    with image.disk_path.open("r+b") as f:
+        f.seek(DATA_BLOCKS[0] * BLOCK_SIZE + 99)
+        f.write(b"!")
+    with pytest.raises(UserError, match="not the disk its image.json names"):
+        publish(make_ctx(aws, store, manifest), fast_steps())
+    assert not aws.recorder.of("PutSnapshotBlock")
+    nothing_left(aws)
+
+
+def test_a_record_of_an_older_amibake_publishes_with_its_plain_sha256(
+        aws: Aws, tmp_path: Path, manifest: Manifest) -> None:
+    old = tmp_path / "old"
+    make_stored_image(old, legacy=True)
+    ctx = make_ctx(aws, old, manifest)
+    assert ctx.image.disk.digest.startswith("sha256:")
+    doc = publish(ctx, fast_steps())
+    tags = {t["Key"]: t["Value"] for t in aws.clients.ec2().describe_images(
+        ImageIds=[doc["images"]["us-east-1"]])["Images"][0]["Tags"]}
+    assert tags["amibake:disk-digest"] == file_digest(ctx.image.disk_path, "sha256")
 
 
 def test_unknown_region_refused_before_anything_is_created(aws: Aws, store: Path,

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from builder.disk_digest import file_digest
 from builder.errors import UserError
 from builder.publish.snapshot_upload import (
     BLOCK_SIZE,
@@ -27,7 +28,6 @@ from tests.aws_fixtures import (
     Aws,
     block_index,
     http_error,
-    sha256_file,
     write_sparse_disk,
 )
 
@@ -86,9 +86,9 @@ def _snapshot_bytes(aws: Aws, snapshot_id: str, blocks: int) -> bytes:
 
 
 def test_upload_sends_only_nonzero_blocks_with_checksums(aws: Aws, disk: Path) -> None:
-    digest = sha256_file(disk)
+    digest = file_digest(disk)
     result = upload_disk(
-        aws.clients.ebs(), aws.clients.ec2(), disk, disk_sha256=digest, requested_gib=1,
+        aws.clients.ebs(), aws.clients.ec2(), disk, disk_digest=digest, requested_gib=1,
         options=UploadOptions(concurrency=4, timeout_minutes=90, kms_key_arn="arn:aws:kms:k",
                               tags={"amibake:build-id": "b-test"}), **NO_SLEEP,
     )
@@ -112,7 +112,7 @@ def test_upload_sends_only_nonzero_blocks_with_checksums(aws: Aws, disk: Path) -
     assert complete.params["Checksum"] == aggregate_checksum(scan_blocks(disk))
     # the data round-trips: the snapshot is the disk
     rebuilt = _snapshot_bytes(aws, result.snapshot_id, 128)
-    assert hashlib.sha256(rebuilt).hexdigest() == digest
+    assert rebuilt == disk.read_bytes()
     state = aws.clients.ec2().describe_snapshots(SnapshotIds=[result.snapshot_id])["Snapshots"]
     assert state[0]["State"] == "completed"
     journal = UploadJournal.load(journal_path(disk))
@@ -138,7 +138,7 @@ def test_throttled_blocks_are_retried_by_the_one_policy(aws: Aws, disk: Path) ->
 
     aws.sends.fail = throttle
     ebs = aws.clients.ebs()
-    result = upload_disk(ebs, aws.clients.ec2(), disk, disk_sha256=sha256_file(disk),
+    result = upload_disk(ebs, aws.clients.ec2(), disk, disk_digest=file_digest(disk),
                          requested_gib=1, options=UploadOptions(concurrency=3),
                          retries=aws.clients.retries, **NO_SLEEP)
     assert result.retries == 2 * len(throttled)
@@ -158,7 +158,7 @@ def test_throttling_past_the_attempts_is_resumable(aws: Aws, disk: Path) -> None
                                       if op == "PutSnapshotBlock" and block_index(req) == stuck
                                       else None)
     with pytest.raises(Resumable, match="ThrottlingException") as err:
-        upload_disk(aws.clients.ebs(), aws.clients.ec2(), disk, disk_sha256=sha256_file(disk),
+        upload_disk(aws.clients.ebs(), aws.clients.ec2(), disk, disk_digest=file_digest(disk),
                     requested_gib=1, options=UploadOptions(concurrency=1), **NO_SLEEP)
     assert "resume" in err.value.hint
     sent = [r for r in aws.sends.of("PutSnapshotBlock") if block_index(r) == stuck]
@@ -171,7 +171,7 @@ def test_non_retryable_error_stops_with_a_user_error(aws: Aws, disk: Path) -> No
     aws.sends.fail = lambda op, _r: (http_error("ebs", "AccessDeniedException", 403)
                                      if op == "PutSnapshotBlock" else None)
     with pytest.raises(UserError, match="AccessDeniedException") as err:
-        upload_disk(aws.clients.ebs(), aws.clients.ec2(), disk, disk_sha256=sha256_file(disk),
+        upload_disk(aws.clients.ebs(), aws.clients.ec2(), disk, disk_digest=file_digest(disk),
                     requested_gib=1, **NO_SLEEP)
     assert not isinstance(err.value, Resumable)
     assert len(aws.sends.of("PutSnapshotBlock")) <= 8  # no retries: at most one per block
@@ -183,7 +183,7 @@ class Crash(Exception):
 
 
 def test_crash_mid_upload_then_resume(aws: Aws, disk: Path) -> None:
-    digest = sha256_file(disk)
+    digest = file_digest(disk)
     ebs = aws.clients.ebs()
 
     def crash_on_fourth(params: Any, context: dict[str, Any], **_: Any) -> Any:
@@ -194,7 +194,7 @@ def test_crash_mid_upload_then_resume(aws: Aws, disk: Path) -> None:
 
     ebs.meta.events.register("before-call.ebs.PutSnapshotBlock", crash_on_fourth)
     with pytest.raises(Crash):
-        upload_disk(ebs, aws.clients.ec2(), disk, disk_sha256=digest, requested_gib=1,
+        upload_disk(ebs, aws.clients.ec2(), disk, disk_digest=digest, requested_gib=1,
                     options=UploadOptions(concurrency=1), **NO_SLEEP)
     journal = UploadJournal.load(journal_path(disk))
     assert journal is not None
@@ -213,7 +213,7 @@ def test_crash_mid_upload_then_resume(aws: Aws, disk: Path) -> None:
 
     ebs.meta.events.unregister("before-call.ebs.PutSnapshotBlock", crash_on_fourth)
     aws.recorder.clear()
-    result = upload_disk(ebs, aws.clients.ec2(), disk, disk_sha256=digest, requested_gib=1,
+    result = upload_disk(ebs, aws.clients.ec2(), disk, disk_digest=digest, requested_gib=1,
                          options=UploadOptions(concurrency=2), **NO_SLEEP)
     assert result.snapshot_id == snapshot_id
     assert not aws.recorder.of("StartSnapshot")
@@ -223,7 +223,7 @@ def test_crash_mid_upload_then_resume(aws: Aws, disk: Path) -> None:
     (complete,) = aws.recorder.of("CompleteSnapshot")
     assert complete.params["ChangedBlocksCount"] == len(NONZERO)
     assert complete.params["Checksum"] == aggregate_checksum(scan_blocks(disk))
-    assert hashlib.sha256(_snapshot_bytes(aws, snapshot_id, 128)).hexdigest() == digest
+    assert _snapshot_bytes(aws, snapshot_id, 128) == disk.read_bytes()
 
 
 def test_journal_appends_one_line_per_block_and_syncs_in_batches(tmp_path: Path,
@@ -253,6 +253,6 @@ def test_journal_of_another_disk_starts_over(aws: Aws, disk: Path) -> None:
     UploadJournal.create(journal_path(disk), "snap-0123456789abcdef0", "0" * 64, 1, BLOCK_SIZE,
                          [0, 1, 2]).close()
     result = upload_disk(aws.clients.ebs(), aws.clients.ec2(), disk,
-                         disk_sha256=sha256_file(disk), requested_gib=1, **NO_SLEEP)
+                         disk_digest=file_digest(disk), requested_gib=1, **NO_SLEEP)
     assert result.snapshot_id != "snap-0123456789abcdef0"
     assert result.blocks_sent == len(NONZERO)

@@ -27,6 +27,7 @@ import pytest
 from builder.bake import disk, fs_patch, root_image
 from builder.bake.cache import LayerCache
 from builder.bake.tree_diff import diff_trees
+from builder.disk_digest import BLOCK, block_digests, data_blocks, fd_digest, file_digest
 from builder.errors import UserError
 
 FS_UUID = "0f0e0d0c-0b0a-4908-8706-050403020100"
@@ -268,7 +269,7 @@ def test_equal_changes_give_an_equal_filesystem(
         _change(tree)
         work = _patched(cached, tree, tmp_path / f"scratch{n}")
         try:
-            digests.append(disk.sha256_file(Path(work.path)))
+            digests.append(file_digest(Path(work.path)))
         finally:
             work.close()
     assert digests[0] == digests[1]
@@ -281,7 +282,7 @@ def test_no_change_leaves_the_image_as_cached(
     assert not diff_trees(tree, base)
     work = _patched(cached, tree, tmp_path / "scratch")
     try:
-        assert disk.sha256_file(Path(work.path)) == disk.sha256_file(image)
+        assert file_digest(Path(work.path)) == file_digest(image)
     finally:
         work.close()
 
@@ -310,9 +311,120 @@ def test_growing_makes_room_for_a_large_app_layer(
         out = _debugfs(work.path, ["stat /srv/huge"])
         assert f"Size: {written}" in out
         assert os.fstat(work.fd).st_size == needed
+        digests, _ = _into_disk(image, work, tmp_path / "disk.raw", 0)
+        assert digests == block_digests(work.fd, work.size)  # past the cached image too
         assert subprocess.run(["e2fsck", "-fn", work.path], capture_output=True).returncode == 0
     finally:
         work.close()
+
+
+def _into_disk(image: Path, work: root_image.WorkingImage, disk_path: Path,
+               offset: int) -> tuple[list[bytes], int]:
+    """As a bake does: the cached image into a fresh disk file at `offset`, then
+    the working image over it; (the root's block digests, the disk's size)."""
+    size = offset + work.size + 4 * BLOCK
+    fd = os.open(disk_path, os.O_RDWR | os.O_CREAT | os.O_TRUNC)
+    try:
+        os.ftruncate(fd, size)
+        os.pwrite(fd, b"GPT!", 0)
+        cached = root_image.place_cached(image, fd, offset)
+        digests = work.write_into(fd, offset, image, cached)
+        known = {offset // BLOCK + i: d for i, d in enumerate(digests)}
+        assert fd_digest(fd, known) == file_digest(disk_path)  # what a bake records
+    finally:
+        os.close(fd)
+    return digests, size
+
+
+def test_the_disk_gets_the_patched_image_and_only_its_changed_blocks_are_hashed(
+        tmp_path: Path, cached: tuple[Path, Path, dict[str, object]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    base, image, _ = cached
+    tree = _checkout(base, tmp_path / "tree")
+    _change(tree)
+    work = _patched(cached, tree, tmp_path / "scratch")
+    hashed: list[bytes] = []
+
+    class Counting:
+        @staticmethod
+        def sha256(data: bytes) -> hashlib._Hash:
+            hashed.append(bytes(data))
+            return hashlib.sha256(data)
+
+    monkeypatch.setattr(root_image, "hashlib", Counting)
+    try:
+        offset = 8 * BLOCK
+        digests, size = _into_disk(image, work, tmp_path / "disk.raw", offset)
+        with (tmp_path / "disk.raw").open("rb") as f:
+            f.seek(offset)
+            assert f.read(work.size) == os.pread(work.fd, work.size, 0)
+        assert digests == block_digests(work.fd, work.size)
+        old = image.read_bytes()
+        new = os.pread(work.fd, work.size, 0)
+        changed = [i for i in range(work.size // BLOCK)
+                   if new[i * BLOCK:(i + 1) * BLOCK] != old[i * BLOCK:(i + 1) * BLOCK]
+                   and any(new[i * BLOCK:(i + 1) * BLOCK])]
+        assert changed and len(hashed) == len(changed)  # the changed blocks, once each
+        assert len(changed) < len(data_blocks(work.fd, work.size))
+    finally:
+        work.close()
+
+
+def test_a_block_of_zeros_is_a_hole_and_hashes_as_written_zeros(
+        tmp_path: Path, cached: tuple[Path, Path, dict[str, object]]) -> None:
+    """A removed file's freed blocks are punched out of the working image: in the
+    disk they become holes again, with the digest of the zeros they read as."""
+    base, image, _ = cached
+    tree = _checkout(base, tmp_path / "tree")
+    (tree / "usr/share/gcc/cc1").unlink()
+    (tree / "var/sparse").unlink()  # its data block goes; the block must read as zeros
+    work = _patched(cached, tree, tmp_path / "scratch")
+    try:
+        digests, _ = _into_disk(image, work, tmp_path / "disk.raw", 0)
+        assert digests == block_digests(work.fd, work.size)
+        zero = tmp_path / "zeros"
+        zero.write_bytes(bytes(work.size))  # written zeros, not holes
+        assert file_digest(zero) != file_digest(Path(work.path))
+        holes = tmp_path / "holes"
+        with holes.open("wb") as f:
+            f.truncate(work.size)
+        assert file_digest(zero) == file_digest(holes)
+    finally:
+        work.close()
+
+
+def test_stale_cached_block_digests_are_taken_again(
+        tmp_path: Path, cached: tuple[Path, Path, dict[str, object]]) -> None:
+    """<key>.blocks names the image file it was taken of: after the image changed
+    (here one byte of a block the patch leaves alone), its digests are taken
+    again, and the disk's digest is that of its bytes."""
+    base, image, _ = cached
+    first = root_image.cached_block_digests(image)
+    assert image.with_suffix(root_image.BLOCKS_SUFFIX).is_file()
+    assert root_image.cached_block_digests(image) == first  # kept, not taken again
+    data = [i for i, d in enumerate(first) if d != first[-1]]
+    with image.open("r+b") as f:
+        f.seek(data[-1] * BLOCK + 100)
+        old = f.read(1)
+        f.seek(data[-1] * BLOCK + 100)
+        f.write(bytes([old[0] ^ 0xFF]))
+    again = root_image.cached_block_digests(image)
+    assert again != first and again == _digests_of(image)
+    tree = _checkout(base, tmp_path / "tree")
+    work = _patched(cached, tree, tmp_path / "scratch")
+    try:
+        digests, _ = _into_disk(image, work, tmp_path / "disk.raw", 0)
+        assert digests == block_digests(work.fd, work.size)
+    finally:
+        work.close()
+
+
+def _digests_of(path: Path) -> list[bytes]:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return block_digests(fd, os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
 
 
 def test_a_debugfs_error_fails_the_patch(tmp_path: Path) -> None:

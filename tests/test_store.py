@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 from pathlib import Path
 
 import pytest
 
 from builder.cli import main
+from builder.disk_digest import file_digest, matches
 from builder.errors import UserError
 from builder.store import DiskInfo, Store, StoredImage
 
@@ -17,7 +20,7 @@ def _image(name: str, version: str, digest: str = "sha256:aa") -> StoredImage:
         dir=Path("/nonexistent"), id=f"img-{abs(hash((name, version, digest))) % 16**12:012x}",
         name=name, version=version, roles=("web", "db"), architecture="x86_64",
         boot_mode="uefi-preferred", volume_size_gib=4, inputs={"base_layer": digest},
-        inputs_digest=digest, disk=DiskInfo("disk.raw", "00" * 32, 4096, 0),
+        inputs_digest=digest, disk=DiskInfo("disk.raw", "sha256-blocks-512k:" + "00" * 32, 4096, 0),
         packages={"cloud-init": "22.4.2-1"}, build_time="2026-11-25T12:00:00Z",
         builder_version="0.1.0", boot_test={"skipped": True},
     )
@@ -41,10 +44,27 @@ def test_commit_moves_the_staged_entry_into_place(tmp_path: Path) -> None:
     assert (stored.dir / "disk.raw").read_bytes() == b"disk"
     doc = json.loads((stored.dir / "image.json").read_text())
     assert doc["name"] == "app" and doc["version"] == "1.0.0"
-    assert doc["disk"] == {"file": "disk.raw", "sha256": "00" * 32,
+    assert doc["disk"] == {"file": "disk.raw", "digest": "sha256-blocks-512k:" + "00" * 32,
                            "apparent_size": 4096, "used_size": 0}
     assert store.get("app") == stored
     assert _leftovers(tmp_path) == []
+
+
+def test_a_record_of_an_older_amibake_names_its_plain_sha256(tmp_path: Path) -> None:
+    """image.json before the block digest had `sha256: <hex>`: read as `sha256:<hex>`,
+    which `images verify` and publish check with the plain sha256."""
+    store = Store(tmp_path / "images")
+    stored = _put(store, "app", "1.0.0")
+    record = stored.dir / "image.json"
+    doc = json.loads(record.read_text())
+    doc["disk"] = {"file": "disk.raw", "sha256": hashlib.sha256(b"disk").hexdigest(),
+                   "apparent_size": 4, "used_size": 4096}
+    record.write_text(json.dumps(doc))
+    old = store.get("app")
+    assert old.disk.digest == "sha256:" + hashlib.sha256(b"disk").hexdigest()
+    assert matches(old.disk_path, old.disk.digest)
+    (old.disk_path).write_bytes(b"disc")
+    assert not matches(old.disk_path, old.disk.digest)
 
 
 def test_a_failure_while_staging_leaves_nothing(tmp_path: Path) -> None:
@@ -128,3 +148,21 @@ def test_images_cli_list_inspect_prune(tmp_path: Path, capsys: pytest.CaptureFix
     assert [i.version for i in store.list()] == ["1.2.0"]
     assert main(["images", "--store", root, "prune", "--keep", "0"]) == 1
     assert "--keep must be at least 1" in capsys.readouterr().err
+
+
+def test_images_verify_hashes_the_disk_again(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    store = Store(tmp_path / "images")
+    with store.staging("app", "1.0.0") as staged:
+        (staged / "disk.raw").write_bytes(b"disk" * 200_000)
+        image = dataclasses.replace(_image("app", "1.0.0"), disk=DiskInfo(
+            "disk.raw", file_digest(staged / "disk.raw"), 800_000, 0))
+        stored = store.commit(staged, image, replace=False)
+    root = str(tmp_path / "images")
+    assert main(["images", "--store", root, "verify", "app", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+    with stored.disk_path.open("r+b") as f:
+        f.seek(700_000)
+        f.write(b"X")
+    assert main(["images", "--store", root, "verify", "app:1.0.0"]) == 1
+    assert "DIFFERS from image.json" in capsys.readouterr().out

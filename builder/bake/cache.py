@@ -8,7 +8,8 @@
     <cache>/app/<key>.tree/      a built app layer (app.root after the app's build),
                                  checked out by hard links like the base tree
     <cache>/rootfs/<key>.ext4    the root filesystem of a base tree (mkfs -d), which
-    <cache>/rootfs/<key>.json    a bake copies and patches (builder.bake.root_image)
+    <cache>/rootfs/<key>.json    a bake copies and patches (builder.bake.root_image),
+    <cache>/rootfs/<key>.blocks  and its block digests (builder.disk_digest)
     <cache>/work/<pid>-<rand>/   a bake's scratch space (removed by the bake;
                                  `cache prune` removes those of dead processes)
     <cache>/boot/<name>-<version>-<pid>/  serial logs of a failed boot test,
@@ -298,12 +299,13 @@ class LayerCache:
                     removed.append(tmp)
         images = self.root_images()
         for image, _meta in images[keep:] + [i for i in images[:keep] if not i[1]]:
-            for path in (image, image.with_suffix(".json")):
+            for path in (image, image.with_suffix(".json"), image.with_suffix(".blocks")):
                 _remove(path)
             removed.append(image)
         if self.rootfs_dir.is_dir():
             for path in self.rootfs_dir.iterdir():
-                stray = path.suffix == ".json" and not path.with_suffix(".ext4").exists()
+                stray = path.suffix in (".json", ".blocks") and \
+                    not path.with_suffix(".ext4").exists()
                 try:
                     stale = path.name.startswith(".tmp-") and \
                         time.time() - path.lstat().st_mtime > 3600

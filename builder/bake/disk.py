@@ -16,14 +16,11 @@ from __future__ import annotations
 import ctypes
 import errno
 import hashlib
-import mmap
 import os
 import uuid
 from collections.abc import Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from builder.errors import UserError
 from builder.proc import run
@@ -109,8 +106,31 @@ def create_disk(disk: Path, layout: DiskLayout) -> None:
     """A sparse file of the volume's size with the GPT (and protective MBR)."""
     with disk.open("wb") as f:
         f.truncate(layout.size)
-    run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", disk],
-        input=sfdisk_script(disk, layout))
+    write_gpt(disk, layout)
+
+
+def write_gpt(disk: Path, layout: DiskLayout, scratch: Path | None = None) -> None:
+    """The GPT (and protective MBR) into the disk file, which has its size.
+
+    With `scratch` (a path on any filesystem), sfdisk writes them into an empty
+    file of the disk's size there, whose data is then copied into the disk:
+    sfdisk's closing fsync then has nothing to flush (on the disk itself it
+    would write out all the data a bake just put there)."""
+    target = disk if scratch is None else scratch
+    if scratch is not None:
+        with scratch.open("wb") as f:
+            f.truncate(layout.size)
+    run(["sfdisk", "--quiet", "--no-reread", "--no-tell-kernel", target],
+        input=sfdisk_script(target, layout))
+    if scratch is not None:
+        src = os.open(scratch, os.O_RDONLY)
+        dst = os.open(disk, os.O_WRONLY)
+        try:
+            copy_into(src, dst, 0)
+        finally:
+            os.close(src)
+            os.close(dst)
+            scratch.unlink()
 
 
 #: mkfs.ext4's options for the root filesystem (part of the cached image's key).
@@ -198,120 +218,27 @@ def place(disk: Path, part_image: Path, partition: Partition) -> None:
     src = os.open(part_image, os.O_RDONLY)
     dst = os.open(disk, os.O_WRONLY)
     try:
-        for start, end in _data_ranges(src, 0, length):
-            _copy_range(src, dst, start, end, partition.start)
+        copy_into(src, dst, partition.start)
     finally:
         os.close(src)
         os.close(dst)
+
+
+def copy_into(src: int, dst: int, offset: int) -> None:
+    """The open file `src` into the open file `dst` at `offset`; its holes are
+    not written (they stay holes in a fresh sparse file)."""
+    for start, end in _data_ranges(src, 0, os.fstat(src).st_size):
+        _copy_range(src, dst, start, end, offset)
 
 
 def copy_sparse(image: Path, dst: int) -> None:
     """`image` into the open file `dst` (empty), holes kept holes."""
     src = os.open(image, os.O_RDONLY)
     try:
-        size = os.fstat(src).st_size
-        os.ftruncate(dst, size)
-        for start, end in _data_ranges(src, 0, size):
-            _copy_range(src, dst, start, end, 0)
+        os.ftruncate(dst, os.fstat(src).st_size)
+        copy_into(src, dst, 0)
     finally:
         os.close(src)
-
-
-CHUNK = 8 << 20
-_ZEROS = memoryview(bytes(CHUNK))
-
-
-def _hash_zeros(h: Any, count: int) -> None:
-    while count > 0:
-        n = min(CHUNK, count)
-        h.update(_ZEROS[:n])
-        count -= n
-
-
-def _hash_file_range(h: Any, fd: int, start: int, end: int) -> None:
-    """Feed [start, end) of `fd` to `h`; holes are hashed as zeros without reading."""
-    pos = start
-    for data, hole in _data_ranges(fd, start, end):
-        _hash_zeros(h, data - pos)
-        pos = data
-        while pos < hole:
-            block = os.pread(fd, min(CHUNK, hole - pos), pos)
-            if not block:
-                raise UserError("a file shrank while it was hashed")
-            h.update(block)
-            pos += len(block)
-    _hash_zeros(h, end - pos)
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file's bytes; holes of a sparse file are hashed without reading."""
-    h = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        _hash_file_range(h, fd, 0, os.fstat(fd).st_size)
-    finally:
-        os.close(fd)
-    return h.hexdigest()
-
-
-def place_and_hash(disk: Path, part: int, partition: Partition) -> str:
-    """Write the partition image `part` (an open file) into the disk at its
-    offset and return the sha256 of the whole disk, in one pass: the image's
-    bytes are hashed where they are (mapped), a second thread writes each
-    chunk into the disk while it is hashed, the rest of the disk is read
-    (its holes are not)."""
-    length = os.fstat(part).st_size
-    if length > partition.size:
-        raise UserError(f"the root filesystem is larger than partition {partition.number}")
-    h = hashlib.sha256()
-    fd = os.open(disk, os.O_RDWR)
-    try:
-        with mmap.mmap(part, length, access=mmap.ACCESS_READ) as mapped:
-            _hash_file_range(h, fd, 0, partition.start)
-            _write_and_hash(h, fd, mapped, _data_ranges(part, 0, length), partition.start)
-        _hash_file_range(h, fd, partition.start + length, os.fstat(fd).st_size)
-    finally:
-        os.close(fd)
-    return h.hexdigest()
-
-
-def _write_and_hash(h: Any, fd: int, mapped: mmap.mmap, ranges: Iterator[tuple[int, int]],
-                    offset: int) -> None:
-    """Hash all of `mapped` (its holes as zeros) while a second thread writes its
-    data `ranges` into `fd` at `offset`; every view of `mapped` is gone on return."""
-    pos = 0
-    with memoryview(mapped) as view, ThreadPoolExecutor(max_workers=1) as writer:
-        pending: tuple[Future[int], memoryview] | None = None
-        try:
-            for start, end in ranges:
-                _hash_zeros(h, start - pos)
-                for pos in range(start, end, CHUNK):
-                    block = view[pos:min(pos + CHUNK, end)]
-                    write = writer.submit(_write_all, fd, block, offset + pos)
-                    h.update(block)
-                    if pending is not None:
-                        _settle(pending)
-                    pending = (write, block)
-                pos = end
-        finally:
-            if pending is not None:
-                _settle(pending)
-    _hash_zeros(h, len(mapped) - pos)
-
-
-def _settle(pending: tuple[Future[int], memoryview]) -> None:
-    """Wait for a write, then let go of its view."""
-    try:
-        pending[0].result()
-    finally:
-        pending[1].release()
-
-
-def _write_all(fd: int, block: memoryview, offset: int) -> int:
-    done = 0
-    while done < len(block):
-        done += os.pwrite(fd, block[done:], offset + done)
-    return done
 
 
 _FALLOC_FL_KEEP_SIZE = 0x01

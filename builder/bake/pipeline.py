@@ -12,8 +12,11 @@
               once, copied into memory beside the layers), patched with
               what the layers changed (builder.bake.root_image: the checkout
               compared with the cached tree, one debugfs run)
-    disk      GPT, ESP (mtools, built beside the layers), GRUB for UEFI and
-              BIOS; the root fs goes in while the whole disk is hashed
+    disk      the cached root fs is copied into the disk beside the layers; the
+              patched one's changed blocks go over it; GPT, ESP (mtools, built
+              beside the layers), GRUB for UEFI and BIOS; the disk's digest
+              (builder.disk_digest) reads only the blocks the bake wrote, the
+              cached root fs's block digests are kept beside it
     test      boot the disk in every role (builder.vm), before anything is kept
     store     image.json, then one rename into images/<name>/<version>/
 
@@ -33,7 +36,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -45,10 +48,11 @@ from builder.bake.app_layer import AppLayer, app_layer_for, write_app_layer
 from builder.bake.bakeable import check_bakeable
 from builder.bake.cache import LayerCache
 from builder.bake.packages import dpkg_packages
-from builder.bake.root_image import RootFsSpec, WorkingImage, cached_image
+from builder.bake.root_image import RootFsSpec, WorkingImage, cached_image, place_cached
 from builder.bake.sources import DEFAULT_APT_DIR, host_sources
 from builder.bake.tree import replace_file, set_owner_mode
 from builder.bake.tree_diff import diff_trees
+from builder.disk_digest import BLOCK, fd_digest
 from builder.errors import UserError
 from builder.manifest.model import Manifest
 from builder.store import DISK_FILE, DiskInfo, Store, StoredImage
@@ -243,6 +247,15 @@ class _Timer:
         finally:
             self.seconds[name] = round(time.monotonic() - start, 2)
 
+    @contextlib.contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        """A part of a step, timed on its own (not said)."""
+        start = time.monotonic()
+        try:
+            yield
+        finally:
+            self.seconds[name] = round(time.monotonic() - start, 2)
+
 
 def boot_test_disk(disk_path: Path, manifest: Manifest, roles: Sequence[str],
                    workdir: Path) -> list[dict[str, Any]]:
@@ -288,18 +301,23 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
             with timer.step("cache", "caching the base layer"):
                 entry = cache.store(key, building, base_meta(recipe.base, building))
         root_uuid = recipe.base.root_uuid()
+        disk_path = staged / DISK_FILE
+        disk_fd = _open_disk(stack, disk_path, manifest.image.volume_size_gib * disk.GIB)
         # Beside the layers (2 cores): the base layer's root filesystem (cached, or
-        # made from the cached tree) copied into memory, and the boot loaders.
-        # Later: the package list beside the root fs; the disk's digest beside
-        # the tree's removal. The pool is left (waiting for its work) before the
-        # working image is closed and the staged image removed on a failure.
+        # made from the cached tree) copied into memory and into the disk, and the
+        # boot loaders. Later: the package list beside the root fs, the work
+        # tree's removal beside the disk. The pool is left (waiting for its work)
+        # before the working image is closed and the staged image removed on a
+        # failure.
         opened: list[WorkingImage] = []
         stack.callback(_close_all, opened)
-        beside = stack.enter_context(ThreadPoolExecutor(max_workers=2))
+        beside = stack.enter_context(ThreadPoolExecutor(max_workers=4))
         with timer.step("checkout", f"base layer {key[:12]} from the cache"):
             base_tree = cache.unpacked(entry)
-            root_fs = beside.submit(_open_root_fs, cache, key, root_uuid, base_tree, opened,
-                                    timer)
+            cached_fs = beside.submit(_cached_image, cache, key, root_uuid, base_tree, timer)
+            root_fs = beside.submit(_open_root_fs, cached_fs, opened)
+            in_disk = beside.submit(lambda: place_cached(cached_fs.result()[0], disk_fd,
+                                                         disk.ROOT_START))
             loaders = beside.submit(build_boot_loaders, work, recipe, root_uuid)
             cache.checkout(entry, tree)
         with timer.step("config", f"writing {len(recipe.files)} rendered files "
@@ -321,20 +339,28 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
             if needed > work_fs.size:
                 work_fs.grow(needed)
             work_fs.patch(diff, tree, work / "rootfs")
-        disk_path = staged / DISK_FILE
-        with timer.step("disk", "writing the disk (GPT, ESP, GRUB for UEFI and BIOS)"):
+        packages.result()  # before the tree goes
+        removed = beside.submit(shutil.rmtree, tree)  # beside the disk
+        with timer.step("disk", "writing the disk (the root fs's changed blocks, GPT, "
+                        "ESP, GRUB for UEFI and BIOS) and its digest"):
             layout = disk.plan_layout(recipe.manifest.image.volume_size_gib * disk.GIB,
                                       work_fs.size, recipe.inputs_digest)
-            write_disk(disk_path, layout, loaders.result())
-        packages.result()  # before the tree goes
-        # the root fs goes into the disk in the pass that hashes the whole disk
-        disk_sha256 = beside.submit(disk.place_and_hash, disk_path, work_fs.fd, layout.root)
-        with timer.step("cleanup", "removing the work tree (beside the disk's digest)"):
-            shutil.rmtree(tree)  # free its space before the boot test
+            with timer.part("disk.placed"):
+                cached_digests = in_disk.result()
+            with timer.part("disk.root"):
+                root_digests = work_fs.write_into(disk_fd, layout.root.start,
+                                                  cached_fs.result()[0], cached_digests)
+            with timer.part("disk.boot"):
+                write_disk(disk_path, layout, loaders.result(), work / "gpt")
+            with timer.part("disk.digest"):
+                first = layout.root.start // BLOCK
+                disk_digest = fd_digest(disk_fd,
+                                        {first + i: d for i, d in enumerate(root_digests)})
+        with timer.step("cleanup", "removing the work tree"):
+            removed.result()  # free its space before the boot test
         if options.skip_boot_test:
             boot_test: dict[str, Any] = {"skipped": True}
         else:
-            disk_sha256.result()  # the disk is whole
             # Outside the scratch space: a failed boot's serial log is kept (the
             # error names it); builder.vm removes a passing VM's directory.
             boot_dir = cache.boot_logs / f"{recipe.name}-{recipe.version}-{os.getpid()}"
@@ -356,7 +382,7 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
                 inputs_digest=recipe.inputs_digest,
                 disk=DiskInfo(
                     file=DISK_FILE,
-                    sha256=disk_sha256.result(),
+                    digest=disk_digest,
                     apparent_size=disk_path.stat().st_size,
                     used_size=disk.used_size(disk_path),
                 ),
@@ -393,16 +419,30 @@ def _close_all(opened: list[WorkingImage]) -> None:
         work_fs.close()
 
 
-def _open_root_fs(cache: LayerCache, base_key: str, root_uuid: str, base_tree: Path,
-                  opened: list[WorkingImage], timer: _Timer) -> WorkingImage:
-    """The base layer's cached root filesystem (made when missing), copied into memory."""
+def _cached_image(cache: LayerCache, base_key: str, root_uuid: str, base_tree: Path,
+                  timer: _Timer) -> tuple[Path, dict[str, Any]]:
+    """The base layer's cached root filesystem and its description (made when missing)."""
     start = time.monotonic()
     image, meta, made = cached_image(cache, RootFsSpec(base_key, root_uuid, rootfs.ROOT_LABEL),
                                      base_tree)
     if made:
         timer.seconds["root_image"] = round(time.monotonic() - start, 2)
-    opened.append(WorkingImage(image, meta))
+    return image, meta
+
+
+def _open_root_fs(image: Future[tuple[Path, dict[str, Any]]],
+                  opened: list[WorkingImage]) -> WorkingImage:
+    """The cached root filesystem copied into memory."""
+    opened.append(WorkingImage(*image.result()))
     return opened[-1]
+
+
+def _open_disk(stack: contextlib.ExitStack, path: Path, size: int) -> int:
+    """The disk file, sparse, of the volume's size; closed when the bake ends."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    stack.callback(os.close, fd)
+    os.ftruncate(fd, size)
+    return fd
 
 
 @dataclass(frozen=True)
@@ -420,10 +460,11 @@ def build_boot_loaders(work: Path, recipe: BakeRecipe, root_uuid: str) -> BootLo
     return BootLoaders(esp_img, bootloader.build_bios_core(work / "core.img", root_uuid))
 
 
-def write_disk(disk_path: Path, layout: disk.DiskLayout, loaders: BootLoaders) -> None:
-    """The sparse disk with its GPT, the ESP and GRUB's BIOS core (the root fs
-    goes in with disk.place_and_hash)."""
-    disk.create_disk(disk_path, layout)
+def write_disk(disk_path: Path, layout: disk.DiskLayout, loaders: BootLoaders,
+               scratch: Path) -> None:
+    """The GPT, the ESP and GRUB's BIOS core into the disk file (of the volume's
+    size; the root fs is there already: root_image.WorkingImage.write_into)."""
+    disk.write_gpt(disk_path, layout, scratch)
     disk.place(disk_path, loaders.esp, layout.esp)
     bootloader.install_bios(disk_path, loaders.core, layout.bios.start // disk.SECTOR,
                             layout.bios.size // disk.SECTOR)

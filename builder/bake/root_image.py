@@ -9,8 +9,14 @@
              against the cached tree; builder.bake.fs_patch: one debugfs run);
              the blocks the removed files freed are punched out (as fstrim
              would), so the disk holds no more data than mkfs -d would write
-    placed   into the disk at the root partition's offset by
-             disk.place_and_hash, which hashes the whole disk in the same pass
+    placed   the cached image goes into the disk at the root partition's
+             offset beside the layers (place_cached); once patched, only the
+             blocks of the working copy that differ from the cached image are
+             written over it (WorkingImage.write_into), and the others keep the
+             digests kept beside the cached image (<key>.blocks: its
+             builder.disk_digest block digests, taken again when the image
+             file is not the one they were taken of), so the disk's digest
+             reads only what the bake changed
 
 A disk from a patched image holds what `mkfs.ext4 -d` of the whole tree
 gives (contents, owners, modes, links, xattrs; tests/test_root_image.py
@@ -22,17 +28,22 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from builder.atomic import write_atomically
 from builder.bake import disk
 from builder.bake.cache import LayerCache
 from builder.bake.disk import FS_ENV
 from builder.bake.fs_patch import apply_patch, free_ranges, patch_script
 from builder.bake.tree_diff import TreeDiff
+from builder.disk_digest import BLOCK, BLOCKS, ZERO_BLOCK, block_count, block_digests, data_blocks
 from builder.proc import run
 
+#: Beside <key>.ext4 in the cache: its block digests (cached_block_digests).
+BLOCKS_SUFFIX = ".blocks"
 #: Part of the image's key: bump when mkfs's options or the sizing change.
 FS_CODE_VERSION = "rootfs-2"
 #: Room in the cached image for what the config and app layers add, beyond the
@@ -72,6 +83,41 @@ def cached_image(cache: LayerCache, spec: RootFsSpec,
     found = cache.root_image(key)
     assert found is not None
     return (*found, True)
+
+
+def cached_block_digests(image: Path) -> list[bytes]:
+    """The cached image's block digests (builder.disk_digest), from <key>.blocks
+    beside it, or taken now (and kept) when that file is missing or was taken
+    of another file (the image's size, inode, mtime or ctime differ)."""
+    fd = os.open(image, os.O_RDONLY)
+    try:
+        st = os.fstat(fd)
+        stamp = json.dumps({"algorithm": BLOCKS, "size": st.st_size, "ino": st.st_ino,
+                            "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns},
+                           sort_keys=True).encode()
+        kept = image.with_suffix(BLOCKS_SUFFIX)
+        try:
+            head, _, body = kept.read_bytes().partition(b"\n")
+        except OSError:
+            head, body = b"", b""
+        if head == stamp and len(body) == 32 * block_count(st.st_size):
+            return [body[i:i + 32] for i in range(0, len(body), 32)]
+        digests = block_digests(fd, st.st_size)
+        write_atomically(kept, stamp + b"\n" + b"".join(digests), mode=0o644, durable=False)
+        return digests
+    finally:
+        os.close(fd)
+
+
+def place_cached(image: Path, disk_fd: int, offset: int) -> list[bytes]:
+    """The cached image into the disk at `offset` (its holes left holes); its
+    block digests (cached_block_digests)."""
+    src = os.open(image, os.O_RDONLY)
+    try:
+        disk.copy_into(src, disk_fd, offset)
+    finally:
+        os.close(src)
+    return cached_block_digests(image)
 
 
 class WorkingImage:
@@ -116,3 +162,64 @@ class WorkingImage:
             apply_patch(self.path, script)
         if diff.removed:  # freed blocks still hold the removed files' bytes
             disk.punch_holes(self.fd, free_ranges(self.path))
+
+    def write_into(self, disk_fd: int, offset: int, image: Path,
+                   cached: list[bytes]) -> list[bytes]:
+        """Turn the copy of the cached `image` at `offset` in the disk (place_cached)
+        into this working image, and return its block digests: the blocks that
+        hold data in either are compared, and only those that differ are
+        written (a block of zeros as a hole) and hashed; the others keep
+        their `cached` digests (the image's cached_block_digests)."""
+        if self.size % BLOCK or offset % BLOCK or len(cached) * BLOCK > self.size:
+            raise ValueError("a root image and its partition are whole blocks, "
+                             "and the working image is no smaller than the cached one")
+        src = os.open(image, os.O_RDONLY)
+        try:
+            image_size = os.fstat(src).st_size
+            if image_size != len(cached) * BLOCK:
+                raise ValueError(f"{image} is not the image its block digests are of")
+            blocks = sorted(set(data_blocks(self.fd, self.size))
+                            | set(data_blocks(src, image_size)))
+            with ThreadPoolExecutor(max_workers=2) as pool:
+                parts = pool.map(
+                    lambda part: _write_changed(self.fd, src, image_size, disk_fd, offset, part),
+                    [blocks[0::2], blocks[1::2]])
+                changed = {i: d for part in parts for i, d in part}
+        finally:
+            os.close(src)
+        digests = cached + [ZERO_BLOCK] * (self.size // BLOCK - len(cached))
+        for i, d in changed.items():
+            digests[i] = d
+        return digests
+
+
+_ZEROS = bytes(BLOCK)
+
+
+def _write_changed(work: int, image: int, image_size: int, disk_fd: int, offset: int,
+                   blocks: list[int]) -> list[tuple[int, bytes]]:
+    """The `blocks` of `work` that differ from `image` (zeros past its end),
+    written into `disk_fd` at `offset` + their place; (index, digest) of each."""
+    mine, theirs = bytearray(BLOCK), bytearray(BLOCK)
+    changed = []
+    for i in blocks:
+        pos = i * BLOCK
+        if os.preadv(work, [mine], pos) != BLOCK:
+            raise ValueError("the working root image shrank while it was placed")
+        if pos < image_size:
+            if os.preadv(image, [theirs], pos) != BLOCK:
+                raise ValueError("the cached root image shrank while it was read")
+            if mine == theirs:
+                continue
+        elif mine == _ZEROS:
+            continue
+        if mine == _ZEROS:
+            disk.punch_holes(disk_fd, [(offset + pos, BLOCK)])
+            changed.append((i, ZERO_BLOCK))
+        else:
+            view = memoryview(mine)
+            done = 0
+            while done < BLOCK:
+                done += os.pwrite(disk_fd, view[done:], offset + pos + done)
+            changed.append((i, hashlib.sha256(mine).digest()))
+    return changed

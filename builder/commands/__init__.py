@@ -17,7 +17,7 @@ VERBS: dict[str, str] = {
     "cutover": "move the live app (database, files, DNS) onto the new servers",
     "db": "list, verify or restore the database backups in S3 (pgBackRest)",
     "iam-policy": "print the IAM policy amibake needs",
-    "images": "list, inspect and prune locally stored images",
+    "images": "list, inspect, verify and prune locally stored images",
     "imds": "the local EC2 instance metadata service",
     "instances": "list or stop local instances",
     "launch": "start an instance of a baked image in a role (local VM or EC2)",

@@ -93,7 +93,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
         "id": image.id,
         "path": str(image.dir),
         "disk": str(image.disk_path),
-        "disk_sha256": image.disk.sha256,
+        "disk_digest": image.disk.digest,
         "apparent_size": image.disk.apparent_size,
         "used_size": image.disk.used_size,
         "roles": list(image.roles),

@@ -1,4 +1,4 @@
-"""`amibake images list|inspect|prune`: the local image store."""
+"""`amibake images list|inspect|verify|prune`: the local image store."""
 
 from __future__ import annotations
 
@@ -30,6 +30,12 @@ def register(subparsers: Any, parent: argparse.ArgumentParser) -> None:
     inspect.add_argument("--packages", action="store_true",
                          help="also print the installed package list")
     inspect.set_defaults(func=run_inspect)
+
+    verify = sub.add_parser("verify", parents=[parent],
+                            help="hash an image's disk again and compare it with image.json")
+    verify.add_argument("ref", metavar="IMAGE",
+                        help="NAME (newest), NAME:VERSION, or a local id img-…")
+    verify.set_defaults(func=run_verify)
 
     prune = sub.add_parser("prune", parents=[parent],
                            help="remove old versions (the newest is always kept)")
@@ -79,7 +85,7 @@ def run_inspect(args: argparse.Namespace, out: Output) -> int:
     lines = [f"{k}: {v}" for k, v in doc.items() if k not in skip]
     lines.append(f"roles: {', '.join(image.roles)}")
     lines += _boot_test_lines(image.boot_test)
-    lines.append(f"disk: {image.disk_path} sha256={image.disk.sha256} "
+    lines.append(f"disk: {image.disk_path} digest={image.disk.digest} "
                  f"apparent={image.disk.apparent_size} used={image.disk.used_size}")
     lines += [f"input {k}: {v}" for k, v in sorted(image.inputs.items())]
     if args.packages:
@@ -100,6 +106,27 @@ def _boot_test_lines(boot_test: dict[str, Any]) -> list[str]:
         lines.append(f"boot test: {r.get('role')} ({r.get('boot')}, {r.get('accel')}) {verdict}, "
                      f"ready after {r.get('seconds_to_ready')} s")
     return lines
+
+
+def run_verify(args: argparse.Namespace, out: Output) -> int:
+    """The disk's digest taken again, with the algorithm image.json names
+    (builder.disk_digest); exit 1 when it differs."""
+    from builder.disk_digest import file_digest, split
+
+    image = _store(args).resolve(args.ref)
+    recorded = image.disk.digest
+    try:
+        got = file_digest(image.disk_path, split(recorded)[0])
+    except FileNotFoundError:
+        raise UserError(f"{image.disk_path} is missing", hint="the store entry is damaged: "
+                        "remove it and bake the image again") from None
+    ok = got == recorded
+    text = (f"{image.name} {image.version}: {image.disk_path} "
+            + (f"matches image.json ({recorded})" if ok
+               else f"DIFFERS from image.json: {got}, recorded {recorded}"))
+    out.result({"name": image.name, "version": image.version, "disk": str(image.disk_path),
+                "recorded": recorded, "digest": got, "ok": ok}, text)
+    return 0 if ok else 1
 
 
 def run_prune(args: argparse.Namespace, out: Output) -> int:

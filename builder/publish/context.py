@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 TAG_NAME = "amibake:name"
 TAG_VERSION = "amibake:version"
 TAG_BUILD_ID = "amibake:build-id"
+#: image.json's disk.digest (`algorithm:hex`, builder.disk_digest)
+TAG_DISK_DIGEST = "amibake:disk-digest"
+#: the plain sha256 hex of the disk, on AMIs published before the digest had a name
 TAG_DISK_SHA256 = "amibake:disk-sha256"
 TAG_INPUTS_DIGEST = "amibake:inputs-digest"
 TAG_ROLES = "amibake:roles"
@@ -147,7 +150,7 @@ class PublishContext:
             TAG_VERSION: img.version,
             TAG_ROLES: ",".join(img.roles),
             TAG_INPUTS_DIGEST: img.inputs_digest,
-            TAG_DISK_SHA256: img.disk.sha256,
+            TAG_DISK_DIGEST: img.disk.digest,
             TAG_BUILD_ID: self.build_id,
             TAG_BUILDER: img.builder_version,
             TAG_APP_COMMIT: app_commit(img.app),

@@ -3,6 +3,8 @@
 - 512 KiB blocks; all-zero blocks are never sent. Candidate blocks come from
   the file's data extents (SEEK_DATA/SEEK_HOLE), then a content check drops
   extents that hold only zeros.
+- Before any block is sent, the disk's digest (image.json's disk.digest,
+  builder.disk_digest) is checked with the blocks' digests.
 - Each block carries its base64 SHA-256; CompleteSnapshot gets the changed
   block count and the aggregate checksum: SHA-256 of the concatenated binary
   per-block digests in block-index order, base64, algorithm SHA256,
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from builder.aws.retry import Retries, is_retryable
+from builder.disk_digest import BLOCK, BLOCKS, ZERO_BLOCK, combine, file_digest, split
 from builder.errors import UserError
 from builder.publish.images import delete_snapshot
 from builder.publish.upload_journal import UploadJournal, journal_path
@@ -48,7 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("amibake.ebs")
 
-BLOCK_SIZE = 512 * 1024
+BLOCK_SIZE = BLOCK  # EBS's snapshot block: the disk digest's block too
 GIB = 1024**3
 @dataclass(frozen=True)
 class UploadOptions:
@@ -103,6 +106,22 @@ def scan_blocks(path: Path, block_size: int = BLOCK_SIZE) -> dict[int, bytes]:
     return digests
 
 
+def check_disk_digest(disk: Path, digests: Mapping[int, bytes], disk_digest: str) -> None:
+    """UserError unless `disk` has `disk_digest` (image.json's): a block digest is
+    checked with the blocks' digests just taken for the upload (no second read);
+    a plain sha256 (an older image.json) is taken again."""
+    algorithm, _ = split(disk_digest)
+    size = disk.stat().st_size
+    if algorithm == BLOCKS and size % BLOCK_SIZE == 0:
+        got = combine(digests.get(i, ZERO_BLOCK) for i in range(size // BLOCK_SIZE))
+    else:
+        got = file_digest(disk, algorithm)
+    if got != disk_digest:
+        raise UserError(f"{disk} is not the disk its image.json names "
+                        f"(digest {got[:32]}…, image.json {disk_digest[:32]}…)",
+                        hint="the disk changed after it was baked: bake the image again")
+
+
 def aggregate_checksum(digests: Mapping[int, bytes]) -> str:
     """SHA-256 over the per-block digests in block-index order, base64 (LINEAR)."""
     h = hashlib.sha256()
@@ -138,13 +157,13 @@ def _listed_blocks(ebs: EBSClient, snapshot_id: str) -> set[int]:
             return listed
 
 
-def _resumable_journal(journal: UploadJournal | None, ec2: EC2Client, disk_sha256: str,
+def _resumable_journal(journal: UploadJournal | None, ec2: EC2Client, disk_digest: str,
                        size_gib: int) -> UploadJournal | None:
     """The journal of an earlier attempt at this very disk whose snapshot can take more."""
     if journal is None:
         return None
-    if (journal.disk_sha256, journal.volume_size_gib, journal.block_size) != (
-            disk_sha256, size_gib, BLOCK_SIZE):
+    if (journal.disk_digest, journal.volume_size_gib, journal.block_size) != (
+            disk_digest, size_gib, BLOCK_SIZE):
         log.debug("upload journal is for another disk; starting over")
         return None
     status = _snapshot_state(ec2, journal.snapshot_id)
@@ -162,7 +181,7 @@ def upload_disk(
     ec2: EC2Client,
     disk: Path,
     *,
-    disk_sha256: str,
+    disk_digest: str,
     requested_gib: int,
     options: UploadOptions = UploadOptions(),
     retries: Retries | None = None,
@@ -184,11 +203,12 @@ def upload_disk(
     retried_before = retries.count if retries else 0
     size_gib = volume_size_gib(disk, requested_gib)
     digests = scan_blocks(disk)
+    check_disk_digest(disk, digests, disk_digest)
     aggregate = aggregate_checksum(digests)
     on_total(len(digests) * BLOCK_SIZE)
     path = journal_path(disk)
 
-    journal = _resumable_journal(UploadJournal.load(path), ec2, disk_sha256, size_gib)
+    journal = _resumable_journal(UploadJournal.load(path), ec2, disk_digest, size_gib)
     if journal is not None and journal.completed:
         on_snapshot(journal.snapshot_id)
         return UploadResult(
@@ -200,7 +220,7 @@ def upload_disk(
             "VolumeSize": size_gib,
             "Timeout": options.timeout_minutes,
             "Description": options.description or f"amibake upload of {disk.name}",
-            "ClientToken": f"amibake-{disk_sha256[:32]}-{int(time.time())}",
+            "ClientToken": f"amibake-{split(disk_digest)[1][:32]}-{int(time.time())}",
         }
         if options.tags:
             request["Tags"] = [{"Key": k, "Value": v} for k, v in options.tags.items()]
@@ -211,7 +231,7 @@ def upload_disk(
             snapshot_id = ebs.start_snapshot(**request)["SnapshotId"]
         except Exception as exc:
             raise _upload_error(exc, "starting the snapshot upload") from exc
-        journal = UploadJournal.create(path, snapshot_id, disk_sha256, size_gib, BLOCK_SIZE)
+        journal = UploadJournal.create(path, snapshot_id, disk_digest, size_gib, BLOCK_SIZE)
         on_snapshot(snapshot_id)
     else:
         snapshot_id = journal.snapshot_id
@@ -221,7 +241,7 @@ def upload_disk(
         except Exception as exc:
             raise _upload_error(exc, f"listing the blocks of {snapshot_id}") from exc
         journal.close()
-        journal = UploadJournal.create(path, snapshot_id, disk_sha256, size_gib, BLOCK_SIZE,
+        journal = UploadJournal.create(path, snapshot_id, disk_digest, size_gib, BLOCK_SIZE,
                                        (journal.acknowledged | listed) & set(digests))
 
     resumed = len(journal.acknowledged)

@@ -10,11 +10,13 @@ from botocore.exceptions import ClientError
 
 from builder.aws.clients import check_credentials, error_code
 from builder.bundle.certs import BundleCredentials
+from builder.disk_digest import file_digest, split
 from builder.errors import UserError
 from builder.publish.bundle_upload import check_bucket, split_location
 from builder.publish.context import (
     TAG_BUILD_ID,
     TAG_COMPLETE,
+    TAG_DISK_DIGEST,
     TAG_DISK_SHA256,
     BundleState,
     InstanceStoreOptions,
@@ -28,6 +30,8 @@ from builder.steps import Outcome
 if TYPE_CHECKING:
     from mypy_boto3_ec2.literals import ArchitectureValuesType
     from mypy_boto3_ec2.type_defs import ImageTypeDef
+
+    from builder.store import StoredImage
 
 log = logging.getLogger("amibake.publish")
 
@@ -111,18 +115,19 @@ class PrevalidateStep:
             return
         for region, image in found.items():
             tags = tags_of(image)
-            digest = tags.get(TAG_DISK_SHA256)
+            digest = published_digest(tags)
             if digest is None:
                 raise UserError(
                     f"AMI name {ctx.ami_name} is taken in {region} by {image['ImageId']}, "
                     "which amibake did not publish",
                     hint="change image.name_template or the version",
                 )
-            if digest != ctx.image.disk.sha256:
+            ours = same_kind_digest(ctx.image, digest)
+            if digest != ours:
                 raise UserError(
                     f"{ctx.image.name} {ctx.image.version} is already published as "
                     f"{image['ImageId']} in {region} with a different disk "
-                    f"(sha256 {digest[:12]}…, this one {ctx.image.disk.sha256[:12]}…)",
+                    f"({digest[:30]}…, this one {ours[:30]}…)",
                     hint="bump the manifest's version: a published version never changes",
                 )
             if tags.get(TAG_COMPLETE) != "true":
@@ -141,6 +146,25 @@ class PrevalidateStep:
 
     def cleanup(self, ctx: PublishContext, outcome: Outcome) -> None:
         return None
+
+
+def published_digest(tags: dict[str, str]) -> str | None:
+    """The disk digest an AMI's tags name (`algorithm:hex`); None when amibake did
+    not publish it. AMIs of older amibakes carry the plain sha256 hex."""
+    if TAG_DISK_DIGEST in tags:
+        return tags[TAG_DISK_DIGEST]
+    if TAG_DISK_SHA256 in tags:
+        return "sha256:" + tags[TAG_DISK_SHA256]
+    return None
+
+
+def same_kind_digest(image: StoredImage, published: str) -> str:
+    """The stored image's disk digest, taken with the algorithm of `published`
+    when that is another one (the disk is hashed again)."""
+    algorithm, _ = split(published)
+    if algorithm == split(image.disk.digest)[0]:
+        return image.disk.digest
+    return file_digest(image.disk_path, algorithm)
 
 
 class PrevalidateInstanceStoreStep:

@@ -51,7 +51,7 @@ class UploadSnapshotStep:
         extra = {"sleep": self.sleep} if self.sleep else {}
         result = upload_disk(
             ctx.clients.ebs(ctx.home), ctx.clients.ec2(ctx.home), ctx.image.disk_path,
-            disk_sha256=ctx.image.disk.sha256, requested_gib=ctx.image.volume_size_gib,
+            disk_digest=ctx.image.disk.digest, requested_gib=ctx.image.volume_size_gib,
             options=options, retries=ctx.clients.retries, on_snapshot=on_snapshot,
             on_progress=progress.advance, on_total=progress.set_total, **extra,
         )

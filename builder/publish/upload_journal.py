@@ -34,7 +34,8 @@ def journal_path(disk: Path) -> Path:
 class UploadJournal:
     path: Path
     snapshot_id: str
-    disk_sha256: str
+    #: the disk's digest (image.json's disk.digest): which disk this upload is of
+    disk_digest: str
     volume_size_gib: int
     block_size: int
     acknowledged: set[int] = field(default_factory=set)
@@ -58,7 +59,9 @@ class UploadJournal:
             return None
         try:
             head = json.loads(complete_lines[0])
-            journal = cls(path, str(head["snapshot_id"]), str(head["disk_sha256"]),
+            digest = head["disk_digest"] if "disk_digest" in head else \
+                "sha256:" + str(head["disk_sha256"])  # a journal of an older amibake
+            journal = cls(path, str(head["snapshot_id"]), str(digest),
                           int(head["volume_size_gib"]), int(head["block_size"]))
         except (ValueError, KeyError, TypeError):
             return None
@@ -71,12 +74,12 @@ class UploadJournal:
 
     # ------------------------------------------------------------ writing
     @classmethod
-    def create(cls, path: Path, snapshot_id: str, disk_sha256: str, volume_size_gib: int,
+    def create(cls, path: Path, snapshot_id: str, disk_digest: str, volume_size_gib: int,
                block_size: int, acknowledged: Iterable[int] = ()) -> UploadJournal:
         """A new journal (replacing any other) holding `acknowledged` already."""
-        journal = cls(path, snapshot_id, disk_sha256, volume_size_gib, block_size,
+        journal = cls(path, snapshot_id, disk_digest, volume_size_gib, block_size,
                       set(acknowledged))
-        head = json.dumps({"snapshot_id": snapshot_id, "disk_sha256": disk_sha256,
+        head = json.dumps({"snapshot_id": snapshot_id, "disk_digest": disk_digest,
                            "volume_size_gib": volume_size_gib, "block_size": block_size},
                           separators=(",", ":"))
         body = "".join(f"{i}\n" for i in sorted(journal.acknowledged))
