@@ -12,7 +12,8 @@ is, and a one-file change rebuilds this layer only.
           it writes only under app.root), then keep <app.root> in the cache
     hit   a hard-linked copy of the cached directory at <app.root>
     both  then the build-only packages are purged from the tree
-          (rails_build.purge_build_packages): that is not in the cache
+          (builder.bake.purge_cache: the purge of this base layer replayed,
+          or run and recorded); that is not in the app layer's cache
 
 Nothing is cached when the build fails.
 """
@@ -81,6 +82,7 @@ def write_app_layer(tree: Path, layer: AppLayer, manifest: Manifest, cached: Pat
     """The app at <tree>/<layer.root>: from `cached` (a hit), or copied and built.
 
     On a miss, the built directory is copied to `keep` (absent) for the cache.
+    The build-only packages are still in the tree (builder.bake.purge_cache).
     """
     assert layer.source.tree is not None
     root = PurePosixPath(layer.root)
@@ -100,4 +102,3 @@ def write_app_layer(tree: Path, layer: AppLayer, manifest: Manifest, cached: Pat
         rails_build.build_app(tree, manifest)
         if keep is not None:
             run(["cp", "-a", dest, keep])
-    rails_build.purge_build_packages(tree, manifest)

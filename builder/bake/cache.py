@@ -7,6 +7,8 @@
                                  the config layer replaces files, never edits one
     <cache>/app/<key>.tree/      a built app layer (app.root after the app's build),
                                  checked out by hard links like the base tree
+    <cache>/app/<key>.purge/     the purge of the build-only packages from a base
+                                 layer, replayed by later bakes (purge_cache)
     <cache>/rootfs/<key>.ext4    the root filesystem of a base tree (mkfs -d), which
     <cache>/rootfs/<key>.json    a bake copies and patches (builder.bake.root_image),
     <cache>/rootfs/<key>.blocks  and its block digests (builder.disk_digest)
@@ -195,11 +197,42 @@ class LayerCache:
         finally:
             shutil.rmtree(holder, ignore_errors=True)
 
+    def purge_delta(self, key: str) -> Path | None:
+        """The recorded purge `key` (builder.bake.purge_cache), marked used, or None."""
+        kept = self.app_dir / f"{key}.purge"
+        if not (kept / "delta.json").is_file() or kept.is_symlink():
+            return None
+        os.utime(kept)
+        return kept
+
+    @contextlib.contextmanager
+    def purge_staging(self, key: str) -> Iterator[Path]:
+        """A path (absent) to record a purge in; it replaces the recorded purge `key`
+        when the block ends without an error and the path exists, else it goes."""
+        self.app_dir.mkdir(parents=True, exist_ok=True)
+        holder = Path(tempfile.mkdtemp(prefix=f".tmp-{key[:12]}-", dir=self.app_dir))
+        try:
+            yield holder / "purge"
+            final = self.app_dir / f"{key}.purge"
+            if (holder / "purge").is_dir():
+                if final.exists():
+                    os.replace(final, holder / "old")
+                os.replace(holder / "purge", final)
+        finally:
+            shutil.rmtree(holder, ignore_errors=True)
+
     def app_entries(self) -> list[Path]:
         """Cached app layers, most recently used first."""
+        return self._used_first("*.tree")
+
+    def purge_entries(self) -> list[Path]:
+        """Recorded purges, most recently used first."""
+        return self._used_first("*.purge")
+
+    def _used_first(self, pattern: str) -> list[Path]:
         if not self.app_dir.is_dir():
             return []
-        found = [p for p in self.app_dir.glob("*.tree") if not p.name.startswith(".")]
+        found = [p for p in self.app_dir.glob(pattern) if not p.name.startswith(".")]
         return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
 
     # --------------------------------------------------------- root fs images
@@ -288,7 +321,7 @@ class LayerCache:
                 if age > 3600:
                     _remove(tmp)
                     removed.append(tmp)
-        for tree in self.app_entries()[keep:]:
+        for tree in self.app_entries()[keep:] + self.purge_entries()[keep:]:
             _remove(tree)
             removed.append(tree)
         if self.app_dir.is_dir():

@@ -48,6 +48,7 @@ from builder.bake.app_layer import AppLayer, app_layer_for, write_app_layer
 from builder.bake.bakeable import check_bakeable
 from builder.bake.cache import LayerCache
 from builder.bake.packages import dpkg_packages
+from builder.bake.purge_cache import purge
 from builder.bake.root_image import RootFsSpec, WorkingImage, cached_image, place_cached
 from builder.bake.sources import DEFAULT_APT_DIR, host_sources
 from builder.bake.tree import replace_file, set_owner_mode
@@ -329,7 +330,7 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
             set_owner_mode(tree, "/boot/grub/grub.cfg", 0, 0, 0o644)
         app_cached = None
         if recipe.app_layer is not None:
-            app_cached = _app_layer(tree, recipe.app_layer, manifest, key, cache, timer)
+            app_cached = _app_layer(tree, recipe.app_layer, manifest, key, cache, timer, work)
         packages = beside.submit(dpkg_packages, tree)
         with timer.step("rootfs", "writing the root filesystem (the cached base "
                         "filesystem, patched with what the layers changed)"):
@@ -399,7 +400,7 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
 
 
 def _app_layer(tree: Path, layer: AppLayer, manifest: Manifest, base_key: str,
-               cache: LayerCache, timer: _Timer) -> bool:
+               cache: LayerCache, timer: _Timer, scratch: Path) -> bool:
     """The app layer into `tree`, from the cache or built (then cached); cached?"""
     key = layer.key(base_key)
     cached = cache.app_tree(key)
@@ -407,10 +408,15 @@ def _app_layer(tree: Path, layer: AppLayer, manifest: Manifest, base_key: str,
     if cached is not None:
         with timer.step("app", f"app layer {key[:12]} (tree {digest}) from the cache"):
             write_app_layer(tree, layer, manifest, cached, None)
+            with timer.part("app.purge"):
+                timer.seconds["app.purge_cached"] = purge(tree, manifest, base_key, cache,
+                                                          scratch)
         return True
     with timer.step("app", f"building the app layer {key[:12]} (tree {digest})"), \
             cache.app_staging(key) as keep:
         write_app_layer(tree, layer, manifest, None, keep)
+        with timer.part("app.purge"):
+            timer.seconds["app.purge_cached"] = purge(tree, manifest, base_key, cache, scratch)
     return False
 
 
