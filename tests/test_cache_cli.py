@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from builder.bake.cache import LayerCache
 from builder.cli import main
 
 
@@ -96,3 +97,22 @@ def test_root_filesystems_are_listed_and_pruned(
     assert not old.exists() and not old.with_suffix(".json").exists()
     assert not old.with_suffix(".blocks").exists() and not stray.exists()
     assert not broken.exists() and not stale.exists()
+
+
+def test_a_finished_bakes_tree_is_removed_in_the_background(tmp_path: Path) -> None:
+    """The bake returns at once; the tree leaves its workdir (which a bake's end
+    removes) under a name `cache prune` knows, and a detached rm takes it."""
+    cache = LayerCache(tmp_path)
+    with cache.workdir() as work:
+        tree = work / "tree"
+        for n in range(200):
+            (tree / f"d{n % 7}").mkdir(parents=True, exist_ok=True)
+            (tree / f"d{n % 7}" / f"f{n}").write_text("x")
+        cache.remove_later(tree)
+        assert not tree.exists()
+        (doomed,) = [p for p in cache.work_root.iterdir() if "-removing-" in p.name]
+        assert doomed.name.startswith(f"{os.getpid()}-")
+    deadline = time.monotonic() + 30
+    while doomed.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not doomed.exists() and list(cache.work_root.iterdir()) == []

@@ -14,6 +14,8 @@
     <cache>/rootfs/<key>.blocks  and its block digests (builder.disk_digest)
     <cache>/work/<pid>-<rand>/   a bake's scratch space (removed by the bake;
                                  `cache prune` removes those of dead processes)
+    <cache>/work/<pid>-removing-<rand>/  a finished bake's work tree, which a
+                                 detached `rm -rf` is removing
     <cache>/boot/<name>-<version>-<pid>/  serial logs of a failed boot test,
                                  kept for reading; `cache prune` removes them
 
@@ -27,6 +29,7 @@ import contextlib
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
@@ -294,6 +297,17 @@ class LayerCache:
             yield path
         finally:
             shutil.rmtree(path, ignore_errors=True)
+
+    def remove_later(self, tree: Path) -> None:
+        """Remove `tree` (a bake's work tree, in its workdir) in the background:
+        it is moved out of the workdir and a detached `rm -rf` takes it, so the
+        bake does not wait for tens of thousands of unlinks. The name keeps this
+        process's id: `cache prune` removes what a killed `rm` left."""
+        doomed = self.work_root / f"{os.getpid()}-removing-{os.urandom(4).hex()}"
+        os.replace(tree, doomed)
+        subprocess.Popen(["rm", "-rf", "--one-file-system", str(doomed)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, start_new_session=True)
 
     # -------------------------------------------------------------- prune
 

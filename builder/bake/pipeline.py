@@ -306,8 +306,8 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
         disk_fd = _open_disk(stack, disk_path, manifest.image.volume_size_gib * disk.GIB)
         # Beside the layers (2 cores): the base layer's root filesystem (cached, or
         # made from the cached tree) copied into memory and into the disk, and the
-        # boot loaders. Later: the package list beside the root fs, the work
-        # tree's removal beside the disk. The pool is left (waiting for its work)
+        # boot loaders. Later: the package list beside the root fs. The pool is
+        # left (waiting for its work)
         # before the working image is closed and the staged image removed on a
         # failure.
         opened: list[WorkingImage] = []
@@ -340,8 +340,7 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
             if needed > work_fs.size:
                 work_fs.grow(needed)
             work_fs.patch(diff, tree, work / "rootfs")
-        packages.result()  # before the tree goes
-        removed = beside.submit(shutil.rmtree, tree)  # beside the disk
+        packages.result()
         with timer.step("disk", "writing the disk (the root fs's changed blocks, GPT, "
                         "ESP, GRUB for UEFI and BIOS) and its digest"):
             layout = disk.plan_layout(recipe.manifest.image.volume_size_gib * disk.GIB,
@@ -357,8 +356,6 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
                 first = layout.root.start // BLOCK
                 disk_digest = fd_digest(disk_fd,
                                         {first + i: d for i, d in enumerate(root_digests)})
-        with timer.step("cleanup", "removing the work tree"):
-            removed.result()  # free its space before the boot test
         if options.skip_boot_test:
             boot_test: dict[str, Any] = {"skipped": True}
         else:
@@ -394,6 +391,9 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
                 app=recipe.app.as_json(),
             )
             stored = store.commit(staged, image, replace=options.force)
+        # tens of thousands of unlinks, off the bake's path (on a failure, the
+        # workdir goes with the bake, the tree in it)
+        cache.remove_later(tree)
     timer.seconds["total"] = round(time.monotonic() - started, 2)
     action: Literal["built", "replaced"] = "replaced" if existing is not None else "built"
     return BakeResult(stored, action, base_cached, timer.seconds, app_cached)
