@@ -317,8 +317,11 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
             base_tree = cache.unpacked(entry)
             cached_fs = beside.submit(_cached_image, cache, key, root_uuid, base_tree, timer)
             root_fs = beside.submit(_open_root_fs, cached_fs, opened)
-            in_disk = beside.submit(lambda: place_cached(cached_fs.result()[0], disk_fd,
-                                                         disk.ROOT_START))
+            # into the disk once the copy in memory (needed first) is made: the
+            # two copies would share the core the checkout leaves
+            in_disk = beside.submit(lambda: (root_fs.result(),
+                                             place_cached(cached_fs.result()[0], disk_fd,
+                                                          disk.ROOT_START))[1])
             loaders = beside.submit(build_boot_loaders, work, recipe, root_uuid)
             cache.checkout(entry, tree)
         with timer.step("config", f"writing {len(recipe.files)} rendered files "
