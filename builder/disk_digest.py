@@ -58,11 +58,12 @@ def block_count(size: int) -> int:
     return -(-size // BLOCK)
 
 
-def data_blocks(fd: int, size: int, start: int = 0) -> list[int]:
-    """Indexes of the blocks in [start, size) that hold data (the rest are holes)."""
+def data_blocks(fd: int, size: int, block: int = BLOCK) -> list[int]:
+    """Indexes of the `block`-sized blocks a data extent touches (the rest are
+    holes; a block listed may still hold only zeros)."""
     found: set[int] = set()
-    for ext in data_extents(fd, size, start):
-        found.update(range(ext.offset // BLOCK, (ext.end - 1) // BLOCK + 1))
+    for ext in data_extents(fd, size):
+        found.update(range(ext.offset // block, (ext.end - 1) // block + 1))
     return sorted(found)
 
 

@@ -337,12 +337,15 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
         packages = beside.submit(dpkg_packages, tree)
         with timer.step("rootfs", "writing the root filesystem (the cached base "
                         "filesystem, patched with what the layers changed)"):
-            diff = diff_trees(tree, base_tree)
-            work_fs = root_fs.result()
+            with timer.part("rootfs.diff"):
+                diff = diff_trees(tree, base_tree)
+            with timer.part("rootfs.copied"):
+                work_fs = root_fs.result()
             needed = work_fs.needed_size(diff)
             if needed > work_fs.size:
                 work_fs.grow(needed)
-            work_fs.patch(diff, tree, work / "rootfs")
+            with timer.part("rootfs.patch"):
+                work_fs.patch(diff, tree, work / "rootfs")
         packages.result()
         with timer.step("disk", "writing the disk (the root fs's changed blocks, GPT, "
                         "ESP, GRUB for UEFI and BIOS) and its digest"):

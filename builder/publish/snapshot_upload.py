@@ -37,11 +37,18 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import ClientError
 
 from builder.aws.retry import Retries, is_retryable
-from builder.disk_digest import BLOCK, BLOCKS, ZERO_BLOCK, combine, file_digest, split
+from builder.disk_digest import (
+    BLOCK,
+    BLOCKS,
+    ZERO_BLOCK,
+    combine,
+    data_blocks,
+    file_digest,
+    split,
+)
 from builder.errors import UserError
 from builder.publish.images import delete_snapshot
 from builder.publish.upload_journal import UploadJournal, journal_path
-from builder.sparse import data_extents
 from builder.steps import Resumable
 from builder.wait import NotYet, Waiter, wait_for
 
@@ -78,12 +85,8 @@ class UploadResult:
 
 def candidate_blocks(path: Path, block_size: int = BLOCK_SIZE) -> list[int]:
     """Indexes of blocks touched by a data extent (may still be all zeros)."""
-    found: set[int] = set()
     with path.open("rb") as fh:
-        extents = data_extents(fh.fileno(), os.fstat(fh.fileno()).st_size)
-    for ext in extents:
-        found.update(range(ext.offset // block_size, (ext.end - 1) // block_size + 1))
-    return sorted(found)
+        return data_blocks(fh.fileno(), os.fstat(fh.fileno()).st_size, block_size)
 
 
 def read_block(fh: Any, index: int, block_size: int = BLOCK_SIZE) -> bytes:
