@@ -10,6 +10,9 @@ run by run (`--runs N`: medians, and p95 by nearest rank):
   seed       the seed's runbook: freeze, `pg_dump | gzip > f`, `zcat f | psql`
   dump       amibake strategy dump: pg_dump -Fd -Z 0 -j 2 + pg_restore -j 2
   dump-stream  the same with `dump_format: stream`: pg_dump -Fc -Z 0 | pg_restore
+  dump-copy  `dump_format: copy`: the schema by pg_dump, each table's rows by
+             COPY | COPY (FREEZE), 2 tables at once, post-data by pg_restore -j 2;
+             its row-count gate reads the COPYs' own counts
   replicate  amibake strategy replicate: initial sync before the window,
              freeze → catch up → sequences → drop subscription in it
   pgcopydb   the contender: freeze, `pgcopydb clone --table-jobs 2
@@ -35,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -74,6 +78,10 @@ from tests.cutover_fixtures import (  # noqa: E402
 BENCH_CONF = ("shared_buffers = 256MB", "fsync = on", "full_page_writes = on",
               "max_wal_size = 4GB", "checkpoint_timeout = 30min",
               "maintenance_work_mem = 256MB", "max_parallel_workers_per_gather = 1")
+
+
+#: bench method → the `dump_format` it runs
+DUMP_FORMATS = {"dump": "directory", "dump-stream": "stream", "dump-copy": "copy"}
 
 
 def _pg_env(c: Cluster, user: str = "app", password: str = APP_PASSWORD) -> dict[str, str]:
@@ -182,7 +190,8 @@ def _amibake(cfg: Any, writer: Writer, new: Cluster, work: Path) -> dict[str, An
         if rec.started and rec.finished:
             durations[rec.name] = round((datetime.fromisoformat(rec.finished)
                                          - datetime.fromisoformat(rec.started)).total_seconds(), 3)
-        if rec.name in ("db_catch_up", "db_detach", "verify_db", "cleanup_old"):
+        if rec.name in ("db_catch_up", "db_detach", "db_dump_restore", "verify_db",
+                        "cleanup_old"):
             details[rec.name] = rec.detail
     f = state.facts
     db = (datetime.fromisoformat(f.new_writable_at or "")
@@ -196,7 +205,14 @@ def _amibake(cfg: Any, writer: Writer, new: Cluster, work: Path) -> dict[str, An
             "switched_at": switched[0] if switched else None,
             "window_recorded_s": round(state.downtime_s() or -1, 3),
             "db_window_s": round(db, 3), "steps_s": durations, "phases_s": phases,
-            "details": details}
+            "details": details, **_copy_phases(details.get("db_dump_restore", ""))}
+
+
+def _copy_phases(detail: str) -> dict[str, Any]:
+    """dump_format copy's own phases, from its step's detail ("(schema dump
+    0.21 s, pre-data 0.05 s, copy …)")."""
+    found = re.findall(r"([a-z][a-z -]*) (\d+\.\d+) s", detail.rpartition("(")[2])
+    return {"copy_phases_s": {k.strip(): float(v) for k, v in found}} if found else {}
 
 
 def _method(name: str, old: Cluster, template: Path, knot: Any, sites: Any,
@@ -209,8 +225,7 @@ def _method(name: str, old: Cluster, template: Path, knot: Any, sites: Any,
         strategy = "dump" if name.startswith("dump") else "replicate"
         cfg = derive(cutover_manifest(old, new, knot, sites, strategy=strategy,
                                       checksum_when="after_switch", dump_jobs=2,
-                                      dump_format="stream" if name == "dump-stream"
-                                      else "directory",
+                                      dump_format=DUMP_FORMATS.get(name, "directory"),
                                       catch_up_timeout=600))
         # back to the starting line: app may log in, site up, DNS on the old address
         set_login(cfg.old, "app", True)
@@ -279,6 +294,10 @@ def _summary(runs: list[dict[str, Any]]) -> dict[str, Any]:
                            "downtime_p50_s": round(statistics.median(down), 3),
                            "downtime_p95_s": round(_p(down, 0.95), 3),
                            "lost_writes_total": sum(r["lost_writes"] for r in runs)}
+    copy_phases = sorted({k for r in runs for k in r.get("copy_phases_s", {})})
+    if copy_phases:
+        out["copy_phases_p50_s"] = {k: round(statistics.median(
+            r["copy_phases_s"].get(k, 0.0) for r in runs), 3) for k in copy_phases}
     phases = sorted({k for r in runs for k in r.get("phases_s", {})})
     if phases:
         out["phases_p50_s"] = {k: round(statistics.median(
@@ -350,15 +369,17 @@ def main() -> int:
                     "loadavg_at_end": os.getloadavg()},
     }
     p50 = {name: s["downtime_p50_s"] for name, s in summary.items()}
-    for a, b in (("seed", "replicate"), ("seed", "dump"), ("pgcopydb", "dump")):
+    for a, b in (("seed", "replicate"), ("seed", "dump"), ("pgcopydb", "dump"),
+                 ("pgcopydb", "dump-copy"), ("pgcopydb", "dump-stream")):
         if a in p50 and b in p50 and p50[b]:
             doc[f"{a}_over_{b}"] = round(p50[a] / p50[b], 2)
     if "replicate" in summary and args.runs >= 10:
         rep = summary["replicate"]
         doc["targets"] = {"replicate_p50_le_0_5s": rep["downtime_p50_s"] <= 0.5,
                           "replicate_p95_le_1s": rep["downtime_p95_s"] <= 1.0}
-    if "pgcopydb" in p50 and "dump" in p50:
-        doc.setdefault("targets", {})["dump_le_pgcopydb"] = p50["dump"] <= p50["pgcopydb"]
+    for name in ("dump", "dump-stream", "dump-copy"):
+        if "pgcopydb" in p50 and name in p50:
+            doc.setdefault("targets", {})[f"{name}_le_pgcopydb"] = p50[name] <= p50["pgcopydb"]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     print(f"\nold PostgreSQL {version} → 15, {args.runs} round(s); load average "
@@ -370,7 +391,8 @@ def main() -> int:
               f"{s_['lost_writes_total']:>5}  {s_.get('phases_p50_s', '')}"
               + (f" + outside the steps {s_['outside_steps_p50_s']} (writer reconnect "
                  f"{s_['writer_reconnect_p50_s']})" if "outside_steps_p50_s" in s_ else ""))
-    for key in ("seed_over_replicate", "seed_over_dump", "pgcopydb_over_dump"):
+    for key in ("seed_over_replicate", "seed_over_dump", "pgcopydb_over_dump",
+                "pgcopydb_over_dump-copy", "pgcopydb_over_dump-stream"):
         if key in doc:
             print(f"{key}: {doc[key]}×")
     print(f"written to {args.out}")

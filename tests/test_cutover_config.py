@@ -92,3 +92,19 @@ def test_rfc2136_needs_a_key() -> None:
         m.cutover.dns, provider="rfc2136", server="127.0.0.1:53")))
     with pytest.raises(UserError, match="rfc2136 needs dns.server and dns.tsig_key"):
         derive(m, environ=ENV)
+
+
+def test_dump_format_copy_is_read_and_a_typo_points_at_its_column() -> None:
+    base = MANIFEST.read_text()
+    ok = load_manifest_text(base.replace("  strategy: replicate",
+                                         "  strategy: dump\n  dump_format: copy"), "m.yaml")
+    assert ok.cutover is not None and ok.cutover.dump_format == "copy"
+    text = base.replace("  strategy: replicate", "  strategy: dump\n  dump_format: cpoy")
+    line = text.splitlines().index("  dump_format: cpoy") + 1
+    with pytest.raises(UserError) as exc:
+        load_manifest_text(text, "m.yaml")
+    [problem] = [p for p in exc.value.problems if "cpoy" in p.message]
+    assert (problem.location.line, problem.location.col) == (line, 16)
+    assert str(problem).startswith(f"m.yaml:{line}:16")
+    assert "copy, directory, stream" in problem.message
+    assert "\n" not in str(problem)

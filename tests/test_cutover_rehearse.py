@@ -48,14 +48,16 @@ def _new_server(new: Cluster) -> dict[str, object]:
     }
 
 
-@pytest.mark.parametrize("strategy", ["dump", "replicate"])
+@pytest.mark.parametrize(("strategy", "dump_format"),
+                         [("dump", "directory"), ("dump", "copy"), ("replicate", "directory")])
 def test_rehearse_leaves_production_and_dns_alone_and_resets_the_new_server(
-    strategy: str, pg_pair: tuple[Cluster, Cluster], knot: Knot, sites: tuple[Site, Site],
-    uploads: tuple[Path, Path], secret_env: None, tmp_path: Path,
+    strategy: str, dump_format: str, pg_pair: tuple[Cluster, Cluster], knot: Knot,
+    sites: tuple[Site, Site], uploads: tuple[Path, Path], secret_env: None, tmp_path: Path,
 ) -> None:
     old, new = pg_pair
     old.sql(PARTITIONED)
-    cfg = derive(cutover_manifest(old, new, knot, sites, uploads, strategy=strategy))
+    cfg = derive(cutover_manifest(old, new, knot, sites, uploads, strategy=strategy,
+                                  dump_format=dump_format))
     before_old, before_new = _production(old, knot), _new_server(new)
     assert before_old["dns"] == ((OLD_ADDR,), 300)
     # the app keeps writing through the rehearsal: nothing is frozen, and the

@@ -137,14 +137,15 @@ def test_old_server_is_really_postgresql_10(pg10_pair: tuple[Cluster, Cluster]) 
     assert f_old.standard_conforming_strings and f_old.encoding == "UTF8"
 
 
-@pytest.mark.parametrize("strategy", ["replicate", "dump"])
+@pytest.mark.parametrize(("strategy", "dump_format"),
+                         [("replicate", "stream"), ("dump", "stream"), ("dump", "copy")])
 def test_postgresql_10_onto_15_under_a_writer(
-    strategy: str, pg10_pair: tuple[Cluster, Cluster], knot: Knot, sites: tuple[Site, Site],
-    secret_env: None, tmp_path: Path,
+    strategy: str, dump_format: str, pg10_pair: tuple[Cluster, Cluster], knot: Knot,
+    sites: tuple[Site, Site], secret_env: None, tmp_path: Path,
 ) -> None:
     old, new = pg10_pair
     cfg = derive(cutover_manifest(old, new, knot, sites, strategy=strategy,
-                                  dump_format="stream"))
+                                  dump_format=dump_format))
     state, writer = run_under_writer(cfg, old, new, tmp_path / "s.json",
                                      fix_replica_identity=True)
     assert state.complete

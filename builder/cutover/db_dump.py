@@ -1,5 +1,6 @@
-"""Strategy `dump`: the seed's method, improved — a parallel directory-format
-dump restored in parallel, or one stream with no file in between; from
+"""Strategy `dump`: the seed's method, improved — amibake's own table-by-table
+COPY (builder.cutover.db_copy), a parallel directory-format dump restored in
+parallel, or one stream with no file in between; from
 PostgreSQL 8.1-9.1 (which this machine's pg_dump cannot read), the old
 host's own pg_dump over SSH, its plain SQL rewritten for 15 as it streams
 (builder.cutover.dump_sql) into psql in one transaction."""
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-from builder.cutover import dump_sql, pg
+from builder.cutover import db_copy, dump_sql, pg
 from builder.cutover.config import Conn, CutoverConfig
 from builder.errors import UserError
 from builder.manifest.paths import HOST_SPEC
@@ -33,6 +34,8 @@ def dump_restore(cfg: CutoverConfig, *, workdir: Path | None = None,
     cut = cfg.cutover
     if cut.old_pg_dump != "local":
         return _from_old_host(cfg)
+    if cut.dump_format == "copy":
+        return db_copy.copy_database(cfg, workdir=workdir, snapshot=snapshot).summary()
     dump_flags = [*_DUMP_FLAGS, *([f"--snapshot={snapshot}"] if snapshot else [])]
     pg.drop_partitioned_tables(cfg.new)  # --clean cannot (a resume, a retry after rollback)
     if cut.dump_format == "stream":

@@ -290,3 +290,19 @@ def drop_partitioned_tables(conn: Conn) -> int:
     if names:
         execute(conn, f"DROP TABLE IF EXISTS {', '.join(names)} CASCADE")
     return len(names)
+
+
+def drop_foreign_keys(conn: Conn) -> int:
+    """Drop the foreign keys of the TARGET database before its schema is
+    re-applied section by section (`dump_format: copy`): pre-data's
+    `--clean` drops tables, not the post-data foreign keys of a previous
+    attempt, and a table another one references cannot be dropped. Never
+    called on the old server."""
+    rows = query(conn, """
+        SELECT format('ALTER TABLE %s DROP CONSTRAINT %I;', conrelid::regclass, conname)
+          FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
+         WHERE c.contype = 'f' AND c.conparentid = 0
+           AND n.nspname NOT IN ('pg_catalog', 'information_schema')""")
+    if rows:
+        execute(conn, "".join(r[0] for r in rows))
+    return len(rows)

@@ -17,6 +17,7 @@ import psycopg
 from builder.cutover import (
     backup_check,
     checklist,
+    db_copy,
     db_dump,
     db_replicate,
     files,
@@ -85,6 +86,9 @@ class Ctx:
     #: a session with the new server opened in the background from the
     #: catch-up on, for the snapshot the after-switch checksums read
     snapshot_session: Future[psycopg.Connection[Any]] | None = None
+    #: dump_format copy: the rows each COPY sent from the old server and
+    #: committed on the new one, per table (the row-count gate's figures)
+    copied: db_copy.Copied | None = None
     _pool: ThreadPoolExecutor | None = None
     _workers: dict[Conn, ThreadPoolExecutor] = field(default_factory=dict)
 
@@ -263,7 +267,12 @@ def _detach(ctx: Ctx) -> str:
 
 
 def _dump_restore(ctx: Ctx) -> str:
-    detail = db_dump.dump_restore(ctx.cfg)
+    cut = ctx.cfg.cutover
+    if cut.dump_format == "copy" and cut.old_pg_dump == "local":
+        ctx.copied = db_copy.copy_database(ctx.cfg)
+        detail = ctx.copied.summary()
+    else:
+        detail = db_dump.dump_restore(ctx.cfg)
     _writable(ctx)
     return detail
 
@@ -280,7 +289,12 @@ def _verify_db(ctx: Ctx) -> str:
     recorded = {f"{s}.{n}": v for s, n, v in ctx.state.facts.sequences}
     seqs = verify.compare("sequences", dict(recorded), dict(verify.sequences(cfg.new)))
     try:
-        if ctx.old_counts is not None:
+        if ctx.copied is not None:
+            old_counts, new_counts = ctx.copied.sent, ctx.copied.received
+            ctx.copied = None
+            timing = " (the rows each COPY sent from the old server's snapshot and committed "\
+                     "on the new one into the table it emptied)"
+        elif ctx.old_counts is not None:
             new = ctx.new_counts.result() if ctx.new_counts is not None else _count(cfg.new)
             new_counts = new.counts
             old = ctx.old_counts.result()
@@ -513,6 +527,9 @@ def forward_steps(cfg: CutoverConfig) -> list[FnStep]:
                        if cut.old_pg_dump != "local" else
                        f"pg_dump -Fd -Z 0 -j {cut.dump_jobs} + pg_restore -j {cut.dump_jobs}"
                        " --clean" if cut.dump_format == "directory" else
+                       f"the schema by pg_dump, each table by COPY | COPY (FREEZE) "
+                       f"({cut.dump_jobs} at once), indexes and constraints by pg_restore "
+                       f"-j {cut.dump_jobs}" if cut.dump_format == "copy" else
                        "pg_dump -Fc | pg_restore --clean") + " onto the new server",
             _dump_restore))
     if fs:

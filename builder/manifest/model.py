@@ -523,10 +523,13 @@ class Cutover:
     )
     smoke_paths: tuple[str, ...] = setting(("/health", "/"), help="paths that must answer 200",
                                            item=fc.url_path)
-    dump_format: Literal["directory", "stream"] = setting(
-        "directory", help="dump strategy: `pg_dump -Fd -Z 0 -j` + `pg_restore -j`, or one stream"
+    dump_format: Literal["copy", "directory", "stream"] = setting(
+        "directory", help="dump strategy: `copy` (schema by pg_dump, each table's rows by "
+        "COPY | COPY FREEZE, indexes by pg_restore -j), `directory` (`pg_dump -Fd -Z 0 -j` + "
+        "`pg_restore -j`), or `stream` (pg_dump -Fc | pg_restore)"
     )
-    dump_jobs: int = setting(2, help="parallel jobs for pg_dump -Fd / pg_restore -j",
+    dump_jobs: int = setting(2, help="parallel jobs: tables copied at once (copy), pg_dump -Fd "
+                             "(directory), pg_restore -j (copy, directory)",
                              check=fc.between(1, 64))
     publisher: str = setting(
         "", help="old database as the new server reaches it, host[:port]; default old_db",
