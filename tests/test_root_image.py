@@ -327,8 +327,11 @@ def _into_disk(image: Path, work: root_image.WorkingImage, disk_path: Path,
     try:
         os.ftruncate(fd, size)
         os.pwrite(fd, b"GPT!", 0)
-        cached = root_image.place_cached(image, fd, offset)
-        digests = work.write_into(fd, offset, image, cached)
+        changed = work.changes(image)
+        root_image.place_cached(image, fd, offset)
+        work.write_into(fd, offset, changed)
+        digests = root_image.root_digests(root_image.cached_block_digests(image), changed,
+                                          work.size)
         known = {offset // BLOCK + i: d for i, d in enumerate(digests)}
         assert fd_digest(fd, known) == file_digest(disk_path)  # what a bake records
     finally:

@@ -49,7 +49,14 @@ from builder.bake.bakeable import check_bakeable
 from builder.bake.cache import LayerCache
 from builder.bake.packages import dpkg_packages
 from builder.bake.purge_cache import purge
-from builder.bake.root_image import RootFsSpec, WorkingImage, cached_image, place_cached
+from builder.bake.root_image import (
+    RootFsSpec,
+    WorkingImage,
+    cached_block_digests,
+    cached_image,
+    place_cached,
+    root_digests,
+)
 from builder.bake.sources import DEFAULT_APT_DIR, host_sources
 from builder.bake.tree import replace_file, set_owner_mode
 from builder.bake.tree_diff import diff_trees
@@ -305,8 +312,8 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
         disk_path = staged / DISK_FILE
         disk_fd = _open_disk(stack, disk_path, manifest.image.volume_size_gib * disk.GIB)
         # Beside the layers (2 cores): the base layer's root filesystem (cached, or
-        # made from the cached tree) copied into memory and into the disk, and the
-        # boot loaders. Later: the package list beside the root fs. The pool is
+        # made from the cached tree) copied into memory (then into the disk), and
+        # the boot loaders. Later: the package list beside the root fs. The pool is
         # left (waiting for its work)
         # before the working image is closed and the staged image removed on a
         # failure.
@@ -317,13 +324,11 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
             base_tree = cache.unpacked(entry)
             cached_fs = beside.submit(_cached_image, cache, key, root_uuid, base_tree, timer)
             root_fs = beside.submit(_open_root_fs, cached_fs, opened)
-            # into the disk once the copy in memory (needed first) is made: the
-            # two copies would share the core the checkout leaves
-            in_disk = beside.submit(lambda: (root_fs.result(),
-                                             place_cached(cached_fs.result()[0], disk_fd,
-                                                          disk.ROOT_START))[1])
             loaders = beside.submit(build_boot_loaders, work, recipe, root_uuid)
             cache.checkout(entry, tree)
+        # into the disk once the checkout is made (the copy and the checkout's
+        # links slowed each other: both write to the filesystem of the cache)
+        in_disk = beside.submit(_place_cached, cached_fs, disk_fd, timer)
         with timer.step("config", f"writing {len(recipe.files)} rendered files "
                         f"(roles: {', '.join(recipe.roles)})"):
             rootfs.write_config_layer(tree, recipe.files, recipe.services)
@@ -351,17 +356,18 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
                         "ESP, GRUB for UEFI and BIOS) and its digest"):
             layout = disk.plan_layout(recipe.manifest.image.volume_size_gib * disk.GIB,
                                       work_fs.size, recipe.inputs_digest)
+            with timer.part("disk.compare"):  # while the cached fs goes into the disk
+                changed = work_fs.changes(cached_fs.result()[0])
             with timer.part("disk.placed"):
                 cached_digests = in_disk.result()
             with timer.part("disk.root"):
-                root_digests = work_fs.write_into(disk_fd, layout.root.start,
-                                                  cached_fs.result()[0], cached_digests)
+                work_fs.write_into(disk_fd, layout.root.start, changed)
+                digests = root_digests(cached_digests, changed, work_fs.size)
             with timer.part("disk.boot"):
                 write_disk(disk_path, layout, loaders.result(), work / "gpt")
             with timer.part("disk.digest"):
                 first = layout.root.start // BLOCK
-                disk_digest = fd_digest(disk_fd,
-                                        {first + i: d for i, d in enumerate(root_digests)})
+                disk_digest = fd_digest(disk_fd, {first + i: d for i, d in enumerate(digests)})
         if options.skip_boot_test:
             boot_test: dict[str, Any] = {"skipped": True}
         else:
@@ -447,6 +453,15 @@ def _open_root_fs(image: Future[tuple[Path, dict[str, Any]]],
     """The cached root filesystem copied into memory."""
     opened.append(WorkingImage(*image.result()))
     return opened[-1]
+
+
+def _place_cached(cached_fs: Future[tuple[Path, dict[str, Any]]], disk_fd: int,
+                  timer: _Timer) -> list[bytes]:
+    """The cached root fs into the disk (root_image.place_cached); its block digests."""
+    with timer.part("disk.precopy"):
+        place_cached(cached_fs.result()[0], disk_fd, disk.ROOT_START)
+    with timer.part("disk.blocks"):
+        return cached_block_digests(cached_fs.result()[0])
 
 
 def _open_disk(stack: contextlib.ExitStack, path: Path, size: int) -> int:

@@ -12,7 +12,7 @@
     placed   the cached image goes into the disk at the root partition's
              offset beside the layers (place_cached); once patched, only the
              blocks of the working copy that differ from the cached image are
-             written over it (WorkingImage.write_into), and the others keep the
+             written over it (WorkingImage.changes, .write_into), and the others keep the
              digests kept beside the cached image (<key>.blocks: its
              builder.disk_digest block digests, taken again when the image
              file is not the one they were taken of), so the disk's digest
@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,15 +110,13 @@ def cached_block_digests(image: Path) -> list[bytes]:
         os.close(fd)
 
 
-def place_cached(image: Path, disk_fd: int, offset: int) -> list[bytes]:
-    """The cached image into the disk at `offset` (its holes left holes); its
-    block digests (cached_block_digests)."""
+def place_cached(image: Path, disk_fd: int, offset: int) -> None:
+    """The cached image into the disk at `offset` (its holes left holes)."""
     src = os.open(image, os.O_RDONLY)
     try:
         disk.copy_into(src, disk_fd, offset)
     finally:
         os.close(src)
-    return cached_block_digests(image)
 
 
 class WorkingImage:
@@ -163,49 +162,68 @@ class WorkingImage:
         if diff.removed:  # freed blocks still hold the removed files' bytes
             disk.punch_holes(self.fd, free_ranges(self.path))
 
-    def write_into(self, disk_fd: int, offset: int, image: Path,
-                   cached: list[bytes]) -> list[bytes]:
-        """Turn the copy of the cached `image` at `offset` in the disk (place_cached)
-        into this working image, and return its block digests: the blocks that
-        hold data in either are compared, and only those that differ are
-        written (a block of zeros as a hole) and hashed; the others keep
-        their `cached` digests (the image's cached_block_digests)."""
-        if self.size % BLOCK or offset % BLOCK or len(cached) * BLOCK > self.size:
-            raise ValueError("a root image and its partition are whole blocks, "
-                             "and the working image is no smaller than the cached one")
+    def changes(self, image: Path) -> dict[int, bytes]:
+        """The blocks (builder.disk_digest.BLOCK) of this working image that differ
+        from the cached `image` it was copied from (zeros past its end), index →
+        digest: the blocks that hold data in either are compared, only those
+        that differ are hashed (a block of zeros: ZERO_BLOCK)."""
         src = os.open(image, os.O_RDONLY)
         try:
             image_size = os.fstat(src).st_size
-            if image_size != len(cached) * BLOCK:
-                raise ValueError(f"{image} is not the image its block digests are of")
+            if self.size % BLOCK or image_size % BLOCK or image_size > self.size:
+                raise ValueError("a root image is whole blocks, and the working image is "
+                                 "no smaller than the cached one")
             blocks = sorted(set(data_blocks(self.fd, self.size))
                             | set(data_blocks(src, image_size)))
             with ThreadPoolExecutor(max_workers=2) as pool:
-                parts = pool.map(
-                    lambda part: _write_changed(self.fd, src, image_size, disk_fd, offset, part),
-                    [blocks[0::2], blocks[1::2]])
-                changed = {i: d for part in parts for i, d in part}
+                parts = pool.map(lambda part: _changed(self.fd, src, image_size, part),
+                                 [blocks[0::2], blocks[1::2]])
+                return {i: d for part in parts for i, d in part}
         finally:
             os.close(src)
-        digests = cached + [ZERO_BLOCK] * (self.size // BLOCK - len(cached))
-        for i, d in changed.items():
-            digests[i] = d
-        return digests
+
+    def write_into(self, disk_fd: int, offset: int, changed: Mapping[int, bytes]) -> None:
+        """Turn the cached image placed at `offset` in the disk (place_cached) into
+        this working image: its `changed` blocks (changes()) written over it, a
+        block of zeros as a hole."""
+        if offset % BLOCK:
+            raise ValueError("a root partition starts at a whole block")
+        buf = bytearray(BLOCK)
+        for i, digest in sorted(changed.items()):
+            pos = i * BLOCK
+            if digest == ZERO_BLOCK:
+                disk.punch_holes(disk_fd, [(offset + pos, BLOCK)])
+                continue
+            if os.preadv(self.fd, [buf], pos) != BLOCK:
+                raise ValueError("the working root image shrank while it was placed")
+            view = memoryview(buf)
+            done = 0
+            while done < BLOCK:
+                done += os.pwrite(disk_fd, view[done:], offset + pos + done)
+
+
+def root_digests(cached: list[bytes], changed: Mapping[int, bytes], size: int) -> list[bytes]:
+    """The block digests of a working image of `size` bytes: the cached image's
+    (cached_block_digests), the `changed` blocks' (WorkingImage.changes) over them."""
+    digests = cached + [ZERO_BLOCK] * (size // BLOCK - len(cached))
+    for i, d in changed.items():
+        digests[i] = d
+    return digests
 
 
 _ZEROS = bytes(BLOCK)
 
 
-def _write_changed(work: int, image: int, image_size: int, disk_fd: int, offset: int,
-                   blocks: list[int]) -> list[tuple[int, bytes]]:
-    """The `blocks` of `work` that differ from `image` (zeros past its end),
-    written into `disk_fd` at `offset` + their place; (index, digest) of each."""
+def _changed(work: int, image: int, image_size: int,
+             blocks: list[int]) -> list[tuple[int, bytes]]:
+    """(index, digest) of the `blocks` of `work` that differ from `image` (zeros
+    past its end)."""
     mine, theirs = bytearray(BLOCK), bytearray(BLOCK)
     changed = []
     for i in blocks:
         pos = i * BLOCK
         if os.preadv(work, [mine], pos) != BLOCK:
-            raise ValueError("the working root image shrank while it was placed")
+            raise ValueError("the working root image shrank while it was compared")
         if pos < image_size:
             if os.preadv(image, [theirs], pos) != BLOCK:
                 raise ValueError("the cached root image shrank while it was read")
@@ -213,13 +231,5 @@ def _write_changed(work: int, image: int, image_size: int, disk_fd: int, offset:
                 continue
         elif mine == _ZEROS:
             continue
-        if mine == _ZEROS:
-            disk.punch_holes(disk_fd, [(offset + pos, BLOCK)])
-            changed.append((i, ZERO_BLOCK))
-        else:
-            view = memoryview(mine)
-            done = 0
-            while done < BLOCK:
-                done += os.pwrite(disk_fd, view[done:], offset + pos + done)
-            changed.append((i, hashlib.sha256(mine).digest()))
+        changed.append((i, ZERO_BLOCK if mine == _ZEROS else hashlib.sha256(mine).digest()))
     return changed
