@@ -524,7 +524,7 @@ class Cutover:
     smoke_paths: tuple[str, ...] = setting(("/health", "/"), help="paths that must answer 200",
                                            item=fc.url_path)
     dump_format: Literal["copy", "directory", "stream"] = setting(
-        "directory", help="dump strategy: `copy` (schema by pg_dump, each table's rows by "
+        "copy", help="dump strategy: `copy` (schema by pg_dump, each table's rows by "
         "COPY | COPY FREEZE, indexes by pg_restore -j), `directory` (`pg_dump -Fd -Z 0 -j` + "
         "`pg_restore -j`), or `stream` (pg_dump -Fc | pg_restore)"
     )
