@@ -258,5 +258,12 @@ def punch_holes(fd: int, ranges: Iterable[tuple[int, int]]) -> None:
 
 
 def used_size(path: Path) -> int:
-    """Bytes really allocated (st_blocks × 512): a sparse disk's true cost."""
-    return path.stat().st_blocks * 512
+    """Bytes of data (the holes left out): a sparse disk's true cost, as uploads
+    and bundles send it. Not st_blocks: that also counts the filesystem's own
+    blocks for the file (its extent tree), which ext4 allocates when it writes
+    the file back, after the bake has recorded the figure."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return sum(e.length for e in data_extents(fd, os.fstat(fd).st_size))
+    finally:
+        os.close(fd)

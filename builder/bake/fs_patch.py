@@ -1,8 +1,8 @@
 """Apply a TreeDiff to an ext4 filesystem with debugfs: no mount, no loop device.
 
-The filesystem is the cached root image (mkfs -d of the base tree), already
-copied into the disk; one `debugfs -w -f SCRIPT 'disk?offset=N'` run turns it
-into the filesystem of the bake's tree. Each entry gets what `mkfs.ext4 -d`
+The filesystem is a copy of the cached root image (mkfs -d of the base tree,
+builder.bake.root_image); one `debugfs -w -f SCRIPT IMAGE` run turns it into
+the filesystem of the bake's tree. Each entry gets what `mkfs.ext4 -d`
 gives it (misc/create_inode.c: the same `write`, `mkdir`, `symlink` and
 `mknod` code, then mode, owner, times and xattrs from lstat), with one
 difference: times are clamped to FS_TIME (as SOURCE_DATE_EPOCH clamps in

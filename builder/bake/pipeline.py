@@ -314,9 +314,8 @@ def bake(manifest: Manifest, options: BakeOptions, say: Say) -> BakeResult:
         # Beside the layers (2 cores): the base layer's root filesystem (cached, or
         # made from the cached tree) copied into memory (then into the disk), and
         # the boot loaders. Later: the package list beside the root fs. The pool is
-        # left (waiting for its work)
-        # before the working image is closed and the staged image removed on a
-        # failure.
+        # left (waiting for its work) before the working image and the disk are
+        # closed and the staged image removed on a failure.
         opened: list[WorkingImage] = []
         stack.callback(_close_all, opened)
         beside = stack.enter_context(ThreadPoolExecutor(max_workers=4))
