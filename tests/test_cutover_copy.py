@@ -68,6 +68,8 @@ AWKWARD = r"""
     CREATE UNLOGGED TABLE scratch (k text PRIMARY KEY, v int);
     INSERT INTO scratch SELECT 'k' || g, g FROM generate_series(1, 50) g;
     CREATE TABLE empty_one (id int);
+    CREATE TABLE "we""ird \ name; it's" ("col ""x"" \ y; z" text, "Upper" int);
+    INSERT INTO "we""ird \ name; it's" VALUES (E'a\tb', 1), (NULL, 2);
     CREATE SEQUENCE odd_seq START 100 INCREMENT 7;
     SELECT setval('odd_seq', 12345, false);
     SELECT setval('child_id_seq', 7777);
@@ -75,7 +77,8 @@ AWKWARD = r"""
     CREATE MATERIALIZED VIEW parent_count AS SELECT count(*) AS n FROM parent;
 """
 
-TABLES = ("builtin_types", '"odd ""names"" here"', "parent", "child", "scratch", "empty_one")
+TABLES = ("builtin_types", '"odd ""names"" here"', "parent", "child", "scratch", "empty_one",
+          '"we""ird \\ name; it\'s"')
 
 
 def _catalog(c: Cluster) -> dict[str, Any]:

@@ -264,7 +264,9 @@ def _copy_table(table: Table, snap: str, src_env: dict[str, str],
         src.stdout.close()  # dst holds the pipe: src sees SIGPIPE if dst dies
         out, _ = dst.communicate()
         src.wait()
-        for proc, err, side in ((src, src_err, "old"), (dst, dst_err, "new")):
+        # the new side first: when it stops, the old side's psql fails too (a
+        # broken pipe) and says less
+        for proc, err, side in ((dst, dst_err, "new"), (src, src_err, "old")):
             if proc.returncode != 0:
                 err.seek(0)
                 text = err.read().decode(errors="replace")
