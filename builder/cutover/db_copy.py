@@ -159,7 +159,7 @@ def copy_database(cfg: CutoverConfig, *, workdir: Path | None = None,
         # partitions' inherited keys), tables another table's foreign key
         # references (foreign keys are post-data, not dropped by pre-data)
         pg.drop_partitioned_tables(new)
-        pg.drop_foreign_keys(new)
+        pg.drop_foreign_keys(new, {t.name for t in tables})
         restore = ["pg_restore", "--clean", "--if-exists", "--exit-on-error", "-d", new.dbname]
         pg.tool([*restore, "--section=pre-data", str(archive)], new, timeout=24 * 3600)
         phase("pre-data")

@@ -292,17 +292,21 @@ def drop_partitioned_tables(conn: Conn) -> int:
     return len(names)
 
 
-def drop_foreign_keys(conn: Conn) -> int:
-    """Drop the foreign keys of the TARGET database before its schema is
-    re-applied section by section (`dump_format: copy`): pre-data's
-    `--clean` drops tables, not the post-data foreign keys of a previous
-    attempt, and a table another one references cannot be dropped. Never
-    called on the old server."""
+def drop_foreign_keys(conn: Conn, tables: set[str]) -> int:
+    """Drop the foreign keys of `tables` (schema.table as format('%I.%I')
+    writes it) in the TARGET database before its schema is re-applied
+    section by section (`dump_format: copy`): pre-data's `--clean` drops
+    tables, not the post-data foreign keys of a previous attempt, and a
+    table another one references cannot be dropped. A foreign key of any
+    other table is left alone (and still stops the drop, as with the other
+    formats). Never called on the old server."""
     rows = query(conn, """
-        SELECT format('ALTER TABLE %s DROP CONSTRAINT %I;', conrelid::regclass, conname)
-          FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
-         WHERE c.contype = 'f' AND c.conparentid = 0
-           AND n.nspname NOT IN ('pg_catalog', 'information_schema')""")
-    if rows:
-        execute(conn, "".join(r[0] for r in rows))
-    return len(rows)
+        SELECT format('%I.%I', n.nspname, t.relname),
+               format('ALTER TABLE %s DROP CONSTRAINT %I;', c.conrelid::regclass, c.conname)
+          FROM pg_constraint c JOIN pg_class t ON t.oid = c.conrelid
+          JOIN pg_namespace n ON n.oid = t.relnamespace
+         WHERE c.contype = 'f' AND c.conparentid = 0""")
+    drops = [r[1] for r in rows if r[0] in tables]
+    if drops:
+        execute(conn, "".join(drops))
+    return len(drops)
