@@ -58,7 +58,7 @@ OLD_ADDR, NEW_ADDR = "127.0.0.1", "127.0.0.2"
 __all__ = [
     "APP_PASSWORD", "NEW_ADDR", "OLD_ADDR", "SERVER_NAME", "Cluster", "Knot", "Site", "Sshd",
     "Writer", "app_schema", "cutover_manifest", "destroy_cluster", "edit_keeping_size_and_mtime",
-    "free_port", "knot", "old_pg_bin", "pair_templates",
+    "free_port", "knot", "old_pg_bin", "pair_templates", "pg10",
     "knot_server", "make_template", "pg_pair", "pg_template", "secret_env", "sites",
     "run_under_writer", "ssh_server", "sshd", "start_cluster", "uploads", "web_sites",
     "route53",
@@ -125,6 +125,16 @@ def old_pg_bin() -> Path:
     run(["cp", "-a", OLD_PG_NATIVE, base / "native"])
     run(["chmod", "-R", "a+rX", base])
     return base / "native" / "bin"
+
+
+@pytest.fixture(scope="module")
+def pg10() -> Iterator[tuple[Path, Path]]:
+    """PostgreSQL 10's bin directory and a template cluster of it (`make old-postgres`)."""
+    bin_dir = old_pg_bin()
+    data = make_template(bin_dir)
+    yield bin_dir, data
+    shutil.rmtree(data.parent, ignore_errors=True)
+    shutil.rmtree(bin_dir.parent.parent, ignore_errors=True)
 
 
 def exited(pid: int) -> bool:

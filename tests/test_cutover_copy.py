@@ -6,8 +6,6 @@ the row-count gate reads are the rows each COPY really moved."""
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +22,6 @@ from tests.cutover_fixtures import (
     Site,
     cutover_manifest,
     destroy_cluster,
-    make_template,
-    old_pg_bin,
     start_cluster,
 )
 
@@ -196,21 +192,11 @@ def test_a_failed_table_copy_names_it_and_a_retry_succeeds(
     _same(old, new, _copy(old, new, knot, sites))
 
 
-@pytest.fixture(scope="module")
-def pg10_old() -> Iterator[tuple[Path, Path]]:
-    """PostgreSQL 10's bin directory and a template cluster of it."""
-    bin_dir = old_pg_bin()
-    template = make_template(bin_dir)
-    yield bin_dir, template
-    shutil.rmtree(template.parent, ignore_errors=True)
-    shutil.rmtree(bin_dir.parent.parent, ignore_errors=True)
-
-
 def test_copy_10_onto_15_every_object_and_awkward_value(
-    pg10_old: tuple[Path, Path], pg_template: Path, knot: Knot, sites: tuple[Site, Site],
+    pg10: tuple[Path, Path], pg_template: Path, knot: Knot, sites: tuple[Site, Site],
     secret_env: None,
 ) -> None:
-    bin_dir, template = pg10_old
+    bin_dir, template = pg10
     old = start_cluster(template, "old10", bin_dir=bin_dir)
     new = None
     try:

@@ -9,7 +9,6 @@ real against a real sshd, with a real PostgreSQL 10 behind it."""
 
 from __future__ import annotations
 
-import shutil
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,8 +30,6 @@ from tests.cutover_fixtures import (
     app_schema,
     cutover_manifest,
     destroy_cluster,
-    make_template,
-    old_pg_bin,
     run_under_writer,
     start_cluster,
 )
@@ -192,15 +189,6 @@ def test_a_plain_dump_is_complete_only_with_its_last_comment() -> None:
 def test_copy_data_passes_unchanged_even_when_it_looks_like_sql() -> None:
     data = ["COPY t (a) FROM stdin;\n", "\\! not a command inside data\n", "WITH OIDS;\n", "\\.\n"]
     assert list(dump_sql.for_postgresql_15(data, dump_sql.Rewrites())) == data
-
-
-@pytest.fixture(scope="module")
-def pg10(pg_template: Path) -> Iterator[tuple[Path, Path]]:
-    bin_dir = old_pg_bin()
-    data = make_template(bin_dir)
-    yield bin_dir, data
-    shutil.rmtree(data.parent, ignore_errors=True)
-    shutil.rmtree(bin_dir.parent.parent, ignore_errors=True)
 
 
 def test_dump_through_the_old_hosts_own_pg_dump_over_ssh(
