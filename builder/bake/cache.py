@@ -298,16 +298,18 @@ class LayerCache:
         finally:
             shutil.rmtree(path, ignore_errors=True)
 
-    def remove_later(self, tree: Path) -> None:
+    def remove_later(self, tree: Path) -> Path:
         """Remove `tree` (a bake's work tree, in its workdir) in the background:
         it is moved out of the workdir and a detached `rm -rf` takes it, so the
         bake does not wait for tens of thousands of unlinks. The name keeps this
-        process's id: `cache prune` removes what a killed `rm` left."""
+        process's id: `cache prune` removes what a killed `rm` left. Returns
+        the name it has until `rm` is done (which may be at once)."""
         doomed = self.work_root / f"{os.getpid()}-removing-{os.urandom(4).hex()}"
         os.replace(tree, doomed)
         subprocess.Popen(["rm", "-rf", "--one-file-system", str(doomed)],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL, start_new_session=True)
+        return doomed
 
     # -------------------------------------------------------------- prune
 
