@@ -7,7 +7,8 @@ vendor/cache or Debian's), native extensions, assets:precompile, and the
 rendered database.yml put over the app's own. For the native extensions the image
 carries a compiler and headers (BUILD_ONLY_PACKAGES, added by the Ruby
 renderer for an own app); `purge_build_packages` takes them out of the tree
-again on every bake with an app, so no compiler ships.
+again, so no compiler ships: once per base layer, recorded and replayed on
+later bakes by builder.bake.purge_cache.
 """
 
 from __future__ import annotations
