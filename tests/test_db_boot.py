@@ -97,8 +97,9 @@ def _node(base: Path, s3: S3, prefix: str, *, passphrase: str = PASSPHRASE,
     secret.write_text(f"#!/bin/sh\n[ \"$1\" = backup_passphrase ] || exit 1\n"
                       f"printf '%s' '{passphrase}'\n")
     secret.chmod(0o755)
+    (base / "tmp").mkdir()
     env = {
-        "PATH": os.environ["PATH"], "LANG": "C.UTF-8",
+        "PATH": os.environ["PATH"], "LANG": "C.UTF-8", "TMPDIR": str(base / "tmp"),
         "AMIBAKE_PG_STEPS": "write_cipher prepare_data",
         "AMIBAKE_PG_DATA": str(data), "AMIBAKE_PG_CONF_DIR": str(conf),
         "AMIBAKE_PG_SOCKET": str(sock), "AMIBAKE_PG_PORT": str(port),
@@ -194,6 +195,7 @@ def test_wrong_passphrase_leaves_no_cluster(s3_tls: S3, workdir: Path) -> None:
     assert lines[0].endswith("(PostgreSQL not started)")
     assert not other.data.exists() or not any(other.data.iterdir())
     assert not other.listening()
+    assert not any((other.base / "tmp").iterdir())  # no private server log left
 
 
 def test_wrong_bucket_leaves_no_cluster(s3_tls: S3, workdir: Path) -> None:
@@ -205,6 +207,7 @@ def test_wrong_bucket_leaves_no_cluster(s3_tls: S3, workdir: Path) -> None:
     assert "the backup repository s3://no-such-bucket/dbboot-nobucket: " in lines[0]
     assert "bucket" in lines[0].lower() or "404" in lines[0], lines[0]
     assert not node.data.exists() and not node.listening()
+    assert not any((node.base / "tmp").iterdir())  # no private server log left
 
 
 def test_db_role_renders_the_engine_only_with_backup(tmp_path: Path) -> None:
