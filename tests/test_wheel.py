@@ -3,6 +3,7 @@ sample app ship inside it (builder/resources/), `validate` reads ./manifests."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,9 @@ SOURCES = ("builder", "cloudinit", "pyproject.toml", "setup.py", "README.md")
 
 
 def _run(cmd: list[str | Path], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    # never the caller's PYTHONPATH (bench/tier_times.py sets it to the checkout): pip
+    # would find the checkout's amibake "already satisfied" and install nothing
+    kwargs.setdefault("env", {k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, timeout=300,
                           **kwargs)  # type: ignore[call-overload, no-any-return]
 
