@@ -112,8 +112,9 @@ $(BIN)/amibake: pyproject.toml
 # beyond the cores pay: on 2 cores, interleaved runs of bench/tier_times.py gave
 # JOBS=3 180.5/187.7/195.9 s and JOBS=4 164.3/173.8 s for the same CPU (~300 s).
 # Each test file stays on one worker (--dist loadfile): its module fixtures
-# (clusters, servers) are set up once. The slowest files of the last run go first (tests/file_order.py; --no-loadscope-reorder keeps that
-# order), so no worker is left with a long file at the end.
+# (clusters, servers) are set up once. The slowest files of the last run go
+# first (tests/file_order.py; --no-loadscope-reorder keeps that order), so no
+# worker is left with a long file at the end.
 # bench/tier_times.py times the tier.
 JOBS ?= 4
 # The tests write Python bytecode even where PYTHONDONTWRITEBYTECODE is set:
