@@ -211,3 +211,21 @@ def test_copy_10_onto_15_every_object_and_awkward_value(
         for c in (old, new):
             if c is not None:
                 destroy_cluster(c)
+
+
+@pytest.mark.parametrize("row", [
+    ('public.t; DROP TABLE payslips', 'id', 0, '"public"."t"', "t"),  # not an identifier
+    ('public."t"" ; x', 'id', 0, '"public"."t"', "t"),  # an unclosed quote
+    ('public.t', 'id) TO PROGRAM \'sh\' --', 0, '"public"."t"', "t"),  # columns
+    ('public.t', 'id', 0, '"public"."t" --exclude', "t"),  # pg_dump's pattern
+    ('public."a\nb"', 'id', 0, '"public"."a\nb"', "t"),  # \copy's line
+])
+def test_table_names_read_back_from_a_server_must_be_quoted_identifiers(
+        row: tuple[object, ...]) -> None:
+    """The old server's names land in SQL on the new server and in psql's
+    \\copy line: anything but what quote_ident gives is refused, not run."""
+    with pytest.raises(UserError):
+        db_copy._tables([row])
+    ok = db_copy._tables([('"My ""odd"" schema".payslips', 'id, "Net pay"', 8192,
+                           '"My ""odd"" schema"."payslips"', "t")])
+    assert ok[0].copy_target() == '"My ""odd"" schema".payslips (id, "Net pay")'

@@ -41,6 +41,14 @@ from builder.errors import UserError
 
 _SNAPSHOT_ID = re.compile(r"[0-9A-Fa-f]+(-[0-9A-Fa-f]+)+")
 _COPY_TAG = re.compile(r"^COPY (\d+)$", re.MULTILINE)
+# What the server's quote_ident / format('%I') return: the names are read back
+# from a server (not trusted) and land in SQL run on the other server and in
+# psql's \copy line, so each must be exactly an identifier: bare lower case,
+# or double-quoted with "" for a quote (no NUL, no line break: \copy's line)
+_IDENT = r'(?:[a-z_][a-z0-9_]*|"(?:[^"\x00\r\n]|"")+")'
+_NAME = re.compile(rf"{_IDENT}\.{_IDENT}")
+_COLUMNS = re.compile(rf"(?:{_IDENT}(?:, {_IDENT})*)?")
+_PATTERN = re.compile(r'"(?:[^"\x00\r\n]|"")+"\."(?:[^"\x00\r\n]|"")+"')
 
 
 @dataclass(frozen=True)
@@ -110,8 +118,18 @@ def _tables_sql(version_num: int) -> str:
 
 
 def _tables(rows: list[list[str]] | list[tuple[object, ...]]) -> list[Table]:
-    return [Table(str(r[0]), str(r[1] or ""), int(str(r[2])), str(r[3]),
-                  str(r[4]).lower() in ("t", "true")) for r in rows]
+    tables = [Table(str(r[0]), str(r[1] or ""), int(str(r[2])), str(r[3]),
+                    str(r[4]).lower() in ("t", "true")) for r in rows]
+    for t in tables:
+        if "\n" in t.name or "\r" in t.name:
+            raise UserError(f"table {t.name[:80]!r}: a line break in its name, which psql's "
+                            "\\copy cannot carry", hint="use dump_format: stream")
+        if not (_NAME.fullmatch(t.name) and _COLUMNS.fullmatch(t.columns)
+                and _PATTERN.fullmatch(t.pattern)):
+            raise UserError(f"table {t.name[:80]!r}: the server's quoted name or columns "
+                            f"{t.columns[:80]!r} are not quoted identifiers",
+                            hint="check the server: PostgreSQL's quote_ident never gives this")
+    return tables
 
 
 def _session_options(version_num: int, *, source: bool) -> str:
@@ -210,10 +228,6 @@ def _snapshot(old: Conn, given: str | None) -> Iterator[tuple[str, list[Table]]]
             snap = str(session.execute("SELECT pg_export_snapshot()").fetchone()[0])  # type: ignore[index]
         version = int(session.info.server_version)
         tables = _tables(session.execute(_tables_sql(version).encode()).fetchall())
-        bad = [t.name for t in tables if "\n" in t.name or "\r" in t.name]
-        if bad:
-            raise UserError(f"table {bad[0][:80]!r}: a line break in its name, which psql's "
-                            "\\copy cannot carry", hint="use dump_format: stream")
         yield snap, tables
     except psycopg.Error as exc:
         raise UserError(f"{old}: {str(exc).strip().splitlines()[0]}",
